@@ -1,0 +1,16 @@
+//! Kernel programs of adeline-trace. One file per concern; maps.rs holds every map.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod stage;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

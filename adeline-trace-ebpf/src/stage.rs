@@ -1,0 +1,114 @@
+//! Generic stage timing: one entry and one exit program serve every stage;
+//! the stage id is the attach cookie.
+use adeline_trace_common::{
+    OpenCall, SpanRecord, ThreadCalls, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT,
+    COUNTER_RING_FULL, COUNTER_SUBMITTED, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
+};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+
+use crate::maps::{bump, min_duration, pid_allowed, EVENTS, THREADS};
+
+const EMPTY: ThreadCalls = ThreadCalls {
+    depth: 0,
+    _pad: 0,
+    calls: [OpenCall { stage: 0, _pad: 0, start_ns: 0 }; MAX_DEPTH],
+};
+
+#[uprobe]
+pub fn stage_entry(ctx: ProbeContext) -> u32 {
+    // SAFETY: plain helper calls on the probe's own context.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !pid_allowed((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let calls = match THREADS.get_ptr_mut(&pid_tgid) {
+        Some(p) => p,
+        None => {
+            let _ = THREADS.insert(&pid_tgid, &EMPTY, BPF_NOEXIST as u64);
+            match THREADS.get_ptr_mut(&pid_tgid) {
+                Some(p) => p,
+                None => return 0,
+            }
+        }
+    };
+    // SAFETY: the value belongs to this thread only (keyed by pid_tgid).
+    let calls = unsafe { &mut *calls };
+    let depth = calls.depth as usize;
+    if depth < MAX_DEPTH {
+        calls.calls[depth] = OpenCall { stage, _pad: 0, start_ns: now };
+    } else {
+        // Keep counting so the matching returns unwind to the right level.
+        bump(COUNTER_DEPTH_OVERFLOW);
+    }
+    calls.depth += 1;
+    0
+}
+
+#[uretprobe]
+pub fn stage_exit(ctx: RetProbeContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some(calls) = THREADS.get_ptr_mut(&pid_tgid) else {
+        bump(COUNTER_UNMATCHED_EXIT);
+        return 0;
+    };
+    // SAFETY: the value belongs to this thread only (keyed by pid_tgid).
+    let calls = unsafe { &mut *calls };
+    let depth = calls.depth as usize;
+    if depth == 0 {
+        bump(COUNTER_UNMATCHED_EXIT);
+        return 0;
+    }
+    if depth > MAX_DEPTH {
+        calls.depth -= 1;
+        return 0;
+    }
+    // The innermost open call of this stage. Calls above it were left without
+    // a return (exception, longjmp): drop them rather than mis-time them.
+    let mut found = MAX_DEPTH;
+    for i in 0..MAX_DEPTH {
+        let idx = MAX_DEPTH - 1 - i;
+        if idx < depth && calls.calls[idx].stage == stage {
+            found = idx;
+            break;
+        }
+    }
+    if found >= MAX_DEPTH {
+        bump(COUNTER_UNMATCHED_EXIT);
+        return 0;
+    }
+    let start_ns = calls.calls[found].start_ns;
+    calls.depth = found as u32;
+    let dur_ns = now.wrapping_sub(start_ns);
+    if dur_ns < min_duration() {
+        bump(COUNTER_FILTERED_SHORT);
+        return 0;
+    }
+    match EVENTS.reserve::<SpanRecord>(0) {
+        Some(mut entry) => {
+            entry.write(SpanRecord {
+                kind: KIND_SPAN,
+                stage,
+                pid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                start_ns,
+                dur_ns,
+                depth: found as u32,
+                _pad: 0,
+            });
+            entry.submit(BPF_RB_NO_WAKEUP as u64);
+            bump(COUNTER_SUBMITTED);
+        }
+        None => bump(COUNTER_RING_FULL),
+    }
+    0
+}
