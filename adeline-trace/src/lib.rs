@@ -1,0 +1,2 @@
+//! adeline-trace agent: Plan -> probes -> ring buffer -> events -> metrics -> sinks.
+pub mod target;
