@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod floor;
 mod maps;
 mod stage;
 

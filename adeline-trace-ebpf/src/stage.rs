@@ -17,7 +17,11 @@ use crate::maps::{bump, min_duration, pid_allowed, EVENTS, THREADS};
 const EMPTY: ThreadCalls = ThreadCalls {
     depth: 0,
     _pad: 0,
-    calls: [OpenCall { stage: 0, _pad: 0, start_ns: 0 }; MAX_DEPTH],
+    calls: [OpenCall {
+        stage: 0,
+        _pad: 0,
+        start_ns: 0,
+    }; MAX_DEPTH],
 };
 
 #[uprobe]
@@ -43,7 +47,11 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     let calls = unsafe { &mut *calls };
     let depth = calls.depth as usize;
     if depth < MAX_DEPTH {
-        calls.calls[depth] = OpenCall { stage, _pad: 0, start_ns: now };
+        calls.calls[depth] = OpenCall {
+            stage,
+            _pad: 0,
+            start_ns: now,
+        };
     } else {
         // Keep counting so the matching returns unwind to the right level.
         bump(COUNTER_DEPTH_OVERFLOW);

@@ -1,1 +1,24 @@
-fn main() {}
+use std::process::ExitCode;
+
+use adeline_trace::{
+    cli::{Cli, Command},
+    config::Plan,
+};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => Plan::from_args(args)
+            .map_err(anyhow::Error::from)
+            .and_then(adeline_trace::run::run),
+        Command::List(args) => adeline_trace::list::list(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Command-line definitions (clap) only; validation lives in config.rs.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "adeline-trace",
+    version,
+    about = "Measure a running inference pipeline's stages from outside the process (eBPF uprobes)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to stage functions and stream their latency as JSON Lines.
+    Run(RunArgs),
+    /// List the functions (and USDT probes) of an executable or library that can be probed.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML file with stages and options (flags given here add to / override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A stage to time: NAME=TARGET:SYMBOL. TARGET is a path or a bare library
+    /// name; SYMBOL an exact name or a glob over demangled names. Repeatable.
+    #[arg(long = "stage", value_name = "NAME=TARGET:SYMBOL")]
+    pub stages: Vec<String>,
+    /// Trace only this process (repeatable). Default: every process running the targets.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Stop after this long (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Where to write JSON Lines events: a file, or - for stdout (default).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<String>,
+    /// Do not report calls shorter than this (filtered in the kernel), e.g. 100us.
+    #[arg(long, value_name = "DURATION")]
+    pub min_duration: Option<String>,
+    /// How often to emit a `stats` event (and refresh --live), e.g. 1s.
+    #[arg(long, value_name = "DURATION")]
+    pub stats_interval: Option<String>,
+    /// Show a live per-stage latency table on stderr.
+    #[arg(long)]
+    pub live: bool,
+    /// Benchmark only: attach empty programs (the cost floor of a probe pair).
+    #[arg(long, hide = true)]
+    pub probe_floor: bool,
+    /// Launch this command, trace only it, and stop when it exits.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Executable or shared library (path or bare library name).
+    pub target: String,
+    /// Only functions whose demangled or raw name matches this glob.
+    pub glob: Option<String>,
+    /// Resolve a bare library name through this process's mappings.
+    #[arg(short = 'p', long = "pid")]
+    pub pid: Option<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,391 @@
+//! TOML file + CLI flags -> a validated [`Plan`]. All user-input validation
+//! that does not need the file system's ELF contents happens here.
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::cli::RunArgs;
+
+/// Where JSON Lines events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One stage as the user named it: NAME=TARGET:SYMBOL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSpec {
+    pub name: String,
+    pub target: String,
+    pub symbol: String,
+}
+
+/// Everything `run` needs, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub stages: Vec<StageSpec>,
+    pub pids: Vec<u32>,
+    pub command: Vec<String>,
+    pub duration: Option<Duration>,
+    pub output: Output,
+    pub min_duration: Duration,
+    pub stats_interval: Duration,
+    pub live: bool,
+    /// Attach the empty floor programs instead of the stage programs (benchmarks).
+    pub probe_floor: bool,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("malformed --stage '{spec}': expected NAME=TARGET:SYMBOL, e.g. infer=/opt/app/libdetector.so:'*Detector::infer*' ({problem})")]
+    MalformedStage { spec: String, problem: &'static str },
+    #[error("cannot read config {path}: {reason}")]
+    ReadConfig { path: PathBuf, reason: String },
+    #[error("config {path}:{line}:{column}: {message}")]
+    Toml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid {what} '{value}': {reason} (examples: 500us, 20ms, 5s, 2m)")]
+    Duration {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("stage '{name}' is defined twice")]
+    DuplicateStage { name: String },
+    #[error("stage name '{name}' is invalid: use letters, digits, '_', '-' or '.'")]
+    BadStageName { name: String },
+    #[error("no stages to trace: give --stage NAME=TARGET:SYMBOL or a --config file with [[stage]] entries")]
+    NoStages,
+    #[error("--pid and a command to launch (after --) cannot be combined")]
+    PidAndCommand,
+    #[error("pid 0 is not a process id")]
+    PidZero,
+    #[error("--stats-interval must be at least 10ms")]
+    StatsIntervalTooShort,
+    #[error("too many stages ({count}); at most {max}")]
+    TooManyStages { count: usize, max: u32 },
+}
+
+/// The TOML file's shape. Unknown keys are errors (catches typos).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    stage: Vec<FileStage>,
+    #[serde(default)]
+    pids: Vec<u32>,
+    duration: Option<String>,
+    min_duration: Option<String>,
+    stats_interval: Option<String>,
+    output: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStage {
+    name: String,
+    target: String,
+    symbol: String,
+}
+
+/// Parses `NAME=TARGET:SYMBOL`. TARGET ends at the first ':' (C++ `::` in
+/// the symbol is kept).
+pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
+    let bad = |problem| ConfigError::MalformedStage {
+        spec: spec.to_string(),
+        problem,
+    };
+    let (name, rest) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
+    let (target, symbol) = rest
+        .split_once(':')
+        .ok_or_else(|| bad("missing ':' between TARGET and SYMBOL"))?;
+    if name.trim().is_empty() {
+        return Err(bad("empty NAME"));
+    }
+    if target.trim().is_empty() {
+        return Err(bad("empty TARGET"));
+    }
+    if symbol.trim().is_empty() {
+        return Err(bad("empty SYMBOL"));
+    }
+    let stage = StageSpec {
+        name: name.trim().to_string(),
+        target: target.trim().to_string(),
+        symbol: symbol.trim().to_string(),
+    };
+    check_stage_name(&stage.name)?;
+    Ok(stage)
+}
+
+fn check_stage_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadStageName {
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Parses a human duration such as `500us`, `20ms`, `5s`, `2m`.
+pub fn parse_duration(what: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| ConfigError::Duration {
+        what,
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn load_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadConfig {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+        ConfigError::Toml {
+            path: path.clone(),
+            line,
+            column,
+            message: e.message().replace('\n', " ").trim().to_string(),
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+impl Plan {
+    /// Builds the plan from the optional config file and the flags (flags win;
+    /// stages and pids from both are combined).
+    pub fn from_args(args: &RunArgs) -> Result<Plan, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut stages: Vec<StageSpec> = file
+            .stage
+            .into_iter()
+            .map(|s| {
+                check_stage_name(&s.name)?;
+                Ok(StageSpec {
+                    name: s.name,
+                    target: s.target,
+                    symbol: s.symbol,
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        for spec in &args.stages {
+            stages.push(parse_stage(spec)?);
+        }
+        if stages.is_empty() {
+            return Err(ConfigError::NoStages);
+        }
+        for (i, s) in stages.iter().enumerate() {
+            if stages[..i].iter().any(|o| o.name == s.name) {
+                return Err(ConfigError::DuplicateStage {
+                    name: s.name.clone(),
+                });
+            }
+        }
+        let max = adeline_trace_common::MAX_STAGES;
+        if stages.len() > max as usize {
+            return Err(ConfigError::TooManyStages {
+                count: stages.len(),
+                max,
+            });
+        }
+        let mut pids = file.pids;
+        pids.extend(&args.pids);
+        pids.sort_unstable();
+        pids.dedup();
+        if pids.contains(&0) {
+            return Err(ConfigError::PidZero);
+        }
+        if !pids.is_empty() && !args.command.is_empty() {
+            return Err(ConfigError::PidAndCommand);
+        }
+        let pick = |flag: &Option<String>, file: Option<String>| flag.clone().or(file);
+        let duration = pick(&args.duration, file.duration)
+            .map(|d| parse_duration("--duration", &d))
+            .transpose()?;
+        let min_duration = pick(&args.min_duration, file.min_duration)
+            .map(|d| parse_duration("--min-duration", &d))
+            .transpose()?
+            .unwrap_or(Duration::ZERO);
+        let stats_interval = pick(&args.stats_interval, file.stats_interval)
+            .map(|d| parse_duration("--stats-interval", &d))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(1));
+        if stats_interval < Duration::from_millis(10) {
+            return Err(ConfigError::StatsIntervalTooShort);
+        }
+        let output = match pick(&args.output, file.output).as_deref() {
+            None | Some("-") => Output::Stdout,
+            Some(path) => Output::File(PathBuf::from(path)),
+        };
+        Ok(Plan {
+            stages,
+            pids,
+            command: args.command.clone(),
+            duration,
+            output,
+            min_duration,
+            stats_interval,
+            live: args.live,
+            probe_floor: args.probe_floor,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["adeline-trace", "run"];
+        full.extend_from_slice(argv);
+        match crate::cli::Cli::parse_from(full).command {
+            crate::cli::Command::Run(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn stage_spec_keeps_cpp_scope_in_symbol() {
+        let s = parse_stage("infer=/opt/lib/libdetector.so:*Detector::infer*").unwrap();
+        assert_eq!(s.name, "infer");
+        assert_eq!(s.target, "/opt/lib/libdetector.so");
+        assert_eq!(s.symbol, "*Detector::infer*");
+    }
+
+    #[test]
+    fn malformed_stage_specs_name_the_problem() {
+        for (spec, problem) in [
+            ("infer", "missing '='"),
+            ("infer=/bin/x", "missing ':' between TARGET and SYMBOL"),
+            ("=/bin/x:f", "empty NAME"),
+            ("a=:f", "empty TARGET"),
+            ("a=/bin/x:", "empty SYMBOL"),
+        ] {
+            let err = parse_stage(spec).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::MalformedStage {
+                    spec: spec.into(),
+                    problem
+                }
+            );
+        }
+        assert_eq!(
+            parse_stage("a b=/x:f").unwrap_err().to_string(),
+            "stage name 'a b' is invalid: use letters, digits, '_', '-' or '.'"
+        );
+    }
+
+    #[test]
+    fn flags_build_a_plan() {
+        let plan = Plan::from_args(&args(&[
+            "--stage",
+            "decode=/bin/x:decode",
+            "-p",
+            "7",
+            "-p",
+            "7",
+            "--duration",
+            "2s",
+            "--min-duration",
+            "100us",
+            "-o",
+            "out.jsonl",
+        ]))
+        .unwrap();
+        assert_eq!(plan.pids, vec![7]);
+        assert_eq!(plan.duration, Some(Duration::from_secs(2)));
+        assert_eq!(plan.min_duration, Duration::from_micros(100));
+        assert_eq!(plan.output, Output::File("out.jsonl".into()));
+        assert_eq!(plan.stats_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn toml_errors_point_at_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "duration = \"5s\"\n[[stage]]\nname = \"a\"\ntarget = \"/x\"\nsymbl = \"f\"\n",
+        )
+        .unwrap();
+        let err = Plan::from_args(&args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "config {}:5:1: unknown field `symbl`",
+                path.display()
+            )),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn toml_stages_and_flags_combine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "min_duration = \"1ms\"\n[[stage]]\nname = \"a\"\ntarget = \"/x\"\nsymbol = \"f\"\n",
+        )
+        .unwrap();
+        let plan = Plan::from_args(&args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--stage",
+            "b=/y:g",
+        ]))
+        .unwrap();
+        let names: Vec<_> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(plan.min_duration, Duration::from_millis(1));
+        let dup = Plan::from_args(&args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--stage",
+            "a=/y:g",
+        ]));
+        assert_eq!(
+            dup.unwrap_err(),
+            ConfigError::DuplicateStage { name: "a".into() }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert_eq!(
+            Plan::from_args(&args(&[])).unwrap_err(),
+            ConfigError::NoStages
+        );
+        let e = Plan::from_args(&args(&["--stage", "a=/x:f", "--duration", "soon"])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid --duration 'soon'"),
+            "{e}"
+        );
+        let e = Plan::from_args(&args(&["--stage", "a=/x:f", "-p", "1", "--", "ls"])).unwrap_err();
+        assert_eq!(e, ConfigError::PidAndCommand);
+    }
+}

@@ -1,0 +1,229 @@
+//! Loads the BPF object, configures its maps, attaches every resolved probe
+//! with cookie = stage id, and owns the links: dropping [`Probes`] detaches
+//! everything.
+use std::{num::NonZeroU32, time::Duration};
+
+use adeline_trace_common::{Config, COUNTERS};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachPoint, UProbeScope},
+        UProbe,
+    },
+    Ebpf,
+};
+use thiserror::Error;
+
+use crate::resolve::ProbeSite;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace"));
+
+/// Which pair of kernel programs to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Programs {
+    /// The stage timing programs.
+    Stage,
+    /// Empty programs: the floor cost of a uprobe+uretprobe pair.
+    Floor,
+}
+
+impl Programs {
+    /// (exit, entry) program names, in attach order.
+    fn names(self) -> [&'static str; 2] {
+        match self {
+            Programs::Stage => ["stage_exit", "stage_entry"],
+            Programs::Floor => ["floor_exit", "floor_entry"],
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("adeline-trace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo")]
+    NotPrivileged,
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("attaching stage '{stage}' to {symbol} in {path} failed: {reason}")]
+    Attach {
+        stage: String,
+        symbol: String,
+        path: String,
+        reason: String,
+    },
+    #[error("reading BPF map {map} failed: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+/// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(ProbeError::NotPrivileged)
+    }
+}
+
+/// Loaded and attached kernel programs with the maps the agent reads.
+pub struct Probes {
+    // Field order matters for drop: links (inside `ebpf`) go last.
+    pub ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    attached: usize,
+}
+
+fn load_err(e: impl std::fmt::Display) -> ProbeError {
+    ProbeError::Load(e.to_string())
+}
+
+/// Joins an error and its sources into one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+impl Probes {
+    /// Loads the programs, writes the filter configuration and attaches an
+    /// exit then an entry probe at every site (exit first, so no entry is
+    /// ever recorded without its return being watched). On any error all that
+    /// was attached is detached before returning.
+    pub fn attach(
+        sites: &[ProbeSite],
+        pids: &[u32],
+        min_duration: Duration,
+        programs: Programs,
+    ) -> Result<Probes, ProbeError> {
+        check_privileges()?;
+        raise_memlock();
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(chain(&e)))?;
+        configure(&mut ebpf, pids, min_duration)?;
+        let scopes: Vec<UProbeScope> = if pids.is_empty() {
+            vec![UProbeScope::AllProcesses]
+        } else {
+            pids.iter()
+                .filter_map(|&p| NonZeroU32::new(p))
+                .map(UProbeScope::OneProcess)
+                .collect()
+        };
+        let mut attached = 0;
+        for name in programs.names() {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| load_err(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| ProbeError::Load(chain(&e)))?;
+            prog.load().map_err(|e| ProbeError::Load(chain(&e)))?;
+            for site in sites {
+                for scope in &scopes {
+                    let point = UProbeAttachPoint {
+                        location: site.offset.into(),
+                        cookie: Some(u64::from(site.stage_id)),
+                    };
+                    prog.attach(point, &site.path, scope.clone()).map_err(|e| {
+                        ProbeError::Attach {
+                            stage: site.stage.clone(),
+                            symbol: site.symbol.clone(),
+                            path: site.path.display().to_string(),
+                            reason: chain(&e),
+                        }
+                    })?;
+                    attached += 1;
+                }
+            }
+        }
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| load_err("no EVENTS map"))?,
+        )
+        .map_err(|e| ProbeError::Load(chain(&e)))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or_else(|| load_err("no COUNTERS map"))?,
+        )
+        .map_err(|e| ProbeError::Load(chain(&e)))?;
+        Ok(Probes {
+            ring,
+            counters,
+            _ebpf: ebpf,
+            attached,
+        })
+    }
+
+    /// Number of kernel attachments (entry and exit count separately).
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// Totals of the per-CPU counters, indexed by `COUNTER_*`.
+    pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
+        let mut out = [0u64; COUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|e| ProbeError::Map {
+                    map: "COUNTERS",
+                    reason: chain(&e),
+                })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn configure(ebpf: &mut Ebpf, pids: &[u32], min_duration: Duration) -> Result<(), ProbeError> {
+    {
+        let map = ebpf
+            .map_mut("PIDS")
+            .ok_or_else(|| load_err("no PIDS map"))?;
+        let mut map: HashMap<_, u32, u8> =
+            HashMap::try_from(map).map_err(|e| ProbeError::Load(chain(&e)))?;
+        for &pid in pids {
+            map.insert(pid, 1, 0).map_err(|e| ProbeError::Map {
+                map: "PIDS",
+                reason: chain(&e),
+            })?;
+        }
+    }
+    let map = ebpf
+        .map_mut("CONFIG")
+        .ok_or_else(|| load_err("no CONFIG map"))?;
+    let mut config: Array<_, Config> =
+        Array::try_from(map).map_err(|e| ProbeError::Load(chain(&e)))?;
+    let cfg = Config {
+        min_dur_ns: u64::try_from(min_duration.as_nanos()).unwrap_or(u64::MAX),
+        filter_pids: u32::from(!pids.is_empty()),
+        _pad: 0,
+    };
+    config.set(0, cfg, 0).map_err(|e| ProbeError::Map {
+        map: "CONFIG",
+        reason: chain(&e),
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure is harmless here.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}

@@ -1,0 +1,3 @@
+//! Where results go: JSON Lines events and human tables.
+pub mod jsonl;
+pub mod table;
