@@ -84,7 +84,9 @@ impl Launched {
             return Err(spawn_err("fork"));
         }
         if pid == 0 {
-            // Child: wait for the go byte (EOF means the agent died: quit).
+            // Child: drop its copy of the write end, then wait for the go
+            // byte (EOF means the agent gave up or died: quit).
+            unsafe { libc::close(fds[1]) };
             let mut byte = 0u8;
             let n = unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) };
             if n != 1 {

@@ -136,7 +136,7 @@ impl Probes {
                         location: site.offset.into(),
                         cookie: Some(u64::from(site.stage_id)),
                     };
-                    prog.attach(point, &site.path, scope.clone()).map_err(|e| {
+                    prog.attach(point, &site.path, *scope).map_err(|e| {
                         ProbeError::Attach {
                             stage: site.stage.clone(),
                             symbol: site.symbol.clone(),

@@ -225,7 +225,7 @@ impl Tracer {
         let interval = self.metrics.take_interval();
         if plan.live {
             let table = live_table(&interval, plan.stats_interval.as_secs_f64(), drops);
-            eprint!("{table}\n");
+            eprintln!("{table}");
         }
         Ok(())
     }
