@@ -1,1 +1,106 @@
-fn main() {}
+//! Developer tasks for adeline-trace: `cargo xtask <command>` (alias in
+//! .cargo/config.toml). No product logic lives here.
+//!
+//!   cargo xtask setup [--rebuild-bpf-linker]   toolchain, packages, tracefs
+//!   cargo xtask test [-- TEST-ARGS...]        setup, build, run every test serially
+//!   cargo xtask demo [--seconds S]            trace the demo pipeline live (root)
+
+mod demo;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "adeline-trace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check and install what builds and tests need (idempotent, fast when
+    /// all is present): rust-src, bpf-linker 0.13.0 against the toolchain's
+    /// LLVM, Debian packages, tracefs.
+    Setup {
+        /// Rebuild bpf-linker even if the installed one works.
+        #[arg(long)]
+        rebuild_bpf_linker: bool,
+    },
+    /// setup, `cargo build --workspace`, then `cargo test --workspace --
+    /// --test-threads=1 TEST-ARGS...` (serial: the tests measure timing).
+    Test {
+        /// Passed to the test binaries (a name filter, --nocapture, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// setup, build, then trace the demo pipeline at 20 fps with the live
+    /// per-stage view on stderr; events go to target/demo/events.jsonl.
+    /// Needs root.
+    Demo {
+        /// How long to trace.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup { rebuild_bpf_linker } => setup::run(rebuild_bpf_linker).map(|()| 0),
+        Cmd::Test { args } => test::run(&args),
+        Cmd::Demo { seconds } => demo::run(seconds),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root_dir() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().expect("xtask/ has a parent").to_path_buf()
+}
+
+/// The cargo target directory: $CARGO_TARGET_DIR (relative to the root) or
+/// `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root_dir().join(d),
+        None => root_dir().join("target"),
+    }
+}
+
+/// The cargo that runs us ($CARGO), in the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root_dir());
+    cmd
+}
+
+/// Runs `cmd` with inherited stdio.
+pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))
+}
+
+/// Effective uid 0 (from /proc/self/status: no libc needed).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
