@@ -219,4 +219,280 @@ fn proc_error(pid: u32, path: PathBuf, error: std::io::Error) -> TargetError {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A `sleep` child that is killed and reaped when dropped.
+    struct Sleeper(Child);
+
+    impl Sleeper {
+        fn spawn(secs: &str) -> Sleeper {
+            let child = Command::new("sleep")
+                .arg(secs)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn sleep");
+            let sleeper = Sleeper(child);
+            // Spawn returns once exec has begun; the kernel maps the ELF and
+            // ld.so maps libc a moment later. Wait for libc to be mapped.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let maps = mapped_files(sleeper.pid()).unwrap_or_default();
+                if maps
+                    .iter()
+                    .any(|m| m.to_string_lossy().contains("/libc.so"))
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sleeper
+        }
+
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A pid that cannot exist (above the kernel's pid_max limit).
+    const NO_SUCH_PID: u32 = u32::MAX - 1;
+
+    fn me() -> u32 {
+        std::process::id()
+    }
+
+    #[test]
+    fn running_and_missing_processes() {
+        ensure_running(me()).unwrap();
+        let child = Sleeper::spawn("30");
+        ensure_running(child.pid()).unwrap();
+        for pid in [NO_SUCH_PID, 0] {
+            let err = ensure_running(pid).unwrap_err();
+            assert!(matches!(err, TargetError::PidNotRunning { pid: p } if p == pid));
+        }
+        assert!(ensure_running(NO_SUCH_PID)
+            .unwrap_err()
+            .to_string()
+            .starts_with(&format!("process {NO_SUCH_PID} is not running")));
+    }
+
+    #[test]
+    fn zombie_is_not_running() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ensure_running(pid).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stat = std::fs::read_to_string(proc_path(pid, "stat")).unwrap();
+        assert_eq!(process_state(&stat), Some('Z'));
+        assert!(matches!(
+            ensure_running(pid),
+            Err(TargetError::PidNotRunning { .. })
+        ));
+        child.wait().unwrap();
+        assert!(matches!(
+            ensure_running(pid),
+            Err(TargetError::PidNotRunning { .. })
+        ));
+    }
+
+    #[test]
+    fn stat_state_parsing() {
+        assert_eq!(process_state("42 (a) b) S 1 2 3"), Some('S'));
+        assert_eq!(process_state("42 (zombie) Z 1"), Some('Z'));
+        assert_eq!(process_state("garbage"), None);
+        assert_eq!(process_state("42 (x)"), None);
+    }
+
+    #[test]
+    fn exe_and_mapped_files() {
+        let child = Sleeper::spawn("30");
+        let pid = child.pid();
+        let exe = exe_path(pid).unwrap();
+        assert!(
+            exe.starts_with(format!("/proc/{pid}/root/")),
+            "{}",
+            exe.display()
+        );
+        assert_eq!(exe.file_name().unwrap(), "sleep");
+        assert!(exe.exists());
+
+        let files = mapped_files(pid).unwrap();
+        assert!(files.iter().all(|f| f.is_absolute()));
+        assert!(
+            files.iter().any(|f| f.file_name().unwrap() == "sleep"),
+            "{files:?}"
+        );
+        let unique: std::collections::HashSet<_> = files.iter().collect();
+        assert_eq!(unique.len(), files.len());
+
+        let mine = mapped_files(me()).unwrap();
+        let current = std::env::current_exe().unwrap();
+        assert!(
+            mine.contains(&current),
+            "{} not in {mine:?}",
+            current.display()
+        );
+
+        assert!(matches!(
+            exe_path(NO_SUCH_PID),
+            Err(TargetError::PidNotRunning { .. })
+        ));
+        assert!(matches!(
+            mapped_files(NO_SUCH_PID),
+            Err(TargetError::PidNotRunning { .. })
+        ));
+    }
+
+    #[test]
+    fn maps_line_parsing() {
+        let lines = [
+            (
+                "7f5c6f5d1000-7f5c6f5d3000 r--p 001c7000 08:04 21238613      /usr/lib/libc.so.6",
+                Some("/usr/lib/libc.so.6"),
+            ),
+            ("7f5c6f5d3000-7f5c6f5d8000 rw-p 00000000 00:00 0", None),
+            (
+                "7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]",
+                None,
+            ),
+            ("55d0-55d1 rw-p 00000000 00:00 0   [heap]", None),
+            (
+                "7f00-7f01 r-xp 00000000 08:04 12  /opt/my app/lib x.so",
+                Some("/opt/my app/lib x.so"),
+            ),
+            (
+                "7f00-7f01 r-xp 00000000 08:04 12  /tmp/gone.so (deleted)",
+                None,
+            ),
+            (
+                "7f00-7f01 rw-s 00000000 00:01 3   /memfd:buf (deleted)",
+                None,
+            ),
+            ("", None),
+            ("garbage", None),
+        ];
+        for (line, expected) in lines {
+            assert_eq!(mapped_path(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn name_matching_rules() {
+        assert_eq!(match_rank("c", "libc.so.6"), Some(1));
+        assert_eq!(match_rank("c", "libcrypto.so.3"), None);
+        assert_eq!(match_rank("c", "libc.so"), Some(1));
+        assert_eq!(match_rank("detector", "libdetector.so"), Some(1));
+        assert_eq!(match_rank("libdetector.so", "libdetector.so"), Some(0));
+        assert_eq!(match_rank("libdetector", "libdetector.so.1"), Some(1));
+        assert_eq!(match_rank("sleep", "sleep"), Some(0));
+        assert_eq!(match_rank("python3.11", "libpython3.11.so.1.0"), Some(1));
+        assert_eq!(match_rank("c", "libc.sox"), None);
+
+        let paths = [
+            Path::new("/usr/lib/libpython3.11.so.1.0"),
+            Path::new("/usr/bin/python3.11"),
+        ];
+        assert_eq!(best_match("python3.11", paths.into_iter()), Some(paths[1]));
+
+        let entry =
+            "\tlibc.so.6 (libc6,x86-64, OS ABI: Linux 3.2.0) => /lib/x86_64-linux-gnu/libc.so.6";
+        assert_eq!(
+            ldconfig_entry(entry),
+            Some(PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"))
+        );
+        assert_eq!(
+            ldconfig_entry("\tlibc.so.6 (libc6) => /lib32/libc.so.6"),
+            None
+        );
+        assert_eq!(
+            ldconfig_entry("526 libs found in cache `/etc/ld.so.cache'"),
+            None
+        );
+    }
+
+    #[test]
+    fn bare_names_resolve_through_maps_ldconfig_and_path() {
+        let child = Sleeper::spawn("30");
+        let pid = child.pid();
+
+        let libc = resolve_target("c", &[me()]).unwrap();
+        assert!(
+            libc.starts_with(format!("/proc/{}/root/", me())),
+            "{}",
+            libc.display()
+        );
+        assert!(libc
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("libc.so"));
+        assert!(libc.exists());
+
+        let sleep = resolve_target("sleep", &[pid]).unwrap();
+        assert_eq!(sleep, exe_path(pid).unwrap());
+
+        let cached = resolve_target("c", &[]).unwrap();
+        assert!(!cached.starts_with("/proc"), "{}", cached.display());
+        assert!(cached
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("libc.so"));
+
+        let on_path = resolve_target("sleep", &[]).unwrap();
+        assert_eq!(on_path.file_name().unwrap(), "sleep");
+        assert!(on_path.is_absolute());
+
+        let err = resolve_target("definitely_not_a_library_xyz", &[pid]).unwrap_err();
+        let TargetError::LibraryNotFound { name, searched } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(name, "definitely_not_a_library_xyz");
+        assert!(
+            searched.contains(&format!("pid {pid}"))
+                && searched.contains("ldconfig")
+                && searched.contains("$PATH")
+        );
+        assert!(!err.to_string().contains('\n'));
+
+        assert!(matches!(
+            resolve_target("c", &[NO_SUCH_PID]),
+            Err(TargetError::PidNotRunning { .. })
+        ));
+    }
+
+    #[test]
+    fn paths_resolve_in_the_process_mount_namespace() {
+        let child = Sleeper::spawn("30");
+        let pid = child.pid();
+        let host = std::fs::canonicalize("/usr/bin/sleep").unwrap();
+        let host = host.to_str().unwrap();
+
+        let inside = resolve_target(host, &[pid]).unwrap();
+        assert_eq!(inside, PathBuf::from(format!("/proc/{pid}/root{host}")));
+        assert_eq!(resolve_target(host, &[]).unwrap(), PathBuf::from(host));
+        // A pid that is gone: fall back to the host path.
+        assert_eq!(
+            resolve_target(host, &[NO_SUCH_PID]).unwrap(),
+            PathBuf::from(host)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope/bin");
+        let err = resolve_target(missing.to_str().unwrap(), &[pid]).unwrap_err();
+        assert!(matches!(err, TargetError::NotFound { path } if path == missing));
+    }
+}

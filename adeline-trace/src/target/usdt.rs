@@ -300,14 +300,14 @@ fn parse_descriptor(desc: &[u8], word: usize, little_endian: bool) -> Result<Raw
     let (Some(pc), Some(base), Some(semaphore)) = (read_word(0), read_word(1), read_word(2)) else {
         return Err(format!("descriptor of {} bytes is too short", desc.len()));
     };
-    let mut strings = desc[3 * word..].split(|&b| b == 0);
-    let mut next_string = |what: &str| -> Result<String, String> {
-        let s = strings.next().ok_or_else(|| format!("missing {what}"))?;
-        String::from_utf8(s.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+    let rest = &desc[3 * word..];
+    let (provider, rest) = take_cstr(rest, "provider")?;
+    let (name, rest) = take_cstr(rest, "probe name")?;
+    let args = if rest.is_empty() {
+        String::new()
+    } else {
+        take_cstr(rest, "argument spec")?.0
     };
-    let provider = next_string("provider")?;
-    let name = next_string("probe name")?;
-    let args = next_string("argument spec").unwrap_or_default();
     if provider.is_empty() || name.is_empty() {
         return Err("empty provider or probe name".to_string());
     }
@@ -321,6 +321,16 @@ fn parse_descriptor(desc: &[u8], word: usize, little_endian: bool) -> Result<Raw
         name,
         args,
     })
+}
+
+/// A NUL-terminated UTF-8 string at the start of `bytes`, and what follows it.
+fn take_cstr<'a>(bytes: &'a [u8], what: &str) -> Result<(String, &'a [u8]), String> {
+    let nul = bytes
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| format!("{what} is not NUL-terminated"))?;
+    let s = std::str::from_utf8(&bytes[..nul]).map_err(|_| format!("{what} is not UTF-8"))?;
+    Ok((s.to_string(), &bytes[nul + 1..]))
 }
 
 /// Everything needed to turn raw notes into probes.
@@ -432,4 +442,431 @@ pub fn usdt_probes(path: &Path) -> Result<Vec<UsdtProbe>, TargetError> {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+    use crate::target::testutil::{compile, run};
+    use std::path::PathBuf;
+
+    const MAIN_SRC: &str = r#"
+#include <sys/sdt.h>
+int counter = 3;
+void with_semaphore(int x);
+__attribute__((noinline)) int work(int x, long y) {
+    DTRACE_PROBE2(demo, frame_done, x, y);
+    STAP_PROBE1(demo, global_arg, counter);
+    STAP_PROBE1(demo, const_arg, 42);
+    with_semaphore(x);
+    return x + (int)y;
+}
+int main(int argc, char **argv) { return work(argc, (long)argv); }
+"#;
+
+    const SEMAPHORE_SRC: &str = r#"
+#define _SDT_HAS_SEMAPHORES 1
+#include <sys/sdt.h>
+__extension__ unsigned short demo_frame_start_semaphore
+    __attribute__((unused, section(".probes")));
+__attribute__((noinline)) void with_semaphore(int x) {
+    if (demo_frame_start_semaphore) STAP_PROBE1(demo, frame_start, x);
+}
+"#;
+
+    /// One probe as `readelf -n` prints it.
+    #[derive(Debug, Default)]
+    struct Expected {
+        provider: String,
+        name: String,
+        pc: u64,
+        semaphore: u64,
+        args: String,
+    }
+
+    fn hex(s: &str) -> u64 {
+        u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap()
+    }
+
+    fn readelf_notes(path: &Path) -> Vec<Expected> {
+        let out = run("readelf", &["-n", path.to_str().unwrap()]);
+        let mut probes: Vec<Expected> = Vec::new();
+        for line in out.lines().map(str::trim) {
+            if let Some(p) = line.strip_prefix("Provider: ") {
+                probes.push(Expected {
+                    provider: p.to_string(),
+                    ..Default::default()
+                });
+            }
+            let Some(cur) = probes.last_mut() else {
+                continue;
+            };
+            if let Some(n) = line.strip_prefix("Name: ") {
+                cur.name = n.to_string();
+            } else if let Some(loc) = line.strip_prefix("Location: ") {
+                let fields: Vec<&str> = loc.split(", ").collect();
+                cur.pc = hex(fields[0]);
+                cur.semaphore = hex(fields[2].trim_start_matches("Semaphore: "));
+            } else if let Some(a) = line.strip_prefix("Arguments: ") {
+                cur.args = a.to_string();
+            }
+        }
+        probes
+    }
+
+    /// File offset of `addr` computed from the section table (independent
+    /// of the segment-based computation under test).
+    fn section_offset(path: &Path, addr: u64) -> u64 {
+        let out = run("readelf", &["-S", "-W", path.to_str().unwrap()]);
+        for line in out.lines() {
+            let line = line.trim_start();
+            let Some(rest) = line.strip_prefix('[') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_once(']').unwrap().1.split_whitespace().collect();
+            let (Ok(start), Ok(off), Ok(size)) = (
+                u64::from_str_radix(fields.get(2).unwrap_or(&""), 16),
+                u64::from_str_radix(fields.get(3).unwrap_or(&""), 16),
+                u64::from_str_radix(fields.get(4).unwrap_or(&""), 16),
+            ) else {
+                continue;
+            };
+            if fields[1] != "NOBITS" && start != 0 && (start..start + size).contains(&addr) {
+                return addr - start + off;
+            }
+        }
+        panic!("{addr:#x} not in any section of {}", path.display());
+    }
+
+    fn assert_matches_readelf(path: &Path) -> Vec<UsdtProbe> {
+        let probes = usdt_probes(path).unwrap();
+        let expected = readelf_notes(path);
+        assert_eq!(probes.len(), expected.len(), "{}", path.display());
+        for (p, e) in probes.iter().zip(&expected) {
+            assert_eq!((&p.provider, &p.name), (&e.provider, &e.name));
+            assert_eq!(p.pc, e.pc, "{}:{}", p.provider, p.name);
+            assert_eq!(p.semaphore, e.semaphore, "{}:{}", p.provider, p.name);
+            assert_eq!(p.args_raw, e.args, "{}:{}", p.provider, p.name);
+            assert_eq!(p.file_offset, section_offset(path, p.pc));
+            if p.semaphore != 0 {
+                assert_eq!(p.semaphore_offset, section_offset(path, p.semaphore));
+            } else {
+                assert_eq!(p.semaphore_offset, 0);
+            }
+            assert_eq!(
+                p.args_error, None,
+                "{}:{} {}",
+                p.provider, p.name, p.args_raw
+            );
+            assert_eq!(p.args.len(), p.args_raw.split_whitespace().count());
+        }
+        probes
+    }
+
+    fn build_demo(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+        let sem = dir.join("semaphore.c");
+        std::fs::write(&sem, SEMAPHORE_SRC).unwrap();
+        let mut args = vec!["-O2", sem.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        compile(dir, name, "gcc", MAIN_SRC, &args)
+    }
+
+    fn find<'a>(probes: &'a [UsdtProbe], name: &str) -> &'a UsdtProbe {
+        probes.iter().find(|p| p.name == name).unwrap()
+    }
+
+    #[test]
+    fn demo_program_matches_readelf() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = build_demo(dir.path(), "demo", &["-no-pie"]);
+        let probes = assert_matches_readelf(&bin);
+        assert_eq!(probes.len(), 4);
+
+        let done = find(&probes, "frame_done");
+        assert_eq!(done.provider, "demo");
+        assert_eq!(done.semaphore, 0);
+        assert_eq!(done.args.len(), 2);
+        assert_eq!((done.args[0].size, done.args[0].signed), (4, true));
+        assert_eq!((done.args[1].size, done.args[1].signed), (8, true));
+
+        let start = find(&probes, "frame_start");
+        assert_ne!(start.semaphore, 0);
+        assert_ne!(start.semaphore_offset, 0);
+
+        let konst = find(&probes, "const_arg");
+        assert_eq!(konst.args[0].loc, UsdtArgLoc::Const(42));
+
+        // `counter(%rip)` resolves to the address of `counter`.
+        let global = find(&probes, "global_arg");
+        let counter = global_address(&bin, "counter");
+        match &global.args[0].loc {
+            UsdtArgLoc::Deref { reg, offset } if reg == "rip" => {
+                assert_eq!(global.pc.wrapping_add(*offset as u64), counter);
+            }
+            other => panic!("global_arg compiled to {other:?}, expected counter(%rip)"),
+        }
+    }
+
+    fn global_address(bin: &Path, name: &str) -> u64 {
+        let nm = run("nm", &[bin.to_str().unwrap()]);
+        let line = nm
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap();
+        hex(line.split_whitespace().next().unwrap())
+    }
+
+    #[test]
+    fn pie_and_shared_library_match_readelf() {
+        let dir = tempfile::tempdir().unwrap();
+        let pie = build_demo(dir.path(), "demo_pie", &["-pie", "-fPIE"]);
+        let so = build_demo(dir.path(), "libdemo.so", &["-shared", "-fPIC"]);
+        assert_eq!(assert_matches_readelf(&pie).len(), 4);
+        assert_eq!(assert_matches_readelf(&so).len(), 4);
+    }
+
+    #[test]
+    fn python_probes() {
+        let python = Path::new("/usr/bin/python3.11");
+        if !python.exists() {
+            eprintln!("skipped: {} not present", python.display());
+            return;
+        }
+        let probes = assert_matches_readelf(python);
+        let entry = probes
+            .iter()
+            .find(|p| p.provider == "python" && p.name == "function__entry")
+            .expect("python:function__entry");
+        assert_eq!(entry.args.len(), 3);
+        assert_ne!(entry.semaphore_offset, 0);
+    }
+
+    #[test]
+    fn files_without_notes_have_no_probes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = compile(dir.path(), "plain", "gcc", "int main(void){return 0;}", &[]);
+        assert!(usdt_probes(&bin).unwrap().is_empty());
+        assert!(matches!(
+            usdt_probes(&dir.path().join("missing")),
+            Err(TargetError::NotFound { .. })
+        ));
+        let text = dir.path().join("t.txt");
+        std::fs::write(&text, "not elf").unwrap();
+        assert!(matches!(
+            usdt_probes(&text),
+            Err(TargetError::NotElf { .. })
+        ));
+    }
+
+    fn no_symbols(_: &str) -> Option<u64> {
+        None
+    }
+
+    #[test]
+    fn arg_specs() {
+        let args = parse_args(
+            "-4@%edi 8@%rax -4@$-9 2@$0x10 8@-1204(%rbp) 1@(%rsp) -8@%r8 4@%r10d 1@%sil",
+            0,
+            &no_symbols,
+        )
+        .unwrap();
+        let locs: Vec<_> = args
+            .iter()
+            .map(|a| (a.size, a.signed, a.loc.clone()))
+            .collect();
+        let reg = |r: &str| UsdtArgLoc::Reg(r.to_string());
+        let deref = |r: &str, offset| UsdtArgLoc::Deref {
+            reg: r.to_string(),
+            offset,
+        };
+        assert_eq!(
+            locs,
+            [
+                (4, true, reg("edi")),
+                (8, false, reg("rax")),
+                (4, true, UsdtArgLoc::Const(-9)),
+                (2, false, UsdtArgLoc::Const(16)),
+                (8, false, deref("rbp", -1204)),
+                (1, false, deref("rsp", 0)),
+                (8, true, reg("r8")),
+                (4, false, reg("r10d")),
+                (1, false, reg("sil")),
+            ]
+        );
+        let symbols = |s: &str| (s == "counter").then_some(0x4000u64);
+        let rip = parse_args(
+            "4@counter(%rip) 8@counter+8(%rip) 4@16(%rip)",
+            0x1000,
+            &symbols,
+        )
+        .unwrap();
+        let offsets: Vec<_> = rip.iter().map(|a| a.loc.clone()).collect();
+        assert_eq!(
+            offsets,
+            [deref("rip", 0x3000), deref("rip", 0x3008), deref("rip", 16)]
+        );
+        assert!(parse_args("", 0, &no_symbols).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_arg_specs_are_errors() {
+        for spec in [
+            "4",
+            "3@%eax",
+            "4@%xyz",
+            "4@%ah",
+            "4@$abc",
+            "4@-8(%rbp",
+            "4@(%rbp,%rax,8)",
+            "4@sym(%rbx)",
+            "4@missing(%rip)",
+            "x@%eax",
+            "4@",
+            "4@8",
+            "-128@%eax",
+        ] {
+            assert!(parse_args(spec, 0, &no_symbols).is_err(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn pt_regs_offsets_match_kernel_layout() {
+        let expected = [
+            ("r15", 0),
+            ("r14", 8),
+            ("r13", 16),
+            ("r12", 24),
+            ("rbp", 32),
+            ("rbx", 40),
+            ("r11", 48),
+            ("r10", 56),
+            ("r9", 64),
+            ("r8", 72),
+            ("rax", 80),
+            ("rcx", 88),
+            ("rdx", 96),
+            ("rsi", 104),
+            ("rdi", 112),
+            ("orig_ax", 120),
+            ("rip", 128),
+            ("cs", 136),
+            ("flags", 144),
+            ("rsp", 152),
+            ("ss", 160),
+        ];
+        for (reg, off) in expected {
+            assert_eq!(x86_64_pt_regs_offset(reg), Some(off), "{reg}");
+        }
+        for (alias, full) in [
+            ("eax", "rax"),
+            ("ax", "rax"),
+            ("al", "rax"),
+            ("r9d", "r9"),
+            ("r9w", "r9"),
+            ("r9b", "r9"),
+            ("dil", "rdi"),
+            ("spl", "rsp"),
+            ("bpl", "rbp"),
+            ("edx", "rdx"),
+        ] {
+            assert_eq!(
+                x86_64_pt_regs_offset(alias),
+                x86_64_pt_regs_offset(full),
+                "{alias}"
+            );
+        }
+        assert_eq!(x86_64_pt_regs_offset("ah"), None);
+        assert_eq!(x86_64_pt_regs_offset("xmm0"), None);
+    }
+
+    /// A `.note.stapsdt` section as bytes: (namesz, descsz, type, name, desc).
+    fn note(owner: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let pad = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(4) * 4, 0);
+        let mut out = Vec::new();
+        out.extend((owner.len() as u32 + 1).to_le_bytes());
+        out.extend((desc.len() as u32).to_le_bytes());
+        out.extend(kind.to_le_bytes());
+        out.extend(owner);
+        out.push(0);
+        pad(&mut out);
+        out.extend(desc);
+        pad(&mut out);
+        out
+    }
+
+    fn notes(data: &[u8]) -> Notes<'_> {
+        Notes {
+            data,
+            little_endian: true,
+            align: 4,
+        }
+    }
+
+    #[test]
+    fn note_parsing_rejects_truncation_without_panicking() {
+        let mut desc = Vec::new();
+        for word in [0x1130u64, 0x2000, 0] {
+            desc.extend(word.to_le_bytes());
+        }
+        desc.extend(b"demo\0frame_done\0-4@%edi\0");
+        let bytes = note(b"stapsdt", 3, &desc);
+        let (n, next) = notes(&bytes).note_at(0).unwrap();
+        assert_eq!((n.owner, n.kind, next), (&b"stapsdt"[..], 3, bytes.len()));
+        let raw = parse_descriptor(n.desc, 8, true).unwrap();
+        assert_eq!((raw.pc, raw.base, raw.semaphore), (0x1130, 0x2000, 0));
+        assert_eq!(
+            (raw.provider.as_str(), raw.name.as_str(), raw.args.as_str()),
+            ("demo", "frame_done", "-4@%edi")
+        );
+
+        for cut in 0..bytes.len() {
+            let truncated = &bytes[..cut];
+            if let Ok((n, _)) = notes(truncated).note_at(0) {
+                let _ = parse_descriptor(n.desc, 8, true);
+            }
+        }
+        for cut in 0..desc.len() {
+            let _ = parse_descriptor(&desc[..cut], 8, true);
+        }
+        assert!(parse_descriptor(&desc[..30], 8, true).is_err());
+        assert!(parse_descriptor(&desc[..24], 8, true).is_err());
+
+        let mut huge = bytes.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(notes(&huge).note_at(0).is_err());
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(notes(&huge).note_at(0).is_err());
+    }
+
+    #[test]
+    fn corrupted_note_sections_error_instead_of_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = build_demo(dir.path(), "demo", &[]);
+        let data = std::fs::read(&bin).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let section = obj.section_by_name(NOTE_SECTION).unwrap();
+        let (start, size) = section.file_range().unwrap();
+        let (start, size) = (start as usize, size as usize);
+        let bad = dir.path().join("bad");
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..200 {
+            let mut copy = data.clone();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = start + (seed as usize) % size;
+            copy[i] = if round % 2 == 0 {
+                0xff
+            } else {
+                (seed >> 40) as u8
+            };
+            std::fs::write(&bad, &copy).unwrap();
+            let _ = usdt_probes(&bad);
+        }
+        // A note section cut short by a shrunken section header.
+        let mut copy = data.clone();
+        for cut in [1usize, 13, 40] {
+            copy[start..start + size].copy_from_slice(&data[start..start + size]);
+            copy[start + size - cut..start + size].fill(0xee);
+            std::fs::write(&bad, &copy).unwrap();
+            let _ = usdt_probes(&bad);
+        }
+    }
+}
