@@ -33,7 +33,8 @@ enum Cmd {
         rebuild_bpf_linker: bool,
     },
     /// setup, `cargo build --workspace`, then `cargo test --workspace --
-    /// --test-threads=1 TEST-ARGS...` (serial: the tests measure timing).
+    /// --test-threads=1 TEST-ARGS...` (serial: the tests measure timing),
+    /// both excluding adeline-trace-ebpf (BPF target only).
     Test {
         /// Passed to the test binaries (a name filter, --nocapture, ...).
         #[arg(last = true)]
