@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::resolve::ProbeSite;
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
 
 /// Which pair of kernel programs to attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

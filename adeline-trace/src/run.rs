@@ -37,7 +37,11 @@ pub fn run(plan: Plan) -> Result<()> {
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
-    let sites = resolve_stages(&plan.stages, &plan.pids)?;
+    let resolved = resolve_stages(&plan.stages, &plan.pids)?;
+    for w in &resolved.warnings {
+        eprintln!("warning: {w}");
+    }
+    let sites = resolved.sites;
     crate::probes::check_privileges()?;
     let out: Box<dyn Write + Send> = match &plan.output {
         Output::Stdout => Box::new(BufWriter::new(std::io::stdout())),

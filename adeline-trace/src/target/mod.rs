@@ -8,6 +8,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod elf;
+pub mod insn;
 pub mod process;
 pub mod usdt;
 
@@ -94,6 +95,16 @@ pub enum TargetError {
         name: String,
         /// Human-readable list of the places searched.
         searched: String,
+    },
+    /// The kernel would accept the probe but never fire it (see insn.rs).
+    #[error("cannot probe {symbol} in {}: {reason}, which the kernel's x86 uprobes refuse (the probe would never fire); probe its caller or a function it calls", path.display())]
+    Unprobeable {
+        /// Demangled name of the function.
+        symbol: String,
+        /// File that holds it.
+        path: PathBuf,
+        /// What is wrong with its first instruction.
+        reason: &'static str,
     },
 }
 
