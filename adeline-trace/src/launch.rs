@@ -141,15 +141,22 @@ impl Launched {
         self.status
     }
 
-    /// Ends the child if it is still running: SIGTERM, then SIGKILL after `grace`.
-    pub fn terminate(&mut self, grace: Duration) -> Option<i32> {
+    /// Asks the child to end: SIGTERM if it runs; a held child exits unrun.
+    pub fn request_stop(&mut self) {
         if !self.released {
             // Closing the pipe makes the held child exit without running.
+            // SAFETY: closing our own pipe end once (released guards it).
             unsafe { libc::close(self.go) };
             self.released = true;
         } else if self.try_wait().is_none() {
+            // SAFETY: kill(2) on our own, not yet reaped, child.
             unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
         }
+    }
+
+    /// Ends the child if it is still running: SIGTERM, then SIGKILL after `grace`.
+    pub fn terminate(&mut self, grace: Duration) -> Option<i32> {
+        self.request_stop();
         let deadline = Instant::now() + grace;
         while self.try_wait().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

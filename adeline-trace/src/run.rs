@@ -28,6 +28,8 @@ use crate::{
 
 /// How often the ring buffer is drained (records are submitted without wakeup).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How long a launched command may take to exit after SIGTERM before SIGKILL.
+const CHILD_GRACE: Duration = Duration::from_secs(2);
 /// How often traced pids are checked for exit.
 const PID_CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -97,11 +99,20 @@ pub fn run(plan: Plan) -> Result<()> {
         .context("starting the async runtime")?;
     let started = Instant::now();
     let stop = runtime.block_on(tracer.trace(&plan, &pids, child.as_mut()))?;
+    // A launched command is ended first (it finishes its current call), so
+    // the final drain sees every call it made.
     if let Some(c) = child.as_mut() {
-        if let Some(code) = c.terminate(Duration::from_secs(2)) {
+        c.request_stop();
+        let deadline = Instant::now() + CHILD_GRACE;
+        while c.try_wait().is_none() && Instant::now() < deadline {
+            tracer.drain()?;
+            std::thread::sleep(DRAIN_EVERY / 2);
+        }
+        if let Some(code) = c.terminate(Duration::ZERO) {
             eprintln!("adeline-trace: command exited with status {code}");
         }
     }
+    tracer.drain()?;
     tracer.finish(started.elapsed(), stop)
 }
 
@@ -177,7 +188,6 @@ impl Tracer {
                 }
             }
         };
-        self.drain()?;
         Ok(stop)
     }
 

@@ -102,7 +102,7 @@ pub fn run(seconds: u64) -> Result<i32> {
         .map(|t| t.lines().count())
         .unwrap_or(0);
     println!(
-        "demo: agent exited ({st}); {lines} events in {}",
+        "demo: agent exited ({st}); {lines} JSON lines (start, spans, stats, summary) in {}",
         events.display()
     );
     Ok(if st.success() {
