@@ -408,3 +408,27 @@ fn output_file_and_duration() {
     pipeline.signal(libc::SIGTERM);
     pipeline.wait(RUN_TIMEOUT);
 }
+
+#[test]
+fn duration_ends_a_launched_command_without_losing_its_last_calls() {
+    if !require_bpf() {
+        return;
+    }
+    let out = trace_demo(&["--duration", "1s"], &["--frames", "0", "--fps", "50"]);
+    assert!(
+        out.stderr.contains("stopped (duration reached)"),
+        "{}",
+        out.stderr
+    );
+    let report = out.fixture_report().expect("fixture report");
+    assert_eq!(report["stopped_by_signal"], true);
+    let counts = span_counts(&out);
+    for stage in DEMO_STAGES {
+        assert_eq!(
+            counts[stage],
+            report["calls"][stage].as_u64().unwrap(),
+            "{stage}"
+        );
+    }
+    assert!(counts["process_frame"] >= 40, "{counts:?}");
+}
