@@ -4,7 +4,9 @@
 //!   cargo xtask setup [--rebuild-bpf-linker]   toolchain, packages, tracefs
 //!   cargo xtask test [-- TEST-ARGS...]        setup, build, run every test serially
 //!   cargo xtask demo [--seconds S]            trace the demo pipeline live (root)
+//!   cargo xtask bench overhead [--runs R]     ns per traced call vs floor and bpftrace (root)
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -48,6 +50,11 @@ enum Cmd {
         #[arg(long, default_value_t = 15)]
         seconds: u64,
     },
+    /// Benchmarks (release build); results go to BENCHMARKS.md. Needs root.
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
 }
 
 fn main() {
@@ -56,6 +63,7 @@ fn main() {
         Cmd::Setup { rebuild_bpf_linker } => setup::run(rebuild_bpf_linker).map(|()| 0),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { seconds } => demo::run(seconds),
+        Cmd::Bench { what } => bench::run(what),
     };
     match result {
         Ok(code) => std::process::exit(code),
