@@ -27,18 +27,18 @@ pub const MAX_THREADS: u32 = 16384;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 24;
 
-/// Indexes of the per-CPU counters in the `COUNTERS` map.
-pub const COUNTER_SUBMITTED: u32 = 0;
+/// Indexes of the per-CPU counters in the `COUNTERS` map. Delivered
+/// records are counted by the agent as it reads them, not here.
 /// A record could not be reserved: the ring buffer was full.
-pub const COUNTER_RING_FULL: u32 = 1;
+pub const COUNTER_RING_FULL: u32 = 0;
 /// A call nested deeper than `MAX_DEPTH`.
-pub const COUNTER_DEPTH_OVERFLOW: u32 = 2;
+pub const COUNTER_DEPTH_OVERFLOW: u32 = 1;
 /// A return without a matching entry (attached mid-call, longjmp, eviction).
-pub const COUNTER_UNMATCHED_EXIT: u32 = 3;
+pub const COUNTER_UNMATCHED_EXIT: u32 = 2;
 /// A span shorter than the minimum duration, filtered in the kernel.
-pub const COUNTER_FILTERED_SHORT: u32 = 4;
+pub const COUNTER_FILTERED_SHORT: u32 = 3;
 /// Number of counters.
-pub const COUNTERS: u32 = 5;
+pub const COUNTERS: u32 = 4;
 
 /// One completed call of a traced stage function.
 #[repr(C)]
@@ -58,17 +58,6 @@ pub struct SpanRecord {
     pub dur_ns: u64,
     /// Number of traced calls open on this thread below this one.
     pub depth: u32,
-    pub _pad: u32,
-}
-
-/// Agent-set configuration, element 0 of the `CONFIG` array.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
-    /// Spans shorter than this are counted but not sent (0 = send all).
-    pub min_dur_ns: u64,
-    /// Non-zero: only tgids present in the `PIDS` map are traced.
-    pub filter_pids: u32,
     pub _pad: u32,
 }
 
@@ -95,7 +84,6 @@ mod pod {
     use super::*;
     // SAFETY: all are repr(C), Copy, with explicit padding fields only.
     unsafe impl aya::Pod for SpanRecord {}
-    unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for OpenCall {}
     unsafe impl aya::Pod for ThreadCalls {}
 }

@@ -1,11 +1,22 @@
 //! Every map the kernel programs use. The agent finds them by these names.
 use adeline_trace_common::{
-    Config, ThreadCalls, COUNTERS as N_COUNTERS, MAX_PIDS, MAX_THREADS, RING_BYTES,
+    ThreadCalls, COUNTERS as N_COUNTERS, MAX_PIDS, MAX_THREADS, RING_BYTES,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
+
+// Configuration set by the agent at load time (constants to the verifier:
+// no map lookup per call).
+
+/// Non-zero: only tgids present in `PIDS` are traced.
+#[no_mangle]
+static FILTER_PIDS: u32 = 0;
+
+/// Spans shorter than this are counted but not sent (0 = send all).
+#[no_mangle]
+static MIN_DUR_NS: u64 = 0;
 
 /// Records for the agent (spans and later kinds), submitted without wakeup.
 #[map(name = "EVENTS")]
@@ -15,11 +26,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
 
-/// Agent configuration (element 0).
-#[map(name = "CONFIG")]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-
-/// Tgids to trace when `Config::filter_pids` is set.
+/// Tgids to trace when `FILTER_PIDS` is set.
 #[map(name = "PIDS")]
 pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
 
@@ -39,14 +46,17 @@ pub fn bump(counter: u32) {
 /// Whether the process `tgid` is traced.
 #[inline(always)]
 pub fn pid_allowed(tgid: u32) -> bool {
-    match CONFIG.get(0) {
-        Some(cfg) if cfg.filter_pids != 0 => unsafe { PIDS.get(&tgid).is_some() },
-        _ => true,
+    // SAFETY: read of a load-time constant.
+    if unsafe { core::ptr::read_volatile(&FILTER_PIDS) } == 0 {
+        return true;
     }
+    // SAFETY: only presence is checked; the value is not read.
+    unsafe { PIDS.get(&tgid).is_some() }
 }
 
 /// Minimum span duration to send (0 = all).
 #[inline(always)]
 pub fn min_duration() -> u64 {
-    CONFIG.get(0).map(|c| c.min_dur_ns).unwrap_or(0)
+    // SAFETY: read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&MIN_DUR_NS) }
 }

@@ -2,7 +2,7 @@
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
     OpenCall, SpanRecord, ThreadCalls, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT,
-    COUNTER_RING_FULL, COUNTER_SUBMITTED, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
+    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
@@ -80,19 +80,23 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         calls.depth -= 1;
         return 0;
     }
-    // The innermost open call of this stage. Calls above it were left without
-    // a return (exception, longjmp): drop them rather than mis-time them.
-    let mut found = MAX_DEPTH;
-    for i in 0..MAX_DEPTH {
-        let idx = MAX_DEPTH - 1 - i;
-        if idx < depth && calls.calls[idx].stage == stage {
-            found = idx;
-            break;
+    // The innermost open call of this stage: normally the top of the stack.
+    // Calls above it were left without a return (exception, longjmp): drop
+    // them rather than mis-time them.
+    let mut found = depth - 1;
+    if calls.calls[found].stage != stage {
+        found = MAX_DEPTH;
+        for i in 1..MAX_DEPTH {
+            let idx = MAX_DEPTH - 1 - i;
+            if idx + 1 < depth && calls.calls[idx].stage == stage {
+                found = idx;
+                break;
+            }
         }
-    }
-    if found >= MAX_DEPTH {
-        bump(COUNTER_UNMATCHED_EXIT);
-        return 0;
+        if found >= MAX_DEPTH {
+            bump(COUNTER_UNMATCHED_EXIT);
+            return 0;
+        }
     }
     let start_ns = calls.calls[found].start_ns;
     calls.depth = found as u32;
@@ -114,7 +118,6 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
                 _pad: 0,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
-            bump(COUNTER_SUBMITTED);
         }
         None => bump(COUNTER_RING_FULL),
     }

@@ -3,14 +3,14 @@
 //! everything.
 use std::{num::NonZeroU32, time::Duration};
 
-use adeline_trace_common::{Config, COUNTERS};
+use adeline_trace_common::COUNTERS;
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeScope},
         UProbe,
     },
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use thiserror::Error;
 
@@ -112,8 +112,14 @@ impl Probes {
     ) -> Result<Probes, ProbeError> {
         check_privileges()?;
         raise_memlock();
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(chain(&e)))?;
-        configure(&mut ebpf, pids, min_duration)?;
+        let filter_pids = u32::from(!pids.is_empty());
+        let min_dur_ns = u64::try_from(min_duration.as_nanos()).unwrap_or(u64::MAX);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("FILTER_PIDS", &filter_pids, true)
+            .override_global("MIN_DUR_NS", &min_dur_ns, true)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(chain(&e)))?;
+        fill_pid_filter(&mut ebpf, pids)?;
         let scopes: Vec<UProbeScope> = if pids.is_empty() {
             vec![UProbeScope::AllProcesses]
         } else {
@@ -136,14 +142,13 @@ impl Probes {
                         location: site.offset.into(),
                         cookie: Some(u64::from(site.stage_id)),
                     };
-                    prog.attach(point, &site.path, *scope).map_err(|e| {
-                        ProbeError::Attach {
+                    prog.attach(point, &site.path, *scope)
+                        .map_err(|e| ProbeError::Attach {
                             stage: site.stage.clone(),
                             symbol: site.symbol.clone(),
                             path: site.path.display().to_string(),
                             reason: chain(&e),
-                        }
-                    })?;
+                        })?;
                     attached += 1;
                 }
             }
@@ -188,34 +193,20 @@ impl Probes {
     }
 }
 
-fn configure(ebpf: &mut Ebpf, pids: &[u32], min_duration: Duration) -> Result<(), ProbeError> {
-    {
-        let map = ebpf
-            .map_mut("PIDS")
-            .ok_or_else(|| load_err("no PIDS map"))?;
-        let mut map: HashMap<_, u32, u8> =
-            HashMap::try_from(map).map_err(|e| ProbeError::Load(chain(&e)))?;
-        for &pid in pids {
-            map.insert(pid, 1, 0).map_err(|e| ProbeError::Map {
-                map: "PIDS",
-                reason: chain(&e),
-            })?;
-        }
-    }
+/// Fills the in-kernel pid filter (used when `FILTER_PIDS` is set).
+fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), ProbeError> {
     let map = ebpf
-        .map_mut("CONFIG")
-        .ok_or_else(|| load_err("no CONFIG map"))?;
-    let mut config: Array<_, Config> =
-        Array::try_from(map).map_err(|e| ProbeError::Load(chain(&e)))?;
-    let cfg = Config {
-        min_dur_ns: u64::try_from(min_duration.as_nanos()).unwrap_or(u64::MAX),
-        filter_pids: u32::from(!pids.is_empty()),
-        _pad: 0,
-    };
-    config.set(0, cfg, 0).map_err(|e| ProbeError::Map {
-        map: "CONFIG",
-        reason: chain(&e),
-    })
+        .map_mut("PIDS")
+        .ok_or_else(|| load_err("no PIDS map"))?;
+    let mut map: HashMap<_, u32, u8> =
+        HashMap::try_from(map).map_err(|e| ProbeError::Load(chain(&e)))?;
+    for &pid in pids {
+        map.insert(pid, 1, 0).map_err(|e| ProbeError::Map {
+            map: "PIDS",
+            reason: chain(&e),
+        })?;
+    }
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it.

@@ -6,7 +6,7 @@ use std::{
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL, COUNTER_SUBMITTED,
+    COUNTERS, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL,
     COUNTER_UNMATCHED_EXIT,
 };
 use anyhow::{Context as _, Result};
@@ -91,6 +91,8 @@ pub fn run(plan: Plan) -> Result<()> {
         clock,
         metrics: Metrics::new(names),
         last_counters: [0; COUNTERS as usize],
+        records: 0,
+        last_records: 0,
         decode_errors: 0,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -155,6 +157,9 @@ struct Tracer {
     clock: WallClock,
     metrics: Metrics,
     last_counters: [u64; COUNTERS as usize],
+    /// Records read from the ring buffer (delivered events).
+    records: u64,
+    last_records: u64,
     decode_errors: u64,
 }
 
@@ -195,6 +200,7 @@ impl Tracer {
     fn drain(&mut self) -> Result<()> {
         let mut wrote = false;
         while let Some(item) = self.probes.ring.next() {
+            self.records += 1;
             match decode(&item) {
                 Ok(Event::Span(span)) => {
                     self.metrics.record_span(&span);
@@ -222,13 +228,13 @@ impl Tracer {
     fn stats(&mut self, plan: &Plan) -> Result<()> {
         let now = self.probes.counters()?;
         let delta = |i: u32| now[i as usize] - self.last_counters[i as usize];
-        let (events, drops) = (delta(COUNTER_SUBMITTED), delta(COUNTER_RING_FULL));
+        let (events, drops) = (self.records - self.last_records, delta(COUNTER_RING_FULL));
         self.sink.write(&Record::Stats {
             ts_ns: self.clock.wall_ns(monotonic_ns()),
             interval_ns: plan.stats_interval.as_nanos() as u64,
             events,
             drops,
-            events_total: now[COUNTER_SUBMITTED as usize],
+            events_total: self.records,
             drops_total: now[COUNTER_RING_FULL as usize],
             unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
@@ -236,6 +242,7 @@ impl Tracer {
         })?;
         self.sink.flush()?;
         self.last_counters = now;
+        self.last_records = self.records;
         let interval = self.metrics.take_interval();
         if plan.live {
             let table = live_table(&interval, plan.stats_interval.as_secs_f64(), drops);
@@ -254,7 +261,7 @@ impl Tracer {
         self.sink.write(&Record::Summary {
             ts_ns: self.clock.wall_ns(monotonic_ns()),
             duration_ns: elapsed.as_nanos() as u64,
-            events: counters[COUNTER_SUBMITTED as usize],
+            events: self.records,
             drops: counters[COUNTER_RING_FULL as usize],
             stages,
         })?;
@@ -270,7 +277,7 @@ impl Tracer {
                 Stop::PidsExited => "traced processes exited",
             },
             elapsed.as_secs_f64(),
-            counters[COUNTER_SUBMITTED as usize],
+            self.records,
             drops,
             counters[COUNTER_UNMATCHED_EXIT as usize],
         );
