@@ -432,3 +432,29 @@ fn duration_ends_a_launched_command_without_losing_its_last_calls() {
     }
     assert!(counts["process_frame"] >= 40, "{counts:?}");
 }
+
+#[test]
+fn default_scope_traces_every_process_running_the_target() {
+    if !require_bpf() {
+        return;
+    }
+    let demo = demo_bin();
+    let stage = format!("decode={}:decode", demo.display());
+    let mut agent = Agent::spawn(&["run", "--stage", &stage]);
+    let start = agent.wait_ready(Duration::from_secs(30));
+    assert_eq!(start["pids"], serde_json::json!([]));
+    // Two processes started after the agent: both are traced.
+    let a = Pipeline::demo(&["--frames", "7"]);
+    let b = Pipeline::demo(&["--frames", "11"]);
+    let (pid_a, pid_b) = (a.pid(), b.pid());
+    a.go();
+    b.go();
+    a.wait(RUN_TIMEOUT);
+    b.wait(RUN_TIMEOUT);
+    let out = agent.output();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("stopped (signal)"), "{}", out.stderr);
+    let of = |pid: u32| out.spans().iter().filter(|s| s["pid"] == pid).count();
+    assert_eq!(of(pid_a), 7);
+    assert_eq!(of(pid_b), 11);
+}
