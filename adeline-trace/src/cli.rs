@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// How often to emit a `stats` event (and refresh --live), e.g. 1s.
     #[arg(long, value_name = "DURATION")]
     pub stats_interval: Option<String>,
+    /// Ring buffer size in bytes: a power of two, at least 4096 (default 16777216).
+    #[arg(long, value_name = "BYTES")]
+    pub ring_bytes: Option<u32>,
     /// Show a live per-stage latency table on stderr.
     #[arg(long)]
     pub live: bool,

@@ -33,6 +33,8 @@ pub struct Plan {
     pub min_duration: Duration,
     pub stats_interval: Duration,
     pub live: bool,
+    /// Ring buffer size in bytes.
+    pub ring_bytes: u32,
     /// Attach the empty floor programs instead of the stage programs (benchmarks).
     pub probe_floor: bool,
 }
@@ -68,6 +70,8 @@ pub enum ConfigError {
     PidZero,
     #[error("--stats-interval must be at least 10ms")]
     StatsIntervalTooShort,
+    #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 16777216")]
+    RingBytes(u32),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
 }
@@ -234,6 +238,10 @@ impl Plan {
         if stats_interval < Duration::from_millis(10) {
             return Err(ConfigError::StatsIntervalTooShort);
         }
+        let ring_bytes = args.ring_bytes.unwrap_or(adeline_trace_common::RING_BYTES);
+        if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
+            return Err(ConfigError::RingBytes(ring_bytes));
+        }
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -247,6 +255,7 @@ impl Plan {
             min_duration,
             stats_interval,
             live: args.live,
+            ring_bytes,
             probe_floor: args.probe_floor,
         })
     }
@@ -387,5 +396,12 @@ mod tests {
         );
         let e = Plan::from_args(&args(&["--stage", "a=/x:f", "-p", "1", "--", "ls"])).unwrap_err();
         assert_eq!(e, ConfigError::PidAndCommand);
+        for bad in ["1000", "6144", "0"] {
+            let e =
+                Plan::from_args(&args(&["--stage", "a=/x:f", "--ring-bytes", bad])).unwrap_err();
+            assert_eq!(e, ConfigError::RingBytes(bad.parse().unwrap()));
+        }
+        let ok = Plan::from_args(&args(&["--stage", "a=/x:f", "--ring-bytes", "8192"])).unwrap();
+        assert_eq!(ok.ring_bytes, 8192);
     }
 }

@@ -108,6 +108,7 @@ impl Probes {
         sites: &[ProbeSite],
         pids: &[u32],
         min_duration: Duration,
+        ring_bytes: u32,
         programs: Programs,
     ) -> Result<Probes, ProbeError> {
         check_privileges()?;
@@ -117,6 +118,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
+            .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;

@@ -67,7 +67,7 @@ pub fn run(plan: Plan) -> Result<()> {
         true => Programs::Floor,
         false => Programs::Stage,
     };
-    let probes = Probes::attach(&sites, &pids, plan.min_duration, programs)?;
+    let probes = Probes::attach(&sites, &pids, plan.min_duration, plan.ring_bytes, programs)?;
     let clock = WallClock::new();
     write_start(&mut sink, &clock, &pids, &sites)?;
     eprintln!(

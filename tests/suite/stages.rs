@@ -458,3 +458,48 @@ fn default_scope_traces_every_process_running_the_target() {
     assert_eq!(of(pid_a), 7);
     assert_eq!(of(pid_b), 11);
 }
+
+#[test]
+fn a_full_ring_buffer_loses_nothing_silently() {
+    if !require_bpf() {
+        return;
+    }
+    // A one-page ring and a pipeline with no sleeps: the agent (draining
+    // every 10 ms) cannot keep up, so records are lost. Every lost record
+    // must be counted: spans + drops == the calls the fixture made.
+    let mut owned: Vec<String> = ["--frames", "2000", "--frame-bytes", "1024"]
+        .map(String::from)
+        .to_vec();
+    for s in [
+        "decode",
+        "preprocess",
+        "infer_layer",
+        "postprocess",
+        "refine",
+        "track",
+        "publish",
+    ] {
+        owned.push("--sleep-us".into());
+        owned.push(format!("{s}=0"));
+    }
+    let demo_args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let out = trace_demo(&["--ring-bytes", "4096"], &demo_args);
+    let report = out.fixture_report().unwrap();
+    let calls: u64 = DEMO_STAGES
+        .iter()
+        .map(|s| report["calls"][s].as_u64().unwrap())
+        .sum();
+    let summary = out.summary().unwrap();
+    let drops = summary["drops"].as_u64().unwrap();
+    assert!(drops > 0, "the test needs a full ring: {summary}");
+    assert_eq!(
+        out.spans().len() as u64,
+        summary["events"].as_u64().unwrap()
+    );
+    assert_eq!(out.spans().len() as u64 + drops, calls);
+    assert!(
+        out.stderr.contains(&format!("{drops} dropped")),
+        "{}",
+        out.stderr
+    );
+}
