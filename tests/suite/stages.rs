@@ -38,6 +38,20 @@ fn span_counts(out: &AgentOutput) -> BTreeMap<String, u64> {
     counts
 }
 
+/// Asserts one span per call the fixture made, stage by stage; returns the counts.
+fn assert_span_counts_match(out: &AgentOutput, report: &Value) -> BTreeMap<String, u64> {
+    let counts = span_counts(out);
+    for stage in DEMO_STAGES {
+        let expected = report["calls"][stage].as_u64().unwrap();
+        assert_eq!(
+            counts.get(stage).copied().unwrap_or(0),
+            expected,
+            "stage {stage}"
+        );
+    }
+    counts
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -52,21 +66,15 @@ fn command_mode_counts_every_call_exactly() {
     let report = out
         .fixture_report()
         .expect("fixture report on shared stdout");
-    let counts = span_counts(&out);
+    assert_span_counts_match(&out, report);
     for stage in DEMO_STAGES {
-        let expected = report["calls"][stage].as_u64().unwrap();
-        assert_eq!(
-            counts.get(stage).copied().unwrap_or(0),
-            expected,
-            "stage {stage}"
-        );
         assert_eq!(
             out.summary_of(stage).unwrap()["count"],
-            expected,
+            report["calls"][stage],
             "summary {stage}"
         );
     }
-    // 40 frames x (1 process_frame + 6 stages + 3 infer_layer + 3 refine - 1 infer counted once)
+    // 3 infer_layer calls and 3 refine levels per frame.
     assert_eq!(report["calls"]["infer_layer"], 120);
     assert_eq!(report["calls"]["refine"], 120);
     let pid = report["pid"].as_u64().unwrap();
@@ -204,14 +212,7 @@ fn every_thread_is_timed_separately() {
     let out = trace_demo(&[], &["--frames", "15", "--threads", "4"]);
     let report = out.fixture_report().unwrap();
     assert_eq!(report["frames"], 60);
-    let counts = span_counts(&out);
-    for stage in DEMO_STAGES {
-        assert_eq!(
-            counts[stage],
-            report["calls"][stage].as_u64().unwrap(),
-            "{stage}"
-        );
-    }
+    assert_span_counts_match(&out, report);
     let mut per_tid: BTreeMap<u64, u64> = BTreeMap::new();
     for s in out.spans_of("process_frame") {
         *per_tid.entry(s["tid"].as_u64().unwrap()).or_default() += 1;
@@ -252,14 +253,7 @@ fn pid_filter_excludes_a_second_process_of_the_same_binary() {
         out.stderr
     );
     assert!(out.spans().iter().all(|s| s["pid"] == traced_pid));
-    let counts = span_counts(&out);
-    for stage in DEMO_STAGES {
-        assert_eq!(
-            counts[stage],
-            traced_report["calls"][stage].as_u64().unwrap(),
-            "{stage}"
-        );
-    }
+    assert_span_counts_match(&out, &traced_report);
     assert_eq!(other_report["calls"]["decode"], 25);
 }
 
@@ -422,14 +416,7 @@ fn duration_ends_a_launched_command_without_losing_its_last_calls() {
     );
     let report = out.fixture_report().expect("fixture report");
     assert_eq!(report["stopped_by_signal"], true);
-    let counts = span_counts(&out);
-    for stage in DEMO_STAGES {
-        assert_eq!(
-            counts[stage],
-            report["calls"][stage].as_u64().unwrap(),
-            "{stage}"
-        );
-    }
+    let counts = assert_span_counts_match(&out, report);
     assert!(counts["process_frame"] >= 40, "{counts:?}");
 }
 
