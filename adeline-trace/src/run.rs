@@ -1,7 +1,8 @@
 //! `adeline-trace run`: Plan -> probes -> ring buffer -> events -> metrics -> sinks.
 use std::{
     fs::File,
-    io::{BufWriter, Write},
+    io::Write,
+    os::fd::AsFd,
     time::{Duration, Instant},
 };
 
@@ -46,12 +47,17 @@ pub fn run(plan: Plan) -> Result<()> {
     let sites = resolved.sites;
     crate::probes::check_privileges()?;
     let out: Box<dyn Write + Send> = match &plan.output {
-        Output::Stdout => Box::new(BufWriter::new(std::io::stdout())),
-        Output::File(path) => {
-            Box::new(BufWriter::new(File::create(path).with_context(|| {
-                format!("cannot create output {}", path.display())
-            })?))
-        }
+        // Unbuffered: JsonlSink buffers and writes whole lines itself.
+        Output::Stdout => Box::new(File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating stdout")?,
+        )),
+        Output::File(path) => Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create output {}", path.display()))?,
+        ),
     };
     let mut sink = JsonlSink::new(out);
     // Fork before any thread exists; the child waits until probes are attached.

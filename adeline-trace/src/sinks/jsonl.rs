@@ -66,29 +66,64 @@ struct Versioned<'a> {
     record: &'a Record<'a>,
 }
 
-/// Writes one JSON object per line.
+/// Largest write that a pipe keeps whole when others write to it too.
+const PIPE_BUF: usize = 4096;
+
+/// Writes one JSON object per line. Output is buffered here and written in
+/// chunks of whole lines of at most PIPE_BUF bytes, so a process sharing the
+/// same pipe (a command launched with `--`) can never split a record.
 pub struct JsonlSink {
     out: Box<dyn Write + Send>,
+    buf: Vec<u8>,
 }
 
 impl JsonlSink {
+    /// `out` should be unbuffered (e.g. a `File`): this sink buffers.
     pub fn new(out: Box<dyn Write + Send>) -> JsonlSink {
-        JsonlSink { out }
+        JsonlSink {
+            out,
+            buf: Vec::with_capacity(4 * PIPE_BUF),
+        }
     }
 
     pub fn write(&mut self, record: &Record<'_>) -> std::io::Result<()> {
         serde_json::to_writer(
-            &mut self.out,
+            &mut self.buf,
             &Versioned {
                 v: SCHEMA_VERSION,
                 record,
             },
         )?;
-        self.out.write_all(b"\n")
+        self.buf.push(b'\n');
+        if self.buf.len() >= 4 * PIPE_BUF {
+            self.write_lines()?;
+        }
+        Ok(())
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
+        self.write_lines()?;
         self.out.flush()
+    }
+
+    /// Writes the buffer (whole lines only) in chunks of at most PIPE_BUF
+    /// bytes, each ending at a newline; a longer line goes alone.
+    fn write_lines(&mut self) -> std::io::Result<()> {
+        let mut start = 0;
+        while start < self.buf.len() {
+            let window = &self.buf[start..self.buf.len().min(start + PIPE_BUF)];
+            let end = match window.iter().rposition(|&b| b == b'\n') {
+                Some(i) => start + i + 1,
+                None => match self.buf[start..].iter().position(|&b| b == b'\n') {
+                    Some(i) => start + i + 1,
+                    None => self.buf.len(),
+                },
+            };
+            self.out.write_all(&self.buf[start..end])?;
+            start = end;
+        }
+        self.buf.clear();
+        Ok(())
     }
 }
 
@@ -97,11 +132,13 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Records the bytes and the size of every write.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    struct Buf(Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<usize>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
+            self.1.lock().unwrap().push(b.len());
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -122,10 +159,39 @@ mod tests {
             depth: 0,
         })
         .unwrap();
+        sink.flush().unwrap();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text,
             "{\"v\":1,\"type\":\"span\",\"ts_ns\":1,\"pid\":2,\"tid\":3,\"stage\":\"infer\",\"dur_ns\":4,\"depth\":0}\n"
         );
+    }
+
+    #[test]
+    fn writes_whole_lines_of_at_most_pipe_buf_bytes() {
+        let buf = Buf::default();
+        let mut sink = JsonlSink::new(Box::new(buf.clone()));
+        for i in 0..1000 {
+            sink.write(&Record::Span {
+                ts_ns: i,
+                pid: 2,
+                tid: 3,
+                stage: "infer",
+                dur_ns: 4,
+                depth: 0,
+            })
+            .unwrap();
+        }
+        sink.flush().unwrap();
+        let bytes = buf.0.lock().unwrap().clone();
+        let writes = buf.1.lock().unwrap().clone();
+        assert_eq!(String::from_utf8(bytes).unwrap().lines().count(), 1000);
+        assert!(writes.iter().all(|&n| n <= PIPE_BUF), "{writes:?}");
+        let mut at = 0;
+        let all = buf.0.lock().unwrap().clone();
+        for n in writes {
+            at += n;
+            assert_eq!(all[at - 1], b'\n', "a write ended mid-line");
+        }
     }
 }
