@@ -21,9 +21,6 @@ pub const MAX_STAGES: u32 = 1024;
 /// Most processes the in-kernel pid filter holds.
 pub const MAX_PIDS: u32 = 1024;
 
-/// Threads whose nesting state is kept at once (LRU: the oldest is evicted).
-pub const MAX_THREADS: u32 = 16384;
-
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 24;
 

@@ -1,10 +1,12 @@
 //! Every map the kernel programs use. The agent finds them by these names.
-use adeline_trace_common::{
-    ThreadCalls, COUNTERS as N_COUNTERS, MAX_PIDS, MAX_THREADS, RING_BYTES,
-};
+use core::{ffi::c_void, ptr};
+
+use adeline_trace_common::{ThreadCalls, COUNTERS as N_COUNTERS, MAX_PIDS, RING_BYTES};
 use aya_ebpf::{
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_LOCAL_STORAGE_GET_F_CREATE},
+    helpers::{bpf_get_current_task_btf, bpf_task_storage_get},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 
 // Configuration set by the agent at load time (constants to the verifier:
@@ -30,9 +32,61 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS
 #[map(name = "PIDS")]
 pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
 
-/// Open traced calls per thread, keyed by pid_tgid.
-#[map(name = "THREADS")]
-pub static THREADS: LruHashMap<u64, ThreadCalls> = LruHashMap::with_max_entries(MAX_THREADS, 0);
+/// A BTF-defined task-local storage map (kernel 5.11+): one `T` per thread,
+/// found through the task itself instead of a hash lookup, and freed by the
+/// kernel when the thread exits. aya-ebpf 0.2.1 has no type for it; this is
+/// the same layout as its `btf_map_def!` maps (`.maps` section, fields are
+/// BTF-encoded pointers the loader reads, never dereferenced).
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    // BPF_F_NO_PREALLOC, required for local storage maps.
+    map_flags: *const [i32; 1],
+}
+
+// SAFETY: placeholder pointers patched by the loader, never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        TaskStorage {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+
+    /// The current thread's value, zero-initialised on first use when
+    /// `create` is set; null if absent (or the kernel refused).
+    #[inline(always)]
+    pub fn current(&self, create: bool) -> *mut T {
+        let flags = if create {
+            BPF_LOCAL_STORAGE_GET_F_CREATE as u64
+        } else {
+            0
+        };
+        // SAFETY: the helpers take this map's address and the current task.
+        unsafe {
+            bpf_task_storage_get(
+                ptr::from_ref(self).cast_mut().cast::<c_void>(),
+                bpf_get_current_task_btf(),
+                ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast::<T>()
+    }
+}
+
+/// Open traced calls of each thread (task-local storage).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "THREADS")]
+pub static THREADS: TaskStorage<ThreadCalls> = TaskStorage::new();
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

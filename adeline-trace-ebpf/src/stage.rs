@@ -1,11 +1,11 @@
 //! Generic stage timing: one entry and one exit program serve every stage;
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
-    OpenCall, SpanRecord, ThreadCalls, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT,
-    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
+    OpenCall, SpanRecord, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL,
+    COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -13,16 +13,6 @@ use aya_ebpf::{
 };
 
 use crate::maps::{bump, min_duration, pid_allowed, EVENTS, THREADS};
-
-const EMPTY: ThreadCalls = ThreadCalls {
-    depth: 0,
-    _pad: 0,
-    calls: [OpenCall {
-        stage: 0,
-        _pad: 0,
-        start_ns: 0,
-    }; MAX_DEPTH],
-};
 
 #[uprobe]
 pub fn stage_entry(ctx: ProbeContext) -> u32 {
@@ -33,17 +23,11 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let calls = match THREADS.get_ptr_mut(&pid_tgid) {
-        Some(p) => p,
-        None => {
-            let _ = THREADS.insert(&pid_tgid, &EMPTY, BPF_NOEXIST as u64);
-            match THREADS.get_ptr_mut(&pid_tgid) {
-                Some(p) => p,
-                None => return 0,
-            }
-        }
-    };
-    // SAFETY: the value belongs to this thread only (keyed by pid_tgid).
+    let calls = THREADS.current(true);
+    if calls.is_null() {
+        return 0;
+    }
+    // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
     let depth = calls.depth as usize;
     if depth < MAX_DEPTH {
@@ -65,11 +49,12 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let Some(calls) = THREADS.get_ptr_mut(&pid_tgid) else {
+    let calls = THREADS.current(false);
+    if calls.is_null() {
         bump(COUNTER_UNMATCHED_EXIT);
         return 0;
-    };
-    // SAFETY: the value belongs to this thread only (keyed by pid_tgid).
+    }
+    // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
     let depth = calls.depth as usize;
     if depth == 0 {

@@ -92,8 +92,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let msg = inner.to_string();
+        // Some errors already print their source; do not repeat it.
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
         cur = inner.source();
     }
     s
@@ -116,6 +120,8 @@ impl Probes {
         let filter_pids = u32::from(!pids.is_empty());
         let min_dur_ns = u64::try_from(min_duration.as_nanos()).unwrap_or(u64::MAX);
         let mut ebpf = EbpfLoader::new()
+            // THREADS is a task-storage map, which aya creates but has no type for.
+            .allow_unsupported_maps()
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
             .map_max_entries("EVENTS", ring_bytes)
