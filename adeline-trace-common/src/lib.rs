@@ -6,10 +6,22 @@
 #![no_std]
 
 /// Version of the kernel/agent record layout. Bump on any layout change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
+/// A gauge sample: an integer argument or return value of a function.
+pub const KIND_GAUGE: u32 = 2;
+
+/// `FRAME_STAGE` value meaning "no frame root declared".
+pub const NO_FRAME_STAGE: u32 = u32::MAX;
+
+/// Gauge attach cookie: gauge id in the low 32 bits, the argument index
+/// (0..=5, x86-64 SysV integer registers) in bits 32..40. Return-value
+/// gauges use their own program and ignore the index.
+pub const fn gauge_cookie(gauge: u32, arg: u8) -> u64 {
+    (gauge as u64) | ((arg as u64) << 32)
+}
 
 /// Deepest nesting of traced calls tracked per thread. Deeper calls are
 /// counted in `COUNTER_DEPTH_OVERFLOW` and produce no span.
@@ -53,9 +65,31 @@ pub struct SpanRecord {
     pub start_ns: u64,
     /// Duration from entry to return, nanoseconds.
     pub dur_ns: u64,
+    /// `dur_ns` minus the durations of the traced calls made directly
+    /// inside this one (its own time).
+    pub self_ns: u64,
+    /// Entry time of the frame-root call this call ran inside (or is), on
+    /// this thread; 0 when outside any frame or no frame root is declared.
+    pub frame_ns: u64,
     /// Number of traced calls open on this thread below this one.
     pub depth: u32,
     pub _pad: u32,
+}
+
+/// One integer sampled by a gauge probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GaugeRecord {
+    /// Always `KIND_GAUGE`.
+    pub kind: u32,
+    /// Gauge id (low half of the attach cookie).
+    pub gauge: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// The register's value as a signed 64-bit integer.
+    pub value: i64,
 }
 
 /// One open traced call on a thread.
@@ -65,6 +99,8 @@ pub struct OpenCall {
     pub stage: u32,
     pub _pad: u32,
     pub start_ns: u64,
+    /// Summed durations of the traced calls returned directly inside this one.
+    pub child_ns: u64,
 }
 
 /// The traced calls open on one thread, innermost last.
@@ -72,7 +108,10 @@ pub struct OpenCall {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadCalls {
     pub depth: u32,
-    pub _pad: u32,
+    /// 1 + the stack index of the open frame-root call; 0 when none is open.
+    pub frame_level: u32,
+    /// Entry time of that frame-root call.
+    pub frame_ns: u64,
     pub calls: [OpenCall; MAX_DEPTH],
 }
 
@@ -81,6 +120,7 @@ mod pod {
     use super::*;
     // SAFETY: all are repr(C), Copy, with explicit padding fields only.
     unsafe impl aya::Pod for SpanRecord {}
+    unsafe impl aya::Pod for GaugeRecord {}
     unsafe impl aya::Pod for OpenCall {}
     unsafe impl aya::Pod for ThreadCalls {}
 }

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod floor;
+mod gauge;
 mod maps;
 mod stage;
 

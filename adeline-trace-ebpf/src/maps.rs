@@ -16,6 +16,10 @@ use aya_ebpf::{
 #[no_mangle]
 static FILTER_PIDS: u32 = 0;
 
+/// Stage id of the frame root (`NO_FRAME_STAGE` when none).
+#[no_mangle]
+static FRAME_STAGE: u32 = adeline_trace_common::NO_FRAME_STAGE;
+
 /// Spans shorter than this are counted but not sent (0 = send all).
 #[no_mangle]
 static MIN_DUR_NS: u64 = 0;
@@ -106,6 +110,13 @@ pub fn pid_allowed(tgid: u32) -> bool {
     }
     // SAFETY: only presence is checked; the value is not read.
     unsafe { PIDS.get(&tgid).is_some() }
+}
+
+/// Stage id of the frame root.
+#[inline(always)]
+pub fn frame_stage() -> u32 {
+    // SAFETY: read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&FRAME_STAGE) }
 }
 
 /// Minimum span duration to send (0 = all).

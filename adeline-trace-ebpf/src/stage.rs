@@ -12,7 +12,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::maps::{bump, min_duration, pid_allowed, EVENTS, THREADS};
+use crate::maps::{bump, frame_stage, min_duration, pid_allowed, EVENTS, THREADS};
 
 #[uprobe]
 pub fn stage_entry(ctx: ProbeContext) -> u32 {
@@ -35,7 +35,12 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
             stage,
             _pad: 0,
             start_ns: now,
+            child_ns: 0,
         };
+        if stage == frame_stage() && calls.frame_level == 0 {
+            calls.frame_level = depth as u32 + 1;
+            calls.frame_ns = now;
+        }
     } else {
         // Keep counting so the matching returns unwind to the right level.
         bump(COUNTER_DEPTH_OVERFLOW);
@@ -84,8 +89,24 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         }
     }
     let start_ns = calls.calls[found].start_ns;
+    let child_ns = calls.calls[found].child_ns;
     calls.depth = found as u32;
     let dur_ns = now.wrapping_sub(start_ns);
+    // This call is part of its parent's child time (filtered or not).
+    if found > 0 {
+        let parent = &mut calls.calls[(found - 1) & (MAX_DEPTH - 1)];
+        parent.child_ns = parent.child_ns.wrapping_add(dur_ns);
+    }
+    let level = calls.frame_level as usize;
+    let frame_ns = if level != 0 && found + 1 >= level {
+        calls.frame_ns
+    } else {
+        0
+    };
+    if level != 0 && found < level {
+        // The frame root itself returned (or was unwound past).
+        calls.frame_level = 0;
+    }
     if dur_ns < min_duration() {
         bump(COUNTER_FILTERED_SHORT);
         return 0;
@@ -99,6 +120,8 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
                 tid: pid_tgid as u32,
                 start_ns,
                 dur_ns,
+                self_ns: dur_ns.saturating_sub(child_ns),
+                frame_ns,
                 depth: found as u32,
                 _pad: 0,
             });

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to stage functions and stream their latency as JSON Lines.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the functions (and USDT probes) of an executable or library that can be probed.
     List(ListArgs),
 }
@@ -46,6 +46,28 @@ pub struct RunArgs {
     /// How often to emit a `stats` event (and refresh --live), e.g. 1s.
     #[arg(long, value_name = "DURATION")]
     pub stats_interval: Option<String>,
+    /// The stage whose calls are frames (FPS, frame latency, per-stage share).
+    #[arg(long, value_name = "STAGE")]
+    pub frame_stage: Option<String>,
+    /// Record an integer argument or return value on every call:
+    /// NAME=TARGET:SYMBOL:argN|ret (N = 0..5). Repeatable.
+    #[arg(long = "gauge", value_name = "NAME=TARGET:SYMBOL:argN|ret")]
+    pub gauges: Vec<String>,
+    /// An alert rule, e.g. 'p99(infer) > 50ms for 5s' (repeatable; see docs/alerts.md).
+    #[arg(long = "alert", value_name = "RULE")]
+    pub alerts: Vec<String>,
+    /// Serve the HTTP API on 127.0.0.1:PORT (default 7878; 0 = no TCP listener).
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// Serve the HTTP API on this unix socket too (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Do not serve the HTTP API.
+    #[arg(long)]
+    pub no_api: bool,
+    /// Write the final summary snapshot (JSON) to this file on exit.
+    #[arg(long, value_name = "FILE")]
+    pub summary_out: Option<PathBuf>,
     /// Ring buffer size in bytes: a power of two, at least 4096 (default 16777216).
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,

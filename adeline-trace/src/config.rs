@@ -22,6 +22,44 @@ pub struct StageSpec {
     pub symbol: String,
 }
 
+/// Where a gauge's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaugeSource {
+    /// Integer argument N (0..=5) at entry.
+    Arg(u8),
+    /// Return value.
+    Ret,
+}
+
+/// A gauge: NAME=TARGET:SYMBOL:argN|ret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GaugeSpec {
+    pub name: String,
+    pub target: String,
+    pub symbol: String,
+    pub source: GaugeSource,
+}
+
+/// An alert rule as written (parsed by alerts/), and its optional hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSpec {
+    pub rule: String,
+    /// Shell command run with the alert JSON on stdin when it fires/resolves.
+    pub exec: Option<String>,
+}
+
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSpec {
+    /// TCP port on 127.0.0.1 (None: no TCP listener).
+    pub port: Option<u16>,
+    /// Unix socket path (mode 0600).
+    pub socket: Option<PathBuf>,
+}
+
+/// Default TCP port of the agent's API.
+pub const DEFAULT_API_PORT: u16 = 7878;
+
 /// Everything `run` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -35,6 +73,13 @@ pub struct Plan {
     pub live: bool,
     /// Ring buffer size in bytes.
     pub ring_bytes: u32,
+    /// Stage whose calls are frames.
+    pub frame_stage: Option<String>,
+    pub gauges: Vec<GaugeSpec>,
+    pub alerts: Vec<AlertSpec>,
+    /// None: no API.
+    pub api: Option<ApiSpec>,
+    pub summary_out: Option<PathBuf>,
     /// Attach the empty floor programs instead of the stage programs (benchmarks).
     pub probe_floor: bool,
 }
@@ -72,6 +117,12 @@ pub enum ConfigError {
     StatsIntervalTooShort,
     #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 16777216")]
     RingBytes(u32),
+    #[error("malformed --gauge '{spec}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret ({problem})")]
+    MalformedGauge { spec: String, problem: &'static str },
+    #[error("frame stage '{name}' is not one of the stages ({known})")]
+    UnknownFrameStage { name: String, known: String },
+    #[error("gauge '{name}' is defined twice")]
+    DuplicateGauge { name: String },
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
 }
@@ -88,6 +139,31 @@ struct FileConfig {
     min_duration: Option<String>,
     stats_interval: Option<String>,
     output: Option<String>,
+    frame: Option<String>,
+    #[serde(default)]
+    gauge: Vec<FileGauge>,
+    #[serde(default)]
+    alert: Vec<FileAlert>,
+    api_port: Option<u16>,
+    api_socket: Option<PathBuf>,
+    summary_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGauge {
+    name: String,
+    target: String,
+    symbol: String,
+    /// "arg0".."arg5" or "ret".
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAlert {
+    rule: String,
+    exec: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +201,44 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     };
     check_stage_name(&stage.name)?;
     Ok(stage)
+}
+
+/// Parses `NAME=TARGET:SYMBOL:argN|ret`; the value source is after the
+/// last ':' so C++ `::` in the symbol is kept.
+pub fn parse_gauge(spec: &str) -> Result<GaugeSpec, ConfigError> {
+    let bad = |problem| ConfigError::MalformedGauge {
+        spec: spec.to_string(),
+        problem,
+    };
+    let (name, rest) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
+    let (target, rest) = rest
+        .split_once(':')
+        .ok_or_else(|| bad("missing ':' after TARGET"))?;
+    let (symbol, source) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| bad("missing ':argN' or ':ret' after SYMBOL"))?;
+    if name.trim().is_empty() || target.trim().is_empty() || symbol.trim().is_empty() {
+        return Err(bad("empty NAME, TARGET or SYMBOL"));
+    }
+    let source =
+        parse_gauge_source(source.trim()).ok_or_else(|| bad("value must be arg0..arg5 or ret"))?;
+    check_stage_name(name.trim())?;
+    Ok(GaugeSpec {
+        name: name.trim().to_string(),
+        target: target.trim().to_string(),
+        symbol: symbol.trim().to_string(),
+        source,
+    })
+}
+
+fn parse_gauge_source(s: &str) -> Option<GaugeSource> {
+    match s {
+        "ret" => Some(GaugeSource::Ret),
+        _ => {
+            let n: u8 = s.strip_prefix("arg")?.parse().ok()?;
+            (n <= 5).then_some(GaugeSource::Arg(n))
+        }
+    }
 }
 
 fn check_stage_name(name: &str) -> Result<(), ConfigError> {
@@ -242,6 +356,56 @@ impl Plan {
         if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
             return Err(ConfigError::RingBytes(ring_bytes));
         }
+        let frame_stage = args.frame_stage.clone().or(file.frame);
+        if let Some(name) = &frame_stage {
+            if !stages.iter().any(|s| &s.name == name) {
+                return Err(ConfigError::UnknownFrameStage {
+                    name: name.clone(),
+                    known: stages
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        let mut gauges = Vec::new();
+        for g in file.gauge {
+            let spec = format!("{}={}:{}:{}", g.name, g.target, g.symbol, g.value);
+            gauges.push(parse_gauge(&spec)?);
+        }
+        for spec in &args.gauges {
+            gauges.push(parse_gauge(spec)?);
+        }
+        for (i, g) in gauges.iter().enumerate() {
+            if gauges[..i].iter().any(|o| o.name == g.name) {
+                return Err(ConfigError::DuplicateGauge {
+                    name: g.name.clone(),
+                });
+            }
+        }
+        let mut alerts: Vec<AlertSpec> = file
+            .alert
+            .into_iter()
+            .map(|a| AlertSpec {
+                rule: a.rule,
+                exec: a.exec,
+            })
+            .collect();
+        alerts.extend(args.alerts.iter().map(|r| AlertSpec {
+            rule: r.clone(),
+            exec: None,
+        }));
+        let api = if args.no_api {
+            None
+        } else {
+            let port = args.api_port.or(file.api_port).unwrap_or(DEFAULT_API_PORT);
+            Some(ApiSpec {
+                port: (port != 0).then_some(port),
+                socket: args.api_socket.clone().or(file.api_socket),
+            })
+        };
+        let summary_out = args.summary_out.clone().or(file.summary_out);
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -256,6 +420,11 @@ impl Plan {
             stats_interval,
             live: args.live,
             ring_bytes,
+            frame_stage,
+            gauges,
+            alerts,
+            api,
+            summary_out,
             probe_floor: args.probe_floor,
         })
     }
@@ -270,7 +439,7 @@ mod tests {
         let mut full = vec!["adeline-trace", "run"];
         full.extend_from_slice(argv);
         match crate::cli::Cli::parse_from(full).command {
-            crate::cli::Command::Run(r) => r,
+            crate::cli::Command::Run(r) => *r,
             _ => unreachable!(),
         }
     }
@@ -381,6 +550,58 @@ mod tests {
             dup.unwrap_err(),
             ConfigError::DuplicateStage { name: "a".into() }
         );
+    }
+
+    #[test]
+    fn gauges_frames_alerts_and_api() {
+        let plan = Plan::from_args(&args(&[
+            "--stage",
+            "f=/x:frame",
+            "--frame-stage",
+            "f",
+            "--gauge",
+            "tracks=/x:vision::Tracker::update:ret",
+            "--gauge",
+            "queue=/x:push:arg1",
+            "--alert",
+            "fps < 25 for 10s",
+            "--api-port",
+            "0",
+        ]))
+        .unwrap();
+        assert_eq!(plan.frame_stage.as_deref(), Some("f"));
+        assert_eq!(plan.gauges[0].symbol, "vision::Tracker::update");
+        assert_eq!(plan.gauges[0].source, GaugeSource::Ret);
+        assert_eq!(plan.gauges[1].source, GaugeSource::Arg(1));
+        assert_eq!(plan.alerts[0].rule, "fps < 25 for 10s");
+        assert_eq!(
+            plan.api,
+            Some(ApiSpec {
+                port: None,
+                socket: None
+            })
+        );
+        let plan = Plan::from_args(&args(&["--stage", "f=/x:frame", "--no-api"])).unwrap();
+        assert_eq!(plan.api, None);
+        let e =
+            Plan::from_args(&args(&["--stage", "f=/x:frame", "--frame-stage", "g"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame stage 'g' is not one of the stages (f)"
+        );
+        for (spec, problem) in [
+            ("q=/x:push", "missing ':argN' or ':ret' after SYMBOL"),
+            ("q=/x:push:arg6", "value must be arg0..arg5 or ret"),
+            ("q", "missing '='"),
+        ] {
+            assert_eq!(
+                parse_gauge(spec).unwrap_err(),
+                ConfigError::MalformedGauge {
+                    spec: spec.into(),
+                    problem
+                }
+            );
+        }
     }
 
     #[test]

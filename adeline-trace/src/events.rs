@@ -1,12 +1,13 @@
 //! Ring-buffer records -> typed events. The one decoder of the wire format
 //! shared with the kernel (adeline-trace-common, ABI_VERSION).
-use adeline_trace_common::{SpanRecord, KIND_SPAN};
+use adeline_trace_common::{GaugeRecord, SpanRecord, KIND_GAUGE, KIND_SPAN};
 use thiserror::Error;
 
 /// A decoded kernel record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Span(SpanRecord),
+    Gauge(GaugeRecord),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,6 +29,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         })?;
     match kind {
         KIND_SPAN => read::<SpanRecord>(kind, buf).map(Event::Span),
+        KIND_GAUGE => read::<GaugeRecord>(kind, buf).map(Event::Gauge),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -113,10 +115,21 @@ mod tests {
             tid: 11,
             start_ns: 123,
             dur_ns: 456,
+            self_ns: 400,
+            frame_ns: 100,
             depth: 2,
             _pad: 0,
         };
         assert_eq!(decode(&bytes(&rec)), Ok(Event::Span(rec)));
+        let g = GaugeRecord {
+            kind: KIND_GAUGE,
+            gauge: 1,
+            pid: 2,
+            tid: 3,
+            ts_ns: 4,
+            value: -5,
+        };
+        assert_eq!(decode(&bytes(&g)), Ok(Event::Gauge(g)));
     }
 
     #[test]
@@ -134,6 +147,17 @@ mod tests {
             })
         );
         assert_eq!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
+        let g = bytes(&GaugeRecord {
+            kind: KIND_GAUGE,
+            ..Default::default()
+        });
+        assert_eq!(
+            decode(&g[..31]),
+            Err(DecodeError::Short {
+                kind: KIND_GAUGE,
+                len: 31
+            })
+        );
         assert_eq!(decode(&[1]), Err(DecodeError::Short { kind: 0, len: 1 }));
     }
 

@@ -3,7 +3,7 @@
 //! everything.
 use std::{num::NonZeroU32, time::Duration};
 
-use adeline_trace_common::COUNTERS;
+use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
@@ -14,27 +14,36 @@ use aya::{
 };
 use thiserror::Error;
 
-use crate::resolve::ProbeSite;
+use crate::resolve::{ProbeSite, SiteKind};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
 
-/// Which pair of kernel programs to attach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Programs {
-    /// The stage timing programs.
-    Stage,
-    /// Empty programs: the floor cost of a uprobe+uretprobe pair.
-    Floor,
+/// How to load and attach the programs.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOptions {
+    /// Processes to trace (empty: all).
+    pub pids: Vec<u32>,
+    pub min_duration: Duration,
+    pub ring_bytes: u32,
+    /// Stage id of the frame root.
+    pub frame_stage: Option<u32>,
+    /// Attach empty programs at stage sites (benchmark floor).
+    pub floor: bool,
 }
 
-impl Programs {
-    /// (exit, entry) program names, in attach order.
-    fn names(self) -> [&'static str; 2] {
-        match self {
-            Programs::Stage => ["stage_exit", "stage_entry"],
-            Programs::Floor => ["floor_exit", "floor_entry"],
-        }
-    }
+/// Kernel programs in attach order: every return probe before any entry
+/// probe, so no entry is recorded without its return being watched.
+fn programs_for(floor: bool) -> [(&'static str, SiteKind); 4] {
+    let (exit, entry) = match floor {
+        true => ("floor_exit", "floor_entry"),
+        false => ("stage_exit", "stage_entry"),
+    };
+    [
+        (exit, SiteKind::Stage),
+        ("gauge_ret", SiteKind::GaugeRet),
+        (entry, SiteKind::Stage),
+        ("gauge_arg", SiteKind::GaugeArg),
+    ]
 }
 
 #[derive(Debug, Error)]
@@ -104,27 +113,23 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Probes {
-    /// Loads the programs, writes the filter configuration and attaches an
-    /// exit then an entry probe at every site (exit first, so no entry is
-    /// ever recorded without its return being watched). On any error all that
-    /// was attached is detached before returning.
-    pub fn attach(
-        sites: &[ProbeSite],
-        pids: &[u32],
-        min_duration: Duration,
-        ring_bytes: u32,
-        programs: Programs,
-    ) -> Result<Probes, ProbeError> {
+    /// Loads the programs with the filter configuration and attaches them
+    /// at every site (see [`programs_for`] for the order). On any error all
+    /// that was attached is detached before returning.
+    pub fn attach(sites: &[ProbeSite], opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         check_privileges()?;
         raise_memlock();
+        let pids = &opts.pids;
         let filter_pids = u32::from(!pids.is_empty());
-        let min_dur_ns = u64::try_from(min_duration.as_nanos()).unwrap_or(u64::MAX);
+        let min_dur_ns = u64::try_from(opts.min_duration.as_nanos()).unwrap_or(u64::MAX);
+        let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
         let mut ebpf = EbpfLoader::new()
             // THREADS is a task-storage map, which aya creates but has no type for.
             .allow_unsupported_maps()
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
-            .map_max_entries("EVENTS", ring_bytes)
+            .override_global("FRAME_STAGE", &frame_stage, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
@@ -137,18 +142,21 @@ impl Probes {
                 .collect()
         };
         let mut attached = 0;
-        for name in programs.names() {
+        for (name, kind) in programs_for(opts.floor) {
+            if !sites.iter().any(|s| s.kind == kind) {
+                continue;
+            }
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or_else(|| load_err(format!("program {name} missing from the object")))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| ProbeError::Load(chain(&e)))?;
             prog.load().map_err(|e| ProbeError::Load(chain(&e)))?;
-            for site in sites {
+            for site in sites.iter().filter(|s| s.kind == kind) {
                 for scope in &scopes {
                     let point = UProbeAttachPoint {
                         location: site.offset.into(),
-                        cookie: Some(u64::from(site.stage_id)),
+                        cookie: Some(site.cookie),
                     };
                     prog.attach(point, &site.path, *scope)
                         .map_err(|e| ProbeError::Attach {

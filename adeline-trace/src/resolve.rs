@@ -1,22 +1,37 @@
-//! Plan stages -> concrete probe sites (file + offset) using target/.
+//! Plan stages and gauges -> concrete probe sites (file + offset) using target/.
 use std::{
     collections::HashMap,
+    fs::File,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
-use std::{fs::File, os::unix::fs::FileExt};
+use adeline_trace_common::gauge_cookie;
 
 use crate::{
-    config::StageSpec,
+    config::{GaugeSource, GaugeSpec, StageSpec},
     target::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
 };
 
-/// One function to attach to, for one stage.
+/// What a site measures, which decides the programs attached to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteKind {
+    /// Entry + return timing of a stage.
+    Stage,
+    /// An argument read at entry.
+    GaugeArg,
+    /// The return value.
+    GaugeRet,
+}
+
+/// One function to attach to, for one stage or gauge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSite {
-    /// Index of the stage in the plan; the attach cookie.
-    pub stage_id: u32,
+    pub kind: SiteKind,
+    /// Stage or gauge name.
     pub stage: String,
+    /// The attach cookie (stage id, or gauge id + argument index).
+    pub cookie: u64,
     /// File to attach to (inside the process's mount namespace if a pid was given).
     pub path: PathBuf,
     /// Demangled name of the function.
@@ -32,22 +47,56 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
-/// Resolves every stage's target and symbol. Every glob match joins its
-/// stage; a stage with no match is an error naming close candidates. A
+/// Resolves every stage's and gauge's target and symbol. Every glob match
+/// joins its stage; no match is an error naming close candidates. A
 /// function the kernel cannot probe is an error when named exactly, and is
 /// skipped with a warning when a glob matched it among others.
-pub fn resolve_stages(stages: &[StageSpec], pids: &[u32]) -> Result<Resolved, TargetError> {
-    let mut files: HashMap<PathBuf, ElfFile> = HashMap::new();
-    let mut out = Resolved::default();
-    for (id, stage) in stages.iter().enumerate() {
-        let path = process::resolve_target(&stage.target, pids)?;
-        if !files.contains_key(&path) {
-            files.insert(path.clone(), ElfFile::open(&path)?);
+pub fn resolve(
+    stages: &[StageSpec],
+    gauges: &[GaugeSpec],
+    pids: &[u32],
+) -> Result<Resolved, TargetError> {
+    let mut resolver = Resolver {
+        pids,
+        files: HashMap::new(),
+        out: Resolved::default(),
+    };
+    for (id, s) in stages.iter().enumerate() {
+        resolver.add(SiteKind::Stage, &s.name, id as u64, &s.target, &s.symbol)?;
+    }
+    for (id, g) in gauges.iter().enumerate() {
+        let (kind, cookie) = match g.source {
+            GaugeSource::Arg(n) => (SiteKind::GaugeArg, gauge_cookie(id as u32, n)),
+            GaugeSource::Ret => (SiteKind::GaugeRet, id as u64),
+        };
+        resolver.add(kind, &g.name, cookie, &g.target, &g.symbol)?;
+    }
+    Ok(resolver.out)
+}
+
+struct Resolver<'a> {
+    pids: &'a [u32],
+    files: HashMap<PathBuf, ElfFile>,
+    out: Resolved,
+}
+
+impl Resolver<'_> {
+    fn add(
+        &mut self,
+        kind: SiteKind,
+        name: &str,
+        cookie: u64,
+        target: &str,
+        symbol: &str,
+    ) -> Result<(), TargetError> {
+        let path = process::resolve_target(target, self.pids)?;
+        if !self.files.contains_key(&path) {
+            self.files.insert(path.clone(), ElfFile::open(&path)?);
         }
-        let elf = &files[&path];
+        let elf = &self.files[&path];
         let mut refused = None;
-        let before = out.sites.len();
-        for f in elf.matching(&stage.symbol)? {
+        let before = self.out.sites.len();
+        for f in elf.matching(symbol)? {
             if let Some(reason) = first_bytes(&path, f.file_offset).and_then(|c| uprobe_refusal(&c))
             {
                 let err = TargetError::Unprobeable {
@@ -55,26 +104,24 @@ pub fn resolve_stages(stages: &[StageSpec], pids: &[u32]) -> Result<Resolved, Ta
                     path: path.clone(),
                     reason,
                 };
-                out.warnings
-                    .push(format!("stage '{}': skipping: {err}", stage.name));
+                self.out.warnings.push(format!("'{name}': skipping: {err}"));
                 refused.get_or_insert(err);
                 continue;
             }
-            out.sites.push(ProbeSite {
-                stage_id: id as u32,
-                stage: stage.name.clone(),
+            self.out.sites.push(ProbeSite {
+                kind,
+                stage: name.to_string(),
+                cookie,
                 path: path.clone(),
                 symbol: f.demangled.clone(),
                 offset: f.file_offset,
             });
         }
-        if out.sites.len() == before {
-            if let Some(err) = refused {
-                return Err(err);
-            }
+        match refused {
+            Some(err) if self.out.sites.len() == before => Err(err),
+            _ => Ok(()),
         }
     }
-    Ok(out)
 }
 
 /// The first bytes of the function at `offset` (None if unreadable).
@@ -83,15 +130,4 @@ fn first_bytes(path: &Path, offset: u64) -> Option<[u8; 16]> {
     let file = File::open(path).ok()?;
     let n = file.read_at(&mut buf, offset).ok()?;
     (n > 0).then_some(buf)
-}
-
-/// The host path for display: strips a `/proc/PID/root` prefix.
-pub fn display_path(path: &Path) -> String {
-    let s = path.display().to_string();
-    if let Some(rest) = s.strip_prefix("/proc/") {
-        if let Some((_, tail)) = rest.split_once("/root/") {
-            return format!("/{tail}");
-        }
-    }
-    s
 }

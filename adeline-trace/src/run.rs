@@ -18,8 +18,8 @@ use crate::{
     events::{decode, monotonic_ns, Event, WallClock},
     launch::Launched,
     metrics::Metrics,
-    probes::{Probes, Programs},
-    resolve::{resolve_stages, ProbeSite},
+    probes::{ProbeOptions, Probes},
+    resolve::{resolve, ProbeSite},
     sinks::{
         jsonl::{JsonlSink, ProbeInfo, Record, StageSummary},
         table::{live_table, summary_table},
@@ -40,7 +40,7 @@ pub fn run(plan: Plan) -> Result<()> {
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
-    let resolved = resolve_stages(&plan.stages, &plan.pids)?;
+    let resolved = resolve(&plan.stages, &plan.gauges, &plan.pids)?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
@@ -69,11 +69,18 @@ pub fn run(plan: Plan) -> Result<()> {
         Some(c) => vec![c.pid()],
         None => plan.pids.clone(),
     };
-    let programs = match plan.probe_floor {
-        true => Programs::Floor,
-        false => Programs::Stage,
+    let opts = ProbeOptions {
+        pids: pids.clone(),
+        min_duration: plan.min_duration,
+        ring_bytes: plan.ring_bytes,
+        frame_stage: plan
+            .frame_stage
+            .as_ref()
+            .and_then(|f| plan.stages.iter().position(|s| &s.name == f))
+            .map(|i| i as u32),
+        floor: plan.probe_floor,
     };
-    let probes = Probes::attach(&sites, &pids, plan.min_duration, plan.ring_bytes, programs)?;
+    let probes = Probes::attach(&sites, &opts)?;
     let clock = WallClock::new();
     write_start(&mut sink, &clock, &pids, &sites)?;
     eprintln!(
@@ -97,6 +104,7 @@ pub fn run(plan: Plan) -> Result<()> {
         clock,
         metrics: Metrics::new(names),
         last_counters: [0; COUNTERS as usize],
+        gauge_names: plan.gauges.iter().map(|g| g.name.clone()).collect(),
         records: 0,
         last_records: 0,
         decode_errors: 0,
@@ -163,6 +171,7 @@ struct Tracer {
     clock: WallClock,
     metrics: Metrics,
     last_counters: [u64; COUNTERS as usize],
+    gauge_names: Vec<String>,
     /// Records read from the ring buffer (delivered events).
     records: u64,
     last_records: u64,
@@ -217,7 +226,22 @@ impl Tracer {
                             tid: span.tid,
                             stage,
                             dur_ns: span.dur_ns,
+                            self_ns: span.self_ns,
                             depth: span.depth,
+                            frame_ts_ns: (span.frame_ns != 0)
+                                .then(|| self.clock.wall_ns(span.frame_ns)),
+                        })?;
+                        wrote = true;
+                    }
+                }
+                Ok(Event::Gauge(g)) => {
+                    if let Some(gauge) = self.gauge_names.get(g.gauge as usize) {
+                        self.sink.write(&Record::Gauge {
+                            ts_ns: self.clock.wall_ns(g.ts_ns),
+                            pid: g.pid,
+                            tid: g.tid,
+                            gauge,
+                            value: g.value,
                         })?;
                         wrote = true;
                     }

@@ -310,11 +310,12 @@ fn summary_matches_the_spans_and_schema_holds() {
         .all(|t| ["start", "span", "stats", "summary"].contains(t)));
     assert!(types.contains(&"stats"));
     for s in out.spans() {
-        for field in ["ts_ns", "pid", "tid", "dur_ns", "depth"] {
+        for field in ["ts_ns", "pid", "tid", "dur_ns", "self_ns", "depth"] {
             assert!(s[field].is_u64(), "span field {field}: {s}");
         }
         assert!(s["stage"].is_string());
-        assert_eq!(s.as_object().unwrap().len(), 8, "span fields: {s}");
+        assert_eq!(s.as_object().unwrap().len(), 9, "span fields: {s}");
+        assert!(s["self_ns"].as_u64() <= s["dur_ns"].as_u64());
     }
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,5 +1,6 @@
 //! Aggregation of events into per-stage latency distributions.
 pub mod latency;
+pub mod snapshot;
 
 use adeline_trace_common::SpanRecord;
 

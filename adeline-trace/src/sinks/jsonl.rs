@@ -30,7 +30,19 @@ pub enum Record<'a> {
         tid: u32,
         stage: &'a str,
         dur_ns: u64,
+        /// dur_ns minus the traced calls made directly inside.
+        self_ns: u64,
         depth: u32,
+        /// Wall-clock start of the frame this call belongs to (absent outside frames).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        frame_ts_ns: Option<u64>,
+    },
+    Gauge {
+        ts_ns: u64,
+        pid: u32,
+        tid: u32,
+        gauge: &'a str,
+        value: i64,
     },
     Stats {
         ts_ns: u64,
@@ -156,14 +168,16 @@ mod tests {
             tid: 3,
             stage: "infer",
             dur_ns: 4,
+            self_ns: 3,
             depth: 0,
+            frame_ts_ns: None,
         })
         .unwrap();
         sink.flush().unwrap();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text,
-            "{\"v\":1,\"type\":\"span\",\"ts_ns\":1,\"pid\":2,\"tid\":3,\"stage\":\"infer\",\"dur_ns\":4,\"depth\":0}\n"
+            "{\"v\":1,\"type\":\"span\",\"ts_ns\":1,\"pid\":2,\"tid\":3,\"stage\":\"infer\",\"dur_ns\":4,\"self_ns\":3,\"depth\":0}\n"
         );
     }
 
@@ -178,7 +192,9 @@ mod tests {
                 tid: 3,
                 stage: "infer",
                 dur_ns: 4,
+                self_ns: 4,
                 depth: 0,
+                frame_ts_ns: Some(1),
             })
             .unwrap();
         }

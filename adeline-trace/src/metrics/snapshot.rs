@@ -1,0 +1,178 @@
+//! What the agent reports about a window of time: the one data model the
+//! API, `summary`, alerts, `--summary-out` and `compare` share. Serialized
+//! as JSON (schema version [`SNAPSHOT_VERSION`], docs/api.md).
+use serde::{Deserialize, Serialize};
+
+/// Version of the snapshot JSON schema.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// A reporting window: a sliding window ending now, or the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Window {
+    #[serde(rename = "1s")]
+    S1,
+    #[serde(rename = "10s")]
+    S10,
+    #[serde(rename = "60s")]
+    S60,
+    #[serde(rename = "all")]
+    All,
+}
+
+impl Window {
+    pub const ALL: [Window; 4] = [Window::S1, Window::S10, Window::S60, Window::All];
+
+    /// Parses `1s`, `10s`, `60s` (also `1m`) or `all`.
+    pub fn parse(s: &str) -> Option<Window> {
+        match s {
+            "1s" => Some(Window::S1),
+            "10s" => Some(Window::S10),
+            "60s" | "1m" => Some(Window::S60),
+            "all" => Some(Window::All),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::S1 => "1s",
+            Window::S10 => "10s",
+            Window::S60 => "60s",
+            Window::All => "all",
+        }
+    }
+
+    /// Length in nanoseconds (None for the whole run).
+    pub fn nanos(self) -> Option<u64> {
+        match self {
+            Window::S1 => Some(1_000_000_000),
+            Window::S10 => Some(10_000_000_000),
+            Window::S60 => Some(60_000_000_000),
+            Window::All => None,
+        }
+    }
+}
+
+/// Latency percentiles of a set of durations (nanoseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min_ns: u64,
+    pub mean_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p95_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+/// One stage over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    pub stage: String,
+    /// Calls per second over the window.
+    pub rate_hz: f64,
+    #[serde(flatten)]
+    pub latency: Percentiles,
+    /// Sum of durations (ns) of the calls in the window.
+    pub total_ns: u64,
+    /// Sum of self times (ns): durations minus traced calls made inside.
+    pub self_ns: u64,
+    /// Share of frame time spent in this stage's own code:
+    /// self_ns of its calls inside frames / total frame time. None without
+    /// a frame root or without frames in the window.
+    pub frame_share: Option<f64>,
+}
+
+/// Frames: the calls of the frame-root stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameStats {
+    /// The frame-root stage.
+    pub root: String,
+    /// Frames completed per second over the window.
+    pub fps: f64,
+    /// End-to-end frame latency.
+    #[serde(flatten)]
+    pub latency: Percentiles,
+}
+
+/// One gauge over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GaugeStats {
+    pub gauge: String,
+    pub count: u64,
+    pub last: Option<i64>,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub mean: Option<f64>,
+}
+
+/// The stage that costs the most, and the one that got slower.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bottleneck {
+    /// Stage with the largest share of frame time in its own code.
+    pub top_self_share: Option<ShareOf>,
+    /// Stage whose p99 grew most against its own earlier window.
+    pub p99_growth: Option<GrowthOf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareOf {
+    pub stage: String,
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrowthOf {
+    pub stage: String,
+    pub p99_ns: u64,
+    pub earlier_p99_ns: u64,
+    /// p99_ns / earlier_p99_ns.
+    pub ratio: f64,
+}
+
+/// Everything the agent reports for one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Schema version ([`SNAPSHOT_VERSION`]).
+    pub v: u32,
+    /// Wall-clock nanoseconds when taken.
+    pub ts_ns: u64,
+    pub window: Window,
+    /// Time actually covered (shorter than the window early in a run).
+    pub window_ns: u64,
+    /// Stages in plan order.
+    pub stages: Vec<StageStats>,
+    pub frames: Option<FrameStats>,
+    pub gauges: Vec<GaugeStats>,
+    pub bottleneck: Bottleneck,
+    /// Records the agent read / lost in the kernel, over the whole run.
+    pub events: u64,
+    pub drops: u64,
+}
+
+impl Snapshot {
+    pub fn stage(&self, name: &str) -> Option<&StageStats> {
+        self.stages.iter().find(|s| s.stage == name)
+    }
+
+    pub fn gauge(&self, name: &str) -> Option<&GaugeStats> {
+        self.gauges.iter().find(|g| g.gauge == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_and_print() {
+        for w in Window::ALL {
+            assert_eq!(Window::parse(w.as_str()), Some(w));
+        }
+        assert_eq!(Window::parse("1m"), Some(Window::S60));
+        assert_eq!(Window::parse("5s"), None);
+        assert_eq!(serde_json::to_string(&Window::S10).unwrap(), "\"10s\"");
+    }
+}
