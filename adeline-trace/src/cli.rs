@@ -20,6 +20,43 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// List the functions (and USDT probes) of an executable or library that can be probed.
     List(ListArgs),
+    /// Ask the running agent for per-stage latency, FPS and frame shares.
+    Summary(SummaryArgs),
+    /// Compare two summary files stage by stage (regression gate for CI).
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    /// Window: 1s, 10s, 60s or all.
+    #[arg(long, default_value = "10s")]
+    pub window: String,
+    /// Print the agent's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh in place every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// The agent's API port on 127.0.0.1.
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// Talk to the agent over this unix socket instead of TCP.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Baseline summary (from `run --summary-out` or `summary --json`).
+    pub baseline: PathBuf,
+    /// Current summary.
+    pub current: PathBuf,
+    /// Largest allowed growth of the metric, e.g. 10%.
+    #[arg(long, default_value = "10%")]
+    pub max_regression: String,
+    /// Metric to compare: p50, p90, p95, p99, p999, mean or max.
+    #[arg(long, default_value = "p95")]
+    pub metric: String,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,7 @@
 //! adeline-trace agent: Plan -> probes -> ring buffer -> events -> metrics -> sinks.
+pub mod alerts;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod events;
 pub mod launch;
@@ -9,4 +11,6 @@ pub mod probes;
 pub mod resolve;
 pub mod run;
 pub mod sinks;
+pub mod state;
+pub mod summary;
 pub mod target;

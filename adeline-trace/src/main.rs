@@ -13,6 +13,9 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(adeline_trace::run::run),
         Command::List(args) => adeline_trace::list::list(args),
+        Command::Summary(args) => adeline_trace::summary::summary(args),
+        // compare prints its own errors: exit 1 = regression, 2 = bad input.
+        Command::Compare(args) => return adeline_trace::compare::compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,27 @@
+//! Alert rules over metrics snapshots -> alert events (with hysteresis).
+use serde::{Deserialize, Serialize};
+
+/// Firing or resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+/// One transition of one rule, as written to the JSON stream (`type`
+/// "alert"), served by `GET /api/alerts` and piped to `exec` hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub state: AlertState,
+    /// The rule as written.
+    pub rule: String,
+    /// The metric's value when the transition happened.
+    pub value: f64,
+    /// The threshold it was compared with (after applying any baseline factor).
+    pub threshold: f64,
+    /// Wall-clock ns since when the condition held (firing) or the alert fired (resolved).
+    pub since_ns: u64,
+    /// Wall-clock ns of this transition.
+    pub ts_ns: u64,
+}
