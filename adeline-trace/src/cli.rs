@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// Ring buffer size in bytes: a power of two, at least 4096 (default 16777216).
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
+    /// Do not write a `span` event per call (summaries, stats, gauges, alerts
+    /// and the API still work): the cheapest way to watch a high-rate pipeline.
+    #[arg(long)]
+    pub no_spans: bool,
     /// Show a live per-stage latency table on stderr.
     #[arg(long)]
     pub live: bool,

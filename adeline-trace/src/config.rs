@@ -71,6 +71,8 @@ pub struct Plan {
     pub min_duration: Duration,
     pub stats_interval: Duration,
     pub live: bool,
+    /// Write a `span` event per call.
+    pub spans: bool,
     /// Ring buffer size in bytes.
     pub ring_bytes: u32,
     /// Stage whose calls are frames.
@@ -419,6 +421,7 @@ impl Plan {
             min_duration,
             stats_interval,
             live: args.live,
+            spans: !args.no_spans,
             ring_bytes,
             frame_stage,
             gauges,

@@ -105,6 +105,7 @@ pub fn run(plan: Plan) -> Result<()> {
         metrics: Metrics::new(names),
         last_counters: [0; COUNTERS as usize],
         gauge_names: plan.gauges.iter().map(|g| g.name.clone()).collect(),
+        write_spans: plan.spans,
         records: 0,
         last_records: 0,
         decode_errors: 0,
@@ -172,6 +173,7 @@ struct Tracer {
     metrics: Metrics,
     last_counters: [u64; COUNTERS as usize],
     gauge_names: Vec<String>,
+    write_spans: bool,
     /// Records read from the ring buffer (delivered events).
     records: u64,
     last_records: u64,
@@ -219,6 +221,9 @@ impl Tracer {
             match decode(&item) {
                 Ok(Event::Span(span)) => {
                     self.metrics.record_span(&span);
+                    if !self.write_spans {
+                        continue;
+                    }
                     if let Some(stage) = self.metrics.stage_name(span.stage) {
                         self.sink.write(&Record::Span {
                             ts_ns: self.clock.wall_ns(span.start_ns),
