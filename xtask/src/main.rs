@@ -5,6 +5,7 @@
 //!   cargo xtask test [-- TEST-ARGS...]        setup, build, run every test serially
 //!   cargo xtask demo [--seconds S]            trace the demo pipeline live (root)
 //!   cargo xtask bench overhead [--runs R]     ns per traced call vs floor and bpftrace (root)
+//!   cargo xtask bench agent [--runs R]        agent CPU per event at the highest rate (root)
 
 mod bench;
 mod demo;

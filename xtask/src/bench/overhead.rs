@@ -25,39 +25,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use clap::Subcommand;
 
+use super::{children_cpu_ns, json_number, median, RUN_TIMEOUT};
 use crate::{cargo, is_root, root_dir, status, target_dir};
-
-#[derive(Subcommand)]
-pub enum Bench {
-    /// ns per traced call of an empty function (push- and mov-first), for
-    /// untraced, the empty-probe floor, adeline-trace and bpftrace. Root.
-    Overhead {
-        /// Runs per configuration (interleaved); the median is reported.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Calls per run for every function (default: 500000 for bench_push,
-        /// 150000 for bench_mov, about 0.5-1 s traced each).
-        #[arg(long)]
-        calls: Option<u64>,
-    },
-}
-
-pub fn run(what: Bench) -> Result<i32> {
-    match what {
-        Bench::Overhead { runs, calls } => overhead(runs.max(1), calls),
-    }
-}
 
 /// The probed functions and their default call counts.
 const FUNCTIONS: [(&str, u64); 2] = [("bench_push", 500_000), ("bench_mov", 150_000)];
-
-/// A run cannot take longer than this.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on Linux).
-const USER_HZ: u64 = 100;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -108,7 +81,7 @@ struct Paths {
     work: PathBuf,
 }
 
-fn overhead(runs: usize, calls: Option<u64>) -> Result<i32> {
+pub(crate) fn overhead(runs: usize, calls: Option<u64>) -> Result<i32> {
     if !is_root() {
         eprintln!("needs root: run as root (sudo -E cargo xtask bench overhead)");
         return Ok(1);
@@ -357,46 +330,6 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
         spans,
         drops,
     })
-}
-
-/// CPU time (user + system) of this process's waited-for children, ns,
-/// from /proc/self/stat (cutime, cstime; USER_HZ ticks).
-fn children_cpu_ns() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-    // Fields after "pid (comm)": state is field 3, cutime 16, cstime 17.
-    let rest = stat.rsplit_once(')').context("bad /proc/self/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .context("bad /proc/self/stat")
-    };
-    let ticks = tick(13)? + tick(14)?;
-    Ok((ticks * (1_000_000_000 / USER_HZ)) as f64)
-}
-
-/// The number after `"key":` in a flat JSON line.
-fn json_number(line: &str, key: &str) -> Option<f64> {
-    let pat = format!("\"{key}\":");
-    let start = line.find(&pat)? + pat.len();
-    let num: String = line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+'))
-        .collect();
-    num.parse().ok()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Markdown tables of medians and ratios.
