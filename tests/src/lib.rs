@@ -403,33 +403,45 @@ impl Agent {
     /// with the agent's stderr, on timeout or when the agent exits first.
     /// Needs the events on stdout (no `-o FILE`).
     pub fn wait_ready(&mut self, timeout: Duration) -> Value {
+        match self.wait_for_event(timeout, |v| v["type"] == "start") {
+            Some(v) => v,
+            None => {
+                self.kill();
+                panic!(
+                    "agent printed no start line within {timeout:?}; stdout so far:\n{}\nstderr:\n{}",
+                    self.lines.join("\n"),
+                    self.stderr_so_far()
+                );
+            }
+        }
+    }
+
+    /// Reads stdout until a JSON line satisfies `pred` and returns it (every
+    /// line read is kept for [`Agent::output`]); None on timeout. Panics,
+    /// with the agent's stderr, when the agent exits first.
+    pub fn wait_for_event(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines_rx.recv_timeout(left) {
                 Ok(line) => {
-                    let start = serde_json::from_str::<Value>(&line)
-                        .ok()
-                        .filter(|v| v["type"] == "start");
+                    let hit = serde_json::from_str::<Value>(&line).ok().filter(&pred);
                     self.lines.push(line);
-                    if let Some(v) = start {
-                        return v;
+                    if hit.is_some() {
+                        return hit;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!(
-                        "agent printed no start line within {timeout:?}; stdout so far:\n{}\nstderr:\n{}",
-                        self.lines.join("\n"),
-                        self.stderr_so_far()
-                    );
-                }
+                Err(RecvTimeoutError::Timeout) => return None,
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stdout_done = true;
                     let status = self.child.wait().ok();
                     self.finish_stderr(Duration::from_secs(2));
                     panic!(
-                        "agent exited ({status:?}) before its start line; stdout:\n{}\nstderr:\n{}",
+                        "agent exited ({status:?}) before the awaited event; stdout:\n{}\nstderr:\n{}",
                         self.lines.join("\n"),
                         self.stderr_so_far()
                     );
@@ -942,7 +954,9 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     )
     .expect("sending the request");
     let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("reading the response");
+    stream
+        .read_to_string(&mut raw)
+        .expect("reading the response");
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
     let status = head
         .split_whitespace()
