@@ -2,6 +2,7 @@
 //! baseline measured in the same run; results go to BENCHMARKS.md.
 
 mod agent;
+mod alert;
 mod overhead;
 
 use std::time::Duration;
@@ -32,12 +33,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 20_000)]
         frames: u64,
     },
+    /// Seconds from a latency step to the alert firing, beyond the rule's
+    /// `for` duration (goal <= 2 s), and to resolving. Root.
+    Alert {
+        /// Latency steps injected (one agent run).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
 }
 
 pub fn run(what: Bench) -> Result<i32> {
     match what {
         Bench::Overhead { runs, calls } => overhead::overhead(runs.max(1), calls),
         Bench::Agent { runs, frames } => agent::agent(runs.max(1), frames),
+        Bench::Alert { steps } => alert::alert(steps.max(1)),
     }
 }
 
