@@ -1,5 +1,16 @@
 //! Alert rules over metrics snapshots -> alert events (with hysteresis).
+//!
+//! [`rule`] parses and checks rule text, [`engine`] evaluates rules over
+//! snapshots, [`hook`] runs `exec` hooks. Rules and semantics: docs/alerts.md.
 use serde::{Deserialize, Serialize};
+
+pub mod engine;
+pub mod hook;
+pub mod rule;
+
+pub use engine::AlertEngine;
+pub use hook::{HookJob, HookRunner};
+pub use rule::{parse_rule, validate, Rule, RuleError};
 
 /// Firing or resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
