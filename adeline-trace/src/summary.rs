@@ -1,7 +1,696 @@
-//! `adeline-trace summary`: query the running agent.
+//! `adeline-trace summary`: ask the running agent's API for a snapshot and
+//! print it as a table (or as the JSON received), once or every second.
+use std::{
+    fmt::Write as _,
+    io::{self, IsTerminal, Write},
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
 
-use crate::cli::SummaryArgs;
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
 
-pub fn summary(_args: &SummaryArgs) -> anyhow::Result<()> {
-    anyhow::bail!("summary is not implemented yet")
+use crate::{
+    alerts::{
+        rule::{parse_rule, Metric},
+        AlertEvent, AlertState,
+    },
+    cli::SummaryArgs,
+    config::DEFAULT_API_PORT,
+    metrics::snapshot::{Snapshot, Window, SNAPSHOT_VERSION},
+    sinks::api::client::{self, ClientError, Endpoint},
+};
+
+/// Time between two refreshes with `--watch`.
+const REFRESH: Duration = Duration::from_secs(1);
+/// Clear the screen and move the cursor home (ANSI).
+const CLEAR: &str = "\x1b[H\x1b[2J";
+
+/// Runs the command. Errors are one line each.
+pub fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
+    let window = Window::parse(&args.window).with_context(|| {
+        format!(
+            "unknown window '{}': expected 1s, 10s, 60s or all",
+            args.window
+        )
+    })?;
+    let endpoint = endpoint(args)?;
+    let view = |endpoint: &Endpoint| view(endpoint, window, args.json);
+    let stdout = io::stdout();
+    let tty = stdout.is_terminal();
+    let mut out = stdout.lock();
+    let result = if args.watch {
+        watch(
+            &endpoint,
+            view,
+            &mut out,
+            tty && !args.json,
+            args.json,
+            REFRESH,
+        )
+    } else {
+        view(&endpoint).and_then(|text| emit(&mut out, &text, args.json))
+    };
+    match result {
+        // A closed pipe (`| head`) ends the command quietly.
+        Err(e)
+            if e.downcast_ref::<io::Error>().map(io::Error::kind)
+                == Some(io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The agent's address from `--api-port` / `--api-socket`.
+fn endpoint(args: &SummaryArgs) -> anyhow::Result<Endpoint> {
+    match (&args.api_socket, args.api_port) {
+        (Some(_), Some(_)) => bail!("pass either --api-port or --api-socket, not both"),
+        (Some(path), None) => Ok(Endpoint::Unix(path.clone())),
+        (None, Some(0)) => bail!(
+            "--api-port 0 names no port: pass the port the agent serves on (default {DEFAULT_API_PORT})"
+        ),
+        (None, port) => Ok(Endpoint::Tcp(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port.unwrap_or(DEFAULT_API_PORT),
+        )))),
+    }
+}
+
+/// One look at the agent: the snapshot JSON as received, or the table.
+fn view(endpoint: &Endpoint, window: Window, json: bool) -> anyhow::Result<String> {
+    if json {
+        fetch(endpoint, &summary_path(window))
+    } else {
+        let snapshot = fetch_snapshot(endpoint, window)?;
+        let alerts = fetch_alerts(endpoint)?;
+        Ok(render(&snapshot, &alerts))
+    }
+}
+
+/// Shows `view` every `refresh` until an error. JSON: one document per
+/// line. Tables: redrawn in place (`in_place`, on a terminal), else
+/// separated by a blank line. An agent that stops answering after the first
+/// view ends it with "went away".
+fn watch(
+    endpoint: &Endpoint,
+    mut view: impl FnMut(&Endpoint) -> anyhow::Result<String>,
+    out: &mut impl Write,
+    in_place: bool,
+    json: bool,
+    refresh: Duration,
+) -> anyhow::Result<()> {
+    let mut first = true;
+    loop {
+        let started = Instant::now();
+        let text = match view(endpoint) {
+            Ok(text) => text,
+            Err(e) if !first => return Err(went_away(endpoint, e)),
+            Err(e) => return Err(e),
+        };
+        let text = if in_place {
+            format!("{CLEAR}{text}")
+        } else if first || json {
+            text
+        } else {
+            format!("\n{text}")
+        };
+        emit(out, &text, json)?;
+        first = false;
+        thread::sleep(refresh.saturating_sub(started.elapsed()));
+    }
+}
+
+/// Says "went away" for an agent that was there and no longer answers.
+fn went_away(endpoint: &Endpoint, e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::NotListening { .. }) => {
+            anyhow::anyhow!("the adeline-trace agent on {endpoint} went away")
+        }
+        Some(c) if c.agent_gone() => {
+            anyhow::anyhow!("the adeline-trace agent on {endpoint} went away ({c})")
+        }
+        _ => e,
+    }
+}
+
+fn summary_path(window: Window) -> String {
+    format!("/api/summary?window={}", window.as_str())
+}
+
+/// Writes `text` (plus a newline for JSON) and flushes.
+fn emit(out: &mut impl Write, text: &str, newline: bool) -> anyhow::Result<()> {
+    out.write_all(text.as_bytes())?;
+    if newline {
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// GETs `path` and returns the body of a 200 answer; any other status
+/// becomes the agent's error message.
+fn fetch(endpoint: &Endpoint, path: &str) -> anyhow::Result<String> {
+    let response = client::get(endpoint, path)?;
+    if response.status != 200 {
+        bail!(
+            "the adeline-trace agent on {endpoint} answered {} to GET {path}: {}",
+            response.status,
+            response.error_text()
+        );
+    }
+    Ok(response.body)
+}
+
+fn fetch_snapshot(endpoint: &Endpoint, window: Window) -> anyhow::Result<Snapshot> {
+    let body = fetch(endpoint, &summary_path(window))?;
+    parse_snapshot(&body).with_context(|| {
+        format!("the adeline-trace agent on {endpoint} sent a summary this version cannot read")
+    })
+}
+
+/// Parses a snapshot, checking its schema version first.
+fn parse_snapshot(body: &str) -> anyhow::Result<Snapshot> {
+    let value: serde_json::Value = serde_json::from_str(body)?;
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(SNAPSHOT_VERSION) => Ok(serde_json::from_value(value)?),
+        Some(v) => bail!(
+            "schema v{v}, this adeline-trace reads v{SNAPSHOT_VERSION}: use the same version for both"
+        ),
+        None => bail!("no schema version"),
+    }
+}
+
+fn fetch_alerts(endpoint: &Endpoint) -> anyhow::Result<Vec<AlertEvent>> {
+    #[derive(Deserialize)]
+    struct Alerts {
+        alerts: Vec<AlertEvent>,
+    }
+    let body = fetch(endpoint, "/api/alerts")?;
+    let alerts: Alerts = serde_json::from_str(&body).with_context(|| {
+        format!("the adeline-trace agent on {endpoint} sent alerts this version cannot read")
+    })?;
+    Ok(alerts.alerts)
+}
+
+/// Width of the label column of the one-line sections.
+const LABEL: usize = 12;
+
+/// The summary table of `snapshot` and the alerts firing among `alerts`
+/// (transitions, newest last).
+pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
+    let mut out = format!(
+        "window {} ({} covered), {} events\n",
+        snapshot.window.as_str(),
+        human(snapshot.window_ns),
+        snapshot.events
+    );
+    let mut rows =
+        vec![["STAGE", "CALLS/S", "P50", "P95", "P99", "MAX", "SHARE"].map(String::from)];
+    for s in &snapshot.stages {
+        let l = &s.latency;
+        let cell = |ns: u64| if l.count == 0 { "-".into() } else { human(ns) };
+        rows.push([
+            s.stage.clone(),
+            format!("{:.1}", s.rate_hz),
+            cell(l.p50_ns),
+            cell(l.p95_ns),
+            cell(l.p99_ns),
+            cell(l.max_ns),
+            s.frame_share.map_or("-".into(), percent),
+        ]);
+    }
+    out.push_str(&align(&rows));
+
+    if let Some(f) = &snapshot.frames {
+        let text = if f.latency.count == 0 {
+            format!("none in the window (root {})", f.root)
+        } else {
+            format!(
+                "{:.1} fps (root {}), latency p50 {}  p95 {}  p99 {}",
+                f.fps,
+                f.root,
+                human(f.latency.p50_ns),
+                human(f.latency.p95_ns),
+                human(f.latency.p99_ns)
+            )
+        };
+        line(&mut out, "FRAMES", &text);
+    }
+
+    if !snapshot.gauges.is_empty() {
+        let mut rows = vec![["GAUGE", "LAST", "MIN", "MAX", "MEAN"].map(String::from)];
+        let cell = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+        for g in &snapshot.gauges {
+            rows.push([
+                g.gauge.clone(),
+                cell(g.last),
+                cell(g.min),
+                cell(g.max),
+                g.mean.map_or("-".into(), number),
+            ]);
+        }
+        out.push_str(&align(&rows));
+    }
+
+    if let Some(top) = &snapshot.bottleneck.top_self_share {
+        let text = format!(
+            "{}: {} of frame time in its own code",
+            top.stage,
+            percent(top.share)
+        );
+        line(&mut out, "BOTTLENECK", &text);
+    }
+    if let Some(g) = &snapshot.bottleneck.p99_growth {
+        let text = format!(
+            "{}: p99 {}, up from {} ({}x)",
+            g.stage,
+            human(g.p99_ns),
+            human(g.earlier_p99_ns),
+            number(g.ratio)
+        );
+        line(&mut out, "SLOWER", &text);
+    }
+
+    let drops = match snapshot.drops {
+        0 => "none".to_string(),
+        n => format!("{n} records lost in the kernel (latencies miss those calls)"),
+    };
+    line(&mut out, "DROPS", &drops);
+
+    let firing = firing(alerts);
+    if firing.is_empty() {
+        line(&mut out, "ALERTS", "none firing");
+    }
+    for a in firing {
+        let value = metric_formatter(&a.rule);
+        let text = format!(
+            "{}: value {}, threshold {}, firing for {}",
+            a.rule,
+            value(a.value),
+            value(a.threshold),
+            human(snapshot.ts_ns.saturating_sub(a.since_ns))
+        );
+        line(&mut out, "ALERT", &text);
+    }
+    out
+}
+
+/// The latest transition of each rule that is firing, in order of rules.
+fn firing(alerts: &[AlertEvent]) -> Vec<&AlertEvent> {
+    let mut latest: Vec<&AlertEvent> = Vec::new();
+    for a in alerts {
+        match latest.iter_mut().find(|l| l.rule == a.rule) {
+            Some(slot) => *slot = a,
+            None => latest.push(a),
+        }
+    }
+    latest.retain(|a| a.state == AlertState::Firing);
+    latest
+}
+
+/// How to print the values of `rule`'s metric: durations (ns) in human
+/// units, shares as percentages, anything else (or a rule this version cannot
+/// parse) as a plain number.
+fn metric_formatter(rule: &str) -> fn(f64) -> String {
+    match parse_rule(rule).map(|r| r.metric) {
+        Ok(metric) if metric.is_duration() => |v| human(v.max(0.0).round() as u64),
+        Ok(Metric::Share(_)) => percent,
+        _ => number,
+    }
+}
+
+fn line(out: &mut String, label: &str, text: &str) {
+    let _ = writeln!(out, "{label:<LABEL$}{text}");
+}
+
+/// Aligns rows into columns two spaces apart: the first left-aligned, the
+/// others right-aligned.
+fn align<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut text = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i == 0 {
+                let _ = write!(text, "{cell:<w$}");
+            } else {
+                let _ = write!(text, "  {cell:>w$}");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A fraction as a percentage with one decimal.
+fn percent(fraction: f64) -> String {
+    format!("{:.1}%", fraction * 100.0)
+}
+
+/// Nanoseconds in ns, us, ms or s with 3 significant figures (whole
+/// nanoseconds below 1us, whole seconds from 1000s).
+pub fn human(ns: u64) -> String {
+    if ns < 1_000 {
+        return format!("{ns}ns");
+    }
+    let mut value = ns as f64 / 1e3;
+    for unit in ["us", "ms"] {
+        let rounded = round3(value);
+        if rounded < 1_000.0 {
+            return format!("{}{unit}", fixed3(rounded));
+        }
+        value /= 1e3;
+    }
+    let rounded = round3(value);
+    if rounded < 1_000.0 {
+        format!("{}s", fixed3(rounded))
+    } else {
+        format!("{value:.0}s")
+    }
+}
+
+/// `v` (>= 1) rounded to 3 significant figures.
+fn round3(v: f64) -> f64 {
+    let scale = 10f64.powi(2 - v.log10().floor() as i32);
+    (v * scale).round() / scale
+}
+
+/// A value in [1, 1000) already rounded to 3 significant figures, printed
+/// with exactly 3 (1.50, 12.3, 123).
+fn fixed3(v: f64) -> String {
+    let decimals = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.decimals$}")
+}
+
+/// A plain number: whole numbers as integers, others with 3 significant figures.
+fn number(v: f64) -> String {
+    if !v.is_finite() || (v.fract() == 0.0 && v.abs() < 1e15) {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    let decimals = (2 - magnitude).max(0) as usize;
+    format!("{v:.decimals$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, sync::Arc};
+
+    use super::*;
+    use crate::{
+        config::ApiSpec,
+        sinks::api::fixtures::{sample_alerts, sample_snapshot, FakeSource},
+    };
+
+    fn args(extra: &[&str]) -> SummaryArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: SummaryArgs,
+        }
+        let argv = std::iter::once("summary").chain(extra.iter().copied());
+        Wrap::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn table_of_a_fixed_snapshot() {
+        let table = render(&sample_snapshot(Window::S10), &sample_alerts());
+        assert_eq!(
+            table,
+            "\
+window 10s (10.0s covered), 1234567 events
+STAGE         CALLS/S     P50     P95     P99     MAX  SHARE
+preprocess       30.0   940ns   999ns  1.50us  12.3us      -
+inference        30.0  19.5ms  25.0ms  31.0ms  33.5ms  62.5%
+post process      0.0       -       -       -       -   0.0%
+tracking         29.9  1.90ms  3.50ms  4.00ms   1.23s   6.2%
+FRAMES      29.5 fps (root frame), latency p50 31.0ms  p95 38.0ms  p99 45.0ms
+GAUGE        LAST  MIN  MAX  MEAN
+queue_depth     3    0    8  2.50
+batch           -    -    -     -
+BOTTLENECK  inference: 62.5% of frame time in its own code
+SLOWER      tracking: p99 4.00ms, up from 2.00ms (2x)
+DROPS       12 records lost in the kernel (latencies miss those calls)
+ALERT       p99(inference) > 30ms for 5s: value 31.0ms, threshold 30.0ms, firing for 10.0s
+"
+        );
+    }
+
+    #[test]
+    fn table_without_frames_gauges_bottleneck_drops_or_alerts() {
+        let mut s = sample_snapshot(Window::All);
+        s.frames = None;
+        s.gauges.clear();
+        s.bottleneck = Default::default();
+        s.drops = 0;
+        s.stages.truncate(1);
+        let table = render(&s, &sample_alerts()[1..]);
+        assert_eq!(
+            table,
+            "\
+window all (42.5s covered), 1234567 events
+STAGE       CALLS/S    P50    P95     P99     MAX  SHARE
+preprocess     30.0  940ns  999ns  1.50us  12.3us      -
+DROPS       none
+ALERTS      none firing
+"
+        );
+    }
+
+    #[test]
+    fn human_units_keep_three_significant_figures() {
+        for (ns, text) in [
+            (0, "0ns"),
+            (999, "999ns"),
+            (1_000, "1.00us"),
+            (1_500, "1.50us"),
+            (9_996, "10.0us"),
+            (12_345, "12.3us"),
+            (123_456, "123us"),
+            (999_499, "999us"),
+            (999_500, "1.00ms"),
+            (2_345_678, "2.35ms"),
+            (999_999_600, "1.00s"),
+            (61_000_000_000, "61.0s"),
+            (999_600_000_000, "1000s"),
+            (3_600_000_000_000, "3600s"),
+        ] {
+            assert_eq!(human(ns), text, "{ns}");
+        }
+    }
+
+    #[test]
+    fn numbers_print_whole_or_with_three_figures() {
+        assert_eq!(number(2.0), "2");
+        assert_eq!(number(24.5), "24.5");
+        assert_eq!(number(0.012345), "0.0123");
+        assert_eq!(number(1234.5678), "1235");
+        assert_eq!(number(-2.5), "-2.50");
+    }
+
+    #[test]
+    fn alert_values_in_their_metric_units() {
+        assert_eq!(metric_formatter("p99(infer) > 50ms")(61.5e6), "61.5ms");
+        assert_eq!(metric_formatter("share(track) > 0.4 for 2s")(0.45), "45.0%");
+        assert_eq!(metric_formatter("fps < 25")(24.5), "24.5");
+        assert_eq!(metric_formatter("not a rule")(3.0), "3");
+    }
+
+    #[test]
+    fn only_the_latest_transition_of_each_rule_counts() {
+        let alerts = sample_alerts();
+        let firing = firing(&alerts);
+        assert_eq!(firing.len(), 1);
+        assert_eq!(firing[0].rule, "p99(inference) > 30ms for 5s");
+    }
+
+    #[test]
+    fn endpoint_from_flags() {
+        assert_eq!(
+            endpoint(&args(&[])).unwrap(),
+            Endpoint::Tcp("127.0.0.1:7878".parse().unwrap())
+        );
+        assert_eq!(
+            endpoint(&args(&["--api-port", "9000"])).unwrap(),
+            Endpoint::Tcp("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(
+            endpoint(&args(&["--api-socket", "/run/a.sock"])).unwrap(),
+            Endpoint::Unix(PathBuf::from("/run/a.sock"))
+        );
+        let e = endpoint(&args(&["--api-socket", "/a", "--api-port", "1"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pass either --api-port or --api-socket, not both"
+        );
+    }
+
+    #[test]
+    fn a_bad_window_fails_before_connecting() {
+        // Port 1 would fail to connect; the window error comes first.
+        let e = summary(&args(&["--window", "5m", "--api-port", "1"])).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "unknown window '5m': expected 1s, 10s, 60s or all"
+        );
+    }
+
+    #[test]
+    fn no_agent_is_one_clear_line() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let port_arg = port.to_string();
+        for extra in [&[][..], &["--json"], &["--watch"]] {
+            let mut argv = vec!["--api-port", port_arg.as_str()];
+            argv.extend_from_slice(extra);
+            let e = summary(&args(&argv)).unwrap_err();
+            assert_eq!(
+                format!("{e:#}"),
+                format!(
+                    "no adeline-trace agent is listening on 127.0.0.1:{port}: start one with \
+                     'adeline-trace run ...' (or pass --api-port/--api-socket)"
+                ),
+                "{extra:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_a_live_agent_and_passes_its_errors_on() {
+        let handle = crate::sinks::api::serve(
+            &ApiSpec {
+                port: Some(0),
+                socket: None,
+            },
+            Arc::new(FakeSource::default()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let at = Endpoint::Tcp(handle.tcp_addr().unwrap());
+        let (snapshot, alerts, error) = tokio::task::spawn_blocking(move || {
+            (
+                fetch_snapshot(&at, Window::S1).unwrap(),
+                fetch_alerts(&at).unwrap(),
+                fetch(&at, "/api/summary?window=5m").unwrap_err(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(snapshot, sample_snapshot(Window::S1));
+        assert_eq!(alerts, sample_alerts());
+        assert_eq!(
+            format!("{error:#}"),
+            format!(
+                "the adeline-trace agent on {} answered 400 to GET /api/summary?window=5m: \
+                 unknown window '5m': expected 1s, 10s, 60s or all",
+                handle.tcp_addr().unwrap()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_repeats_until_the_agent_goes_away() {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = crate::sinks::api::serve(
+            &ApiSpec {
+                port: Some(0),
+                socket: None,
+            },
+            Arc::new(FakeSource::default()),
+            async {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        let at = Endpoint::Tcp(handle.tcp_addr().unwrap());
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<()>();
+        tokio::spawn(async move {
+            handle.join().await.unwrap();
+            let _ = stopped_tx.send(());
+        });
+        let watcher = at.clone();
+        let (out, error) = tokio::task::spawn_blocking(move || {
+            let mut stop = Some(stop_tx);
+            let mut calls = 0;
+            // The agent stops before the third look.
+            let looks = |endpoint: &Endpoint| {
+                calls += 1;
+                if calls == 3 {
+                    if let Some(stop) = stop.take() {
+                        let _ = stop.send(());
+                        let _ = stopped_rx.recv();
+                    }
+                }
+                view(endpoint, Window::S10, false)
+            };
+            let mut out = Vec::new();
+            let error = watch(&watcher, looks, &mut out, false, false, Duration::ZERO).unwrap_err();
+            (String::from_utf8(out).unwrap(), error)
+        })
+        .await
+        .unwrap();
+        let table = render(&sample_snapshot(Window::S10), &sample_alerts());
+        assert_eq!(out, format!("{table}\n{table}"));
+        assert_eq!(
+            format!("{error:#}"),
+            format!("the adeline-trace agent on {at} went away")
+        );
+    }
+
+    #[test]
+    fn watch_in_place_and_as_json_lines() {
+        let at = Endpoint::Tcp("127.0.0.1:1".parse().unwrap());
+        for (in_place, json, expected) in [
+            (true, false, "\x1b[H\x1b[2Jview 1\n\x1b[H\x1b[2Jview 2\n"),
+            (false, true, "view 1\nview 2\n"),
+        ] {
+            let mut calls = 0;
+            let looks = |_: &Endpoint| {
+                calls += 1;
+                match calls {
+                    1 | 2 => Ok(format!("view {calls}{}", if json { "" } else { "\n" })),
+                    _ => bail!("stop"),
+                }
+            };
+            let mut out = Vec::new();
+            let e = watch(&at, looks, &mut out, in_place, json, Duration::ZERO).unwrap_err();
+            assert_eq!(e.to_string(), "stop");
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn snapshots_of_another_schema_are_refused() {
+        let mut v = serde_json::to_value(sample_snapshot(Window::S1)).unwrap();
+        assert_eq!(
+            parse_snapshot(&v.to_string()).unwrap(),
+            sample_snapshot(Window::S1)
+        );
+        v["v"] = 99.into();
+        let e = parse_snapshot(&v.to_string()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "schema v99, this adeline-trace reads v1: use the same version for both"
+        );
+    }
 }
