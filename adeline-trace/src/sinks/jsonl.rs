@@ -3,7 +3,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::metrics::LatencySummary;
+use crate::{alerts::AlertEvent, metrics::LatencySummary};
 
 /// Version of the JSON event schema (`v` field of every object).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -37,6 +37,8 @@ pub enum Record<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         frame_ts_ns: Option<u64>,
     },
+    /// An alert transition (fields of [`AlertEvent`]).
+    Alert(&'a AlertEvent),
     Gauge {
         ts_ns: u64,
         pid: u32,
@@ -209,5 +211,26 @@ mod tests {
             at += n;
             assert_eq!(all[at - 1], b'\n', "a write ended mid-line");
         }
+    }
+
+    #[test]
+    fn alert_line_flattens_the_event() {
+        let buf = Buf::default();
+        let mut sink = JsonlSink::new(Box::new(buf.clone()));
+        let event = AlertEvent {
+            state: crate::alerts::AlertState::Firing,
+            rule: "fps < 25 for 10s".into(),
+            value: 12.5,
+            threshold: 25.0,
+            since_ns: 1,
+            ts_ns: 2,
+        };
+        sink.write(&Record::Alert(&event)).unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "{\"v\":1,\"type\":\"alert\",\"state\":\"firing\",\"rule\":\"fps < 25 for 10s\",\"value\":12.5,\"threshold\":25.0,\"since_ns\":1,\"ts_ns\":2}\n"
+        );
     }
 }
