@@ -1,9 +1,16 @@
-//! Latency distribution of one stage: an HDR histogram (3 significant
-//! digits, so percentiles are within 0.1% of the exact value) plus exact
-//! count, min, max and sum.
+//! Latency distribution of one stage over the whole run: an HDR histogram
+//! (3 significant digits, so percentiles are within 0.1% of the exact value)
+//! plus exact count, min, max and sum.
+//!
+//! Memory: the histogram starts at 16 KiB (values below 2048 ns) and grows by
+//! 8 KiB per doubling of the largest value recorded: 168 KiB once a value
+//! reaches 1 s, 264 KiB at 1 h, never more than 440 KiB (`u64::MAX`).
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::{loghist::QUANTILES, snapshot::Percentiles};
+
+/// Durations over the whole run (see the module doc for precision and size).
 #[derive(Debug, Clone)]
 pub struct LatencyHistogram {
     hist: Histogram<u64>,
@@ -25,6 +32,20 @@ pub struct LatencySummary {
     pub max_ns: u64,
 }
 
+impl From<Percentiles> for LatencySummary {
+    fn from(p: Percentiles) -> LatencySummary {
+        LatencySummary {
+            count: p.count,
+            min_ns: p.min_ns,
+            mean_ns: p.mean_ns,
+            p50_ns: p.p50_ns,
+            p90_ns: p.p90_ns,
+            p99_ns: p.p99_ns,
+            max_ns: p.max_ns,
+        }
+    }
+}
+
 impl Default for LatencyHistogram {
     fn default() -> Self {
         Self::new()
@@ -32,10 +53,11 @@ impl Default for LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// Empty (16 KiB until a value needs more).
     pub fn new() -> Self {
-        // 1 ns .. 1 hour, auto-resizing beyond; 3 significant digits.
-        let mut hist = Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-            .expect("static histogram bounds are valid");
+        // 1 ns .. 2 ns to start, auto-resizing to the largest value seen.
+        let mut hist =
+            Histogram::new_with_bounds(1, 2, 3).expect("static histogram bounds are valid");
         hist.auto(true);
         LatencyHistogram {
             hist,
@@ -46,6 +68,7 @@ impl LatencyHistogram {
         }
     }
 
+    /// Adds one duration (any value; 0 counts as 1 in the percentiles).
     pub fn record(&mut self, dur_ns: u64) {
         // With auto-resize on, recording cannot fail.
         let _ = self.hist.record(dur_ns.max(1));
@@ -55,10 +78,22 @@ impl LatencyHistogram {
         self.max_ns = self.max_ns.max(dur_ns);
     }
 
+    /// Number of durations.
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// Sum of the durations, saturated to `u64`.
+    pub fn sum(&self) -> u64 {
+        u64::try_from(self.sum_ns).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes held on the heap (the histogram's counters).
+    pub fn heap_bytes(&self) -> usize {
+        self.hist.distinct_values() * std::mem::size_of::<u64>()
+    }
+
+    /// Forgets every duration (keeps the counters' size).
     pub fn reset(&mut self) {
         self.hist.reset();
         self.count = 0;
@@ -77,27 +112,28 @@ impl LatencyHistogram {
             .clamp(self.min_ns, self.max_ns)
     }
 
-    pub fn summary(&self) -> LatencySummary {
+    /// Count, exact min/mean/max and the quantiles of [`Percentiles`].
+    pub fn percentiles(&self) -> Percentiles {
         if self.count == 0 {
-            return LatencySummary {
-                count: 0,
-                min_ns: 0,
-                mean_ns: 0,
-                p50_ns: 0,
-                p90_ns: 0,
-                p99_ns: 0,
-                max_ns: 0,
-            };
+            return Percentiles::default();
         }
-        LatencySummary {
+        let [p50_ns, p90_ns, p95_ns, p99_ns, p999_ns] = QUANTILES.map(|q| self.quantile(q));
+        Percentiles {
             count: self.count,
             min_ns: self.min_ns,
             mean_ns: (self.sum_ns / u128::from(self.count)) as u64,
-            p50_ns: self.quantile(0.50),
-            p90_ns: self.quantile(0.90),
-            p99_ns: self.quantile(0.99),
+            p50_ns,
+            p90_ns,
+            p95_ns,
+            p99_ns,
+            p999_ns,
             max_ns: self.max_ns,
         }
+    }
+
+    /// The figures of the end-of-run and live tables.
+    pub fn summary(&self) -> LatencySummary {
+        self.percentiles().into()
     }
 }
 
@@ -141,5 +177,37 @@ mod tests {
         let mut h = LatencyHistogram::new();
         h.record(7_200_000_000_000);
         assert_eq!(h.summary().max_ns, 7_200_000_000_000);
+    }
+
+    #[test]
+    fn grows_with_the_largest_value_within_its_bound() {
+        let mut h = LatencyHistogram::new();
+        h.record(1_000);
+        assert!(h.heap_bytes() <= 16 << 10, "{}", h.heap_bytes());
+        h.record(1_000_000_000);
+        assert!(h.heap_bytes() <= 168 << 10, "{}", h.heap_bytes());
+        h.record(u64::MAX);
+        h.record(0);
+        assert!(h.heap_bytes() <= 440 << 10, "{}", h.heap_bytes());
+        assert_eq!(h.sum(), 1_000_001_000u64.saturating_add(u64::MAX));
+        let p = h.percentiles();
+        assert_eq!((p.count, p.min_ns, p.max_ns), (4, 0, u64::MAX));
+    }
+
+    #[test]
+    fn percentiles_within_a_tenth_of_a_percent() {
+        let mut h = LatencyHistogram::new();
+        for v in 1..=100_000u64 {
+            h.record(v * 37);
+        }
+        let p = h.percentiles();
+        for (got, want) in [
+            (p.p50_ns, 50_000 * 37),
+            (p.p95_ns, 95_000 * 37),
+            (p.p999_ns, 99_900 * 37),
+        ] {
+            let err = (got as f64 - want as f64).abs() / want as f64;
+            assert!(err <= 0.001, "{got} vs {want}");
+        }
     }
 }
