@@ -14,3 +14,4 @@ pub mod sinks;
 pub mod state;
 pub mod summary;
 pub mod target;
+pub mod tracer;

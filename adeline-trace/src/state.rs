@@ -1,9 +1,18 @@
 //! What the agent's readers (the HTTP API) may ask of the running tracer.
 //! The tracer implements it over its metrics and alerts; the API only sees
 //! this trait, so sinks never reach back upstream.
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Mutex, MutexGuard, PoisonError,
+};
+
 use crate::{
     alerts::AlertEvent,
-    metrics::snapshot::{Snapshot, Window},
+    events::{monotonic_ns, WallClock},
+    metrics::{
+        snapshot::{Snapshot, Window},
+        Metrics,
+    },
 };
 
 pub trait SnapshotSource: Send + Sync {
@@ -11,4 +20,62 @@ pub trait SnapshotSource: Send + Sync {
     fn snapshot(&self, window: Window) -> Snapshot;
     /// Alerts currently firing, and the most recent transitions (newest last).
     fn alerts(&self) -> Vec<AlertEvent>;
+}
+
+/// The running tracer's shared state: metrics (written by the drain loop),
+/// the alerts currently firing, and the run-wide counters.
+pub struct LiveState {
+    metrics: Mutex<Metrics>,
+    alerts: Mutex<Vec<AlertEvent>>,
+    clock: WallClock,
+    events: AtomicU64,
+    drops: AtomicU64,
+}
+
+impl LiveState {
+    pub fn new(metrics: Metrics, clock: WallClock) -> LiveState {
+        LiveState {
+            metrics: Mutex::new(metrics),
+            alerts: Mutex::new(Vec::new()),
+            clock,
+            events: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+        }
+    }
+
+    /// Exclusive access to the metrics (the drain loop holds it per batch).
+    pub fn metrics(&self) -> MutexGuard<'_, Metrics> {
+        self.metrics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Updates the run-wide record counters.
+    pub fn set_counts(&self, events: u64, drops: u64) {
+        self.events.store(events, Ordering::Relaxed);
+        self.drops.store(drops, Ordering::Relaxed);
+    }
+
+    /// Replaces the list of alerts currently firing.
+    pub fn set_alerts(&self, active: Vec<AlertEvent>) {
+        *self.alerts.lock().unwrap_or_else(PoisonError::into_inner) = active;
+    }
+}
+
+impl SnapshotSource for LiveState {
+    fn snapshot(&self, window: Window) -> Snapshot {
+        let now = monotonic_ns();
+        self.metrics().snapshot(
+            window,
+            now,
+            self.clock.wall_ns(now),
+            self.events.load(Ordering::Relaxed),
+            self.drops.load(Ordering::Relaxed),
+        )
+    }
+
+    fn alerts(&self) -> Vec<AlertEvent> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }

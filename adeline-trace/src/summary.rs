@@ -314,7 +314,7 @@ fn firing(alerts: &[AlertEvent]) -> Vec<&AlertEvent> {
 /// How to print the values of `rule`'s metric: durations (ns) in human
 /// units, shares as percentages, anything else (or a rule this version cannot
 /// parse) as a plain number.
-fn metric_formatter(rule: &str) -> fn(f64) -> String {
+pub(crate) fn metric_formatter(rule: &str) -> fn(f64) -> String {
     match parse_rule(rule).map(|r| r.metric) {
         Ok(metric) if metric.is_duration() => |v| human(v.max(0.0).round() as u64),
         Ok(Metric::Share(_)) => percent,

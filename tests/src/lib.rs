@@ -779,6 +779,59 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
+// ---------------------------------------------------------------------------
+// The agent's HTTP API
+
+/// A free TCP port on 127.0.0.1 for an agent's `--api-port` (the OS picks
+/// one; tests run serially, so it stays free until the agent binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// `GET path` on 127.0.0.1:port: (status code, body). Plain HTTP/1.1 with
+/// `Connection: close`, so the body is everything after the headers.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .expect("reading the response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {head}"));
+    (status, body.to_string())
+}
+
+/// `GET path` parsed as JSON; panics unless the status is 200.
+pub fn http_json(port: u16, path: &str) -> Value {
+    let (status, body) = http_get(port, path);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
+
+/// Replaces the demo pipeline's control file atomically (temp + rename).
+pub fn write_control_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {tmp:?}: {e}"));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {path:?}: {e}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -925,57 +978,4 @@ not json
         assert_eq!(o.non_json, vec!["not json".to_string()]);
         assert_eq!(o.error_line(), Some("error: bad thing"));
     }
-}
-
-// ---------------------------------------------------------------------------
-// The agent's HTTP API
-
-/// A free TCP port on 127.0.0.1 for an agent's `--api-port` (the OS picks
-/// one; tests run serially, so it stays free until the agent binds it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-/// `GET path` on 127.0.0.1:port: (status code, body). Plain HTTP/1.1 with
-/// `Connection: close`, so the body is everything after the headers.
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("sending the request");
-    let mut raw = String::new();
-    stream
-        .read_to_string(&mut raw)
-        .expect("reading the response");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {head}"));
-    (status, body.to_string())
-}
-
-/// `GET path` parsed as JSON; panics unless the status is 200.
-pub fn http_json(port: u16, path: &str) -> Value {
-    let (status, body) = http_get(port, path);
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
-}
-
-/// Replaces the demo pipeline's control file atomically (temp + rename).
-pub fn write_control_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {tmp:?}: {e}"));
-    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {path:?}: {e}"));
 }

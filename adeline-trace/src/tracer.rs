@@ -1,0 +1,304 @@
+//! The tracing loop: drains the ring buffer into metrics and the JSON
+//! stream, emits stats, evaluates alert rules, and writes the final summary.
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use adeline_trace_common::{
+    COUNTERS, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL,
+    COUNTER_UNMATCHED_EXIT,
+};
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    alerts::{engine::AlertEngine, hook::HookRunner, AlertEvent, AlertState},
+    config::Plan,
+    events::{decode, monotonic_ns, Event, WallClock},
+    launch::Launched,
+    metrics::snapshot::{Snapshot, Window},
+    probes::Probes,
+    sinks::{
+        jsonl::{JsonlSink, Record, StageSummary},
+        table::{live_table, summary_table},
+    },
+    state::{LiveState, SnapshotSource},
+    summary::metric_formatter,
+    target::process,
+};
+
+/// How often the ring buffer is drained (records are submitted without wakeup).
+pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often traced pids are checked for exit.
+const PID_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often alert rules are evaluated (over the 1 s window).
+const ALERT_EVERY: Duration = Duration::from_millis(250);
+/// The `baseline` of alert rules: the whole-run snapshot taken this long
+/// after the start.
+const BASELINE_AFTER: Duration = Duration::from_secs(60);
+
+/// Why tracing stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Signal,
+    Duration,
+    CommandExited,
+    PidsExited,
+}
+
+pub struct Tracer {
+    probes: Probes,
+    sink: JsonlSink,
+    clock: WallClock,
+    live: Arc<LiveState>,
+    engine: AlertEngine,
+    hooks: HookRunner,
+    baseline: Option<Snapshot>,
+    started: Instant,
+    last_counters: [u64; COUNTERS as usize],
+    write_spans: bool,
+    /// Records read from the ring buffer (delivered events).
+    records: u64,
+    last_records: u64,
+    decode_errors: u64,
+}
+
+impl Tracer {
+    pub fn new(
+        plan: &Plan,
+        probes: Probes,
+        sink: JsonlSink,
+        clock: WallClock,
+        live: Arc<LiveState>,
+        engine: AlertEngine,
+    ) -> Tracer {
+        Tracer {
+            probes,
+            sink,
+            clock,
+            live,
+            engine,
+            hooks: HookRunner::new(),
+            baseline: None,
+            started: Instant::now(),
+            last_counters: [0; COUNTERS as usize],
+            write_spans: plan.spans,
+            records: 0,
+            last_records: 0,
+            decode_errors: 0,
+        }
+    }
+
+    pub async fn trace(
+        &mut self,
+        plan: &Plan,
+        pids: &[u32],
+        mut child: Option<&mut Launched>,
+    ) -> Result<Stop> {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let deadline = plan.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        let mut stats = tokio::time::interval(plan.stats_interval);
+        stats.tick().await;
+        let mut alerts = tokio::time::interval(ALERT_EVERY);
+        let mut pid_check = tokio::time::interval(PID_CHECK_EVERY);
+        let has_rules = !plan.alerts.is_empty();
+        let stop = loop {
+            tokio::select! {
+                _ = sigint.recv() => break Stop::Signal,
+                _ = sigterm.recv() => break Stop::Signal,
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
+                _ = drain.tick() => self.drain()?,
+                _ = stats.tick() => self.stats(plan)?,
+                _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
+                _ = pid_check.tick() => {
+                    if let Some(c) = child.as_deref_mut() {
+                        if c.try_wait().is_some() { break Stop::CommandExited; }
+                    } else if !pids.is_empty() && pids.iter().all(|&p| process::ensure_running(p).is_err()) {
+                        break Stop::PidsExited;
+                    }
+                }
+            }
+        };
+        Ok(stop)
+    }
+
+    /// Reads every record in the ring buffer.
+    pub fn drain(&mut self) -> Result<()> {
+        let mut wrote = false;
+        let mut metrics = self.live.metrics();
+        while let Some(item) = self.probes.ring.next() {
+            self.records += 1;
+            match decode(&item) {
+                Ok(Event::Span(span)) => {
+                    metrics.record_span(&span);
+                    if !self.write_spans {
+                        continue;
+                    }
+                    if let Some(stage) = metrics.stage_name(span.stage) {
+                        self.sink.write(&Record::Span {
+                            ts_ns: self.clock.wall_ns(span.start_ns),
+                            pid: span.pid,
+                            tid: span.tid,
+                            stage,
+                            dur_ns: span.dur_ns,
+                            self_ns: span.self_ns,
+                            depth: span.depth,
+                            frame_ts_ns: (span.frame_ns != 0)
+                                .then(|| self.clock.wall_ns(span.frame_ns)),
+                        })?;
+                        wrote = true;
+                    }
+                }
+                Ok(Event::Gauge(g)) => {
+                    metrics.record_gauge(&g);
+                    if let Some(gauge) = metrics.gauge_name(g.gauge) {
+                        self.sink.write(&Record::Gauge {
+                            ts_ns: self.clock.wall_ns(g.ts_ns),
+                            pid: g.pid,
+                            tid: g.tid,
+                            gauge,
+                            value: g.value,
+                        })?;
+                        wrote = true;
+                    }
+                }
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+        drop(metrics);
+        self.live
+            .set_counts(self.records, self.last_counters[COUNTER_RING_FULL as usize]);
+        if wrote {
+            self.sink.flush()?;
+        }
+        Ok(())
+    }
+
+    fn read_counters(&mut self) -> Result<[u64; COUNTERS as usize]> {
+        let now = self.probes.counters()?;
+        self.live
+            .set_counts(self.records, now[COUNTER_RING_FULL as usize]);
+        Ok(now)
+    }
+
+    fn stats(&mut self, plan: &Plan) -> Result<()> {
+        let now = self.read_counters()?;
+        let drops =
+            now[COUNTER_RING_FULL as usize] - self.last_counters[COUNTER_RING_FULL as usize];
+        self.sink.write(&Record::Stats {
+            ts_ns: self.clock.wall_ns(monotonic_ns()),
+            interval_ns: plan.stats_interval.as_nanos() as u64,
+            events: self.records - self.last_records,
+            drops,
+            events_total: self.records,
+            drops_total: now[COUNTER_RING_FULL as usize],
+            unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
+            depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
+            filtered_total: now[COUNTER_FILTERED_SHORT as usize],
+        })?;
+        self.sink.flush()?;
+        self.last_counters = now;
+        self.last_records = self.records;
+        let interval = self.live.metrics().take_interval();
+        if plan.live {
+            let table = live_table(&interval, plan.stats_interval.as_secs_f64(), drops);
+            eprintln!("{table}");
+        }
+        Ok(())
+    }
+
+    /// Evaluates the rules over the last second; writes and hooks transitions.
+    fn evaluate_alerts(&mut self) -> Result<()> {
+        self.read_counters()?;
+        if self.baseline.is_none() && self.started.elapsed() >= BASELINE_AFTER {
+            self.baseline = Some(self.live.snapshot(Window::All));
+        }
+        let current = self.live.snapshot(Window::S1);
+        let now = self.clock.wall_ns(monotonic_ns());
+        let events = self.engine.evaluate(now, &current, self.baseline.as_ref());
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in &events {
+            self.sink.write(&Record::Alert(event))?;
+            eprintln!("adeline-trace: {}", describe(event));
+        }
+        self.sink.flush()?;
+        for job in self.engine.take_hook_jobs() {
+            self.hooks.run(&job);
+        }
+        self.live.set_alerts(self.engine.active());
+        Ok(())
+    }
+
+    pub fn finish(
+        mut self,
+        elapsed: Duration,
+        stop: Stop,
+        summary_out: Option<&Path>,
+    ) -> Result<()> {
+        let counters = self.read_counters()?;
+        let metrics = self.live.metrics();
+        let totals = metrics.totals();
+        let stages = totals
+            .iter()
+            .map(|&(stage, latency)| StageSummary { stage, latency })
+            .collect();
+        self.sink.write(&Record::Summary {
+            ts_ns: self.clock.wall_ns(monotonic_ns()),
+            duration_ns: elapsed.as_nanos() as u64,
+            events: self.records,
+            drops: counters[COUNTER_RING_FULL as usize],
+            stages,
+        })?;
+        self.sink.flush()?;
+        eprint!("{}", summary_table(&totals));
+        drop(metrics);
+        if let Some(path) = summary_out {
+            let snapshot = self.live.snapshot(Window::All);
+            let json = serde_json::to_string_pretty(&snapshot)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+        }
+        eprintln!(
+            "adeline-trace: stopped ({}) after {:.1}s: {} events, {} dropped, {} unmatched returns",
+            match stop {
+                Stop::Signal => "signal",
+                Stop::Duration => "duration reached",
+                Stop::CommandExited => "command exited",
+                Stop::PidsExited => "traced processes exited",
+            },
+            elapsed.as_secs_f64(),
+            self.records,
+            counters[COUNTER_RING_FULL as usize],
+            counters[COUNTER_UNMATCHED_EXIT as usize],
+        );
+        if self.decode_errors > 0 {
+            eprintln!(
+                "adeline-trace: {} records could not be decoded",
+                self.decode_errors
+            );
+        }
+        self.hooks.finish();
+        Ok(())
+    }
+}
+
+/// One stderr line for an alert transition, values in the rule's units.
+fn describe(event: &AlertEvent) -> String {
+    let state = match event.state {
+        AlertState::Firing => "ALERT firing",
+        AlertState::Resolved => "alert resolved",
+    };
+    let fmt = metric_formatter(&event.rule);
+    format!(
+        "{state}: {} (value {}, threshold {})",
+        event.rule,
+        fmt(event.value),
+        fmt(event.threshold)
+    )
+}
