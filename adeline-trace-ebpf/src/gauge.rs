@@ -1,6 +1,8 @@
 //! Gauges: an integer argument (uprobe) or return value (uretprobe) of a
 //! function, sampled on every call. The gauge id and argument index travel
 //! in the attach cookie (see `gauge_cookie`).
+use core::ptr::read_volatile;
+
 use adeline_trace_common::{GaugeRecord, COUNTER_RING_FULL, KIND_GAUGE};
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -16,17 +18,24 @@ use crate::maps::{bump, pid_allowed, EVENTS};
 pub fn gauge_arg(ctx: ProbeContext) -> u32 {
     // SAFETY: helper on the probe's own context.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let value: Option<u64> = match (cookie >> 32) as u8 {
-        0 => ctx.arg(0),
-        1 => ctx.arg(1),
-        2 => ctx.arg(2),
-        3 => ctx.arg(3),
-        4 => ctx.arg(4),
-        5 => ctx.arg(5),
-        _ => None,
+    // Each register is read with its own fixed-offset (volatile) load: the
+    // verifier rejects a ctx load at a computed offset, which is what the
+    // compiler makes of a `match` over `ctx.arg(n)`.
+    // SAFETY: ctx.regs points at the probe's pt_regs.
+    let args = unsafe {
+        let r = ctx.regs;
+        [
+            read_volatile(&raw const (*r).rdi),
+            read_volatile(&raw const (*r).rsi),
+            read_volatile(&raw const (*r).rdx),
+            read_volatile(&raw const (*r).rcx),
+            read_volatile(&raw const (*r).r8),
+            read_volatile(&raw const (*r).r9),
+        ]
     };
-    if let Some(v) = value {
-        emit(cookie as u32, v as i64);
+    let idx = (cookie >> 32) as usize;
+    if idx < args.len() {
+        emit(cookie as u32, args[idx] as i64);
     }
     0
 }

@@ -1,0 +1,409 @@
+//! Live metrics against the real demo pipeline: frames and their breakdown,
+//! gauges, the HTTP API and `summary`, an alert on an injected latency step
+//! (with its exec hook), and the `compare` regression gate.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use adeline_trace_tests::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(120);
+
+/// `run --frame-stage process_frame <all demo stages> EXTRA -- demo ARGS`.
+fn run_demo(extra: &[&str], demo_args: &[&str]) -> AgentOutput {
+    let demo = demo_bin();
+    let mut args: Vec<String> = vec!["run".into(), "--frame-stage".into(), "process_frame".into()];
+    args.extend(demo_stage_args(&demo));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.push(demo.display().to_string());
+    args.extend(demo_args.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = Agent::run(&args, T);
+    assert!(out.status.success(), "agent failed: {}", out.stderr);
+    out
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn frames_fps_self_times_and_bottleneck() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("frames");
+    let out_file = dir.join("summary.json");
+    let out = run_demo(
+        &[
+            "--no-api",
+            "--no-spans",
+            "--summary-out",
+            out_file.to_str().unwrap(),
+        ],
+        &["--frames", "60", "--fps", "20"],
+    );
+    let report = out.fixture_report().unwrap();
+    let snap = read_json(&out_file);
+    assert_eq!(snap["v"], 1);
+    assert_eq!(snap["window"], "all");
+    let frames = &snap["frames"];
+    assert_eq!(frames["root"], "process_frame");
+    assert_eq!(frames["count"], 60);
+    // FPS: the fixture's own frames / elapsed, within 10%.
+    let fixture_fps = 60.0 / (f(&report["elapsed_ns"]) / 1e9);
+    assert!(
+        (f(&frames["fps"]) / fixture_fps - 1.0).abs() < 0.10,
+        "fps {} vs {fixture_fps}",
+        frames["fps"]
+    );
+    // Frame latency: the stages' sleeps (5.9 ms) plus work, within +1.5 ms.
+    let p50 = f(&frames["p50_ns"]);
+    assert!((5_900_000.0..7_400_000.0).contains(&p50), "frame p50 {p50}");
+    // Self times of all stages inside frames add up to the frame time.
+    let stages = snap["stages"].as_array().unwrap();
+    let share_sum: f64 = stages
+        .iter()
+        .filter_map(|s| s["frame_share"].as_f64())
+        .sum();
+    assert!((share_sum - 1.0).abs() < 0.02, "shares sum to {share_sum}");
+    let self_sum: f64 = stages.iter().map(|s| f(&s["self_ns"])).sum();
+    let root_total = f(&stages[0]["total_ns"]);
+    assert!(
+        (self_sum / root_total - 1.0).abs() < 0.02,
+        "self {self_sum} vs frames {root_total}"
+    );
+    // infer has no sleep of its own: its self time is tiny; infer_layer
+    // (3 x 1 ms of 5.9 ms) is the bottleneck.
+    let share = |name: &str| f(&stages.iter().find(|s| s["stage"] == name).unwrap()["frame_share"]);
+    assert!(share("infer") < 0.03, "infer share {}", share("infer"));
+    assert!(
+        (0.40..0.55).contains(&share("infer_layer")),
+        "{}",
+        share("infer_layer")
+    );
+    assert_eq!(snap["bottleneck"]["top_self_share"]["stage"], "infer_layer");
+}
+
+#[test]
+fn gauges_record_arguments_and_return_values() {
+    if !require_bpf() {
+        return;
+    }
+    let demo = demo_bin().display().to_string();
+    let dir = scratch_dir("gauges");
+    let out_file = dir.join("summary.json");
+    let out = run_demo(
+        &[
+            "--no-api",
+            "--gauge",
+            &format!("tracks={demo}:track:ret"),
+            "--gauge",
+            &format!("published={demo}:publish:arg1"),
+            "--summary-out",
+            out_file.to_str().unwrap(),
+        ],
+        &["--frames", "10"],
+    );
+    // track returns 3 + frame % 5 and publish gets it as argument 1.
+    let want: Vec<i64> = (0..10).map(|i| 3 + i % 5).collect();
+    for gauge in ["tracks", "published"] {
+        let values: Vec<i64> = out
+            .of_type("gauge")
+            .iter()
+            .filter(|g| g["gauge"] == gauge)
+            .map(|g| g["value"].as_i64().unwrap())
+            .collect();
+        assert_eq!(values, want, "{gauge}");
+        let g = read_json(&out_file)["gauges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["gauge"] == gauge)
+            .unwrap()
+            .clone();
+        assert_eq!(g["count"], 10);
+        assert_eq!(g["last"], 7);
+        assert_eq!(g["min"], 3);
+        assert_eq!(g["max"], 7);
+        assert_eq!(g["mean"], 5.0);
+    }
+}
+
+/// An agent tracing a demo launched with `-- demo ARGS`, its API on a free port.
+struct Live {
+    agent: Agent,
+    port: u16,
+}
+
+fn live(extra: &[&str], demo_args: &[&str]) -> Live {
+    let port = free_port();
+    let demo = demo_bin();
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--frame-stage".into(),
+        "process_frame".into(),
+        "--api-port".into(),
+        port.to_string(),
+    ];
+    args.extend(demo_stage_args(&demo));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.push(demo.display().to_string());
+    args.extend(demo_args.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::spawn(&args);
+    agent.wait_ready(Duration::from_secs(30));
+    Live { agent, port }
+}
+
+#[test]
+fn api_serves_summary_stages_alerts_and_errors() {
+    if !require_bpf() {
+        return;
+    }
+    let l = live(&["--no-spans"], &["--frames", "0", "--fps", "50"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(http_json(l.port, "/healthz")["status"], "ok");
+    let snap = http_json(l.port, "/api/summary?window=1s");
+    assert_eq!(snap["v"], 1);
+    assert_eq!(snap["window"], "1s");
+    assert_eq!(snap["stages"].as_array().unwrap().len(), DEMO_STAGES.len());
+    assert_eq!(snap["drops"], 0);
+    let decode = &snap["stages"][1];
+    assert_eq!(decode["stage"], "decode");
+    assert!((40.0..=60.0).contains(&f(&decode["rate_hz"])), "{decode}");
+    assert!(
+        (1_000_000.0..1_600_000.0).contains(&f(&decode["p50_ns"])),
+        "{decode}"
+    );
+    for field in [
+        "count", "min_ns", "mean_ns", "p90_ns", "p95_ns", "p99_ns", "p999_ns", "max_ns",
+        "total_ns", "self_ns",
+    ] {
+        assert!(decode[field].is_u64(), "{field}: {decode}");
+    }
+    assert!(
+        (40.0..=60.0).contains(&f(&snap["frames"]["fps"])),
+        "{}",
+        snap["frames"]
+    );
+    let stage = http_json(l.port, "/api/stages/infer_layer?window=10s");
+    assert_eq!(stage["stage"], "infer_layer");
+    assert!(f(&stage["rate_hz"]) > 100.0, "{stage}");
+    assert_eq!(
+        http_json(l.port, "/api/alerts"),
+        serde_json::json!({"alerts": []})
+    );
+    let (status, body) = http_get(l.port, "/api/stages/nope");
+    assert_eq!(status, 404, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    let (status, body) = http_get(l.port, "/api/summary?window=5m");
+    assert_eq!(status, 400, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+
+    // `summary` prints the same stages as a table.
+    let table = std::process::Command::new(agent_bin())
+        .args([
+            "summary",
+            "--api-port",
+            &l.port.to_string(),
+            "--window",
+            "10s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8(table.stdout).unwrap();
+    for stage in DEMO_STAGES {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().next() == Some(stage)),
+            "{stage} in\n{text}"
+        );
+    }
+    let json = std::process::Command::new(agent_bin())
+        .args(["summary", "--json", "--api-port", &l.port.to_string()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["window"], "10s");
+    drop(l);
+}
+
+#[test]
+fn summary_without_an_agent_says_how_to_start_one() {
+    let port = free_port();
+    let out = std::process::Command::new(agent_bin())
+        .args(["summary", "--api-port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim_end(),
+        format!("error: no adeline-trace agent is listening on 127.0.0.1:{port}: start one with 'adeline-trace run ...' (or pass --api-port/--api-socket)")
+    );
+}
+
+#[test]
+fn a_latency_step_fires_an_alert_that_resolves() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("alert");
+    let control = dir.join("control");
+    let hook_out = dir.join("hook.jsonl");
+    write_control_file(&control, "# defaults\n");
+    let config = dir.join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[alert]]\nrule = \"p99(decode) > 5ms for 2s\"\nexec = \"cat >> {}\"\n",
+            hook_out.display()
+        ),
+    )
+    .unwrap();
+    let mut l = live(
+        &["--no-spans", "--config", config.to_str().unwrap()],
+        &[
+            "--frames",
+            "0",
+            "--fps",
+            "40",
+            "--control-file",
+            control.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        http_json(l.port, "/api/alerts")["alerts"],
+        serde_json::json!([])
+    );
+    // Step: decode goes from 1 ms to 8 ms.
+    write_control_file(&control, "decode=8000\n");
+    let step = Instant::now();
+    let fired = wait_for(&mut l, Duration::from_secs(10), |a| a["state"] == "firing");
+    let after = step.elapsed();
+    // Fires once the condition has held 2 s, within 2 s more.
+    assert!(
+        after >= Duration::from_secs(2) && after <= Duration::from_secs(4),
+        "fired after {after:?}"
+    );
+    assert_eq!(fired["rule"], "p99(decode) > 5ms for 2s");
+    assert!(f(&fired["value"]) >= 8_000_000.0, "{fired}");
+    assert_eq!(f(&fired["threshold"]), 5_000_000.0);
+    let active = http_json(l.port, "/api/alerts");
+    assert_eq!(active["alerts"][0]["rule"], "p99(decode) > 5ms for 2s");
+    let one_s = http_json(l.port, "/api/summary?window=1s");
+    assert!(
+        f(&one_s["stages"][1]["p99_ns"]) >= 8_000_000.0,
+        "{}",
+        one_s["stages"][1]
+    );
+    // Remove the step: it resolves.
+    write_control_file(&control, "# defaults again\n");
+    let resolved = wait_for(&mut l, Duration::from_secs(10), |a| {
+        a["state"] == "resolved"
+    });
+    assert_eq!(resolved["rule"], "p99(decode) > 5ms for 2s");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = l.agent.output();
+    assert!(out.status.success(), "{}", out.stderr);
+    let alerts = out.of_type("alert");
+    assert_eq!(alerts.len(), 2, "fires once, resolves once: {alerts:?}");
+    // The hook got both transitions as JSON.
+    let hook: Vec<Value> = read_jsonl(&hook_out);
+    let states: Vec<&str> = hook.iter().map(|h| h["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["firing", "resolved"]);
+}
+
+/// Reads the agent's stdout until an `alert` event matches.
+fn wait_for(l: &mut Live, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    l.agent
+        .wait_for_event(timeout, |v| v["type"] == "alert" && pred(v))
+        .unwrap_or_else(|| panic!("no matching alert within {timeout:?}"))
+}
+
+#[test]
+fn compare_gates_on_regressions() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("compare");
+    let base = dir.join("base.json");
+    let slow = dir.join("slow.json");
+    run_demo(
+        &[
+            "--no-api",
+            "--no-spans",
+            "--summary-out",
+            base.to_str().unwrap(),
+        ],
+        &["--frames", "30"],
+    );
+    run_demo(
+        &[
+            "--no-api",
+            "--no-spans",
+            "--summary-out",
+            slow.to_str().unwrap(),
+        ],
+        &["--frames", "30", "--sleep-us", "decode=2000"],
+    );
+    let compare = |a: &Path, b: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(agent_bin())
+            .arg("compare")
+            .arg(a)
+            .arg(b)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, table, _) = compare(
+        &base,
+        &slow,
+        &["--max-regression", "10%", "--metric", "p50"],
+    );
+    assert_eq!(code, Some(1), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("decode"))
+        .unwrap();
+    assert!(row.contains("REGRESSION"), "{row}");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("publish"))
+        .unwrap();
+    assert!(row.contains("OK"), "{row}");
+    let (code, _, _) = compare(&base, &base, &[]);
+    assert_eq!(code, Some(0));
+    // Faster is never a regression.
+    let (code, _, _) = compare(&slow, &base, &["--metric", "p50"]);
+    assert_eq!(code, Some(0));
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, "not json").unwrap();
+    let (code, _, err) = compare(&base, &junk, &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.starts_with("error: ") && err.lines().count() == 1,
+        "{err}"
+    );
+}
