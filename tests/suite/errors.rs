@@ -254,3 +254,41 @@ fn function_whose_first_instruction_uprobes_refuse() {
         )
     );
 }
+
+#[test]
+fn bad_alert_rules_fail_at_start_naming_rule_and_position() {
+    assert_eq!(
+        fails(&[
+            "run",
+            "--stage",
+            &demo_stage("decode"),
+            "--alert",
+            "p99(s) >> 5ms"
+        ]),
+        "error: alert rule 'p99(s) >> 5ms': column 9: expected a number after '>', found '>'"
+    );
+    let err = fails(&[
+        "run",
+        "--stage",
+        &demo_stage("decode"),
+        "--alert",
+        "p99(infer) > 5ms for 2s",
+    ]);
+    assert!(
+        err.starts_with(
+            "error: alert rule 'p99(infer) > 5ms for 2s': column 5: unknown stage 'infer'"
+        ),
+        "{err}"
+    );
+    let err = fails(&[
+        "run",
+        "--stage",
+        &demo_stage("decode"),
+        "--alert",
+        "fps < 25",
+    ]);
+    assert!(
+        err.starts_with("error: alert rule 'fps < 25': column 1: "),
+        "{err}"
+    );
+}

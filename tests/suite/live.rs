@@ -244,6 +244,50 @@ fn api_serves_summary_stages_alerts_and_errors() {
 }
 
 #[test]
+fn api_on_a_unix_socket_only_root_can_use() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("sock");
+    let sock = dir.join("agent.sock");
+    let l = live(
+        &["--no-spans", "--api-socket", sock.to_str().unwrap()],
+        &["--frames", "0", "--fps", "50"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let out = std::process::Command::new(agent_bin())
+        .args([
+            "summary",
+            "--json",
+            "--window",
+            "1s",
+            "--api-socket",
+            sock.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["window"], "1s");
+    assert!(
+        (40.0..=60.0).contains(&f(&v["frames"]["fps"])),
+        "{}",
+        v["frames"]
+    );
+    let out = l.agent.output();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(!sock.exists(), "the socket is removed at exit");
+}
+
+#[test]
 fn summary_without_an_agent_says_how_to_start_one() {
     let port = free_port();
     let out = std::process::Command::new(agent_bin())
@@ -295,6 +339,11 @@ fn a_latency_step_fires_an_alert_that_resolves() {
     // Step: decode goes from 1 ms to 8 ms.
     write_control_file(&control, "decode=8000\n");
     let step = Instant::now();
+    // Within a second the 1 s window's p99 of decode grows against the
+    // second before it: the bottleneck report names it.
+    let growth = poll_growth(l.port, Duration::from_secs(3));
+    assert_eq!(growth["stage"], "decode", "{growth}");
+    assert!(f(&growth["ratio"]) > 5.0, "{growth}");
     let fired = wait_for(&mut l, Duration::from_secs(10), |a| a["state"] == "firing");
     let after = step.elapsed();
     // Fires once the condition has held 2 s, within 2 s more.
@@ -328,6 +377,25 @@ fn a_latency_step_fires_an_alert_that_resolves() {
     let hook: Vec<Value> = read_jsonl(&hook_out);
     let states: Vec<&str> = hook.iter().map(|h| h["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["firing", "resolved"]);
+}
+
+/// Polls the 1 s window until its bottleneck names `decode`'s p99 growth
+/// (small growths of other stages from noise may come first).
+fn poll_growth(port: u16, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let snap = http_json(port, "/api/summary?window=1s");
+        let growth = &snap["bottleneck"]["p99_growth"];
+        if growth["stage"] == "decode" {
+            return growth.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no p99 growth reported: {}",
+            snap["bottleneck"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Reads the agent's stdout until an `alert` event matches.
