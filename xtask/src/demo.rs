@@ -62,13 +62,19 @@ pub fn run(seconds: u64) -> Result<i32> {
         cmd.arg("--stage")
             .arg(format!("{s}={}:{s}", demo.display()));
     }
+    // Frames (FPS, per-stage share), a gauge (the tracker's active tracks,
+    // its return value) and an alert on the inference layers' p99.
+    cmd.args(["--frame-stage", "process_frame", "--gauge"])
+        .arg(format!("tracks={}:track:ret", demo.display()))
+        .args(["--alert", "p99(infer_layer) > 5ms for 2s"]);
     cmd.arg("-o")
         .arg(&events)
         .arg("--")
         .arg(&demo)
         .args(["--frames", "0", "--fps", "20"]);
     println!(
-        "demo: tracing {} for {seconds} s; live view below (stderr)",
+        "demo: tracing {} for {seconds} s; live view below (stderr); meanwhile, in another \
+         terminal: `target/debug/adeline-trace summary` or curl http://127.0.0.1:7878/api/summary",
         demo.display()
     );
     let mut child = cmd
