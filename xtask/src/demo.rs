@@ -14,41 +14,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo, is_root, setup, status, target_dir};
-
-const STAGES: [&str; 9] = [
-    "process_frame",
-    "decode",
-    "preprocess",
-    "infer",
-    "infer_layer",
-    "postprocess",
-    "refine",
-    "track",
-    "publish",
-];
+use crate::{build_for, is_root, setup, target_dir, DEMO_STAGES};
 
 pub fn run(seconds: u64) -> Result<i32> {
     if !is_root() {
-        eprintln!("needs root: run as root (sudo -E cargo xtask demo)");
+        eprintln!("demo needs root: run it as root (sudo -E cargo xtask demo)");
         return Ok(1);
     }
     setup::run(false)?;
-    let built = status(cargo().args([
-        "build",
-        "-p",
-        "adeline-trace",
-        "--bin",
-        "adeline-trace",
-        "-p",
-        "adeline-trace-tests",
-        "--bin",
-        "demo-pipeline",
-    ]))?;
-    if !built.success() {
-        return Ok(built.code().unwrap_or(1));
-    }
-    let bin = target_dir().join("debug");
+    let bin = match build_for("demo", false, true)? {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
     let agent = bin.join("adeline-trace");
     let demo = bin.join("demo-pipeline");
     let out_dir = target_dir().join("demo");
@@ -58,7 +35,7 @@ pub fn run(seconds: u64) -> Result<i32> {
 
     let mut cmd = Command::new(&agent);
     cmd.args(["run", "--live", "--duration", &format!("{seconds}s")]);
-    for s in STAGES {
+    for s in DEMO_STAGES {
         cmd.arg("--stage")
             .arg(format!("{s}={}:{s}", demo.display()));
     }

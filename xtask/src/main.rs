@@ -115,3 +115,49 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The demo pipeline's stage functions (tests/fixtures/demo_pipeline.rs), in call order.
+pub const DEMO_STAGES: [&str; 9] = [
+    "process_frame",
+    "decode",
+    "preprocess",
+    "infer",
+    "infer_layer",
+    "postprocess",
+    "refine",
+    "track",
+    "publish",
+];
+
+/// For a task that loads BPF: checks root, then builds the agent (and the
+/// demo pipeline when `demo`) in the release or debug profile. Returns the
+/// directory holding the binaries, or the exit code to end the task with
+/// (after printing why).
+pub fn build_for(
+    task: &str,
+    release: bool,
+    demo: bool,
+) -> Result<std::result::Result<PathBuf, i32>> {
+    if !is_root() {
+        eprintln!("{task} needs root: run it as root (sudo -E cargo xtask {task})");
+        return Ok(Err(1));
+    }
+    let mut cmd = cargo();
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["-p", "adeline-trace", "--bin", "adeline-trace"]);
+    if demo {
+        cmd.args(["-p", "adeline-trace-tests", "--bin", "demo-pipeline"]);
+    }
+    let built = status(&mut cmd)?;
+    if !built.success() {
+        return Ok(Err(built.code().unwrap_or(1)));
+    }
+    Ok(Ok(target_dir().join(if release {
+        "release"
+    } else {
+        "debug"
+    })))
+}

@@ -21,20 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use super::{json_number, median, RUN_TIMEOUT};
-use crate::{cargo, is_root, status, target_dir};
-
-/// Demo stages traced (all of them).
-const STAGES: [&str; 9] = [
-    "process_frame",
-    "decode",
-    "preprocess",
-    "infer",
-    "infer_layer",
-    "postprocess",
-    "refine",
-    "track",
-    "publish",
-];
+use crate::{build_for, target_dir, DEMO_STAGES};
 
 /// Frames per thread of the "small" runs that measure the fixed cost.
 const SMALL_FRAMES: u64 = 200;
@@ -73,26 +60,10 @@ struct Paths {
 }
 
 pub(crate) fn agent(runs: usize, frames: u64) -> Result<i32> {
-    if !is_root() {
-        eprintln!("bench agent needs root: sudo -E cargo xtask bench agent");
-        return Ok(1);
-    }
-    let built = status(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "adeline-trace",
-        "--bin",
-        "adeline-trace",
-        "-p",
-        "adeline-trace-tests",
-        "--bin",
-        "demo-pipeline",
-    ]))?;
-    if !built.success() {
-        return Ok(built.code().unwrap_or(1));
-    }
-    let rel = target_dir().join("release");
+    let rel = match build_for("bench agent", true, true)? {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
     let paths = Paths {
         agent: rel.join("adeline-trace"),
         demo: rel.join("demo-pipeline"),
@@ -181,7 +152,7 @@ fn run_one(paths: &Paths, config: Config, frames: u64) -> Result<Sample> {
         .arg("--go-file")
         .arg(&go)
         .stdout(Stdio::piped());
-    for stage in STAGES {
+    for stage in DEMO_STAGES {
         demo.args(["--sleep-us", &format!("{stage}=0")]);
     }
     let mut demo = demo.spawn().context("starting demo-pipeline")?;
@@ -190,7 +161,7 @@ fn run_one(paths: &Paths, config: Config, frames: u64) -> Result<Sample> {
         let mut cmd = Command::new(&paths.agent);
         cmd.args(["run", "--no-api", "-p", &demo.id().to_string(), "-o"])
             .arg(&events);
-        for stage in STAGES {
+        for stage in DEMO_STAGES {
             cmd.args([
                 "--stage",
                 &format!("{stage}={}:{stage}", paths.demo.display()),
@@ -210,7 +181,7 @@ fn run_one(paths: &Paths, config: Config, frames: u64) -> Result<Sample> {
     let (demo_cpu_ns, _) = wait4(&mut demo)?;
     let mut report = String::new();
     std::io::Read::read_to_string(demo.stdout.as_mut().context("demo stdout")?, &mut report)?;
-    let calls: f64 = STAGES
+    let calls: f64 = DEMO_STAGES
         .iter()
         .map(|s| json_number(&report, s).unwrap_or(0.0))
         .sum();

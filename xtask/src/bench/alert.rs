@@ -18,32 +18,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use super::median;
-use crate::{cargo, is_root, status, target_dir};
+use crate::{build_for, target_dir};
 
 const RULE: &str = "p99(decode) > 5ms for 2s";
 const FOR: Duration = Duration::from_secs(2);
 
 pub(crate) fn alert(steps: usize) -> Result<i32> {
-    if !is_root() {
-        eprintln!("bench alert needs root: sudo -E cargo xtask bench alert");
-        return Ok(1);
-    }
-    let built = status(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "adeline-trace",
-        "--bin",
-        "adeline-trace",
-        "-p",
-        "adeline-trace-tests",
-        "--bin",
-        "demo-pipeline",
-    ]))?;
-    if !built.success() {
-        return Ok(built.code().unwrap_or(1));
-    }
-    let rel = target_dir().join("release");
+    let rel = match build_for("bench alert", true, true)? {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
     let demo = rel.join("demo-pipeline");
     let work = target_dir().join("bench/alert");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;

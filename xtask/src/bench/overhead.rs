@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use super::{children_cpu_ns, json_number, median, RUN_TIMEOUT};
-use crate::{cargo, is_root, root_dir, status, target_dir};
+use crate::{build_for, root_dir, status, target_dir};
 
 /// The probed functions and their default call counts.
 const FUNCTIONS: [(&str, u64); 2] = [("bench_push", 500_000), ("bench_mov", 150_000)];
@@ -82,25 +82,14 @@ struct Paths {
 }
 
 pub(crate) fn overhead(runs: usize, calls: Option<u64>) -> Result<i32> {
-    if !is_root() {
-        eprintln!("needs root: run as root (sudo -E cargo xtask bench overhead)");
-        return Ok(1);
-    }
-    let built = status(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "adeline-trace",
-        "--bin",
-        "adeline-trace",
-    ]))?;
-    if !built.success() {
-        return Ok(built.code().unwrap_or(1));
-    }
+    let release = match build_for("bench overhead", true, false)? {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
     let work = target_dir().join("bench");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let paths = Paths {
-        agent: target_dir().join("release").join("adeline-trace"),
+        agent: release.join("adeline-trace"),
         fixture: work.join("overhead"),
         work,
     };
