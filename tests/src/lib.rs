@@ -192,6 +192,19 @@ pub fn demo_stage_args(demo: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `run <every demo stage> EXTRA... -- <demo> DEMO_ARGS...`: the agent
+/// launching the demo pipeline and timing all its stages.
+pub fn demo_run_args(extra: &[&str], demo_args: &[&str]) -> Vec<String> {
+    let demo = demo_bin();
+    let mut args: Vec<String> = vec!["run".into()];
+    args.extend(demo_stage_args(&demo));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.push(demo.display().to_string());
+    args.extend(demo_args.iter().map(|s| s.to_string()));
+    args
+}
+
 /// A fresh, empty directory `<target>/tmp/adeline-tests/NAME-PID-N`.
 pub fn scratch_dir(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);

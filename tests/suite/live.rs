@@ -13,13 +13,9 @@ const T: Duration = Duration::from_secs(120);
 
 /// `run --frame-stage process_frame <all demo stages> EXTRA -- demo ARGS`.
 fn run_demo(extra: &[&str], demo_args: &[&str]) -> AgentOutput {
-    let demo = demo_bin();
-    let mut args: Vec<String> = vec!["run".into(), "--frame-stage".into(), "process_frame".into()];
-    args.extend(demo_stage_args(&demo));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.push(demo.display().to_string());
-    args.extend(demo_args.iter().map(|s| s.to_string()));
+    let mut extra = extra.to_vec();
+    extra.extend(["--frame-stage", "process_frame"]);
+    let args = demo_run_args(&extra, demo_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = Agent::run(&args, T);
     assert!(out.status.success(), "agent failed: {}", out.stderr);
@@ -146,19 +142,10 @@ struct Live {
 
 fn live(extra: &[&str], demo_args: &[&str]) -> Live {
     let port = free_port();
-    let demo = demo_bin();
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--frame-stage".into(),
-        "process_frame".into(),
-        "--api-port".into(),
-        port.to_string(),
-    ];
-    args.extend(demo_stage_args(&demo));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.push(demo.display().to_string());
-    args.extend(demo_args.iter().map(|s| s.to_string()));
+    let port_arg = port.to_string();
+    let mut extra = extra.to_vec();
+    extra.extend(["--frame-stage", "process_frame", "--api-port", &port_arg]);
+    let args = demo_run_args(&extra, demo_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::spawn(&args);
     agent.wait_ready(Duration::from_secs(30));

@@ -10,13 +10,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `run <all demo stages> EXTRA -- demo DEMO_ARGS`, to the end.
 fn trace_demo(extra: &[&str], demo_args: &[&str]) -> AgentOutput {
-    let demo = demo_bin();
-    let mut args: Vec<String> = vec!["run".into()];
-    args.extend(demo_stage_args(&demo));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.push(demo.display().to_string());
-    args.extend(demo_args.iter().map(|s| s.to_string()));
+    let args = demo_run_args(extra, demo_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = Agent::run(&args, RUN_TIMEOUT);
     assert!(out.status.success(), "agent failed: {}", out.stderr);
