@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// An alert rule, e.g. 'p99(infer) > 50ms for 5s' (repeatable; see docs/alerts.md).
     #[arg(long = "alert", value_name = "RULE")]
     pub alerts: Vec<String>,
+    /// Snapshot JSON (e.g. an earlier `--summary-out`) that `baseline` in
+    /// alert rules refers to; without it, the first 60 s of this run.
+    #[arg(long, value_name = "FILE")]
+    pub alert_baseline: Option<PathBuf>,
     /// Serve the HTTP API on 127.0.0.1:PORT (default 7878; 0 = no TCP listener).
     #[arg(long, value_name = "PORT")]
     pub api_port: Option<u16>,

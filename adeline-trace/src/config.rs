@@ -79,6 +79,8 @@ pub struct Plan {
     pub frame_stage: Option<String>,
     pub gauges: Vec<GaugeSpec>,
     pub alerts: Vec<AlertSpec>,
+    /// Snapshot file for `baseline` in alert rules.
+    pub alert_baseline: Option<PathBuf>,
     /// None: no API.
     pub api: Option<ApiSpec>,
     pub summary_out: Option<PathBuf>,
@@ -146,6 +148,7 @@ struct FileConfig {
     gauge: Vec<FileGauge>,
     #[serde(default)]
     alert: Vec<FileAlert>,
+    alert_baseline: Option<PathBuf>,
     api_port: Option<u16>,
     api_socket: Option<PathBuf>,
     summary_out: Option<PathBuf>,
@@ -408,6 +411,7 @@ impl Plan {
             })
         };
         let summary_out = args.summary_out.clone().or(file.summary_out);
+        let alert_baseline = args.alert_baseline.clone().or(file.alert_baseline);
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -426,6 +430,7 @@ impl Plan {
             frame_stage,
             gauges,
             alerts,
+            alert_baseline,
             api,
             summary_out,
             probe_floor: args.probe_floor,

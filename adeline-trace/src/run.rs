@@ -17,7 +17,7 @@ use crate::{
     config::{Output, Plan},
     events::{monotonic_ns, WallClock},
     launch::Launched,
-    metrics::Metrics,
+    metrics::{snapshot::Snapshot, Metrics},
     probes::{ProbeOptions, Probes},
     resolve::{resolve, ProbeSite},
     sinks::{
@@ -43,6 +43,11 @@ pub fn run(plan: Plan) -> Result<()> {
         &gauge_names,
         plan.frame_stage.is_some(),
     )?;
+    let baseline = plan
+        .alert_baseline
+        .as_deref()
+        .map(load_baseline)
+        .transpose()?;
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
@@ -110,7 +115,7 @@ pub fn run(plan: Plan) -> Result<()> {
     if let Some(c) = child.as_mut() {
         c.release();
     }
-    let mut tracer = Tracer::new(&plan, probes, sink, clock, live.clone(), engine);
+    let mut tracer = Tracer::new(&plan, probes, sink, clock, live.clone(), engine, baseline);
     let started = Instant::now();
     let stop = runtime.block_on(tracer.trace(&plan, &pids, child.as_mut()))?;
     // A launched command is ended first (it finishes its current call), so
@@ -133,6 +138,18 @@ pub fn run(plan: Plan) -> Result<()> {
         runtime.block_on(api.join())?;
     }
     Ok(())
+}
+
+/// Reads the snapshot that `baseline` in alert rules refers to.
+fn load_baseline(path: &std::path::Path) -> Result<Snapshot> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the alert baseline {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "alert baseline {} is not a summary snapshot (write one with run --summary-out)",
+            path.display()
+        )
+    })
 }
 
 fn open_output(output: &Output) -> Result<Box<dyn Write + Send>> {

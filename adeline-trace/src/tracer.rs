@@ -35,8 +35,8 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 const PID_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often alert rules are evaluated (over the 1 s window).
 const ALERT_EVERY: Duration = Duration::from_millis(250);
-/// The `baseline` of alert rules: the whole-run snapshot taken this long
-/// after the start.
+/// Without `--alert-baseline`, the `baseline` of alert rules is the
+/// whole-run snapshot taken this long after the start.
 const BASELINE_AFTER: Duration = Duration::from_secs(60);
 
 /// Why tracing stopped.
@@ -73,6 +73,7 @@ impl Tracer {
         clock: WallClock,
         live: Arc<LiveState>,
         engine: AlertEngine,
+        baseline: Option<Snapshot>,
     ) -> Tracer {
         Tracer {
             probes,
@@ -81,7 +82,7 @@ impl Tracer {
             live,
             engine,
             hooks: HookRunner::new(),
-            baseline: None,
+            baseline,
             started: Instant::now(),
             last_counters: [0; COUNTERS as usize],
             write_spans: plan.spans,

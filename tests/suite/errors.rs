@@ -292,3 +292,28 @@ fn bad_alert_rules_fail_at_start_naming_rule_and_position() {
         "{err}"
     );
 }
+
+#[test]
+fn alert_baseline_that_cannot_be_read_or_parsed() {
+    assert_eq!(
+        fails(&["run", "--stage", &demo_stage("decode"), "--alert-baseline", "/no/such.json"]),
+        "error: cannot read the alert baseline /no/such.json: No such file or directory (os error 2)"
+    );
+    let dir = scratch_dir("baseline");
+    let bad = dir.join("events.jsonl");
+    std::fs::write(&bad, "{\"v\":1,\"type\":\"start\"}\n").unwrap();
+    let err = fails(&[
+        "run",
+        "--stage",
+        &demo_stage("decode"),
+        "--alert-baseline",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        err.starts_with(&format!(
+            "error: alert baseline {} is not a summary snapshot (write one with run --summary-out): ",
+            bad.display()
+        )),
+        "{err}"
+    );
+}

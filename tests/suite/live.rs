@@ -462,3 +462,47 @@ fn compare_gates_on_regressions() {
         "{err}"
     );
 }
+
+#[test]
+fn baseline_rules_compare_with_an_earlier_run() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("baseline");
+    let base = dir.join("base.json");
+    run_demo(
+        &[
+            "--no-api",
+            "--no-spans",
+            "--summary-out",
+            base.to_str().unwrap(),
+        ],
+        &["--frames", "20"],
+    );
+    // Same pipeline with decode twice as slow: p50(decode) > 1.5 x baseline.
+    let out = run_demo(
+        &[
+            "--no-api",
+            "--no-spans",
+            "--alert-baseline",
+            base.to_str().unwrap(),
+            "--alert",
+            "p50(decode) > 1.5 * baseline for 500ms",
+            "--alert",
+            "p50(publish) > 1.5 * baseline",
+            "--duration",
+            "3s",
+        ],
+        &["--frames", "0", "--fps", "40", "--sleep-us", "decode=2000"],
+    );
+    let fired: Vec<&Value> = out.of_type("alert");
+    assert_eq!(fired.len(), 1, "only decode regressed: {fired:?}");
+    assert_eq!(fired[0]["rule"], "p50(decode) > 1.5 * baseline for 500ms");
+    let base_p50 = f(&read_json(&base)["stages"][1]["p50_ns"]);
+    assert!(
+        (f(&fired[0]["threshold"]) - 1.5 * base_p50).abs() < 1.0,
+        "{}",
+        fired[0]
+    );
+    assert!(f(&fired[0]["value"]) >= 2_000_000.0, "{}", fired[0]);
+}
