@@ -24,6 +24,24 @@ pub enum Command {
     Summary(SummaryArgs),
     /// Compare two summary files stage by stage (regression gate for CI).
     Compare(CompareArgs),
+    /// Per-stage trends from the history database a `run --history` keeps.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The history database (written by `run --history FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// Only this stage.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// How far back, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +127,22 @@ pub struct RunArgs {
     /// Write the final summary snapshot (JSON) to this file on exit.
     #[arg(long, value_name = "FILE")]
     pub summary_out: Option<PathBuf>,
+    /// Prometheus histogram bucket bounds in seconds, comma-separated
+    /// (default 0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1).
+    #[arg(long, value_name = "SECONDS,...")]
+    pub prom_buckets: Option<String>,
+    /// Keep per-stage history in this SQLite file (one row per stage per interval).
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// History row interval (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub history_interval: Option<String>,
+    /// Delete history rows older than this (default 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub history_retention: Option<String>,
+    /// Write spans as a Chrome trace-event JSON file (opens in Perfetto / chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
     /// Ring buffer size in bytes: a power of two, at least 4096 (default 16777216).
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,

@@ -57,6 +57,40 @@ pub struct ApiSpec {
     pub socket: Option<PathBuf>,
 }
 
+/// The history database a run keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySpec {
+    pub path: PathBuf,
+    /// One row per stage per interval.
+    pub interval: Duration,
+    /// Rows older than this are deleted.
+    pub retention: Duration,
+}
+
+/// Default Prometheus histogram bounds, seconds.
+pub const DEFAULT_PROM_BUCKETS: &str = "0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1";
+
+/// Parses comma-separated bucket bounds in seconds into increasing nanoseconds.
+pub fn parse_buckets(text: &str) -> Result<Vec<u64>, ConfigError> {
+    let bad = |reason: &str| ConfigError::Buckets {
+        value: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut out: Vec<u64> = Vec::new();
+    for part in text.split(',') {
+        let secs: f64 = part.trim().parse().map_err(|_| bad("not a number"))?;
+        if !(secs > 0.0 && secs.is_finite()) {
+            return Err(bad("bounds must be positive"));
+        }
+        let ns = (secs * 1e9).round() as u64;
+        if out.last().is_some_and(|&last| ns <= last) {
+            return Err(bad("bounds must increase"));
+        }
+        out.push(ns);
+    }
+    Ok(out)
+}
+
 /// Default TCP port of the agent's API.
 pub const DEFAULT_API_PORT: u16 = 7878;
 
@@ -84,6 +118,11 @@ pub struct Plan {
     /// None: no API.
     pub api: Option<ApiSpec>,
     pub summary_out: Option<PathBuf>,
+    /// Prometheus histogram bounds, increasing nanoseconds.
+    pub prom_buckets_ns: Vec<u64>,
+    pub history: Option<HistorySpec>,
+    /// Chrome trace-event output.
+    pub trace_out: Option<PathBuf>,
     /// Attach the empty floor programs instead of the stage programs (benchmarks).
     pub probe_floor: bool,
 }
@@ -127,6 +166,8 @@ pub enum ConfigError {
     UnknownFrameStage { name: String, known: String },
     #[error("gauge '{name}' is defined twice")]
     DuplicateGauge { name: String },
+    #[error("invalid --prom-buckets '{value}': {reason} (seconds, comma-separated, e.g. 0.001,0.01,0.1)")]
+    Buckets { value: String, reason: String },
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
 }
@@ -152,6 +193,11 @@ struct FileConfig {
     api_port: Option<u16>,
     api_socket: Option<PathBuf>,
     summary_out: Option<PathBuf>,
+    prom_buckets: Option<String>,
+    history: Option<PathBuf>,
+    history_interval: Option<String>,
+    history_retention: Option<String>,
+    trace_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -412,6 +458,27 @@ impl Plan {
         };
         let summary_out = args.summary_out.clone().or(file.summary_out);
         let alert_baseline = args.alert_baseline.clone().or(file.alert_baseline);
+        let prom_buckets_ns = parse_buckets(
+            args.prom_buckets
+                .as_deref()
+                .or(file.prom_buckets.as_deref())
+                .unwrap_or(DEFAULT_PROM_BUCKETS),
+        )?;
+        let history = match args.history.clone().or(file.history) {
+            None => None,
+            Some(path) => Some(HistorySpec {
+                path,
+                interval: pick(&args.history_interval, file.history_interval)
+                    .map(|d| parse_duration("--history-interval", &d))
+                    .transpose()?
+                    .unwrap_or(Duration::from_secs(10)),
+                retention: pick(&args.history_retention, file.history_retention)
+                    .map(|d| parse_duration("--history-retention", &d))
+                    .transpose()?
+                    .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+            }),
+        };
+        let trace_out = args.trace_out.clone().or(file.trace_out);
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -433,6 +500,9 @@ impl Plan {
             alert_baseline,
             api,
             summary_out,
+            prom_buckets_ns,
+            history,
+            trace_out,
             probe_floor: args.probe_floor,
         })
     }
@@ -610,6 +680,32 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn prometheus_buckets_parse_and_validate() {
+        assert_eq!(
+            parse_buckets("0.001, 0.01,1").unwrap(),
+            vec![1_000_000, 10_000_000, 1_000_000_000]
+        );
+        for (text, reason) in [
+            ("0.01,0.001", "bounds must increase"),
+            ("x", "not a number"),
+            ("0,1", "bounds must be positive"),
+        ] {
+            assert_eq!(
+                parse_buckets(text).unwrap_err(),
+                ConfigError::Buckets {
+                    value: text.into(),
+                    reason: reason.into()
+                }
+            );
+        }
+        let plan = Plan::from_args(&args(&["--stage", "a=/x:f", "--history", "h.db"])).unwrap();
+        let h = plan.history.unwrap();
+        assert_eq!(h.interval, Duration::from_secs(10));
+        assert_eq!(h.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(plan.prom_buckets_ns.len(), 11);
     }
 
     #[test]

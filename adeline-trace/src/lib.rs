@@ -4,6 +4,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod events;
+pub mod history;
 pub mod launch;
 pub mod list;
 pub mod metrics;

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             .and_then(adeline_trace::run::run),
         Command::List(args) => adeline_trace::list::list(args),
         Command::Summary(args) => adeline_trace::summary::summary(args),
+        Command::History(args) => adeline_trace::history::history(args),
         // compare prints its own errors: exit 1 = regression, 2 = bad input.
         Command::Compare(args) => return adeline_trace::compare::compare(args),
     };

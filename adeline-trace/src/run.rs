@@ -24,7 +24,7 @@ use crate::{
         api::serve,
         jsonl::{JsonlSink, ProbeInfo, Record},
     },
-    state::LiveState,
+    state::{LiveOptions, LiveState},
     target::process,
     tracer::{Tracer, DRAIN_EVERY},
 };
@@ -84,6 +84,10 @@ pub fn run(plan: Plan) -> Result<()> {
     let live = Arc::new(LiveState::new(
         Metrics::new(stage_names, gauge_names, frame_stage),
         clock,
+        LiveOptions {
+            prom_buckets_ns: plan.prom_buckets_ns.clone(),
+            history_db: plan.history.as_ref().map(|h| h.path.clone()),
+        },
     ));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -22,9 +22,19 @@ pub trait SnapshotSource: Send + Sync {
     fn alerts(&self) -> Vec<AlertEvent>;
 }
 
+/// Settings of the running agent that readers need.
+#[derive(Debug, Clone, Default)]
+pub struct LiveOptions {
+    /// Prometheus histogram bounds, increasing nanoseconds.
+    pub prom_buckets_ns: Vec<u64>,
+    /// The history database, when the run keeps one.
+    pub history_db: Option<std::path::PathBuf>,
+}
+
 /// The running tracer's shared state: metrics (written by the drain loop),
 /// the alerts currently firing, and the run-wide counters.
 pub struct LiveState {
+    pub options: LiveOptions,
     metrics: Mutex<Metrics>,
     alerts: Mutex<Vec<AlertEvent>>,
     clock: WallClock,
@@ -33,8 +43,9 @@ pub struct LiveState {
 }
 
 impl LiveState {
-    pub fn new(metrics: Metrics, clock: WallClock) -> LiveState {
+    pub fn new(metrics: Metrics, clock: WallClock, options: LiveOptions) -> LiveState {
         LiveState {
+            options,
             metrics: Mutex::new(metrics),
             alerts: Mutex::new(Vec::new()),
             clock,

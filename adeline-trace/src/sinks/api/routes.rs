@@ -21,7 +21,8 @@ use crate::{
 /// The window used when a request names none.
 pub const DEFAULT_WINDOW: Window = Window::S10;
 
-type Source = Arc<dyn SnapshotSource>;
+/// The shared state every handler reads.
+pub type Source = Arc<dyn SnapshotSource>;
 
 /// The router over `source`, ready for `axum::serve`.
 pub fn router(source: Source) -> Router {
@@ -30,6 +31,9 @@ pub fn router(source: Source) -> Router {
         .route("/api/summary", get(summary))
         .route("/api/stages/{name}", get(stage))
         .route("/api/alerts", get(alerts))
+        .merge(crate::sinks::prometheus::routes())
+        .merge(crate::sinks::dashboard::routes())
+        .merge(crate::sinks::history::routes())
         .fallback(not_found)
         // After the routes: it applies to the routes already added.
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,0 +1,1 @@
+//! `run --trace-out FILE`: spans in the Chrome trace-event format.
