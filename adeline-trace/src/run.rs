@@ -23,10 +23,11 @@ use crate::{
     sinks::{
         api::serve,
         jsonl::{JsonlSink, ProbeInfo, Record},
+        trace_out::TraceOut,
     },
     state::{LiveOptions, LiveState},
     target::process,
-    tracer::{Tracer, DRAIN_EVERY},
+    tracer::{Tracer, TracerParts, DRAIN_EVERY},
 };
 
 /// How long a launched command may take to exit after SIGTERM before SIGKILL.
@@ -58,6 +59,14 @@ pub fn run(plan: Plan) -> Result<()> {
     let sites = resolved.sites;
     crate::probes::check_privileges()?;
     let mut sink = JsonlSink::new(open_output(&plan.output)?);
+    let trace_out = plan
+        .trace_out
+        .as_deref()
+        .map(|p| {
+            TraceOut::create(p, monotonic_ns())
+                .with_context(|| format!("cannot create the trace file {}", p.display()))
+        })
+        .transpose()?;
     // Fork before any thread exists; the child waits until probes are attached.
     let mut child = match plan.command.is_empty() {
         true => None,
@@ -119,7 +128,19 @@ pub fn run(plan: Plan) -> Result<()> {
     if let Some(c) = child.as_mut() {
         c.release();
     }
-    let mut tracer = Tracer::new(&plan, probes, sink, clock, live.clone(), engine, baseline);
+    let mut tracer = Tracer::new(
+        &plan,
+        TracerParts {
+            probes,
+            sink,
+            clock,
+            live: live.clone(),
+            engine,
+            baseline,
+            trace_out,
+            frame_stage,
+        },
+    );
     let started = Instant::now();
     let stop = runtime.block_on(tracer.trace(&plan, &pids, child.as_mut()))?;
     // A launched command is ended first (it finishes its current call), so

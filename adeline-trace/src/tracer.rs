@@ -23,6 +23,7 @@ use crate::{
     sinks::{
         jsonl::{JsonlSink, Record, StageSummary},
         table::{live_table, summary_table},
+        trace_out::TraceOut,
     },
     state::{LiveState, SnapshotSource},
     summary::metric_formatter,
@@ -48,6 +49,20 @@ pub enum Stop {
     PidsExited,
 }
 
+/// What the tracer is built from (see run.rs for the order they are made in).
+pub struct TracerParts {
+    pub probes: Probes,
+    /// The JSON Lines event stream.
+    pub sink: JsonlSink,
+    pub clock: WallClock,
+    pub live: Arc<LiveState>,
+    pub engine: AlertEngine,
+    /// `baseline` of alert rules from `--alert-baseline` (else learned).
+    pub baseline: Option<Snapshot>,
+    pub trace_out: Option<TraceOut>,
+    pub frame_stage: Option<u32>,
+}
+
 pub struct Tracer {
     probes: Probes,
     sink: JsonlSink,
@@ -59,6 +74,8 @@ pub struct Tracer {
     started: Instant,
     last_counters: [u64; COUNTERS as usize],
     write_spans: bool,
+    trace_out: Option<TraceOut>,
+    frame_stage: Option<u32>,
     /// Records read from the ring buffer (delivered events).
     records: u64,
     last_records: u64,
@@ -66,26 +83,20 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn new(
-        plan: &Plan,
-        probes: Probes,
-        sink: JsonlSink,
-        clock: WallClock,
-        live: Arc<LiveState>,
-        engine: AlertEngine,
-        baseline: Option<Snapshot>,
-    ) -> Tracer {
+    pub fn new(plan: &Plan, parts: TracerParts) -> Tracer {
         Tracer {
-            probes,
-            sink,
-            clock,
-            live,
-            engine,
+            probes: parts.probes,
+            sink: parts.sink,
+            clock: parts.clock,
+            live: parts.live,
+            engine: parts.engine,
             hooks: HookRunner::new(),
-            baseline,
+            baseline: parts.baseline,
             started: Instant::now(),
             last_counters: [0; COUNTERS as usize],
             write_spans: plan.spans,
+            trace_out: parts.trace_out,
+            frame_stage: parts.frame_stage,
             records: 0,
             last_records: 0,
             decode_errors: 0,
@@ -136,6 +147,13 @@ impl Tracer {
             match decode(&item) {
                 Ok(Event::Span(span)) => {
                     metrics.record_span(&span);
+                    if let (Some(t), Some(stage)) =
+                        (self.trace_out.as_mut(), metrics.stage_name(span.stage))
+                    {
+                        let root =
+                            self.frame_stage == Some(span.stage) && span.frame_ns == span.start_ns;
+                        t.span(&span, stage, root)?;
+                    }
                     if !self.write_spans {
                         continue;
                     }
@@ -175,6 +193,9 @@ impl Tracer {
             .set_counts(self.records, self.last_counters[COUNTER_RING_FULL as usize]);
         if wrote {
             self.sink.flush()?;
+        }
+        if let Some(t) = self.trace_out.as_mut() {
+            t.flush()?;
         }
         Ok(())
     }
@@ -285,6 +306,9 @@ impl Tracer {
             );
         }
         self.hooks.finish();
+        if let Some(t) = self.trace_out.take() {
+            t.finish().context("writing the trace file")?;
+        }
         Ok(())
     }
 }

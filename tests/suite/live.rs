@@ -506,3 +506,51 @@ fn baseline_rules_compare_with_an_earlier_run() {
     );
     assert!(f(&fired[0]["value"]) >= 2_000_000.0, "{}", fired[0]);
 }
+
+#[test]
+fn trace_out_writes_a_chrome_trace_matching_the_spans() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("trace");
+    let trace = dir.join("trace.json");
+    let out = run_demo(
+        &["--no-api", "--trace-out", trace.to_str().unwrap()],
+        &["--frames", "12", "--threads", "2"],
+    );
+    let events: Value = read_json(&trace);
+    let events = events.as_array().expect("the JSON array trace format");
+    let complete: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    // One complete event per span on the JSON stream, same stages.
+    assert_eq!(complete.len(), out.spans().len());
+    for stage in DEMO_STAGES {
+        let n = complete.iter().filter(|e| e["name"] == stage).count();
+        assert_eq!(n, out.spans_of(stage).len(), "{stage}");
+    }
+    // Frame roots are their own category; 12 frames on each of 2 threads.
+    let frames: Vec<&&Value> = complete.iter().filter(|e| e["cat"] == "frame").collect();
+    assert_eq!(frames.len(), 24);
+    assert!(frames.iter().all(|e| e["name"] == "process_frame"));
+    // One named track per thread.
+    let mut tids: Vec<u64> = complete
+        .iter()
+        .map(|e| e["tid"].as_u64().unwrap())
+        .collect();
+    tids.sort_unstable();
+    tids.dedup();
+    let named: Vec<u64> = events
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .map(|e| e["tid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(named, tids);
+    assert_eq!(tids.len(), 2);
+    // Durations are the spans' in microseconds.
+    let decode_us: f64 = complete
+        .iter()
+        .filter(|e| e["name"] == "decode")
+        .map(|e| f(&e["dur"]))
+        .sum();
+    let decode_ns: u64 = out.durations_of("decode").iter().sum();
+    assert!((decode_us * 1000.0 - decode_ns as f64).abs() < 1.0 * complete.len() as f64);
+}
