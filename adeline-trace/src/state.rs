@@ -7,9 +7,10 @@ use std::sync::{
 };
 
 use crate::{
-    alerts::AlertEvent,
+    alerts::{AlertEvent, AlertState},
     events::{monotonic_ns, WallClock},
     metrics::{
+        buckets::Cumulative,
         snapshot::{Snapshot, Window},
         Metrics,
     },
@@ -20,6 +21,26 @@ pub trait SnapshotSource: Send + Sync {
     fn snapshot(&self, window: Window) -> Snapshot;
     /// Alerts currently firing, and the most recent transitions (newest last).
     fn alerts(&self) -> Vec<AlertEvent>;
+
+    /// Whole-run per-stage and frame buckets for `GET /metrics`; None when
+    /// this source keeps no whole-run histograms.
+    fn cumulative(&self) -> Option<Cumulative> {
+        None
+    }
+
+    /// Each known alert rule and whether it is firing, in first-seen order
+    /// (by default: the rules of [`Self::alerts`], by their newest state).
+    fn alert_states(&self) -> Vec<(String, bool)> {
+        let mut states: Vec<(String, bool)> = Vec::new();
+        for a in self.alerts() {
+            let firing = a.state == AlertState::Firing;
+            match states.iter_mut().find(|(rule, _)| *rule == a.rule) {
+                Some(known) => known.1 = firing,
+                None => states.push((a.rule, firing)),
+            }
+        }
+        states
+    }
 }
 
 /// Settings of the running agent that readers need.
@@ -37,6 +58,8 @@ pub struct LiveState {
     pub options: LiveOptions,
     metrics: Mutex<Metrics>,
     alerts: Mutex<Vec<AlertEvent>>,
+    /// Every rule that has fired during the run, in first-fired order.
+    fired_rules: Mutex<Vec<String>>,
     clock: WallClock,
     events: AtomicU64,
     drops: AtomicU64,
@@ -48,6 +71,7 @@ impl LiveState {
             options,
             metrics: Mutex::new(metrics),
             alerts: Mutex::new(Vec::new()),
+            fired_rules: Mutex::new(Vec::new()),
             clock,
             events: AtomicU64::new(0),
             drops: AtomicU64::new(0),
@@ -67,6 +91,16 @@ impl LiveState {
 
     /// Replaces the list of alerts currently firing.
     pub fn set_alerts(&self, active: Vec<AlertEvent>) {
+        let mut fired = self
+            .fired_rules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for a in &active {
+            if !fired.contains(&a.rule) {
+                fired.push(a.rule.clone());
+            }
+        }
+        drop(fired);
         *self.alerts.lock().unwrap_or_else(PoisonError::into_inner) = active;
     }
 }
@@ -88,5 +122,23 @@ impl SnapshotSource for LiveState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn cumulative(&self) -> Option<Cumulative> {
+        let bounds = &self.options.prom_buckets_ns;
+        Some(self.metrics().cumulative_buckets(bounds))
+    }
+
+    /// Rules that have fired during the run: firing now or resolved since.
+    fn alert_states(&self) -> Vec<(String, bool)> {
+        let active = self.alerts();
+        let fired = self
+            .fired_rules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        fired
+            .iter()
+            .map(|rule| (rule.clone(), active.iter().any(|a| a.rule == *rule)))
+            .collect()
     }
 }

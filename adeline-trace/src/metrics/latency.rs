@@ -88,6 +88,11 @@ impl LatencyHistogram {
         u64::try_from(self.sum_ns).unwrap_or(u64::MAX)
     }
 
+    /// The HDR histogram itself (read by [`super::buckets`]).
+    pub(super) fn hdr(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+
     /// Bytes held on the heap (the histogram's counters).
     pub fn heap_bytes(&self) -> usize {
         self.hist.distinct_values() * std::mem::size_of::<u64>()

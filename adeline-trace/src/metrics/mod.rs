@@ -24,6 +24,7 @@
 //! lasts ~2^64 ns, is 33 x (440 + 60 x 9.3 + 14.8) KiB = 33 MiB.
 pub mod aggregate;
 pub mod bottleneck;
+pub mod buckets;
 pub mod frames;
 pub mod gauges;
 pub mod latency;

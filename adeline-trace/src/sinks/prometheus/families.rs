@@ -1,0 +1,332 @@
+//! The agent's metric families: names, types, units, labels and help text
+//! (the list in docs/prometheus.md), rendered from what one scrape read.
+use crate::metrics::{buckets::Cumulative, snapshot::Snapshot};
+
+use super::{
+    process::AgentUsage,
+    text::{Exposition, Kind, Value},
+};
+
+/// Everything one scrape reads from the agent.
+#[derive(Debug, Clone)]
+pub struct Scrape<'a> {
+    /// The agent's version (`adeline_agent_info`).
+    pub version: &'a str,
+    /// Whole-run buckets per stage and for frames (None: stage families left out).
+    pub cumulative: Option<&'a Cumulative>,
+    /// The 1 s window: FPS.
+    pub last_second: &'a Snapshot,
+    /// The whole run: gauges' last values, events and drops.
+    pub whole_run: &'a Snapshot,
+    /// Alert rules and whether each is firing.
+    pub alerts: &'a [(String, bool)],
+    /// The agent's own CPU and memory (None: left out).
+    pub agent: Option<AgentUsage>,
+}
+
+/// The exposition of `s`. Families without samples are left out.
+pub fn render(s: &Scrape) -> String {
+    let mut e = Exposition::new();
+    e.family(
+        "adeline_agent_info",
+        Kind::Gauge,
+        "Always 1; the label carries the adeline-trace agent version.",
+    );
+    e.sample(
+        "adeline_agent_info",
+        &[("version", s.version)],
+        Value::Int(1),
+    );
+    if let Some(c) = s.cumulative {
+        stages(&mut e, c);
+    }
+    frames(&mut e, s);
+    let gauges: Vec<(&str, i64)> = s
+        .whole_run
+        .gauges
+        .iter()
+        .filter_map(|g| Some((g.gauge.as_str(), g.last?)))
+        .collect();
+    if !gauges.is_empty() {
+        e.family(
+            "adeline_probe_value",
+            Kind::Gauge,
+            "Last value recorded by each --gauge probe (an argument or return value).",
+        );
+        for (gauge, last) in gauges {
+            e.sample("adeline_probe_value", &[("gauge", gauge)], Value::Int(last));
+        }
+    }
+    counter(
+        &mut e,
+        "adeline_events_total",
+        "Records the agent has read from the kernel.",
+        s.whole_run.events,
+    );
+    counter(
+        &mut e,
+        "adeline_drops_total",
+        "Records lost in the kernel because the ring buffer was full; their calls are missing from every other metric.",
+        s.whole_run.drops,
+    );
+    if !s.alerts.is_empty() {
+        e.family(
+            "adeline_alert_firing",
+            Kind::Gauge,
+            "1 while the alert rule is firing, 0 after it resolved; a rule appears once it has fired.",
+        );
+        for (rule, firing) in s.alerts {
+            e.sample(
+                "adeline_alert_firing",
+                &[("rule", rule)],
+                Value::Int(i64::from(*firing)),
+            );
+        }
+    }
+    if let Some(a) = s.agent {
+        e.family(
+            "adeline_agent_cpu_seconds_total",
+            Kind::Counter,
+            "User and system CPU time of the agent process.",
+        );
+        e.sample(
+            "adeline_agent_cpu_seconds_total",
+            &[],
+            Value::Float(a.cpu_seconds),
+        );
+        e.family(
+            "adeline_agent_resident_memory_bytes",
+            Kind::Gauge,
+            "Resident memory of the agent process.",
+        );
+        e.sample(
+            "adeline_agent_resident_memory_bytes",
+            &[],
+            Value::Count(a.resident_bytes),
+        );
+    }
+    e.finish()
+}
+
+/// Calls, durations and self time per stage.
+fn stages(e: &mut Exposition, c: &Cumulative) {
+    if c.stages.is_empty() {
+        return;
+    }
+    e.family(
+        "adeline_stage_calls_total",
+        Kind::Counter,
+        "Completed calls of each traced stage.",
+    );
+    for s in &c.stages {
+        e.sample(
+            "adeline_stage_calls_total",
+            &[("stage", &s.stage)],
+            Value::Count(s.durations.count),
+        );
+    }
+    e.family(
+        "adeline_stage_duration_seconds",
+        Kind::Histogram,
+        "Duration of each stage call, entry to return.",
+    );
+    for s in &c.stages {
+        e.histogram(
+            "adeline_stage_duration_seconds",
+            &[("stage", &s.stage)],
+            &s.durations,
+        );
+    }
+    e.family(
+        "adeline_stage_self_seconds_total",
+        Kind::Counter,
+        "Self time of each stage: call durations minus the traced calls made inside them.",
+    );
+    for s in &c.stages {
+        e.sample(
+            "adeline_stage_self_seconds_total",
+            &[("stage", &s.stage)],
+            Value::Seconds(s.self_ns),
+        );
+    }
+}
+
+/// Frames (outermost calls of the frame stage), when there is one.
+fn frames(e: &mut Exposition, s: &Scrape) {
+    if let Some(f) = s.cumulative.and_then(|c| c.frames.as_ref()) {
+        counter(
+            e,
+            "adeline_frames_total",
+            "Completed frames (outermost calls of the frame stage).",
+            f.count,
+        );
+        e.family(
+            "adeline_frame_duration_seconds",
+            Kind::Histogram,
+            "End-to-end frame latency.",
+        );
+        e.histogram("adeline_frame_duration_seconds", &[], f);
+    }
+    if let Some(f) = &s.last_second.frames {
+        e.family(
+            "adeline_fps",
+            Kind::Gauge,
+            "Frames completed per second over the last second.",
+        );
+        e.sample("adeline_fps", &[], Value::Float(f.fps));
+    }
+}
+
+fn counter(e: &mut Exposition, name: &str, help: &str, value: u64) {
+    e.family(name, Kind::Counter, help);
+    e.sample(name, &[], Value::Count(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use adeline_trace_common::{GaugeRecord, SpanRecord};
+
+    use super::*;
+    use crate::metrics::{snapshot::Window, Metrics};
+
+    fn span(stage: u32, dur_ns: u64, self_ns: u64, start_ns: u64, frame_ns: u64) -> SpanRecord {
+        SpanRecord {
+            stage,
+            start_ns,
+            dur_ns,
+            self_ns,
+            frame_ns,
+            ..Default::default()
+        }
+    }
+
+    /// Two frames of 1.5 ms and 3 ms holding `infer` calls of 900 us and
+    /// 400 us, one more `infer` call (1.9 ms) outside frames, a gauge, an alert whose
+    /// rule needs escaping; buckets at 0.5, 1 and 2 ms.
+    #[test]
+    fn exposition_of_a_small_run() {
+        const S: u64 = 1_000_000_000;
+        let names = ["frame", "infer \"v2\""].map(String::from).to_vec();
+        let mut m = Metrics::new(names, vec!["tracks".into()], Some(0));
+        m.record_span(&span(1, 900_000, 900_000, S, S));
+        m.record_span(&span(0, 1_500_000, 600_000, S, S));
+        m.record_span(&span(1, 400_000, 400_000, S + 10_000_000, S + 10_000_000));
+        m.record_span(&span(
+            0,
+            3_000_000,
+            2_600_000,
+            S + 10_000_000,
+            S + 10_000_000,
+        ));
+        m.record_span(&span(1, 1_900_000, 1_900_000, S + 20_000_000, 0));
+        m.record_gauge(&GaugeRecord {
+            gauge: 0,
+            ts_ns: S,
+            value: -7,
+            ..Default::default()
+        });
+        let now = S + 500_000_000;
+        let cumulative = m.cumulative_buckets(&[500_000, 1_000_000, 2_000_000]);
+        let scrape = Scrape {
+            version: "1.2.3",
+            cumulative: Some(&cumulative),
+            last_second: &m.snapshot(Window::S1, now, 0, 9, 2),
+            whole_run: &m.snapshot(Window::All, now, 0, 9, 2),
+            alerts: &[
+                ("p99(infer) > 1ms\n\\ \"x\"".into(), true),
+                ("drops > 0".into(), false),
+            ],
+            agent: Some(AgentUsage {
+                cpu_seconds: 0.25,
+                resident_bytes: 8_388_608,
+            }),
+        };
+        let want = r#"# HELP adeline_agent_info Always 1; the label carries the adeline-trace agent version.
+# TYPE adeline_agent_info gauge
+adeline_agent_info{version="1.2.3"} 1
+# HELP adeline_stage_calls_total Completed calls of each traced stage.
+# TYPE adeline_stage_calls_total counter
+adeline_stage_calls_total{stage="frame"} 2
+adeline_stage_calls_total{stage="infer \"v2\""} 3
+# HELP adeline_stage_duration_seconds Duration of each stage call, entry to return.
+# TYPE adeline_stage_duration_seconds histogram
+adeline_stage_duration_seconds_bucket{stage="frame",le="0.0005"} 0
+adeline_stage_duration_seconds_bucket{stage="frame",le="0.001"} 0
+adeline_stage_duration_seconds_bucket{stage="frame",le="0.002"} 1
+adeline_stage_duration_seconds_bucket{stage="frame",le="+Inf"} 2
+adeline_stage_duration_seconds_sum{stage="frame"} 0.0045
+adeline_stage_duration_seconds_count{stage="frame"} 2
+adeline_stage_duration_seconds_bucket{stage="infer \"v2\"",le="0.0005"} 1
+adeline_stage_duration_seconds_bucket{stage="infer \"v2\"",le="0.001"} 2
+adeline_stage_duration_seconds_bucket{stage="infer \"v2\"",le="0.002"} 3
+adeline_stage_duration_seconds_bucket{stage="infer \"v2\"",le="+Inf"} 3
+adeline_stage_duration_seconds_sum{stage="infer \"v2\""} 0.0032
+adeline_stage_duration_seconds_count{stage="infer \"v2\""} 3
+# HELP adeline_stage_self_seconds_total Self time of each stage: call durations minus the traced calls made inside them.
+# TYPE adeline_stage_self_seconds_total counter
+adeline_stage_self_seconds_total{stage="frame"} 0.0032
+adeline_stage_self_seconds_total{stage="infer \"v2\""} 0.0032
+# HELP adeline_frames_total Completed frames (outermost calls of the frame stage).
+# TYPE adeline_frames_total counter
+adeline_frames_total 2
+# HELP adeline_frame_duration_seconds End-to-end frame latency.
+# TYPE adeline_frame_duration_seconds histogram
+adeline_frame_duration_seconds_bucket{le="0.0005"} 0
+adeline_frame_duration_seconds_bucket{le="0.001"} 0
+adeline_frame_duration_seconds_bucket{le="0.002"} 1
+adeline_frame_duration_seconds_bucket{le="+Inf"} 2
+adeline_frame_duration_seconds_sum 0.0045
+adeline_frame_duration_seconds_count 2
+# HELP adeline_fps Frames completed per second over the last second.
+# TYPE adeline_fps gauge
+adeline_fps 4
+# HELP adeline_probe_value Last value recorded by each --gauge probe (an argument or return value).
+# TYPE adeline_probe_value gauge
+adeline_probe_value{gauge="tracks"} -7
+# HELP adeline_events_total Records the agent has read from the kernel.
+# TYPE adeline_events_total counter
+adeline_events_total 9
+# HELP adeline_drops_total Records lost in the kernel because the ring buffer was full; their calls are missing from every other metric.
+# TYPE adeline_drops_total counter
+adeline_drops_total 2
+# HELP adeline_alert_firing 1 while the alert rule is firing, 0 after it resolved; a rule appears once it has fired.
+# TYPE adeline_alert_firing gauge
+adeline_alert_firing{rule="p99(infer) > 1ms\n\\ \"x\""} 1
+adeline_alert_firing{rule="drops > 0"} 0
+# HELP adeline_agent_cpu_seconds_total User and system CPU time of the agent process.
+# TYPE adeline_agent_cpu_seconds_total counter
+adeline_agent_cpu_seconds_total 0.25
+# HELP adeline_agent_resident_memory_bytes Resident memory of the agent process.
+# TYPE adeline_agent_resident_memory_bytes gauge
+adeline_agent_resident_memory_bytes 8388608
+"#;
+        let got = render(&scrape);
+        assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn without_frames_gauges_alerts_or_histograms() {
+        let m = Metrics::new(vec!["decode".into()], vec!["q".into()], None);
+        let snap = m.snapshot(Window::All, 0, 0, 0, 0);
+        let scrape = Scrape {
+            version: "0",
+            cumulative: None,
+            last_second: &snap,
+            whole_run: &snap,
+            alerts: &[],
+            agent: None,
+        };
+        let got = render(&scrape);
+        for absent in ["stage", "frame", "fps", "probe_value", "alert", "cpu"] {
+            assert!(!got.contains(absent), "{absent} in\n{got}");
+        }
+        assert!(got.contains("adeline_drops_total 0\n"), "{got}");
+        let c = m.cumulative_buckets(&[1]);
+        let got = render(&Scrape {
+            cumulative: Some(&c),
+            ..scrape
+        });
+        assert!(got.contains("adeline_stage_calls_total{stage=\"decode\"} 0\n"));
+        assert!(!got.contains("frame"), "{got}");
+    }
+}
