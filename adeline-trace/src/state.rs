@@ -22,6 +22,12 @@ pub trait SnapshotSource: Send + Sync {
     /// Alerts currently firing, and the most recent transitions (newest last).
     fn alerts(&self) -> Vec<AlertEvent>;
 
+    /// The history database this agent writes (`run --history FILE`);
+    /// None when it keeps no history.
+    fn history_db(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Whole-run per-stage and frame buckets for `GET /metrics`; None when
     /// this source keeps no whole-run histograms.
     fn cumulative(&self) -> Option<Cumulative> {
@@ -122,6 +128,10 @@ impl SnapshotSource for LiveState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn history_db(&self) -> Option<&std::path::Path> {
+        self.options.history_db.as_deref()
     }
 
     fn cumulative(&self) -> Option<Cumulative> {
