@@ -102,7 +102,8 @@ fn rows_survive_sigkill_and_match_the_demo_rate() {
         let rows = rows_of(&report, stage);
         assert!(rows.len() >= 3, "{stage}: {} rows: {report}", rows.len());
         for r in &rows {
-            assert_eq!(r["interval_ns"], 1_000_000_000u64, "{r}");
+            let interval = f(&r["interval_ns"]);
+            assert!(interval > 0.0 && interval <= 1.05e9, "{r}");
         }
         // The first interval with calls may be partial (the demo starts in
         // it); the ones after it are whole.
@@ -114,10 +115,12 @@ fn rows_survive_sigkill_and_match_the_demo_rate() {
         assert!(whole.len() >= 3, "{stage}: whole intervals {whole:?}");
         let want = FPS * per_frame;
         for r in whole {
+            let seconds = f(&r["interval_ns"]) / 1e9;
+            assert!((seconds - 1.0).abs() < 0.05, "{r}");
             let count = f(&r["count"]);
             assert!(
-                (count / want - 1.0).abs() <= 0.2,
-                "{stage}: {count} calls in 1 s, want {want} ±20%: {r}"
+                (count / (want * seconds) - 1.0).abs() <= 0.2,
+                "{stage}: {count} calls in {seconds} s, want {want}/s ±20%: {r}"
             );
             assert!((f(&r["rate_hz"]) / want - 1.0).abs() <= 0.2, "{r}");
             assert!((f(&r["fps"]) / FPS - 1.0).abs() <= 0.2, "{r}");
