@@ -168,6 +168,8 @@ pub enum ConfigError {
     DuplicateGauge { name: String },
     #[error("invalid --prom-buckets '{value}': {reason} (seconds, comma-separated, e.g. 0.001,0.01,0.1)")]
     Buckets { value: String, reason: String },
+    #[error("--history-interval must be 1s, 10s or 60s (the windows the agent keeps), not {0}")]
+    HistoryInterval(String),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
 }
@@ -468,10 +470,16 @@ impl Plan {
             None => None,
             Some(path) => Some(HistorySpec {
                 path,
-                interval: pick(&args.history_interval, file.history_interval)
-                    .map(|d| parse_duration("--history-interval", &d))
-                    .transpose()?
-                    .unwrap_or(Duration::from_secs(10)),
+                interval: match pick(&args.history_interval, file.history_interval) {
+                    None => Duration::from_secs(10),
+                    Some(text) => {
+                        let d = parse_duration("--history-interval", &text)?;
+                        if ![1, 10, 60].map(Duration::from_secs).contains(&d) {
+                            return Err(ConfigError::HistoryInterval(text));
+                        }
+                        d
+                    }
+                },
                 retention: pick(&args.history_retention, file.history_retention)
                     .map(|d| parse_duration("--history-retention", &d))
                     .transpose()?
@@ -706,6 +714,19 @@ mod tests {
         assert_eq!(h.interval, Duration::from_secs(10));
         assert_eq!(h.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(plan.prom_buckets_ns.len(), 11);
+        let e = Plan::from_args(&args(&[
+            "--stage",
+            "a=/x:f",
+            "--history",
+            "h.db",
+            "--history-interval",
+            "5s",
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--history-interval must be 1s, 10s or 60s (the windows the agent keeps), not 5s"
+        );
     }
 
     #[test]

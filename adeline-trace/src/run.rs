@@ -17,11 +17,15 @@ use crate::{
     config::{Output, Plan},
     events::{monotonic_ns, WallClock},
     launch::Launched,
-    metrics::{snapshot::Snapshot, Metrics},
+    metrics::{
+        snapshot::{Snapshot, Window},
+        Metrics,
+    },
     probes::{ProbeOptions, Probes},
     resolve::{resolve, ProbeSite},
     sinks::{
         api::serve,
+        history::HistoryStore,
         jsonl::{JsonlSink, ProbeInfo, Record},
         trace_out::TraceOut,
     },
@@ -48,6 +52,18 @@ pub fn run(plan: Plan) -> Result<()> {
         .alert_baseline
         .as_deref()
         .map(load_baseline)
+        .transpose()?;
+    let history = plan
+        .history
+        .as_ref()
+        .map(|h| {
+            let window = match h.interval.as_secs() {
+                1 => Window::S1,
+                60 => Window::S60,
+                _ => Window::S10,
+            };
+            HistoryStore::open(&h.path, h.retention).map(|store| (store, window))
+        })
         .transpose()?;
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
@@ -139,6 +155,7 @@ pub fn run(plan: Plan) -> Result<()> {
             baseline,
             trace_out,
             frame_stage,
+            history,
         },
     );
     let started = Instant::now();

@@ -21,6 +21,7 @@ use crate::{
     metrics::snapshot::{Snapshot, Window},
     probes::Probes,
     sinks::{
+        history::HistoryStore,
         jsonl::{JsonlSink, Record, StageSummary},
         table::{live_table, summary_table},
         trace_out::TraceOut,
@@ -61,7 +62,12 @@ pub struct TracerParts {
     pub baseline: Option<Snapshot>,
     pub trace_out: Option<TraceOut>,
     pub frame_stage: Option<u32>,
+    /// The history store and its interval (a window the metrics keep).
+    pub history: Option<(HistoryStore, Window)>,
 }
+
+/// Alert transitions kept for the history store (it stores each once).
+const RECENT_ALERTS: usize = 100;
 
 pub struct Tracer {
     probes: Probes,
@@ -76,6 +82,8 @@ pub struct Tracer {
     write_spans: bool,
     trace_out: Option<TraceOut>,
     frame_stage: Option<u32>,
+    history: Option<(HistoryStore, Window)>,
+    recent_alerts: Vec<AlertEvent>,
     /// Records read from the ring buffer (delivered events).
     records: u64,
     last_records: u64,
@@ -97,6 +105,8 @@ impl Tracer {
             write_spans: plan.spans,
             trace_out: parts.trace_out,
             frame_stage: parts.frame_stage,
+            history: parts.history,
+            recent_alerts: Vec::new(),
             records: 0,
             last_records: 0,
             decode_errors: 0,
@@ -118,6 +128,13 @@ impl Tracer {
         let mut alerts = tokio::time::interval(ALERT_EVERY);
         let mut pid_check = tokio::time::interval(PID_CHECK_EVERY);
         let has_rules = !plan.alerts.is_empty();
+        let history_every = plan
+            .history
+            .as_ref()
+            .map(|h| h.interval)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut history = tokio::time::interval(history_every);
+        history.tick().await;
         let stop = loop {
             tokio::select! {
                 _ = sigint.recv() => break Stop::Signal,
@@ -126,6 +143,7 @@ impl Tracer {
                 _ = drain.tick() => self.drain()?,
                 _ = stats.tick() => self.stats(plan)?,
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
+                _ = history.tick(), if self.history.is_some() => self.record_history()?,
                 _ = pid_check.tick() => {
                     if let Some(c) = child.as_deref_mut() {
                         if c.try_wait().is_some() { break Stop::CommandExited; }
@@ -249,11 +267,23 @@ impl Tracer {
             self.sink.write(&Record::Alert(event))?;
             eprintln!("adeline-trace: {}", describe(event));
         }
+        self.recent_alerts.extend(events.iter().cloned());
+        let excess = self.recent_alerts.len().saturating_sub(RECENT_ALERTS);
+        self.recent_alerts.drain(..excess);
         self.sink.flush()?;
         for job in self.engine.take_hook_jobs() {
             self.hooks.run(&job);
         }
         self.live.set_alerts(self.engine.active());
+        Ok(())
+    }
+
+    /// One history row per stage for the interval that just ended.
+    fn record_history(&mut self) -> Result<()> {
+        if let Some((store, window)) = self.history.as_mut() {
+            let snapshot = self.live.snapshot(*window);
+            store.record(&snapshot, &self.recent_alerts)?;
+        }
         Ok(())
     }
 
