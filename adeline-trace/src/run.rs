@@ -112,6 +112,7 @@ pub fn run(plan: Plan) -> Result<()> {
         LiveOptions {
             prom_buckets_ns: plan.prom_buckets_ns.clone(),
             history_db: plan.history.as_ref().map(|h| h.path.clone()),
+            rules: plan.alerts.iter().map(|a| a.rule.clone()).collect(),
         },
     ));
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -56,6 +56,9 @@ pub struct LiveOptions {
     pub prom_buckets_ns: Vec<u64>,
     /// The history database, when the run keeps one.
     pub history_db: Option<std::path::PathBuf>,
+    /// Every configured alert rule, as written (so each is reported, 0
+    /// until it fires).
+    pub rules: Vec<String>,
 }
 
 /// The running tracer's shared state: metrics (written by the drain loop),
@@ -139,16 +142,50 @@ impl SnapshotSource for LiveState {
         Some(self.metrics().cumulative_buckets(bounds))
     }
 
-    /// Rules that have fired during the run: firing now or resolved since.
+    /// Every configured rule (then any other that fired), firing or not.
     fn alert_states(&self) -> Vec<(String, bool)> {
         let active = self.alerts();
         let fired = self
             .fired_rules
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        fired
-            .iter()
-            .map(|rule| (rule.clone(), active.iter().any(|a| a.rule == *rule)))
+        let mut rules = self.options.rules.clone();
+        rules.extend(
+            fired
+                .iter()
+                .filter(|r| !self.options.rules.contains(r))
+                .cloned(),
+        );
+        rules
+            .into_iter()
+            .map(|rule| {
+                let firing = active.iter().any(|a| a.rule == rule);
+                (rule, firing)
+            })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configured_rule_is_reported_before_it_fires() {
+        let live = LiveState::new(
+            Metrics::new(vec!["decode".into()], vec![], None),
+            WallClock::new(),
+            LiveOptions {
+                rules: vec!["fps < 25".into(), "drops > 0".into()],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            live.alert_states(),
+            vec![
+                ("fps < 25".to_string(), false),
+                ("drops > 0".to_string(), false)
+            ]
+        );
     }
 }
