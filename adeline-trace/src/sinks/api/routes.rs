@@ -137,7 +137,7 @@ async fn not_found(uri: Uri) -> ApiFailure {
     ApiFailure::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no endpoint {}: try /healthz, /api/summary, /api/stages/NAME or /api/alerts",
+            "no endpoint {}: try /, /healthz, /api/summary, /api/stages/NAME, /api/alerts, /api/history or /metrics",
             one_line(uri.path())
         ),
     )

@@ -324,7 +324,7 @@ mod tests {
                 "GET",
                 "/metrics/x",
                 404,
-                "no endpoint /metrics/x: try /healthz, /api/summary, /api/stages/NAME or /api/alerts",
+                "no endpoint /metrics/x: try /, /healthz, /api/summary, /api/stages/NAME, /api/alerts, /api/history or /metrics",
             ),
             (
                 "POST",
