@@ -1,0 +1,121 @@
+//! `GET /api/stream`: the dashboard's push stream, Server-Sent Events. One
+//! `update` event when the client connects and then one per [`PERIOD`],
+//! each holding the 1 s and 10 s snapshots and the alerts
+//! (docs/dashboard.md). The stream never ends by itself; the server drops
+//! it at shutdown (after the API's grace period), and the browser's
+//! `EventSource` reconnects after [`RETRY`].
+use std::time::Duration;
+
+use axum::{
+    extract::{RawQuery, State},
+    http::StatusCode,
+    response::{
+        sse::{Event, Sse},
+        IntoResponse, Response,
+    },
+    Json,
+};
+use serde::Serialize;
+
+use crate::{
+    alerts::AlertEvent,
+    metrics::snapshot::{Snapshot, Window},
+    sinks::api::routes::Source,
+    state::SnapshotSource,
+};
+
+/// Where the stream is served.
+pub const PATH: &str = "/api/stream";
+/// Time between two updates.
+pub const PERIOD: Duration = Duration::from_secs(1);
+/// How long a disconnected browser waits before it reconnects (sent to it
+/// in every event's `retry:` field).
+pub const RETRY: Duration = Duration::from_secs(2);
+/// Version of the update's JSON schema (the snapshots inside carry their own `v`).
+pub const UPDATE_VERSION: u32 = 1;
+/// SSE event type of an update.
+pub const EVENT: &str = "update";
+
+/// The data of one `update` event.
+#[derive(Debug, Serialize)]
+pub struct Update {
+    /// Schema version ([`UPDATE_VERSION`]).
+    pub v: u32,
+    /// Wall-clock nanoseconds of the 1 s snapshot (also the event's `id:`).
+    pub ts_ns: u64,
+    pub snapshots: Snapshots,
+    /// Firing alerts and the most recent transitions, newest last
+    /// (the body of `GET /api/alerts`).
+    pub alerts: Vec<AlertEvent>,
+}
+
+/// The snapshots of an update, keyed by window.
+#[derive(Debug, Serialize)]
+pub struct Snapshots {
+    #[serde(rename = "1s")]
+    pub s1: Snapshot,
+    #[serde(rename = "10s")]
+    pub s10: Snapshot,
+}
+
+impl Update {
+    /// The current update from `source`.
+    pub fn from_source(source: &dyn SnapshotSource) -> Update {
+        let s1 = source.snapshot(Window::S1);
+        let s10 = source.snapshot(Window::S10);
+        Update {
+            v: UPDATE_VERSION,
+            ts_ns: s1.ts_ns,
+            snapshots: Snapshots { s1, s10 },
+            alerts: source.alerts(),
+        }
+    }
+
+    fn into_event(self) -> Result<Event, axum::Error> {
+        Event::default()
+            .event(EVENT)
+            .id(self.ts_ns.to_string())
+            .retry(RETRY)
+            .json_data(&self)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// `GET /api/stream`: `text/event-stream` of `update` events.
+pub async fn stream(State(source): State<Source>, RawQuery(query): RawQuery) -> Response {
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        let error = format!(
+            "unknown query '{}': {PATH} takes no parameters",
+            one_line(&query)
+        );
+        return (StatusCode::BAD_REQUEST, Json(ErrorBody { error })).into_response();
+    }
+    let mut ticks = tokio::time::interval(PERIOD);
+    // A client that reads slowly gets fresh data, not a backlog.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let events = futures_util::stream::unfold((source, ticks), |(source, mut ticks)| async move {
+        // The first tick completes at once: a new client is filled right away.
+        ticks.tick().await;
+        let event = Update::from_source(source.as_ref()).into_event();
+        Some((event, (source, ticks)))
+    });
+    Sse::new(events).into_response()
+}
+
+/// Request text echoed in an error: one line, at most 80 characters.
+fn one_line(s: &str) -> String {
+    const MAX_CHARS: usize = 80;
+    let mut out: String = s
+        .chars()
+        .take(MAX_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > MAX_CHARS {
+        out.push_str("...");
+    }
+    out
+}
