@@ -22,12 +22,15 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use crate::{cargo, is_root, status};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const PACKAGES: [&str; 6] = [
+const PACKAGES: [&str; 8] = [
     "bpftrace",
     "bpftool",
     "systemtap-sdt-dev",
     "g++",
     "binutils",
+    // Headless browser and its WebDriver, for tests/suite/dashboard.rs.
+    "chromium",
+    "chromium-driver",
     "prometheus", // promtool and the server, for tests/suite/prometheus.rs
 ];
 const TRACEFS: &str = "/sys/kernel/tracing";
