@@ -390,6 +390,7 @@ mod tests {
             bottleneck: Bottleneck::default(),
             events: 0,
             drops: 0,
+            memory: vec![],
         })
         .unwrap()
     }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod history;
 pub mod launch;
 pub mod list;
+pub mod memory;
 pub mod metrics;
 pub mod probes;
 pub mod resolve;

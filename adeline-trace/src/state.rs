@@ -9,6 +9,7 @@ use std::sync::{
 use crate::{
     alerts::{AlertEvent, AlertState},
     events::{monotonic_ns, WallClock},
+    memory::MemorySampler,
     metrics::{
         buckets::Cumulative,
         snapshot::{Snapshot, Window},
@@ -70,6 +71,7 @@ pub struct LiveState {
     /// Every rule that has fired during the run, in first-fired order.
     fired_rules: Mutex<Vec<String>>,
     clock: WallClock,
+    memory: Mutex<MemorySampler>,
     events: AtomicU64,
     drops: AtomicU64,
 }
@@ -82,6 +84,7 @@ impl LiveState {
             alerts: Mutex::new(Vec::new()),
             fired_rules: Mutex::new(Vec::new()),
             clock,
+            memory: Mutex::new(MemorySampler::new()),
             events: AtomicU64::new(0),
             drops: AtomicU64::new(0),
         }
@@ -90,6 +93,14 @@ impl LiveState {
     /// Exclusive access to the metrics (the drain loop holds it per batch).
     pub fn metrics(&self) -> MutexGuard<'_, Metrics> {
         self.metrics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Samples the memory of `pids` from procfs (the run loop, ~1/s).
+    pub fn sample_memory(&self, pids: impl IntoIterator<Item = u32>) {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample(monotonic_ns(), pids);
     }
 
     /// Updates the run-wide record counters.
@@ -117,13 +128,19 @@ impl LiveState {
 impl SnapshotSource for LiveState {
     fn snapshot(&self, window: Window) -> Snapshot {
         let now = monotonic_ns();
-        self.metrics().snapshot(
+        let mut snapshot = self.metrics().snapshot(
             window,
             now,
             self.clock.wall_ns(now),
             self.events.load(Ordering::Relaxed),
             self.drops.load(Ordering::Relaxed),
-        )
+        );
+        snapshot.memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report(window, now);
+        snapshot
     }
 
     fn alerts(&self) -> Vec<AlertEvent> {

@@ -274,6 +274,19 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
         line(&mut out, "SLOWER", &text);
     }
 
+    for m in &snapshot.memory {
+        let growth = m.growth_bytes_per_s.map_or("-".into(), |g| {
+            format!("{:+.1} MB/min over {} samples", g * 60.0 / 1e6, m.samples)
+        });
+        let text = format!(
+            "pid {}: RSS {:.1} MB, growth {growth}, {} threads",
+            m.pid,
+            m.rss_bytes as f64 / 1e6,
+            m.threads
+        );
+        line(&mut out, "MEMORY", &text);
+    }
+
     let drops = match snapshot.drops {
         0 => "none".to_string(),
         n => format!("{n} records lost in the kernel (latencies miss those calls)"),
@@ -446,6 +459,7 @@ queue_depth     3    0    8  2.50
 batch           -    -    -     -
 BOTTLENECK  inference: 62.5% of frame time in its own code
 SLOWER      tracking: p99 4.00ms, up from 2.00ms (2x)
+MEMORY      pid 4242: RSS 104.9 MB, growth +31.5 MB/min over 10 samples, 4 threads
 DROPS       12 records lost in the kernel (latencies miss those calls)
 ALERT       p99(inference) > 30ms for 5s: value 31.0ms, threshold 30.0ms, firing for 10.0s
 "
@@ -459,6 +473,7 @@ ALERT       p99(inference) > 30ms for 5s: value 31.0ms, threshold 30.0ms, firing
         s.gauges.clear();
         s.bottleneck = Default::default();
         s.drops = 0;
+        s.memory[0].growth_bytes_per_s = None;
         s.stages.truncate(1);
         let table = render(&s, &sample_alerts()[1..]);
         assert_eq!(
@@ -467,6 +482,7 @@ ALERT       p99(inference) > 30ms for 5s: value 31.0ms, threshold 30.0ms, firing
 window all (42.5s covered), 1234567 events
 STAGE       CALLS/S    P50    P95     P99     MAX  SHARE
 preprocess     30.0  940ns  999ns  1.50us  12.3us      -
+MEMORY      pid 4242: RSS 104.9 MB, growth -, 4 threads
 DROPS       none
 ALERTS      none firing
 "

@@ -1,6 +1,7 @@
 //! The tracing loop: drains the ring buffer into metrics and the JSON
 //! stream, emits stats, evaluates alert rules, and writes the final summary.
 use std::{
+    collections::HashMap,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -35,6 +36,13 @@ use crate::{
 pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often traced pids are checked for exit.
 const PID_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often the traced processes' memory is read from procfs.
+const MEMORY_EVERY: Duration = Duration::from_secs(1);
+/// Tracing every process, a pid is sampled while it produced a record
+/// this recently.
+const SEEN_RECENTLY: Duration = Duration::from_secs(10);
+/// Tracing every process, at most this many recently seen pids are kept.
+const MAX_SEEN_PIDS: usize = 64;
 /// How often alert rules are evaluated (over the 1 s window).
 const ALERT_EVERY: Duration = Duration::from_millis(250);
 /// Without `--alert-baseline`, the `baseline` of alert rules is the
@@ -88,6 +96,11 @@ pub struct Tracer {
     records: u64,
     last_records: u64,
     decode_errors: u64,
+    /// Tracing every process: pids that produced span/gauge records, with
+    /// the time (monotonic ns) of their latest record. Empty otherwise.
+    seen_pids: HashMap<u32, u64>,
+    /// Whether to fill `seen_pids` (no -p and no launched command).
+    track_seen: bool,
 }
 
 impl Tracer {
@@ -110,6 +123,8 @@ impl Tracer {
             records: 0,
             last_records: 0,
             decode_errors: 0,
+            seen_pids: HashMap::new(),
+            track_seen: false,
         }
     }
 
@@ -127,6 +142,8 @@ impl Tracer {
         stats.tick().await;
         let mut alerts = tokio::time::interval(ALERT_EVERY);
         let mut pid_check = tokio::time::interval(PID_CHECK_EVERY);
+        let mut memory = tokio::time::interval(MEMORY_EVERY);
+        self.track_seen = pids.is_empty();
         let has_rules = !plan.alerts.is_empty();
         let history_every = plan
             .history
@@ -144,6 +161,7 @@ impl Tracer {
                 _ = stats.tick() => self.stats(plan)?,
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
                 _ = history.tick(), if self.history.is_some() => self.record_history()?,
+                _ = memory.tick() => self.sample_memory(pids),
                 _ = pid_check.tick() => {
                     if let Some(c) = child.as_deref_mut() {
                         if c.try_wait().is_some() { break Stop::CommandExited; }
@@ -165,6 +183,9 @@ impl Tracer {
             match decode(&item) {
                 Ok(Event::Span(span)) => {
                     metrics.record_span(&span);
+                    if self.track_seen {
+                        self.seen_pids.insert(span.pid, span.start_ns);
+                    }
                     if let (Some(t), Some(stage)) =
                         (self.trace_out.as_mut(), metrics.stage_name(span.stage))
                     {
@@ -192,6 +213,9 @@ impl Tracer {
                 }
                 Ok(Event::Gauge(g)) => {
                     metrics.record_gauge(&g);
+                    if self.track_seen {
+                        self.seen_pids.insert(g.pid, g.ts_ns);
+                    }
                     if let Some(gauge) = metrics.gauge_name(g.gauge) {
                         self.sink.write(&Record::Gauge {
                             ts_ns: self.clock.wall_ns(g.ts_ns),
@@ -276,6 +300,25 @@ impl Tracer {
         }
         self.live.set_alerts(self.engine.active());
         Ok(())
+    }
+
+    /// Reads the traced processes' memory: the given pids (-p or the
+    /// launched command), or, tracing every process, the pids that produced
+    /// records in the last [`SEEN_RECENTLY`] (the most recent
+    /// [`MAX_SEEN_PIDS`]).
+    fn sample_memory(&mut self, pids: &[u32]) {
+        if !pids.is_empty() {
+            self.live.sample_memory(pids.iter().copied());
+            return;
+        }
+        let cutoff = monotonic_ns().saturating_sub(SEEN_RECENTLY.as_nanos() as u64);
+        self.seen_pids.retain(|_, &mut seen| seen >= cutoff);
+        let mut recent: Vec<(u32, u64)> = self.seen_pids.iter().map(|(&p, &t)| (p, t)).collect();
+        if recent.len() > MAX_SEEN_PIDS {
+            recent.sort_unstable_by_key(|&(_, seen)| std::cmp::Reverse(seen));
+            recent.truncate(MAX_SEEN_PIDS);
+        }
+        self.live.sample_memory(recent.into_iter().map(|(p, _)| p));
     }
 
     /// One history row per stage for the interval that just ended.

@@ -845,6 +845,30 @@ pub fn write_control_file(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {path:?}: {e}"));
 }
 
+/// Resident memory of `pid` from `/proc/PID/statm` (resident pages x the
+/// page size); None once the process is gone.
+pub fn statm_rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(pages * page)
+}
+
+/// `VmRSS` of `/proc/PID/status` in bytes; None once the process is gone.
+pub fn status_vmrss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

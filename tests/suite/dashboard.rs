@@ -555,10 +555,11 @@ fn live_page_follows_the_agent_and_shows_an_alert() {
         number(&overflow[0]) <= 0.0 && number(&overflow[1]) <= 0.0,
         "the page overflows the viewport by {overflow} px"
     );
-    assert_eq!(
-        b.text("#memory").as_deref(),
-        Some("memory: not collected by this agent version")
-    );
+    // The memory tile shows the traced process's RSS (sampled each second).
+    let rss = b.text("#memory-rss").unwrap_or_default();
+    assert!(rss.ends_with(" MB"), "memory tile RSS {rss:?}");
+    let pids = b.text("#memory-pids").unwrap_or_default();
+    assert!(pids.starts_with("pid "), "memory tile pids {pids:?}");
     // The latency chart shows the bottleneck first; the selector switches it.
     let bottleneck =
         http_json(port, "/api/summary?window=10s")["bottleneck"]["top_self_share"]["stage"].clone();

@@ -26,7 +26,7 @@ const DEFAULT_BOUNDS: [&str; 11] = [
 const FIRING_RULE: &str = "p50(infer_layer) > 100us";
 
 /// Every metric family the agent exposes (docs/prometheus.md).
-const FAMILIES: [&str; 13] = [
+const FAMILIES: [&str; 15] = [
     "adeline_agent_info",
     "adeline_stage_calls_total",
     "adeline_stage_duration_seconds",
@@ -40,6 +40,8 @@ const FAMILIES: [&str; 13] = [
     "adeline_alert_firing",
     "adeline_agent_cpu_seconds_total",
     "adeline_agent_resident_memory_bytes",
+    "adeline_process_resident_memory_bytes",
+    "adeline_process_resident_memory_growth_bytes_per_second",
 ];
 
 /// The path of `tool` on PATH. When it is missing: panics under CI=true
@@ -65,8 +67,8 @@ fn require_tool(tool: &str) -> Option<PathBuf> {
 }
 
 /// The agent tracing the demo at 50 FPS with frames, a gauge and an alert
-/// that fires; its API on a free port.
-fn start_agent() -> (Agent, u16) {
+/// that fires; its API on a free port. Also returns the demo's pid.
+fn start_agent() -> (Agent, u16, u32) {
     let port = free_port();
     let port_arg = port.to_string();
     let gauge = format!("tracks={}:track:ret", demo_bin().display());
@@ -84,8 +86,11 @@ fn start_agent() -> (Agent, u16) {
     let args = demo_run_args(&extra, &["--frames", "0", "--fps", "50"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::spawn(&args);
-    agent.wait_ready(Duration::from_secs(60));
-    (agent, port)
+    let start = agent.wait_ready(Duration::from_secs(60));
+    let pid = start["pids"][0]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in the start line {start}")) as u32;
+    (agent, port, pid)
 }
 
 /// `GET path` on 127.0.0.1:port: (status, headers, body); Err if nothing
@@ -196,7 +201,7 @@ fn exposition_passes_promtool_and_matches_the_api() {
     let Some(promtool_bin) = require_tool("promtool") else {
         return;
     };
-    let (mut agent, port) = start_agent();
+    let (mut agent, port, demo_pid) = start_agent();
     std::thread::sleep(Duration::from_millis(2500));
 
     // The snapshot first, then /metrics: the counters can only have grown
@@ -211,6 +216,8 @@ fn exposition_passes_promtool_and_matches_the_api() {
             .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
         "{head}"
     );
+    // The demo's RSS now; it changes little in the time of one request.
+    let statm_rss = statm_rss_bytes(demo_pid).expect("the demo runs") as f64;
     let lint = promtool(&promtool_bin, &["check", "metrics"], &body);
     assert!(lint.trim().is_empty(), "promtool reported:\n{lint}\n{body}");
     for family in FAMILIES {
@@ -299,6 +306,20 @@ fn exposition_passes_promtool_and_matches_the_api() {
     assert!(sample(&s, "adeline_drops_total") >= 0.0);
     assert!(sample(&s, "adeline_agent_cpu_seconds_total") > 0.0);
     assert!(sample(&s, "adeline_agent_resident_memory_bytes") > 1e6);
+    // Sampled at most a second before the scrape, the demo's RSS series is
+    // within 5% of /proc/PID/statm read just before it (the demo's RSS is
+    // steady: no leak flags here).
+    let rss = sample(
+        &s,
+        &format!("adeline_process_resident_memory_bytes{{pid=\"{demo_pid}\"}}"),
+    );
+    assert!(
+        (rss / statm_rss - 1.0).abs() <= 0.05,
+        "RSS series {rss} vs statm {statm_rss}"
+    );
+    let growth =
+        format!("adeline_process_resident_memory_growth_bytes_per_second{{pid=\"{demo_pid}\"}}");
+    assert!(sample(&s, &growth).is_finite());
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         sample(&s, &format!("adeline_agent_info{{version=\"{version}\"}}")),
@@ -444,7 +465,7 @@ fn prometheus_scrapes_the_agent_and_answers_promql() {
     let Some(prometheus) = require_tool("prometheus") else {
         return;
     };
-    let (mut agent, port) = start_agent();
+    let (mut agent, port, _) = start_agent();
     let server = PrometheusServer::start(&prometheus, port);
     server.wait_until(Duration::from_secs(30), "scraping the agent", || {
         server.query(r#"up{job="adeline"}"#) == Some(1.0)

@@ -310,6 +310,7 @@ mod tests {
             bottleneck: Bottleneck::default(),
             events: 0,
             drops: 0,
+            memory: Vec::new(),
         }
     }
 

@@ -228,6 +228,7 @@ impl Metrics {
             gauges: report.gauges,
             events,
             drops,
+            memory: Vec::new(),
         }
     }
 

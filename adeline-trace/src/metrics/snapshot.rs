@@ -150,6 +150,24 @@ pub struct Snapshot {
     /// Records the agent read / lost in the kernel, over the whole run.
     pub events: u64,
     pub drops: u64,
+    /// Memory of the traced processes, sampled from procfs (empty when the
+    /// source samples none; absent in files written before it existed).
+    #[serde(default)]
+    pub memory: Vec<ProcessMemory>,
+}
+
+/// One traced process's memory (see memory/ and docs/api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    pub pid: u32,
+    /// Resident set size at the latest sample.
+    pub rss_bytes: u64,
+    /// Least-squares RSS slope over the window, at least the last 10 s
+    /// (so the 1 s window equals the 10 s one); None under two samples.
+    pub growth_bytes_per_s: Option<f64>,
+    /// Samples (about one a second) the growth was fitted over.
+    pub samples: u32,
+    pub threads: u32,
 }
 
 impl Snapshot {
@@ -174,5 +192,15 @@ mod tests {
         assert_eq!(Window::parse("1m"), Some(Window::S60));
         assert_eq!(Window::parse("5s"), None);
         assert_eq!(serde_json::to_string(&Window::S10).unwrap(), "\"10s\"");
+    }
+
+    #[test]
+    fn snapshots_written_before_memory_still_parse() {
+        let old = r#"{"v":1,"ts_ns":1,"window":"all","window_ns":2,"stages":[],
+            "frames":null,"gauges":[],"bottleneck":{"top_self_share":null,
+            "p99_growth":null},"events":3,"drops":0}"#;
+        let s: Snapshot = serde_json::from_str(old).unwrap();
+        assert!(s.memory.is_empty());
+        assert_eq!(s.events, 3);
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use crate::{
     alerts::{AlertEvent, AlertState},
     metrics::snapshot::{
-        Bottleneck, FrameStats, GaugeStats, GrowthOf, Percentiles, ShareOf, Snapshot, StageStats,
-        Window, SNAPSHOT_VERSION,
+        Bottleneck, FrameStats, GaugeStats, GrowthOf, Percentiles, ProcessMemory, ShareOf,
+        Snapshot, StageStats, Window, SNAPSHOT_VERSION,
     },
     state::SnapshotSource,
 };
@@ -117,6 +117,13 @@ pub fn sample_snapshot(window: Window) -> Snapshot {
         },
         events: 1_234_567,
         drops: 12,
+        memory: vec![ProcessMemory {
+            pid: 4242,
+            rss_bytes: 104_857_600,
+            growth_bytes_per_s: Some(524_288.0),
+            samples: 10,
+            threads: 4,
+        }],
     }
 }
 

@@ -80,7 +80,9 @@ async fn page_and_assets_are_served_from_the_binary() {
     let (_, page) = get(addr, "/").await;
     assert!(page.contains(&format!("src=\"{SCRIPT_PATH}\"")), "{page}");
     assert!(page.contains(&format!("href=\"{STYLE_PATH}\"")), "{page}");
-    assert!(page.contains("memory: not collected by this agent version"));
+    assert!(page.contains("id=\"memory-rss\""), "{page}");
+    assert!(page.contains("id=\"memory-growth\""), "{page}");
+    assert!(!page.contains("not collected"), "{page}");
 }
 
 #[test]

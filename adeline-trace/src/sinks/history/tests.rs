@@ -75,6 +75,7 @@ fn snapshot(ts_ns: u64, count: u64, frames: bool) -> Snapshot {
         bottleneck: Bottleneck::default(),
         events: count * 10,
         drops: 0,
+        memory: vec![],
     }
 }
 

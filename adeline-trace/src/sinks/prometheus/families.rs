@@ -14,7 +14,8 @@ pub struct Scrape<'a> {
     pub version: &'a str,
     /// Whole-run buckets per stage and for frames (None: stage families left out).
     pub cumulative: Option<&'a Cumulative>,
-    /// The 1 s window: FPS.
+    /// The 1 s window: FPS; traced processes' RSS and growth (whose fit
+    /// spans at least 10 s, see memory/growth.rs).
     pub last_second: &'a Snapshot,
     /// The whole run: gauges' last values, events and drops.
     pub whole_run: &'a Snapshot,
@@ -69,6 +70,7 @@ pub fn render(s: &Scrape) -> String {
         "Records lost in the kernel because the ring buffer was full; their calls are missing from every other metric.",
         s.whole_run.drops,
     );
+    memory(&mut e, s);
     if !s.alerts.is_empty() {
         e.family(
             "adeline_alert_firing",
@@ -174,6 +176,40 @@ fn frames(e: &mut Exposition, s: &Scrape) {
             "Frames completed per second over the last second.",
         );
         e.sample("adeline_fps", &[], Value::Float(f.fps));
+    }
+}
+
+/// RSS and its growth per traced process (sampled from procfs).
+fn memory(e: &mut Exposition, s: &Scrape) {
+    let memory = &s.last_second.memory;
+    if memory.is_empty() {
+        return;
+    }
+    const RSS: &str = "adeline_process_resident_memory_bytes";
+    const GROWTH: &str = "adeline_process_resident_memory_growth_bytes_per_second";
+    e.family(
+        RSS,
+        Kind::Gauge,
+        "Resident memory of each traced process (/proc/PID/statm, sampled every second).",
+    );
+    for m in memory {
+        let pid = m.pid.to_string();
+        e.sample(RSS, &[("pid", &pid)], Value::Count(m.rss_bytes));
+    }
+    let growing: Vec<_> = memory
+        .iter()
+        .filter_map(|m| Some((m.pid.to_string(), m.growth_bytes_per_s?)))
+        .collect();
+    if growing.is_empty() {
+        return;
+    }
+    e.family(
+        GROWTH,
+        Kind::Gauge,
+        "Growth of each traced process's resident memory: least-squares slope over the last 10 s.",
+    );
+    for (pid, g) in growing {
+        e.sample(GROWTH, &[("pid", &pid)], Value::Float(g));
     }
 }
 
@@ -302,6 +338,62 @@ adeline_agent_resident_memory_bytes 8388608
 "#;
         let got = render(&scrape);
         assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn memory_of_traced_processes() {
+        use crate::metrics::snapshot::ProcessMemory;
+        let mut m = Metrics::new(vec!["a".into()], vec![], None).snapshot(Window::S1, 1, 0, 0, 0);
+        m.memory = vec![
+            ProcessMemory {
+                pid: 42,
+                rss_bytes: 1_048_576,
+                growth_bytes_per_s: Some(-2.5),
+                samples: 10,
+                threads: 2,
+            },
+            ProcessMemory {
+                pid: 43,
+                rss_bytes: 4096,
+                growth_bytes_per_s: None,
+                samples: 1,
+                threads: 1,
+            },
+        ];
+        let got = render(&Scrape {
+            version: "1",
+            cumulative: None,
+            last_second: &m,
+            whole_run: &m,
+            alerts: &[],
+            agent: None,
+        });
+        assert!(
+            got.contains("# TYPE adeline_process_resident_memory_bytes gauge\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("adeline_process_resident_memory_bytes{pid=\"42\"} 1048576\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("adeline_process_resident_memory_bytes{pid=\"43\"} 4096\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("# TYPE adeline_process_resident_memory_growth_bytes_per_second gauge\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains(
+                "adeline_process_resident_memory_growth_bytes_per_second{pid=\"42\"} -2.5\n"
+            ),
+            "{got}"
+        );
+        assert!(
+            !got.contains("growth_bytes_per_second{pid=\"43\"}"),
+            "{got}"
+        );
     }
 
     #[test]

@@ -327,6 +327,19 @@
     $('updated').textContent = 'updated ' + fmtClock(s1.ts_ns / 1e6);
   }
 
+  // RSS and growth of the traced process(es), summed over pids; the 1 s
+  // snapshot's growth is fitted over the last 10 s (docs/api.md).
+  function renderMemory(memory) {
+    const rss = memory.reduce((a, m) => a + m.rss_bytes, 0);
+    const grow = memory.filter((m) => m.growth_bytes_per_s != null);
+    const g = grow.reduce((a, m) => a + m.growth_bytes_per_s, 0);
+    $('memory-rss').textContent = memory.length ? (rss / 1e6).toFixed(1) + ' MB' : '–';
+    $('memory-growth').textContent = grow.length
+      ? (g >= 0 ? '+' : '') + (g * 60 / 1e6).toFixed(1) + ' MB/min' : '–';
+    $('memory-pids').textContent = memory.length === 1 ? 'pid ' + memory[0].pid
+      : memory.length > 1 ? memory.length + ' processes' : '';
+  }
+
   function renderKpis(s1, prev) {
     const f = s1.frames;
     $('fps').textContent = f ? f.fps.toFixed(1) : '–';
@@ -345,6 +358,7 @@
       const rate = (s1.events - p1.events) / ((s1.ts_ns - p1.ts_ns) / 1e9);
       $('events-rate').textContent = fmtCount(rate) + '/s';
     }
+    renderMemory(s1.memory || []);
     const sel = (s1.stages || []).find((s) => s.stage === st.selected);
     $('sel-name').textContent = st.selected || 'stage';
     for (const q of ['p50', 'p95', 'p99']) {

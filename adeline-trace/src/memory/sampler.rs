@@ -1,0 +1,184 @@
+//! Per-pid rings of RSS samples read from procfs.
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::metrics::snapshot::{ProcessMemory, Window};
+
+use super::growth::{growth_window_ns, slope_per_s};
+
+/// Samples kept per pid (two minutes at one a second): memory stays bounded
+/// however long the run.
+pub const MAX_SAMPLES: usize = 120;
+/// A pid that could not be read for this long is dropped.
+const FORGET_AFTER_NS: u64 = 30_000_000_000;
+
+/// One reading of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcSample {
+    pub rss_bytes: u64,
+    pub threads: u32,
+}
+
+/// Reads RSS (`/proc/PID/statm` resident pages x page size) and threads
+/// (`Threads:` of `/proc/PID/status`); None when the process is gone.
+pub fn read_proc(pid: u32) -> Option<ProcSample> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Some(ProcSample {
+        rss_bytes: pages * page_size(),
+        threads,
+    })
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+#[derive(Debug, Default)]
+struct PidRing {
+    /// (monotonic ns, rss bytes), oldest first, at most [`MAX_SAMPLES`].
+    samples: VecDeque<(u64, u64)>,
+    threads: u32,
+    last_seen_ns: u64,
+}
+
+/// RSS history of the traced processes.
+#[derive(Debug, Default)]
+pub struct MemorySampler {
+    pids: BTreeMap<u32, PidRing>,
+}
+
+impl MemorySampler {
+    pub fn new() -> MemorySampler {
+        MemorySampler::default()
+    }
+
+    /// Reads every pid in `pids` from procfs at `now_ns` (monotonic).
+    pub fn sample(&mut self, now_ns: u64, pids: impl IntoIterator<Item = u32>) {
+        for pid in pids {
+            if let Some(s) = read_proc(pid) {
+                self.record(pid, now_ns, s);
+            }
+        }
+        self.forget(now_ns);
+    }
+
+    /// Adds one sample (what [`Self::sample`] does per pid).
+    pub fn record(&mut self, pid: u32, now_ns: u64, sample: ProcSample) {
+        let ring = self.pids.entry(pid).or_default();
+        if ring.samples.len() == MAX_SAMPLES {
+            ring.samples.pop_front();
+        }
+        ring.samples.push_back((now_ns, sample.rss_bytes));
+        ring.threads = sample.threads;
+        ring.last_seen_ns = now_ns;
+    }
+
+    /// Drops pids not seen for a while (exited, or no longer traced).
+    pub fn forget(&mut self, now_ns: u64) {
+        self.pids
+            .retain(|_, r| now_ns.saturating_sub(r.last_seen_ns) < FORGET_AFTER_NS);
+    }
+
+    /// Per pid (ascending): latest RSS and the growth over `window` (at
+    /// least the last 10 s, see [`growth_window_ns`]) ending at `now_ns`.
+    pub fn report(&self, window: Window, now_ns: u64) -> Vec<ProcessMemory> {
+        let since = growth_window_ns(window).map_or(0, |w| now_ns.saturating_sub(w));
+        self.pids
+            .iter()
+            .filter_map(|(&pid, ring)| {
+                let &(_, rss_bytes) = ring.samples.back()?;
+                let used = ring.samples.iter().copied().filter(|&(t, _)| t >= since);
+                Some(ProcessMemory {
+                    pid,
+                    rss_bytes,
+                    growth_bytes_per_s: slope_per_s(used.clone()),
+                    samples: used.count() as u32,
+                    threads: ring.threads,
+                })
+            })
+            .collect()
+    }
+
+    /// Samples held, all pids (for tests of the bound).
+    pub fn samples_held(&self) -> usize {
+        self.pids.values().map(|r| r.samples.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn s(rss: u64) -> ProcSample {
+        ProcSample {
+            rss_bytes: rss,
+            threads: 3,
+        }
+    }
+
+    #[test]
+    fn growth_over_the_window_is_exact() {
+        let mut m = MemorySampler::new();
+        // 60 s flat at 50 MB, then 1 MB/s for 20 s.
+        for i in 0..=80u64 {
+            let rss = 50_000_000 + i.saturating_sub(60) * 1_000_000;
+            m.record(7, i * S, s(rss));
+        }
+        let now = 80 * S;
+        let r10 = m.report(Window::S10, now);
+        assert_eq!(r10.len(), 1);
+        assert_eq!(r10[0].pid, 7);
+        assert_eq!(r10[0].rss_bytes, 70_000_000);
+        assert_eq!(r10[0].threads, 3);
+        assert_eq!(r10[0].samples, 11);
+        assert!((r10[0].growth_bytes_per_s.unwrap() - 1e6).abs() < 1e-3);
+        // 1 s uses the same 10 s as the 10 s window.
+        assert_eq!(m.report(Window::S1, now), r10);
+        // 60 s mixes flat and growth: positive, below 1 MB/s.
+        let g60 = m.report(Window::S60, now)[0].growth_bytes_per_s.unwrap();
+        assert!(g60 > 0.0 && g60 < 1e6, "{g60}");
+    }
+
+    #[test]
+    fn memory_is_bounded_and_vanished_pids_are_dropped() {
+        let mut m = MemorySampler::new();
+        for i in 0..10_000u64 {
+            m.record(1, i * S, s(i));
+            if i < 5 {
+                m.record(2, i * S, s(i));
+            }
+            m.forget(i * S);
+        }
+        assert_eq!(m.samples_held(), MAX_SAMPLES);
+        let r = m.report(Window::All, 9_999 * S);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].samples as usize, MAX_SAMPLES);
+        assert!((r[0].growth_bytes_per_s.unwrap() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn one_sample_has_no_growth_and_own_process_reads() {
+        let mut m = MemorySampler::new();
+        m.sample(S, [std::process::id()]);
+        let r = m.report(Window::S10, S);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].rss_bytes > 0);
+        assert!(r[0].threads >= 1);
+        assert_eq!(r[0].growth_bytes_per_s, None);
+        assert_eq!(read_proc(u32::MAX), None);
+    }
+}
