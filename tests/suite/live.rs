@@ -328,9 +328,13 @@ fn a_latency_step_fires_an_alert_that_resolves() {
     let step = Instant::now();
     // Within a second the 1 s window's p99 of decode grows against the
     // second before it: the bottleneck report names it.
+    // The step is 8x; the earlier second's p99 can hold one scheduling
+    // outlier of a few ms on a loaded 2-core machine, so require only that
+    // decode is named, at >= 8 ms, and more than doubled.
     let growth = poll_growth(l.port, Duration::from_secs(3));
     assert_eq!(growth["stage"], "decode", "{growth}");
-    assert!(f(&growth["ratio"]) > 5.0, "{growth}");
+    assert!(f(&growth["p99_ns"]) >= 8_000_000.0, "{growth}");
+    assert!(f(&growth["ratio"]) > 2.0, "{growth}");
     let fired = wait_for(&mut l, Duration::from_secs(10), |a| a["state"] == "firing");
     let after = step.elapsed();
     // Fires once the condition has held 2 s, within 2 s more.
