@@ -192,6 +192,8 @@ mod tests {
             frame_p95_ns: frames.then_some(38_000_000),
             frame_p99_ns: frames.then_some(45_000_000),
             frame_max_ns: frames.then_some(48_000_000),
+            rss_bytes: None,
+            rss_growth_bytes_per_s: None,
         }
     }
 

@@ -44,6 +44,10 @@ pub struct HistoryRow {
     pub frame_p95_ns: Option<u64>,
     pub frame_p99_ns: Option<u64>,
     pub frame_max_ns: Option<u64>,
+    /// RSS of the traced processes at the end of the interval, summed (bytes).
+    pub rss_bytes: Option<u64>,
+    /// Their RSS growth rate, summed (bytes per second).
+    pub rss_growth_bytes_per_s: Option<f64>,
 }
 
 /// What `GET /api/history` and `history --json` return.
@@ -95,7 +99,8 @@ impl HistoryReader {
                 "SELECT s.ts_ns, i.interval_ns, s.stage, s.count, s.rate_hz, s.min_ns,
                     s.mean_ns, s.p50_ns, s.p90_ns, s.p95_ns, s.p99_ns, s.p999_ns, s.max_ns,
                     s.total_ns, s.self_ns, s.frame_share, i.fps, i.frame_count,
-                    i.frame_p50_ns, i.frame_p95_ns, i.frame_p99_ns, i.frame_max_ns
+                    i.frame_p50_ns, i.frame_p95_ns, i.frame_p99_ns, i.frame_max_ns,
+                    i.rss_bytes, i.rss_growth_bytes_per_s
                  FROM stages s JOIN intervals i ON i.ts_ns = s.ts_ns
                  WHERE s.ts_ns >= ?1 AND (?2 IS NULL OR s.stage = ?2)
                  ORDER BY s.ts_ns, s.ord",
@@ -180,6 +185,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<HistoryRow> {
         frame_p95_ns: opt_nat(r, 19)?,
         frame_p99_ns: opt_nat(r, 20)?,
         frame_max_ns: opt_nat(r, 21)?,
+        rss_bytes: opt_nat(r, 22)?,
+        rss_growth_bytes_per_s: r.get(23)?,
     })
 }
 

@@ -24,7 +24,9 @@ CREATE TABLE intervals (
     frame_p50_ns INTEGER,
     frame_p95_ns INTEGER,
     frame_p99_ns INTEGER,
-    frame_max_ns INTEGER
+    frame_max_ns INTEGER,
+    rss_bytes    INTEGER,
+    rss_growth_bytes_per_s REAL
 );
 CREATE TABLE stages (
     ts_ns       INTEGER NOT NULL,

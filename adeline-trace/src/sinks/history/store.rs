@@ -89,13 +89,21 @@ impl HistoryStore {
         let ts = int(snapshot.ts_ns);
         {
             let f = snapshot.frames.as_ref();
+            // Memory of the traced processes, summed (None: not sampled).
+            let rss = (!snapshot.memory.is_empty())
+                .then(|| snapshot.memory.iter().map(|m| m.rss_bytes).sum::<u64>());
+            let growth = snapshot
+                .memory
+                .iter()
+                .filter_map(|m| m.growth_bytes_per_s)
+                .reduce(|a, b| a + b);
             let frame_int = |v: fn(&FrameStats) -> u64| f.map(|f| int(v(f)));
             let mut interval = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO intervals (ts_ns, interval_ns, events, drops,
                         frame_root, fps, frame_count, frame_p50_ns, frame_p95_ns,
-                        frame_p99_ns, frame_max_ns)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        frame_p99_ns, frame_max_ns, rss_bytes, rss_growth_bytes_per_s)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .map_err(sql)?;
             interval
@@ -111,6 +119,8 @@ impl HistoryStore {
                     frame_int(|f| f.latency.p95_ns),
                     frame_int(|f| f.latency.p99_ns),
                     frame_int(|f| f.latency.max_ns),
+                    rss.map(int),
+                    growth,
                 ])
                 .map_err(sql)?;
 

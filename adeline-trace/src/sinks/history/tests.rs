@@ -178,6 +178,8 @@ fn records_one_row_per_stage_with_its_interval_and_frames() {
             frame_p95_ns: Some(8_000_000),
             frame_p99_ns: Some(9_000_000),
             frame_max_ns: Some(10_000_000),
+            rss_bytes: None,
+            rss_growth_bytes_per_s: None,
         }
     );
     // Without frames: nulls, not zeros.
@@ -222,6 +224,39 @@ fn query_by_stage_and_since() {
     let reader = HistoryReader::open(&path).unwrap();
     assert_eq!(reader.stages().unwrap(), STAGES);
     assert_eq!(reader.newest_ns().unwrap(), Some(T0 + 50 * SEC));
+}
+
+#[test]
+fn the_traced_processes_memory_is_kept_per_interval_summed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut store = HistoryStore::open(&path, WEEK).unwrap();
+    let mut snap = snapshot(T0, 10, true);
+    snap.memory = vec![
+        crate::metrics::snapshot::ProcessMemory {
+            pid: 1,
+            rss_bytes: 100_000_000,
+            growth_bytes_per_s: Some(1_000.0),
+            samples: 10,
+            threads: 2,
+        },
+        crate::metrics::snapshot::ProcessMemory {
+            pid: 2,
+            rss_bytes: 50_000_000,
+            growth_bytes_per_s: None,
+            samples: 1,
+            threads: 1,
+        },
+    ];
+    store.record(&snap, &[]).unwrap();
+    store
+        .record(&snapshot(T0 + 10 * SEC, 10, true), &[])
+        .unwrap();
+    let rows = HistoryStore::query(&path, Some("frame"), 0).unwrap();
+    assert_eq!(rows[0].rss_bytes, Some(150_000_000));
+    assert_eq!(rows[0].rss_growth_bytes_per_s, Some(1_000.0));
+    assert_eq!(rows[1].rss_bytes, None, "not sampled: null, not 0");
+    assert_eq!(rows[1].rss_growth_bytes_per_s, None);
 }
 
 #[test]
