@@ -106,8 +106,13 @@ pub fn run(plan: Plan) -> Result<()> {
     };
     let probes = Probes::attach(&sites, &opts)?;
     let clock = WallClock::new();
+    let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
+    if history.is_some() {
+        // History rows tile time exactly (the sliding windows do not).
+        metrics.track_periods(monotonic_ns());
+    }
     let live = Arc::new(LiveState::new(
-        Metrics::new(stage_names, gauge_names, frame_stage),
+        metrics,
         clock,
         LiveOptions {
             prom_buckets_ns: plan.prom_buckets_ns.clone(),

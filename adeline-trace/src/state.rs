@@ -109,6 +109,26 @@ impl LiveState {
         self.drops.store(drops, Ordering::Relaxed);
     }
 
+    /// The period since the previous call, tiling time exactly (for the
+    /// history store; see [`Metrics::take_period`]), labelled `window`,
+    /// with the processes' memory over that window.
+    pub fn take_period(&self, window: Window) -> Option<Snapshot> {
+        let now = monotonic_ns();
+        let mut snapshot = self.metrics().take_period(
+            window,
+            now,
+            self.clock.wall_ns(now),
+            self.events.load(Ordering::Relaxed),
+            self.drops.load(Ordering::Relaxed),
+        )?;
+        snapshot.memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report(window, now);
+        Some(snapshot)
+    }
+
     /// Replaces the list of alerts currently firing.
     pub fn set_alerts(&self, active: Vec<AlertEvent>) {
         let mut fired = self

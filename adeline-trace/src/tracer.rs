@@ -324,8 +324,9 @@ impl Tracer {
     /// One history row per stage for the interval that just ended.
     fn record_history(&mut self) -> Result<()> {
         if let Some((store, window)) = self.history.as_mut() {
-            let snapshot = self.live.snapshot(*window);
-            store.record(&snapshot, &self.recent_alerts)?;
+            if let Some(snapshot) = self.live.take_period(*window) {
+                store.record(&snapshot, &self.recent_alerts)?;
+            }
         }
         Ok(())
     }

@@ -66,6 +66,11 @@ pub struct Metrics {
     interval: Vec<LogHist>,
     /// One ring per window of [`SLIDING`].
     rings: [Ring<Agg<LogHist>>; 3],
+    /// Everything recorded since the last [`Metrics::take_period`], and
+    /// when that period started (monotonic ns); only when periods are
+    /// tracked (the history store's rows must tile time exactly, which the
+    /// sliding windows do not).
+    period: Option<(Agg<LogHist>, u64)>,
     /// Earliest record time seen (monotonic ns).
     first_ns: Option<u64>,
     /// Spans whose stage id is not in the plan (never expected).
@@ -85,6 +90,7 @@ impl Metrics {
             total: Agg::new(n, g, LatencyHistogram::new()),
             interval: vec![LogHist::new(); n],
             rings: SLIDING.map(|w| Ring::new(w.nanos().unwrap_or(1), slots.clone())),
+            period: None,
             first_ns: None,
             names: stages,
             gauge_names: gauges,
@@ -114,6 +120,9 @@ impl Metrics {
         let frame = frames::is_frame(span, self.frame_root.map(|r| r as u32));
         self.total.record_span(i, span, frame);
         self.interval[i].record(span.dur_ns);
+        if let Some((period, _)) = self.period.as_mut() {
+            period.record_span(i, span, frame);
+        }
         let end = span.start_ns.checked_add(span.dur_ns);
         if let Some(end) = end.filter(|_| span.dur_ns < MAX_WINDOW_DUR_NS) {
             self.seen(end);
@@ -133,6 +142,9 @@ impl Metrics {
             return;
         }
         self.total.record_gauge(i, g.ts_ns, g.value);
+        if let Some((period, _)) = self.period.as_mut() {
+            period.record_gauge(i, g.ts_ns, g.value);
+        }
         self.seen(g.ts_ns);
         for ring in &mut self.rings {
             if let Some(slot) = ring.slot_mut(g.ts_ns) {
@@ -230,6 +242,49 @@ impl Metrics {
             drops,
             memory: Vec::new(),
         }
+    }
+
+    /// Starts tracking periods at `now_ns` (see [`Metrics::take_period`]).
+    pub fn track_periods(&mut self, now_ns: u64) {
+        let empty = Agg::new(self.names.len(), self.gauge_names.len(), LogHist::new());
+        self.period = Some((empty, now_ns));
+    }
+
+    /// Everything recorded since the previous call (or since
+    /// [`Metrics::track_periods`]), as a snapshot labelled `window` whose
+    /// `window_ns` is the period's exact length; starts the next period.
+    /// Consecutive periods tile time: each record is in exactly one (by
+    /// when it was recorded). None unless periods are tracked.
+    pub fn take_period(
+        &mut self,
+        window: Window,
+        now_ns: u64,
+        wall_ns: u64,
+        events: u64,
+        drops: u64,
+    ) -> Option<Snapshot> {
+        let (n, g) = (self.names.len(), self.gauge_names.len());
+        let (agg, start_ns) = self
+            .period
+            .replace((Agg::new(n, g, LogHist::new()), now_ns))?;
+        let window_ns = now_ns.saturating_sub(start_ns);
+        let report = agg.report(&self.names, &self.gauge_names, self.frame_root, window_ns);
+        Some(Snapshot {
+            v: SNAPSHOT_VERSION,
+            ts_ns: wall_ns,
+            window,
+            window_ns,
+            bottleneck: Bottleneck {
+                top_self_share: bottleneck::top_self_share(&report.stages),
+                p99_growth: None,
+            },
+            stages: report.stages,
+            frames: report.frames,
+            gauges: report.gauges,
+            events,
+            drops,
+            memory: Vec::new(),
+        })
     }
 
     fn merge(&self, slots: &[&Agg<LogHist>]) -> Agg<LogHist> {

@@ -401,3 +401,39 @@ fn memory_stays_bounded_over_ten_minutes() {
     assert_eq!((s.window_ns, s.stages[5].latency.count), (55 * S, 2_750));
     assert_eq!(s.frames.unwrap().fps, 50.0);
 }
+
+#[test]
+fn periods_tile_time_each_record_in_exactly_one() {
+    let mut m = Metrics::new(vec!["a".into(), "b".into()], vec![], None);
+    assert!(
+        m.take_period(Window::S1, 0, 0, 0, 0).is_none(),
+        "not tracked yet"
+    );
+    m.track_periods(1_000);
+    let span = |stage: u32, start_ns: u64| SpanRecord {
+        stage,
+        start_ns,
+        dur_ns: 10,
+        self_ns: 10,
+        ..Default::default()
+    };
+    for t in 0..7 {
+        m.record_span(&span(0, 1_000 + t));
+    }
+    m.record_span(&span(1, 1_500));
+    let first = m.take_period(Window::S1, 2_000, 5, 8, 0).unwrap();
+    assert_eq!(first.window_ns, 1_000);
+    assert_eq!(first.stages[0].latency.count, 7);
+    assert_eq!(first.stages[1].latency.count, 1);
+    for t in 0..3 {
+        m.record_span(&span(0, 1_990 + t));
+    }
+    let second = m.take_period(Window::S1, 2_500, 6, 11, 0).unwrap();
+    assert_eq!(second.window_ns, 500);
+    assert_eq!(
+        second.stages[0].latency.count, 3,
+        "late records land in the open period"
+    );
+    assert_eq!(second.stages[1].latency.count, 0);
+    assert_eq!(second.stages[0].rate_hz, 3.0 / 500e-9);
+}
