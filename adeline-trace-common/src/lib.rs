@@ -13,6 +13,14 @@ pub const KIND_SPAN: u32 = 1;
 /// A gauge sample: an integer argument or return value of a function.
 pub const KIND_GAUGE: u32 = 2;
 
+/// A memory mapping change (mmap/munmap) by a traced process.
+pub const KIND_MAP: u32 = 3;
+/// `MapRecord::op` values.
+pub const MAP_OP_MMAP: u32 = 1;
+pub const MAP_OP_MUNMAP: u32 = 2;
+/// `MapRecord::stage` when no traced stage was running on the thread.
+pub const NO_STAGE: u32 = u32::MAX;
+
 /// `FRAME_STAGE` value meaning "no frame root declared".
 pub const NO_FRAME_STAGE: u32 = u32::MAX;
 
@@ -92,6 +100,28 @@ pub struct GaugeRecord {
     pub value: i64,
 }
 
+/// An mmap or munmap system call of a traced process, with the traced
+/// stage that was running on the thread (innermost open call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapRecord {
+    /// Always `KIND_MAP`.
+    pub kind: u32,
+    /// `MAP_OP_MMAP` or `MAP_OP_MUNMAP`.
+    pub op: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// Stage id, or `NO_STAGE`.
+    pub stage: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Length asked for (bytes).
+    pub bytes: u64,
+    /// Start of the frame the thread was in (0 if none), as in `SpanRecord`.
+    pub frame_ns: u64,
+}
+
 /// One open traced call on a thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +151,7 @@ mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding fields only.
     unsafe impl aya::Pod for SpanRecord {}
     unsafe impl aya::Pod for GaugeRecord {}
+    unsafe impl aya::Pod for MapRecord {}
     unsafe impl aya::Pod for OpenCall {}
     unsafe impl aya::Pod for ThreadCalls {}
 }

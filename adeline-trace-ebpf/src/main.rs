@@ -5,6 +5,7 @@
 mod floor;
 mod gauge;
 mod maps;
+mod memory;
 mod stage;
 
 #[cfg(not(test))]

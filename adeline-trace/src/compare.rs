@@ -391,6 +391,7 @@ mod tests {
             events: 0,
             drops: 0,
             memory: vec![],
+            stage_memory: vec![],
         })
         .unwrap()
     }

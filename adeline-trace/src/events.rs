@@ -1,6 +1,6 @@
 //! Ring-buffer records -> typed events. The one decoder of the wire format
 //! shared with the kernel (adeline-trace-common, ABI_VERSION).
-use adeline_trace_common::{GaugeRecord, SpanRecord, KIND_GAUGE, KIND_SPAN};
+use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, KIND_GAUGE, KIND_MAP, KIND_SPAN};
 use thiserror::Error;
 
 /// A decoded kernel record.
@@ -8,6 +8,7 @@ use thiserror::Error;
 pub enum Event {
     Span(SpanRecord),
     Gauge(GaugeRecord),
+    Map(MapRecord),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -30,6 +31,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     match kind {
         KIND_SPAN => read::<SpanRecord>(kind, buf).map(Event::Span),
         KIND_GAUGE => read::<GaugeRecord>(kind, buf).map(Event::Gauge),
+        KIND_MAP => read::<MapRecord>(kind, buf).map(Event::Map),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeScope},
-        UProbe,
+        TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -90,6 +90,8 @@ pub struct Probes {
     // Owns the programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
     attached: usize,
+    /// Why memory mappings are not traced, if they are not.
+    pub memory_untraced: Option<String>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -169,6 +171,22 @@ impl Probes {
                 }
             }
         }
+        // Memory mappings: syscall tracepoints fire for every process, so
+        // they are attached only when the kernel pid filter is on.
+        let memory_untraced = if pids.is_empty() {
+            Some(
+                "tracing every process: memory mappings are traced only with -p or a command"
+                    .into(),
+            )
+        } else {
+            match attach_memory(&mut ebpf) {
+                Ok(n) => {
+                    attached += n;
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        };
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| load_err("no EVENTS map"))?,
@@ -184,6 +202,7 @@ impl Probes {
             counters,
             _ebpf: ebpf,
             attached,
+            memory_untraced,
         })
     }
 
@@ -207,6 +226,24 @@ impl Probes {
         }
         Ok(out)
     }
+}
+
+/// Attaches the mmap/munmap syscall tracepoint programs; the number of
+/// attachments, or why not (e.g. tracefs not mounted).
+fn attach_memory(ebpf: &mut Ebpf) -> Result<usize, String> {
+    for (name, event) in [
+        ("mem_mmap", "sys_enter_mmap"),
+        ("mem_munmap", "sys_enter_munmap"),
+    ] {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing"))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+        prog.load().map_err(|e| chain(&e))?;
+        prog.attach("syscalls", event).map_err(|e| chain(&e))?;
+    }
+    Ok(2)
 }
 
 /// Fills the in-kernel pid filter (used when `FILTER_PIDS` is set).

@@ -105,6 +105,11 @@ pub fn run(plan: Plan) -> Result<()> {
         floor: plan.probe_floor,
     };
     let probes = Probes::attach(&sites, &opts)?;
+    if let Some(why) = &probes.memory_untraced {
+        if !pids.is_empty() {
+            eprintln!("warning: memory mappings are not traced: {why}");
+        }
+    }
     let clock = WallClock::new();
     let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
     if history.is_some() {

@@ -227,6 +227,7 @@ impl Tracer {
                         wrote = true;
                     }
                 }
+                Ok(Event::Map(m)) => metrics.record_map(&m),
                 Err(_) => self.decode_errors += 1,
             }
         }
@@ -267,6 +268,15 @@ impl Tracer {
         self.sink.flush()?;
         self.last_counters = now;
         self.last_records = self.records;
+        let memory = self.live.snapshot(Window::S10);
+        if !memory.memory.is_empty() || !memory.stage_memory.is_empty() {
+            self.sink.write(&Record::Memory {
+                ts_ns: memory.ts_ns,
+                processes: &memory.memory,
+                stages: &memory.stage_memory,
+            })?;
+            self.sink.flush()?;
+        }
         let interval = self.live.metrics().take_interval();
         if plan.live {
             let table = live_table(&interval, plan.stats_interval.as_secs_f64(), drops);

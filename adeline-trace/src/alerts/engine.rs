@@ -311,6 +311,7 @@ mod tests {
             events: 0,
             drops: 0,
             memory: Vec::new(),
+            stage_memory: Vec::new(),
         }
     }
 

@@ -35,11 +35,11 @@ pub mod window;
 #[cfg(test)]
 mod tests;
 
-use adeline_trace_common::{GaugeRecord, SpanRecord};
+use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, MAP_OP_MMAP, MAP_OP_MUNMAP};
 
 use aggregate::Agg;
 use loghist::LogHist;
-use snapshot::{Bottleneck, Snapshot, Window, SNAPSHOT_VERSION};
+use snapshot::{Bottleneck, Snapshot, StageMemory, Window, SNAPSHOT_VERSION};
 use window::Ring;
 
 pub use latency::{LatencyHistogram, LatencySummary};
@@ -71,6 +71,9 @@ pub struct Metrics {
     /// tracked (the history store's rows must tile time exactly, which the
     /// sliding windows do not).
     period: Option<(Agg<LogHist>, u64)>,
+    /// Per stage (and one more for "no stage"): bytes mapped, unmapped, and
+    /// mapped inside frames, over the whole run.
+    mapped: Vec<[u64; 3]>,
     /// Earliest record time seen (monotonic ns).
     first_ns: Option<u64>,
     /// Spans whose stage id is not in the plan (never expected).
@@ -90,6 +93,7 @@ impl Metrics {
             total: Agg::new(n, g, LatencyHistogram::new()),
             interval: vec![LogHist::new(); n],
             rings: SLIDING.map(|w| Ring::new(w.nanos().unwrap_or(1), slots.clone())),
+            mapped: vec![[0; 3]; n + 1],
             period: None,
             first_ns: None,
             names: stages,
@@ -241,7 +245,50 @@ impl Metrics {
             events,
             drops,
             memory: Vec::new(),
+            stage_memory: self.stage_memory(),
         }
+    }
+
+    /// Adds an mmap/munmap of a traced process to its stage's totals.
+    pub fn record_map(&mut self, m: &MapRecord) {
+        let none = self.mapped.len() - 1;
+        let i = if (m.stage as usize) < none {
+            m.stage as usize
+        } else {
+            none
+        };
+        let slot = &mut self.mapped[i];
+        match m.op {
+            MAP_OP_MMAP => {
+                slot[0] = slot[0].saturating_add(m.bytes);
+                if m.frame_ns != 0 {
+                    slot[2] = slot[2].saturating_add(m.bytes);
+                }
+            }
+            MAP_OP_MUNMAP => slot[1] = slot[1].saturating_add(m.bytes),
+            _ => {}
+        }
+    }
+
+    /// Per-stage mapping totals (stages that mapped or unmapped anything,
+    /// then "(no stage)"), with bytes per frame when there are frames.
+    pub fn stage_memory(&self) -> Vec<StageMemory> {
+        let frames = self.frame_root.map(|_| self.total.frames.count());
+        self.mapped
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m[0] != 0 || m[1] != 0)
+            .map(|(i, m)| StageMemory {
+                stage: self
+                    .names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| "(no stage)".into()),
+                mapped_bytes: m[0],
+                unmapped_bytes: m[1],
+                mapped_per_frame: frames.filter(|&f| f > 0).map(|f| m[2] as f64 / f as f64),
+            })
+            .collect()
     }
 
     /// Starts tracking periods at `now_ns` (see [`Metrics::take_period`]).
@@ -284,6 +331,7 @@ impl Metrics {
             events,
             drops,
             memory: Vec::new(),
+            stage_memory: self.stage_memory(),
         })
     }
 

@@ -132,6 +132,18 @@ pub struct GrowthOf {
     pub ratio: f64,
 }
 
+/// Memory mapped and unmapped (mmap/munmap) while a stage was the
+/// innermost traced call on the thread, over the whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageMemory {
+    /// Stage name, or "(no stage)" for calls outside every traced stage.
+    pub stage: String,
+    pub mapped_bytes: u64,
+    pub unmapped_bytes: u64,
+    /// Bytes mapped inside frames by this stage, per frame (None without frames).
+    pub mapped_per_frame: Option<f64>,
+}
+
 /// Everything the agent reports for one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -154,6 +166,10 @@ pub struct Snapshot {
     /// source samples none; absent in files written before it existed).
     #[serde(default)]
     pub memory: Vec<ProcessMemory>,
+    /// Per-stage mmap/munmap bytes over the whole run (only when pids are
+    /// known: `-p` or a launched command).
+    #[serde(default)]
+    pub stage_memory: Vec<StageMemory>,
 }
 
 /// One traced process's memory (see memory/ and docs/api.md).

@@ -437,3 +437,37 @@ fn periods_tile_time_each_record_in_exactly_one() {
     assert_eq!(second.stages[1].latency.count, 0);
     assert_eq!(second.stages[0].rate_hz, 3.0 / 500e-9);
 }
+
+#[test]
+fn mappings_are_attributed_to_the_stage_running_and_per_frame() {
+    use adeline_trace_common::{MapRecord, MAP_OP_MMAP, MAP_OP_MUNMAP, NO_STAGE};
+    let mut m = Metrics::new(vec!["frame".into(), "track".into()], vec![], Some(0));
+    let map = |op, stage, bytes, frame_ns| MapRecord {
+        op,
+        stage,
+        bytes,
+        frame_ns,
+        ..Default::default()
+    };
+    for f in 1..=4u64 {
+        m.record_span(&SpanRecord {
+            stage: 0,
+            start_ns: f * 1_000,
+            dur_ns: 500,
+            frame_ns: f * 1_000,
+            ..Default::default()
+        });
+        m.record_map(&map(MAP_OP_MMAP, 1, 266_240, f * 1_000));
+    }
+    m.record_map(&map(MAP_OP_MMAP, 1, 4_096, 0)); // outside frames
+    m.record_map(&map(MAP_OP_MUNMAP, 1, 8_192, 0));
+    m.record_map(&map(MAP_OP_MMAP, NO_STAGE, 1_000, 0));
+    let mem = m.stage_memory();
+    assert_eq!(mem.len(), 2, "{mem:?}");
+    assert_eq!(mem[0].stage, "track");
+    assert_eq!(mem[0].mapped_bytes, 4 * 266_240 + 4_096);
+    assert_eq!(mem[0].unmapped_bytes, 8_192);
+    assert_eq!(mem[0].mapped_per_frame, Some(266_240.0));
+    assert_eq!(mem[1].stage, "(no stage)");
+    assert_eq!(mem[1].mapped_bytes, 1_000);
+}

@@ -3,7 +3,13 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::{alerts::AlertEvent, metrics::LatencySummary};
+use crate::{
+    alerts::AlertEvent,
+    metrics::{
+        snapshot::{ProcessMemory, StageMemory},
+        LatencySummary,
+    },
+};
 
 /// Version of the JSON event schema (`v` field of every object).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -36,6 +42,13 @@ pub enum Record<'a> {
         /// Wall-clock start of the frame this call belongs to (absent outside frames).
         #[serde(skip_serializing_if = "Option::is_none")]
         frame_ts_ns: Option<u64>,
+    },
+    /// Memory every stats interval: the traced processes' RSS and growth
+    /// (10 s) and per-stage mmap/munmap bytes (whole run).
+    Memory {
+        ts_ns: u64,
+        processes: &'a [ProcessMemory],
+        stages: &'a [StageMemory],
     },
     /// An alert transition (fields of [`AlertEvent`]).
     Alert(&'a AlertEvent),

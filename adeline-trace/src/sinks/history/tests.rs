@@ -76,6 +76,7 @@ fn snapshot(ts_ns: u64, count: u64, frames: bool) -> Snapshot {
         events: count * 10,
         drops: 0,
         memory: vec![],
+        stage_memory: vec![],
     }
 }
 
