@@ -121,12 +121,20 @@ impl LiveState {
             self.events.load(Ordering::Relaxed),
             self.drops.load(Ordering::Relaxed),
         )?;
-        snapshot.memory = self
-            .memory
+        snapshot.memory = self.memory_report(window, now);
+        Some(snapshot)
+    }
+
+    /// The traced processes' memory over `window` ending at `now` (mono ns).
+    fn memory_report(
+        &self,
+        window: Window,
+        now: u64,
+    ) -> Vec<crate::metrics::snapshot::ProcessMemory> {
+        self.memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .report(window, now);
-        Some(snapshot)
+            .report(window, now)
     }
 
     /// Replaces the list of alerts currently firing.
@@ -155,11 +163,7 @@ impl SnapshotSource for LiveState {
             self.events.load(Ordering::Relaxed),
             self.drops.load(Ordering::Relaxed),
         );
-        snapshot.memory = self
-            .memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .report(window, now);
+        snapshot.memory = self.memory_report(window, now);
         snapshot
     }
 

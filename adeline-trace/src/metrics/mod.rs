@@ -230,23 +230,9 @@ impl Metrics {
                 (report, window_ns, growth)
             }
         };
-        Snapshot {
-            v: SNAPSHOT_VERSION,
-            ts_ns: wall_ns,
-            window,
-            window_ns,
-            bottleneck: Bottleneck {
-                top_self_share: bottleneck::top_self_share(&report.stages),
-                p99_growth,
-            },
-            stages: report.stages,
-            frames: report.frames,
-            gauges: report.gauges,
-            events,
-            drops,
-            memory: Vec::new(),
-            stage_memory: self.stage_memory(),
-        }
+        self.assemble(
+            window, window_ns, report, p99_growth, wall_ns, events, drops,
+        )
     }
 
     /// Adds an mmap/munmap of a traced process to its stage's totals.
@@ -316,14 +302,29 @@ impl Metrics {
             .replace((Agg::new(n, g, LogHist::new()), now_ns))?;
         let window_ns = now_ns.saturating_sub(start_ns);
         let report = agg.report(&self.names, &self.gauge_names, self.frame_root, window_ns);
-        Some(Snapshot {
+        Some(self.assemble(window, window_ns, report, None, wall_ns, events, drops))
+    }
+
+    /// A snapshot from one period's report (memory is the caller's to add).
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        &self,
+        window: Window,
+        window_ns: u64,
+        report: aggregate::Report,
+        p99_growth: Option<snapshot::GrowthOf>,
+        wall_ns: u64,
+        events: u64,
+        drops: u64,
+    ) -> Snapshot {
+        Snapshot {
             v: SNAPSHOT_VERSION,
             ts_ns: wall_ns,
             window,
             window_ns,
             bottleneck: Bottleneck {
                 top_self_share: bottleneck::top_self_share(&report.stages),
-                p99_growth: None,
+                p99_growth,
             },
             stages: report.stages,
             frames: report.frames,
@@ -332,7 +333,7 @@ impl Metrics {
             drops,
             memory: Vec::new(),
             stage_memory: self.stage_memory(),
-        })
+        }
     }
 
     fn merge(&self, slots: &[&Agg<LogHist>]) -> Agg<LogHist> {

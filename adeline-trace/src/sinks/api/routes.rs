@@ -204,7 +204,7 @@ fn unknown_param(key: &str, accepted: &str) -> ApiFailure {
 
 /// Request text echoed in an error: control characters (newlines) replaced,
 /// and cut to a readable length, so the message stays one line.
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     const MAX_CHARS: usize = 80;
     let mut out: String = s
         .chars()

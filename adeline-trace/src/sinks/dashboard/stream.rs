@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::{
     alerts::AlertEvent,
     metrics::snapshot::{Snapshot, Window},
-    sinks::api::routes::Source,
+    sinks::api::routes::{one_line, Source},
     state::SnapshotSource,
 };
 
@@ -104,18 +104,4 @@ pub async fn stream(State(source): State<Source>, RawQuery(query): RawQuery) -> 
         Some((event, (source, ticks)))
     });
     Sse::new(events).into_response()
-}
-
-/// Request text echoed in an error: one line, at most 80 characters.
-fn one_line(s: &str) -> String {
-    const MAX_CHARS: usize = 80;
-    let mut out: String = s
-        .chars()
-        .take(MAX_CHARS)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > MAX_CHARS {
-        out.push_str("...");
-    }
-    out
 }
