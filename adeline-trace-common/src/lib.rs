@@ -54,8 +54,11 @@ pub const COUNTER_DEPTH_OVERFLOW: u32 = 1;
 pub const COUNTER_UNMATCHED_EXIT: u32 = 2;
 /// A span shorter than the minimum duration, filtered in the kernel.
 pub const COUNTER_FILTERED_SHORT: u32 = 3;
+/// A gauge or memory-mapping record could not be reserved (ring full);
+/// span losses are `COUNTER_RING_FULL`, so they stay exactly accountable.
+pub const COUNTER_OTHER_RING_FULL: u32 = 4;
 /// Number of counters.
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 5;
 
 /// One completed call of a traced stage function.
 #[repr(C)]

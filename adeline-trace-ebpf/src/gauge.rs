@@ -3,7 +3,7 @@
 //! in the attach cookie (see `gauge_cookie`).
 use core::ptr::read_volatile;
 
-use adeline_trace_common::{GaugeRecord, COUNTER_RING_FULL, KIND_GAUGE};
+use adeline_trace_common::{GaugeRecord, COUNTER_OTHER_RING_FULL, KIND_GAUGE};
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -68,6 +68,6 @@ fn emit(gauge: u32, value: i64) {
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
-        None => bump(COUNTER_RING_FULL),
+        None => bump(COUNTER_OTHER_RING_FULL),
     }
 }

@@ -3,8 +3,8 @@
 //! traced pids are known), attributed to the traced stage running on the
 //! thread (the innermost open call of the stage programs' stack).
 use adeline_trace_common::{
-    MapRecord, ThreadCalls, COUNTER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP, MAX_DEPTH,
-    NO_STAGE,
+    MapRecord, ThreadCalls, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
+    MAX_DEPTH, NO_STAGE,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -58,7 +58,7 @@ fn on_map(ctx: &TracePointContext, op: u32) {
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
-        None => bump(COUNTER_RING_FULL),
+        None => bump(COUNTER_OTHER_RING_FULL),
     }
 }
 

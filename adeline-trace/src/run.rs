@@ -185,6 +185,8 @@ pub fn run(plan: Plan) -> Result<()> {
         }
     }
     tracer.drain()?;
+    // A last stats object, so the stream's totals include every call.
+    tracer.stats(&plan)?;
     tracer.finish(started.elapsed(), stop, plan.summary_out.as_deref())?;
     let _ = api_stop.send(());
     if let Some(api) = api {

@@ -8,8 +8,8 @@ use std::{
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL,
-    COUNTER_UNMATCHED_EXIT,
+    COUNTERS, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL,
+    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -92,8 +92,9 @@ pub struct Tracer {
     frame_stage: Option<u32>,
     history: Option<(HistoryStore, Window)>,
     recent_alerts: Vec<AlertEvent>,
-    /// Records read from the ring buffer (delivered events).
+    /// Records read from the ring buffer (delivered events), and of them spans.
     records: u64,
+    spans: u64,
     last_records: u64,
     decode_errors: u64,
     /// Tracing every process: pids that produced span/gauge records, with
@@ -121,6 +122,7 @@ impl Tracer {
             history: parts.history,
             recent_alerts: Vec::new(),
             records: 0,
+            spans: 0,
             last_records: 0,
             decode_errors: 0,
             seen_pids: HashMap::new(),
@@ -182,6 +184,7 @@ impl Tracer {
             self.records += 1;
             match decode(&item) {
                 Ok(Event::Span(span)) => {
+                    self.spans += 1;
                     metrics.record_span(&span);
                     if self.track_seen {
                         self.seen_pids.insert(span.pid, span.start_ns);
@@ -233,7 +236,7 @@ impl Tracer {
         }
         drop(metrics);
         self.live
-            .set_counts(self.records, self.last_counters[COUNTER_RING_FULL as usize]);
+            .set_counts(self.records, all_drops(&self.last_counters));
         if wrote {
             self.sink.flush()?;
         }
@@ -245,22 +248,21 @@ impl Tracer {
 
     fn read_counters(&mut self) -> Result<[u64; COUNTERS as usize]> {
         let now = self.probes.counters()?;
-        self.live
-            .set_counts(self.records, now[COUNTER_RING_FULL as usize]);
+        self.live.set_counts(self.records, all_drops(&now));
         Ok(now)
     }
 
-    fn stats(&mut self, plan: &Plan) -> Result<()> {
+    /// A `stats` object (and the --live table, and the memory object).
+    pub fn stats(&mut self, plan: &Plan) -> Result<()> {
         let now = self.read_counters()?;
-        let drops =
-            now[COUNTER_RING_FULL as usize] - self.last_counters[COUNTER_RING_FULL as usize];
+        let drops = all_drops(&now) - all_drops(&self.last_counters);
         self.sink.write(&Record::Stats {
             ts_ns: self.clock.wall_ns(monotonic_ns()),
             interval_ns: plan.stats_interval.as_nanos() as u64,
             events: self.records - self.last_records,
             drops,
             events_total: self.records,
-            drops_total: now[COUNTER_RING_FULL as usize],
+            drops_total: all_drops(&now),
             unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
@@ -358,7 +360,9 @@ impl Tracer {
             ts_ns: self.clock.wall_ns(monotonic_ns()),
             duration_ns: elapsed.as_nanos() as u64,
             events: self.records,
-            drops: counters[COUNTER_RING_FULL as usize],
+            drops: all_drops(&counters),
+            spans: self.spans,
+            span_drops: counters[COUNTER_RING_FULL as usize],
             stages,
         })?;
         self.sink.flush()?;
@@ -380,7 +384,7 @@ impl Tracer {
             },
             elapsed.as_secs_f64(),
             self.records,
-            counters[COUNTER_RING_FULL as usize],
+            all_drops(&counters),
             counters[COUNTER_UNMATCHED_EXIT as usize],
         );
         if self.decode_errors > 0 {
@@ -395,6 +399,11 @@ impl Tracer {
         }
         Ok(())
     }
+}
+
+/// Records lost because the ring buffer was full, of every kind.
+fn all_drops(counters: &[u64; COUNTERS as usize]) -> u64 {
+    counters[COUNTER_RING_FULL as usize] + counters[COUNTER_OTHER_RING_FULL as usize]
 }
 
 /// One stderr line for an alert transition, values in the rule's units.

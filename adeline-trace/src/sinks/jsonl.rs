@@ -73,8 +73,12 @@ pub enum Record<'a> {
     Summary {
         ts_ns: u64,
         duration_ns: u64,
+        /// Records of every kind read / lost (ring full).
         events: u64,
         drops: u64,
+        /// Of them, spans read / spans lost.
+        spans: u64,
+        span_drops: u64,
         stages: Vec<StageSummary<'a>>,
     },
 }

@@ -204,8 +204,9 @@ fn run_one(paths: &Paths, config: Config, frames: u64) -> Result<Sample> {
             .find(|l| l.contains("\"type\":\"summary\""))
             .context("no summary from the agent")?;
         sample.agent_cpu_ns = cpu;
-        sample.events = json_number(summary, "events").context("summary events")?;
-        sample.drops = json_number(summary, "drops").context("summary drops")?;
+        // Spans only: the memory-mapping records are not calls.
+        sample.events = json_number(summary, "spans").context("summary spans")?;
+        sample.drops = json_number(summary, "span_drops").context("summary span_drops")?;
     }
     Ok(sample)
 }
