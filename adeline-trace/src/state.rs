@@ -126,7 +126,7 @@ impl LiveState {
     }
 
     /// The traced processes' memory over `window` ending at `now` (mono ns).
-    fn memory_report(
+    pub fn memory_report(
         &self,
         window: Window,
         now: u64,

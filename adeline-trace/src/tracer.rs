@@ -270,12 +270,15 @@ impl Tracer {
         self.sink.flush()?;
         self.last_counters = now;
         self.last_records = self.records;
-        let memory = self.live.snapshot(Window::S10);
-        if !memory.memory.is_empty() || !memory.stage_memory.is_empty() {
+        // Only the memory part: no latency windows merged for it.
+        let now = monotonic_ns();
+        let processes = self.live.memory_report(Window::S10, now);
+        let stages = self.live.metrics().stage_memory();
+        if !processes.is_empty() || !stages.is_empty() {
             self.sink.write(&Record::Memory {
-                ts_ns: memory.ts_ns,
-                processes: &memory.memory,
-                stages: &memory.stage_memory,
+                ts_ns: self.clock.wall_ns(now),
+                processes: &processes,
+                stages: &stages,
             })?;
             self.sink.flush()?;
         }
