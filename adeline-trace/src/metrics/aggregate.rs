@@ -212,16 +212,7 @@ impl SlotData for Agg<LogHist> {
 mod tests {
     use super::*;
 
-    fn span(stage: u32, dur_ns: u64, self_ns: u64, start_ns: u64, frame_ns: u64) -> SpanRecord {
-        SpanRecord {
-            stage,
-            start_ns,
-            dur_ns,
-            self_ns,
-            frame_ns,
-            ..Default::default()
-        }
-    }
+    use crate::metrics::test_span as span;
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| s.to_string()).collect()

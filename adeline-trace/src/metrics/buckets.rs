@@ -100,20 +100,10 @@ fn at_or_below(hdr: &Histogram<u64>, bounds_ns: &[u64]) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
-    use adeline_trace_common::SpanRecord;
 
     use super::*;
 
-    fn span(stage: u32, dur_ns: u64, self_ns: u64, start_ns: u64, frame_ns: u64) -> SpanRecord {
-        SpanRecord {
-            stage,
-            start_ns,
-            dur_ns,
-            self_ns,
-            frame_ns,
-            ..Default::default()
-        }
-    }
+    use crate::metrics::test_span as span;
 
     fn hist(values: &[u64]) -> LatencyHistogram {
         let mut h = LatencyHistogram::new();

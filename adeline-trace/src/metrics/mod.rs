@@ -35,6 +35,25 @@ pub mod window;
 #[cfg(test)]
 mod tests;
 
+/// A span for unit tests: the fields aggregation reads, the rest default.
+#[cfg(test)]
+pub(crate) fn test_span(
+    stage: u32,
+    dur_ns: u64,
+    self_ns: u64,
+    start_ns: u64,
+    frame_ns: u64,
+) -> SpanRecord {
+    SpanRecord {
+        stage,
+        start_ns,
+        dur_ns,
+        self_ns,
+        frame_ns,
+        ..Default::default()
+    }
+}
+
 use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, MAP_OP_MMAP, MAP_OP_MUNMAP};
 
 use aggregate::Agg;

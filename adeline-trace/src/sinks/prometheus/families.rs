@@ -220,21 +220,12 @@ fn counter(e: &mut Exposition, name: &str, help: &str, value: u64) {
 
 #[cfg(test)]
 mod tests {
-    use adeline_trace_common::{GaugeRecord, SpanRecord};
+    use adeline_trace_common::GaugeRecord;
 
     use super::*;
     use crate::metrics::{snapshot::Window, Metrics};
 
-    fn span(stage: u32, dur_ns: u64, self_ns: u64, start_ns: u64, frame_ns: u64) -> SpanRecord {
-        SpanRecord {
-            stage,
-            start_ns,
-            dur_ns,
-            self_ns,
-            frame_ns,
-            ..Default::default()
-        }
-    }
+    use crate::metrics::test_span as span;
 
     /// Two frames of 1.5 ms and 3 ms holding `infer` calls of 900 us and
     /// 400 us, one more `infer` call (1.9 ms) outside frames, a gauge, an alert whose
