@@ -122,22 +122,12 @@ pub fn request(
         Endpoint::Tcp(addr) => {
             let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
                 .map_err(|e| connect_error(endpoint, e))?;
-            stream
-                .set_read_timeout(Some(IO_TIMEOUT))
-                .map_err(io_error)?;
-            stream
-                .set_write_timeout(Some(IO_TIMEOUT))
-                .map_err(io_error)?;
+            set_io_timeouts(&stream).map_err(io_error)?;
             (addr.to_string(), Box::new(stream))
         }
         Endpoint::Unix(path) => {
             let stream = UnixStream::connect(path).map_err(|e| connect_error(endpoint, e))?;
-            stream
-                .set_read_timeout(Some(IO_TIMEOUT))
-                .map_err(io_error)?;
-            stream
-                .set_write_timeout(Some(IO_TIMEOUT))
-                .map_err(io_error)?;
+            set_io_timeouts(&stream).map_err(io_error)?;
             ("localhost".to_string(), Box::new(stream))
         }
     };
@@ -250,6 +240,13 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, &'static str> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Read and write timeouts of [`IO_TIMEOUT`] on a TCP or unix stream.
+fn set_io_timeouts(stream: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    sock.set_write_timeout(Some(IO_TIMEOUT))
 }
 
 #[cfg(test)]
