@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Version of the kernel/agent record layout. Bump on any layout change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
@@ -57,8 +57,12 @@ pub const COUNTER_FILTERED_SHORT: u32 = 3;
 /// A gauge or memory-mapping record could not be reserved (ring full);
 /// span losses are `COUNTER_RING_FULL`, so they stay exactly accountable.
 pub const COUNTER_OTHER_RING_FULL: u32 = 4;
+/// Alloc mode: an allocation could not be recorded (outstanding map full).
+pub const COUNTER_ALLOC_MAP_FULL: u32 = 5;
+/// Alloc mode: the user stack of an allocation could not be collected.
+pub const COUNTER_ALLOC_NO_STACK: u32 = 6;
 /// Number of counters.
-pub const COUNTERS: u32 = 5;
+pub const COUNTERS: u32 = 7;
 
 /// One completed call of a traced stage function.
 #[repr(C)]
@@ -125,6 +129,72 @@ pub struct MapRecord {
     pub frame_ns: u64,
 }
 
+/// Allocator entry points traced in alloc mode (the attach cookie of
+/// `alloc_enter`/`alloc_exit`): which arguments hold the size, and how the
+/// address comes back.
+/// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
+pub const ALLOC_FN_MALLOC: u32 = 1;
+/// `calloc(nmemb, size)`.
+pub const ALLOC_FN_CALLOC: u32 = 2;
+/// `realloc(ptr, size)`: frees `ptr` when it returns non-null (or size 0).
+pub const ALLOC_FN_REALLOC: u32 = 3;
+/// `posix_memalign(memptr, align, size)`: the address is `*memptr` on 0.
+pub const ALLOC_FN_POSIX_MEMALIGN: u32 = 4;
+/// `aligned_alloc(align, size)`, `memalign(align, size)`.
+pub const ALLOC_FN_ALIGNED: u32 = 5;
+/// `mmap(addr, length, ...)`: MAP_FAILED is (void *)-1.
+pub const ALLOC_FN_MMAP: u32 = 6;
+
+/// Most outstanding allocations tracked at once (the agent may lower it).
+pub const MAX_ALLOCS: u32 = 1 << 18;
+/// Distinct user stacks kept for allocation sites.
+pub const MAX_ALLOC_STACKS: u32 = 1 << 14;
+/// `AllocInfo::stack_id` when no stack was collected.
+pub const NO_STACK: u32 = u32::MAX;
+
+/// The allocator call in progress on a thread (alloc mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocPending {
+    /// Allocator calls open on the thread (an allocator calling another,
+    /// e.g. malloc calling mmap, is counted once: only the outermost).
+    pub depth: u32,
+    /// `ALLOC_FN_*` of the outermost call, 0 when none is open.
+    pub kind: u32,
+    /// 1 when the new block is kept (passed the size threshold and sampling).
+    pub keep: u32,
+    pub _pad: u32,
+    /// Bytes asked for.
+    pub size: u64,
+    /// `realloc`'s old pointer, or `posix_memalign`'s `memptr`.
+    pub arg: u64,
+}
+
+/// One outstanding allocation (alloc mode), keyed by its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocInfo {
+    pub size: u64,
+    /// CLOCK_MONOTONIC nanoseconds when it was allocated.
+    pub ts_ns: u64,
+    /// Stage running on the thread, or `NO_STAGE`.
+    pub stage: u32,
+    /// Id in the `ALLOC_STACKS` map, or `NO_STACK`.
+    pub stack_id: u32,
+}
+
+/// Allocation totals of one stage (per CPU; the agent sums). Frees count
+/// against the stage that made the allocation, so `alloc_bytes -
+/// freed_bytes` is what the stage holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocStats {
+    pub allocs: u64,
+    pub alloc_bytes: u64,
+    pub frees: u64,
+    pub freed_bytes: u64,
+}
+
 /// One open traced call on a thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -157,4 +227,7 @@ mod pod {
     unsafe impl aya::Pod for MapRecord {}
     unsafe impl aya::Pod for OpenCall {}
     unsafe impl aya::Pod for ThreadCalls {}
+    unsafe impl aya::Pod for AllocPending {}
+    unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for AllocStats {}
 }

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod alloc;
 mod floor;
 mod gauge;
 mod maps;

@@ -1,12 +1,15 @@
 //! Every map the kernel programs use. The agent finds them by these names.
 use core::{ffi::c_void, ptr};
 
-use adeline_trace_common::{ThreadCalls, COUNTERS as N_COUNTERS, MAX_PIDS, RING_BYTES};
+use adeline_trace_common::{
+    AllocInfo, AllocPending, AllocStats, ThreadCalls, COUNTERS as N_COUNTERS, MAX_ALLOCS,
+    MAX_ALLOC_STACKS, MAX_PIDS, MAX_STAGES, RING_BYTES,
+};
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_LOCAL_STORAGE_GET_F_CREATE},
     helpers::{bpf_get_current_task_btf, bpf_task_storage_get},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 
 // Configuration set by the agent at load time (constants to the verifier:
@@ -23,6 +26,18 @@ static FRAME_STAGE: u32 = adeline_trace_common::NO_FRAME_STAGE;
 /// Spans shorter than this are counted but not sent (0 = send all).
 #[no_mangle]
 static MIN_DUR_NS: u64 = 0;
+
+/// Alloc mode: allocations smaller than this are not tracked.
+#[no_mangle]
+static ALLOC_MIN_BYTES: u64 = 0;
+
+/// Alloc mode: keep one allocation in this many, at random (1 = all).
+#[no_mangle]
+static ALLOC_SAMPLE: u32 = 1;
+
+/// Alloc mode: non-zero to collect the user stack of each allocation.
+#[no_mangle]
+static ALLOC_WITH_STACKS: u32 = 1;
 
 /// Records for the agent (spans and later kinds), submitted without wakeup.
 #[map(name = "EVENTS")]
@@ -92,6 +107,23 @@ impl<T> TaskStorage<T> {
 #[unsafe(export_name = "THREADS")]
 pub static THREADS: TaskStorage<ThreadCalls> = TaskStorage::new();
 
+/// The allocator call in progress on each thread (alloc mode).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "ALLOC_THREADS")]
+pub static ALLOC_THREADS: TaskStorage<AllocPending> = TaskStorage::new();
+
+/// Outstanding allocations by address (alloc mode).
+#[map(name = "ALLOCS")]
+pub static ALLOCS: HashMap<u64, AllocInfo> = HashMap::with_max_entries(MAX_ALLOCS, 0);
+
+/// User stacks of allocation sites (alloc mode).
+#[map(name = "ALLOC_STACKS")]
+pub static ALLOC_STACKS: StackTrace = StackTrace::with_max_entries(MAX_ALLOC_STACKS, 0);
+
+/// Allocation totals per stage (index = stage id; `MAX_STAGES` = no stage).
+#[map(name = "ALLOC_STATS")]
+pub static ALLOC_STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(MAX_STAGES + 1, 0);
+
 /// Adds one to a per-CPU counter.
 #[inline(always)]
 pub fn bump(counter: u32) {
@@ -124,4 +156,17 @@ pub fn frame_stage() -> u32 {
 pub fn min_duration() -> u64 {
     // SAFETY: read of a load-time constant.
     unsafe { core::ptr::read_volatile(&MIN_DUR_NS) }
+}
+
+/// Alloc mode settings: (minimum bytes, 1-in-N sampling, collect stacks).
+#[inline(always)]
+pub fn alloc_settings() -> (u64, u32, bool) {
+    // SAFETY: reads of load-time constants.
+    unsafe {
+        (
+            core::ptr::read_volatile(&ALLOC_MIN_BYTES),
+            core::ptr::read_volatile(&ALLOC_SAMPLE),
+            core::ptr::read_volatile(&ALLOC_WITH_STACKS) != 0,
+        )
+    }
 }

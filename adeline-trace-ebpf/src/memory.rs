@@ -3,8 +3,7 @@
 //! traced pids are known), attributed to the traced stage running on the
 //! thread (the innermost open call of the stage programs' stack).
 use adeline_trace_common::{
-    MapRecord, ThreadCalls, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
-    MAX_DEPTH, NO_STAGE,
+    MapRecord, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -13,7 +12,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{bump, pid_allowed, EVENTS, THREADS};
+use crate::{
+    maps::{bump, pid_allowed, EVENTS},
+    stage::current_stage,
+};
 
 /// Offset of `len` in sys_enter_mmap and sys_enter_munmap
 /// (/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format).
@@ -60,26 +62,4 @@ fn on_map(ctx: &TracePointContext, op: u32) {
         }
         None => bump(COUNTER_OTHER_RING_FULL),
     }
-}
-
-/// The innermost traced stage open on this thread and its frame start.
-#[inline(always)]
-fn current_stage() -> (u32, u64) {
-    let calls = THREADS.current(false);
-    if calls.is_null() {
-        return (NO_STAGE, 0);
-    }
-    // SAFETY: task-local storage of the current thread.
-    let calls: &ThreadCalls = unsafe { &*calls };
-    let depth = calls.depth as usize;
-    if depth == 0 || depth > MAX_DEPTH {
-        return (NO_STAGE, 0);
-    }
-    let stage = calls.calls[(depth - 1) & (MAX_DEPTH - 1)].stage;
-    let frame_ns = if calls.frame_level != 0 {
-        calls.frame_ns
-    } else {
-        0
-    };
-    (stage, frame_ns)
 }

@@ -1,7 +1,7 @@
 //! Generic stage timing: one entry and one exit program serve every stage;
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
-    OpenCall, SpanRecord, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL,
+    OpenCall, SpanRecord, ThreadCalls, NO_STAGE, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL,
     COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
 };
 use aya_ebpf::{
@@ -130,4 +130,26 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         None => bump(COUNTER_RING_FULL),
     }
     0
+}
+
+/// The innermost traced stage open on this thread and its frame start.
+#[inline(always)]
+pub fn current_stage() -> (u32, u64) {
+    let calls = THREADS.current(false);
+    if calls.is_null() {
+        return (NO_STAGE, 0);
+    }
+    // SAFETY: task-local storage of the current thread.
+    let calls: &ThreadCalls = unsafe { &*calls };
+    let depth = calls.depth as usize;
+    if depth == 0 || depth > MAX_DEPTH {
+        return (NO_STAGE, 0);
+    }
+    let stage = calls.calls[(depth - 1) & (MAX_DEPTH - 1)].stage;
+    let frame_ns = if calls.frame_level != 0 {
+        calls.frame_ns
+    } else {
+        0
+    };
+    (stage, frame_ns)
 }

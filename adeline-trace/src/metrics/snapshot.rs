@@ -142,6 +142,69 @@ pub struct StageMemory {
     pub unmapped_bytes: u64,
     /// Bytes mapped inside frames by this stage, per frame (None without frames).
     pub mapped_per_frame: Option<f64>,
+    /// Least-squares slope of the stage's net mapped bytes (mapped -
+    /// unmapped, sampled about once a second) over the window, at least the
+    /// last 10 s; None under two samples.
+    #[serde(default)]
+    pub growth_bytes_per_s: Option<f64>,
+}
+
+/// Alloc mode (`run --alloc`): the traced allocator calls, per stage and
+/// per allocation site. Counts and bytes are estimates for all calls:
+/// with `--alloc-sample N` the kept ones times N.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocReport {
+    /// 1 in `sample` allocations is tracked.
+    pub sample: u32,
+    /// Allocations smaller than this are not tracked.
+    pub min_bytes: u64,
+    /// All stages (and none): bytes allocated and not yet freed.
+    pub outstanding_bytes: u64,
+    pub outstanding_allocs: u64,
+    /// Slope of `outstanding_bytes` over the window (at least 10 s).
+    pub growth_bytes_per_s: Option<f64>,
+    /// Stages that allocated anything, plan order, then "(no stage)".
+    pub stages: Vec<StageAlloc>,
+    /// Largest outstanding sites older than `--min-age`, largest first
+    /// (computed every few seconds, see docs/memory.md).
+    pub sites: Vec<AllocSite>,
+    /// Allocations not tracked because the outstanding map was full.
+    pub map_full: u64,
+    /// Allocations tracked without a user stack.
+    pub no_stack: u64,
+}
+
+/// Allocations made while a stage was the innermost traced call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageAlloc {
+    pub stage: String,
+    /// Whole run.
+    pub allocs: u64,
+    pub alloc_bytes: u64,
+    /// Frees of this stage's allocations (by any code).
+    pub frees: u64,
+    pub freed_bytes: u64,
+    /// `alloc_bytes - freed_bytes`.
+    pub outstanding_bytes: u64,
+    /// Slope of `outstanding_bytes` over the window (at least 10 s).
+    pub growth_bytes_per_s: Option<f64>,
+    /// Whole-run allocations and bytes divided by the frames completed
+    /// (None without a frame stage or before the first frame).
+    pub allocs_per_frame: Option<f64>,
+    pub bytes_per_frame: Option<f64>,
+}
+
+/// Outstanding allocations with one user stack and stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocSite {
+    pub stage: String,
+    pub bytes: u64,
+    pub allocs: u64,
+    /// Age of the oldest of them.
+    pub oldest_age_ns: u64,
+    /// Symbolized user stack, innermost (the allocator's caller) first:
+    /// `function+0xOFF (file:line)` or `0xADDR (module)`; empty without stacks.
+    pub stack: Vec<String>,
 }
 
 /// Everything the agent reports for one window.
@@ -170,6 +233,9 @@ pub struct Snapshot {
     /// known: `-p` or a launched command).
     #[serde(default)]
     pub stage_memory: Vec<StageMemory>,
+    /// Alloc mode report (None without `run --alloc`).
+    #[serde(default)]
+    pub alloc: Option<AllocReport>,
 }
 
 /// One traced process's memory (see memory/ and docs/api.md).

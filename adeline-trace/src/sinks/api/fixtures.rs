@@ -125,6 +125,7 @@ pub fn sample_snapshot(window: Window) -> Snapshot {
             threads: 4,
         }],
         stage_memory: vec![],
+        alloc: None,
     }
 }
 

@@ -77,6 +77,7 @@ fn snapshot(ts_ns: u64, count: u64, frames: bool) -> Snapshot {
         drops: 0,
         memory: vec![],
         stage_memory: vec![],
+        alloc: None,
     }
 }
 
