@@ -181,6 +181,9 @@ pub struct AllocInfo {
     pub stage: u32,
     /// Id in the `ALLOC_STACKS` map, or `NO_STACK`.
     pub stack_id: u32,
+    /// Process (tgid) that allocated it: its stacks are in its address space.
+    pub pid: u32,
+    pub _pad: u32,
 }
 
 /// Allocation totals of one stage (per CPU; the agent sums). Frees count

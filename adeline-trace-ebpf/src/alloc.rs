@@ -76,7 +76,8 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
-    if !pid_allowed((bpf_get_current_pid_tgid() >> 32) as u32) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !pid_allowed(tgid) {
         return 0;
     }
     let pending = ALLOC_THREADS.current(false);
@@ -138,6 +139,8 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         stage,
         stack_id,
+        pid: tgid,
+        _pad: 0,
     };
     if ALLOCS.insert(&addr, &info, 0).is_err() {
         bump(COUNTER_ALLOC_MAP_FULL);

@@ -153,6 +153,24 @@ pub struct RunArgs {
     /// Show a live per-stage latency table on stderr.
     #[arg(long)]
     pub live: bool,
+    /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
+    /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
+    /// of the traced process: allocations per stage, outstanding bytes and
+    /// the largest outstanding sites by user stack. Costs a trap per call.
+    #[arg(long)]
+    pub alloc: bool,
+    /// Alloc mode: do not track allocations smaller than this (e.g. 4KiB).
+    #[arg(long, value_name = "BYTES", requires = "alloc")]
+    pub alloc_min_bytes: Option<String>,
+    /// Alloc mode: track one allocation in N, at random (default 1 = all).
+    #[arg(long, value_name = "N", requires = "alloc")]
+    pub alloc_sample: Option<u32>,
+    /// Alloc mode: report outstanding allocations at least this old (default 1s).
+    #[arg(long, value_name = "DURATION", requires = "alloc")]
+    pub min_age: Option<String>,
+    /// Alloc mode: how many allocation sites to report (default 10).
+    #[arg(long, value_name = "N", requires = "alloc")]
+    pub alloc_top: Option<usize>,
     /// Benchmark only: attach empty programs (the cost floor of a probe pair).
     #[arg(long, hide = true)]
     pub probe_floor: bool,

@@ -5,7 +5,13 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::cli::RunArgs;
+use crate::{
+    alloc::{
+        spec::{AllocFlags, FileAlloc},
+        AllocSpec,
+    },
+    cli::RunArgs,
+};
 
 /// Where JSON Lines events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +131,8 @@ pub struct Plan {
     pub trace_out: Option<PathBuf>,
     /// Attach the empty floor programs instead of the stage programs (benchmarks).
     pub probe_floor: bool,
+    /// Alloc mode (`--alloc`).
+    pub alloc: Option<AllocSpec>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -170,6 +178,16 @@ pub enum ConfigError {
     Buckets { value: String, reason: String },
     #[error("--history-interval must be 1s, 10s or 60s (the windows the agent keeps), not {0}")]
     HistoryInterval(String),
+    #[error("invalid {what} '{value}': {reason} (examples: 4096, 64KiB, 1MB)")]
+    Size {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("--alloc-sample must be at least 1 (1 = every allocation)")]
+    AllocSample,
+    #[error("--alloc needs -p PID or a command to launch (after --): the allocator of every process is not traced")]
+    AllocNeedsPids,
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
 }
@@ -200,6 +218,7 @@ struct FileConfig {
     history_interval: Option<String>,
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
+    alloc: Option<FileAlloc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +506,19 @@ impl Plan {
             }),
         };
         let trace_out = args.trace_out.clone().or(file.trace_out);
+        let alloc = AllocSpec::from_parts(
+            AllocFlags {
+                on: args.alloc,
+                min_bytes: args.alloc_min_bytes.as_deref(),
+                sample: args.alloc_sample,
+                min_age: args.min_age.as_deref(),
+                top: args.alloc_top,
+            },
+            file.alloc,
+        )?;
+        if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
+            return Err(ConfigError::AllocNeedsPids);
+        }
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -512,6 +544,7 @@ impl Plan {
             history,
             trace_out,
             probe_floor: args.probe_floor,
+            alloc,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! adeline-trace agent: Plan -> probes -> ring buffer -> events -> metrics -> sinks.
 pub mod alerts;
+pub mod alloc;
 pub mod cli;
 pub mod compare;
 pub mod config;

@@ -3,9 +3,9 @@
 //! everything.
 use std::{num::NonZeroU32, time::Duration};
 
-use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
+use adeline_trace_common::{COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeScope},
         TracePoint, UProbe,
@@ -14,7 +14,10 @@ use aya::{
 };
 use thiserror::Error;
 
-use crate::resolve::{ProbeSite, SiteKind};
+use crate::{
+    alloc::{maps::AllocMaps, AllocSpec},
+    resolve::{ProbeSite, SiteKind},
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
 
@@ -29,11 +32,13 @@ pub struct ProbeOptions {
     pub frame_stage: Option<u32>,
     /// Attach empty programs at stage sites (benchmark floor).
     pub floor: bool,
+    /// Alloc mode (its sites come with the others, kind Alloc*/Free).
+    pub alloc: Option<AllocSpec>,
 }
 
 /// Kernel programs in attach order: every return probe before any entry
 /// probe, so no entry is recorded without its return being watched.
-fn programs_for(floor: bool) -> [(&'static str, SiteKind); 4] {
+fn programs_for(floor: bool) -> [(&'static str, SiteKind); 7] {
     let (exit, entry) = match floor {
         true => ("floor_exit", "floor_entry"),
         false => ("stage_exit", "stage_entry"),
@@ -41,8 +46,11 @@ fn programs_for(floor: bool) -> [(&'static str, SiteKind); 4] {
     [
         (exit, SiteKind::Stage),
         ("gauge_ret", SiteKind::GaugeRet),
+        ("alloc_exit", SiteKind::AllocExit),
         (entry, SiteKind::Stage),
         ("gauge_arg", SiteKind::GaugeArg),
+        ("alloc_enter", SiteKind::AllocEnter),
+        ("free_enter", SiteKind::Free),
     ]
 }
 
@@ -92,6 +100,8 @@ pub struct Probes {
     attached: usize,
     /// Why memory mappings are not traced, if they are not.
     pub memory_untraced: Option<String>,
+    /// Alloc mode's maps (None without --alloc).
+    pub alloc: Option<AllocMaps>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -125,12 +135,21 @@ impl Probes {
         let filter_pids = u32::from(!pids.is_empty());
         let min_dur_ns = u64::try_from(opts.min_duration.as_nanos()).unwrap_or(u64::MAX);
         let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
+        // Without alloc mode its big maps are created with one entry.
+        let (min_bytes, sample, allocs_max, stacks_max) = match &opts.alloc {
+            Some(a) => (a.min_bytes, a.sample, MAX_ALLOCS, MAX_ALLOC_STACKS),
+            None => (0, 1, 1, 1),
+        };
         let mut ebpf = EbpfLoader::new()
             // THREADS is a task-storage map, which aya creates but has no type for.
             .allow_unsupported_maps()
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
             .override_global("FRAME_STAGE", &frame_stage, true)
+            .override_global("ALLOC_MIN_BYTES", &min_bytes, true)
+            .override_global("ALLOC_SAMPLE", &sample, true)
+            .map_max_entries("ALLOCS", allocs_max)
+            .map_max_entries("ALLOC_STACKS", stacks_max)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
@@ -197,9 +216,14 @@ impl Probes {
                 .ok_or_else(|| load_err("no COUNTERS map"))?,
         )
         .map_err(|e| ProbeError::Load(chain(&e)))?;
+        let alloc = match opts.alloc {
+            Some(_) => Some(take_alloc_maps(&mut ebpf)?),
+            None => None,
+        };
         Ok(Probes {
             ring,
             counters,
+            alloc,
             _ebpf: ebpf,
             attached,
             memory_untraced,
@@ -244,6 +268,21 @@ fn attach_memory(ebpf: &mut Ebpf) -> Result<usize, String> {
         prog.attach("syscalls", event).map_err(|e| chain(&e))?;
     }
     Ok(2)
+}
+
+/// Takes alloc mode's maps out of the object.
+fn take_alloc_maps(ebpf: &mut Ebpf) -> Result<AllocMaps, ProbeError> {
+    let mut take = |name: &'static str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| load_err(format!("no {name} map")))
+    };
+    let (allocs, stacks, stats) = (take("ALLOCS")?, take("ALLOC_STACKS")?, take("ALLOC_STATS")?);
+    let bad = |e: aya::maps::MapError| ProbeError::Load(chain(&e));
+    Ok(AllocMaps::new(
+        HashMap::try_from(allocs).map_err(bad)?,
+        StackTraceMap::try_from(stacks).map_err(bad)?,
+        PerCpuArray::try_from(stats).map_err(bad)?,
+    ))
 }
 
 /// Fills the in-kernel pid filter (used when `FILTER_PIDS` is set).

@@ -22,6 +22,12 @@ pub enum SiteKind {
     GaugeArg,
     /// The return value.
     GaugeRet,
+    /// Alloc mode: an allocator's entry (size) ...
+    AllocEnter,
+    /// ... and its return (address); cookie = `ALLOC_FN_*`.
+    AllocExit,
+    /// Alloc mode: `free`/`munmap` (entry only).
+    Free,
 }
 
 /// One function to attach to, for one stage or gauge.
@@ -125,7 +131,7 @@ impl Resolver<'_> {
 }
 
 /// The first bytes of the function at `offset` (None if unreadable).
-fn first_bytes(path: &Path, offset: u64) -> Option<[u8; 16]> {
+pub fn first_bytes(path: &Path, offset: u64) -> Option<[u8; 16]> {
     let mut buf = [0u8; 16];
     let file = File::open(path).ok()?;
     let n = file.read_at(&mut buf, offset).ok()?;

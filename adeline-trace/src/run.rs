@@ -72,7 +72,10 @@ pub fn run(plan: Plan) -> Result<()> {
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
-    let sites = resolved.sites;
+    let mut sites = resolved.sites;
+    if plan.alloc.is_some() {
+        sites.extend(crate::alloc::sites::alloc_sites(&plan.pids)?);
+    }
     crate::probes::check_privileges()?;
     let mut sink = JsonlSink::new(open_output(&plan.output)?);
     let trace_out = plan
@@ -103,6 +106,7 @@ pub fn run(plan: Plan) -> Result<()> {
         ring_bytes: plan.ring_bytes,
         frame_stage,
         floor: plan.probe_floor,
+        alloc: plan.alloc.clone(),
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
@@ -123,6 +127,7 @@ pub fn run(plan: Plan) -> Result<()> {
             prom_buckets_ns: plan.prom_buckets_ns.clone(),
             history_db: plan.history.as_ref().map(|h| h.path.clone()),
             rules: plan.alerts.iter().map(|a| a.rule.clone()).collect(),
+            alloc: plan.alloc.clone(),
         },
     ));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -187,6 +192,7 @@ pub fn run(plan: Plan) -> Result<()> {
     tracer.drain()?;
     // A last stats object, so the stream's totals include every call.
     tracer.stats(&plan)?;
+    tracer.alloc_sites()?;
     tracer.finish(started.elapsed(), stop, plan.summary_out.as_deref())?;
     let _ = api_stop.send(());
     if let Some(api) = api {

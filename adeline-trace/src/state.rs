@@ -9,10 +9,10 @@ use std::sync::{
 use crate::{
     alerts::{AlertEvent, AlertState},
     events::{monotonic_ns, WallClock},
-    memory::MemorySampler,
+    memory::{stages::StageMemoryState, MemorySampler},
     metrics::{
         buckets::Cumulative,
-        snapshot::{Snapshot, Window},
+        snapshot::{AllocReport, Snapshot, StageMemory, Window},
         Metrics,
     },
 };
@@ -60,6 +60,8 @@ pub struct LiveOptions {
     /// Every configured alert rule, as written (so each is reported, 0
     /// until it fires).
     pub rules: Vec<String>,
+    /// Alloc mode, when on.
+    pub alloc: Option<crate::alloc::AllocSpec>,
 }
 
 /// The running tracer's shared state: metrics (written by the drain loop),
@@ -72,6 +74,7 @@ pub struct LiveState {
     fired_rules: Mutex<Vec<String>>,
     clock: WallClock,
     memory: Mutex<MemorySampler>,
+    stage_memory: Mutex<StageMemoryState>,
     events: AtomicU64,
     drops: AtomicU64,
 }
@@ -79,14 +82,15 @@ pub struct LiveState {
 impl LiveState {
     pub fn new(metrics: Metrics, clock: WallClock, options: LiveOptions) -> LiveState {
         LiveState {
-            options,
             metrics: Mutex::new(metrics),
             alerts: Mutex::new(Vec::new()),
             fired_rules: Mutex::new(Vec::new()),
             clock,
             memory: Mutex::new(MemorySampler::new()),
+            stage_memory: Mutex::new(StageMemoryState::new(options.alloc.as_ref())),
             events: AtomicU64::new(0),
             drops: AtomicU64::new(0),
+            options,
         }
     }
 
@@ -101,6 +105,47 @@ impl LiveState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .sample(monotonic_ns(), pids);
+    }
+
+    /// Per-stage memory state (net mapped bytes, alloc mode totals).
+    pub fn stage_memory(&self) -> MutexGuard<'_, StageMemoryState> {
+        self.stage_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Samples the stages' net mapped bytes (the run loop, ~1/s).
+    pub fn sample_stage_memory(&self) {
+        let stages = self.metrics().stage_memory();
+        self.stage_memory().record_mapped(monotonic_ns(), &stages);
+    }
+
+    /// Adds the processes' and the stages' memory over `window` ending at
+    /// `now` (mono ns) to a snapshot taken at `now`.
+    fn fill_memory(&self, snapshot: &mut Snapshot, window: Window, now: u64) {
+        snapshot.memory = self.memory_report(window, now);
+        let (names, frames) = self.names_and_frames();
+        self.stage_memory()
+            .fill(snapshot, window, now, &names, frames);
+    }
+
+    fn names_and_frames(&self) -> (Vec<String>, Option<u64>) {
+        let m = self.metrics();
+        (m.stage_names().to_vec(), m.frames_total())
+    }
+
+    /// The per-stage memory (net mapped, with growth) and the alloc report
+    /// over `window` ending at `now` (mono ns), for the `memory` object.
+    pub fn stage_memory_report(
+        &self,
+        window: Window,
+        now: u64,
+    ) -> (Vec<StageMemory>, Option<AllocReport>) {
+        let mut stages = self.metrics().stage_memory();
+        let (names, frames) = self.names_and_frames();
+        let state = self.stage_memory();
+        state.fill_stages(&mut stages, window, now);
+        (stages, state.alloc_report(window, now, &names, frames))
     }
 
     /// Updates the run-wide record counters.
@@ -121,7 +166,7 @@ impl LiveState {
             self.events.load(Ordering::Relaxed),
             self.drops.load(Ordering::Relaxed),
         )?;
-        snapshot.memory = self.memory_report(window, now);
+        self.fill_memory(&mut snapshot, window, now);
         Some(snapshot)
     }
 
@@ -163,7 +208,7 @@ impl SnapshotSource for LiveState {
             self.events.load(Ordering::Relaxed),
             self.drops.load(Ordering::Relaxed),
         );
-        snapshot.memory = self.memory_report(window, now);
+        self.fill_memory(&mut snapshot, window, now);
         snapshot
     }
 

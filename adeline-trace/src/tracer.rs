@@ -8,13 +8,14 @@ use std::{
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL,
+    COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL,
     COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    alloc::AllocSpec,
     alerts::{engine::AlertEngine, hook::HookRunner, AlertEvent, AlertState},
     config::Plan,
     events::{decode, monotonic_ns, Event, WallClock},
@@ -36,6 +37,8 @@ use crate::{
 pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often traced pids are checked for exit.
 const PID_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often alloc mode's outstanding map is walked for the largest sites.
+const ALLOC_SITES_EVERY: Duration = Duration::from_secs(5);
 /// How often the traced processes' memory is read from procfs.
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
 /// Tracing every process, a pid is sampled while it produced a record
@@ -102,6 +105,7 @@ pub struct Tracer {
     seen_pids: HashMap<u32, u64>,
     /// Whether to fill `seen_pids` (no -p and no launched command).
     track_seen: bool,
+    alloc: Option<AllocSpec>,
 }
 
 impl Tracer {
@@ -127,6 +131,7 @@ impl Tracer {
             decode_errors: 0,
             seen_pids: HashMap::new(),
             track_seen: false,
+            alloc: plan.alloc.clone(),
         }
     }
 
@@ -145,6 +150,8 @@ impl Tracer {
         let mut alerts = tokio::time::interval(ALERT_EVERY);
         let mut pid_check = tokio::time::interval(PID_CHECK_EVERY);
         let mut memory = tokio::time::interval(MEMORY_EVERY);
+        let mut sites = tokio::time::interval(ALLOC_SITES_EVERY);
+        sites.tick().await;
         self.track_seen = pids.is_empty();
         let has_rules = !plan.alerts.is_empty();
         let history_every = plan
@@ -163,7 +170,8 @@ impl Tracer {
                 _ = stats.tick() => self.stats(plan)?,
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
                 _ = history.tick(), if self.history.is_some() => self.record_history()?,
-                _ = memory.tick() => self.sample_memory(pids),
+                _ = memory.tick() => self.sample_memory(pids)?,
+                _ = sites.tick(), if self.alloc.is_some() => self.alloc_sites()?,
                 _ = pid_check.tick() => {
                     if let Some(c) = child.as_deref_mut() {
                         if c.try_wait().is_some() { break Stop::CommandExited; }
@@ -273,12 +281,16 @@ impl Tracer {
         // Only the memory part: no latency windows merged for it.
         let now = monotonic_ns();
         let processes = self.live.memory_report(Window::S10, now);
-        let stages = self.live.metrics().stage_memory();
-        if !processes.is_empty() || !stages.is_empty() {
+        let (stages, mut alloc) = self.live.stage_memory_report(Window::S10, now);
+        if let Some(a) = alloc.as_mut() {
+            a.sites.clear(); // written as alloc_site objects
+        }
+        if !processes.is_empty() || !stages.is_empty() || alloc.is_some() {
             self.sink.write(&Record::Memory {
                 ts_ns: self.clock.wall_ns(now),
                 processes: &processes,
                 stages: &stages,
+                alloc: alloc.as_ref(),
             })?;
             self.sink.flush()?;
         }
@@ -321,7 +333,59 @@ impl Tracer {
     /// launched command), or, tracing every process, the pids that produced
     /// records in the last [`SEEN_RECENTLY`] (the most recent
     /// [`MAX_SEEN_PIDS`]).
-    fn sample_memory(&mut self, pids: &[u32]) {
+    fn sample_memory(&mut self, pids: &[u32]) -> Result<()> {
+        self.live.sample_stage_memory();
+        self.read_alloc()?;
+        self.sample_processes(pids);
+        Ok(())
+    }
+
+    /// Alloc mode: the kernel's per-stage totals into the live state.
+    fn read_alloc(&mut self) -> Result<()> {
+        let Some(maps) = self.probes.alloc.as_ref() else {
+            return Ok(());
+        };
+        let stages = self.live.metrics().stage_names().len();
+        let totals = maps.totals(stages);
+        let c = self.probes.counters()?;
+        let lost = (
+            c[COUNTER_ALLOC_MAP_FULL as usize],
+            c[COUNTER_ALLOC_NO_STACK as usize],
+        );
+        self.live
+            .stage_memory()
+            .record_alloc(monotonic_ns(), totals, lost);
+        Ok(())
+    }
+
+    /// Alloc mode: the largest outstanding sites, into the live state and
+    /// as `alloc_site` objects.
+    pub fn alloc_sites(&mut self) -> Result<()> {
+        let Some(spec) = self.alloc.clone() else {
+            return Ok(());
+        };
+        self.read_alloc()?;
+        let Some(maps) = self.probes.alloc.as_mut() else {
+            return Ok(());
+        };
+        let names = self.live.metrics().stage_names().to_vec();
+        let now = monotonic_ns();
+        let min_age = spec.min_age.as_nanos() as u64;
+        let sites = maps.sites(now, min_age, spec.top, spec.sample, &names);
+        let ts_ns = self.clock.wall_ns(now);
+        for (i, site) in sites.iter().enumerate() {
+            self.sink.write(&Record::AllocSite {
+                ts_ns,
+                rank: i + 1,
+                site,
+            })?;
+        }
+        self.sink.flush()?;
+        self.live.stage_memory().set_alloc_sites(sites);
+        Ok(())
+    }
+
+    fn sample_processes(&mut self, pids: &[u32]) {
         if !pids.is_empty() {
             self.live.sample_memory(pids.iter().copied());
             return;

@@ -6,6 +6,9 @@
 //! traced pids; snapshots read [`MemorySampler::report`].
 pub mod growth;
 pub mod sampler;
+pub mod series;
+pub mod stages;
 
 pub use growth::{growth_window_ns, slope_per_s, MIN_GROWTH_WINDOW_NS};
-pub use sampler::{read_proc, MemorySampler, ProcSample, MAX_SAMPLES};
+pub use sampler::{read_proc, MemorySampler, ProcSample};
+pub use series::{Series, SeriesSet, MAX_SAMPLES};

@@ -1,15 +1,9 @@
 //! Per-pid rings of RSS samples read from procfs.
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use crate::metrics::snapshot::{ProcessMemory, Window};
 
-use super::growth::{growth_window_ns, slope_per_s};
-
-/// Samples kept per pid (two minutes at one a second): memory stays bounded
-/// however long the run.
-pub const MAX_SAMPLES: usize = 120;
-/// A pid that could not be read for this long is dropped.
-const FORGET_AFTER_NS: u64 = 30_000_000_000;
+use super::series::SeriesSet;
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,18 +39,11 @@ fn page_size() -> u64 {
     }
 }
 
-#[derive(Debug, Default)]
-struct PidRing {
-    /// (monotonic ns, rss bytes), oldest first, at most [`MAX_SAMPLES`].
-    samples: VecDeque<(u64, u64)>,
-    threads: u32,
-    last_seen_ns: u64,
-}
-
 /// RSS history of the traced processes.
 #[derive(Debug, Default)]
 pub struct MemorySampler {
-    pids: BTreeMap<u32, PidRing>,
+    rss: SeriesSet<u32>,
+    threads: BTreeMap<u32, u32>,
 }
 
 impl MemorySampler {
@@ -76,36 +63,31 @@ impl MemorySampler {
 
     /// Adds one sample (what [`Self::sample`] does per pid).
     pub fn record(&mut self, pid: u32, now_ns: u64, sample: ProcSample) {
-        let ring = self.pids.entry(pid).or_default();
-        if ring.samples.len() == MAX_SAMPLES {
-            ring.samples.pop_front();
-        }
-        ring.samples.push_back((now_ns, sample.rss_bytes));
-        ring.threads = sample.threads;
-        ring.last_seen_ns = now_ns;
+        self.rss.record(pid, now_ns, sample.rss_bytes);
+        self.threads.insert(pid, sample.threads);
     }
 
     /// Drops pids not seen for a while (exited, or no longer traced).
     pub fn forget(&mut self, now_ns: u64) {
-        self.pids
-            .retain(|_, r| now_ns.saturating_sub(r.last_seen_ns) < FORGET_AFTER_NS);
+        self.rss.forget(now_ns);
+        let rss = &self.rss;
+        self.threads.retain(|pid, _| rss.get(pid).is_some());
     }
 
     /// Per pid (ascending): latest RSS and the growth over `window` (at
-    /// least the last 10 s, see [`growth_window_ns`]) ending at `now_ns`.
+    /// least the last 10 s, see [`super::growth_window_ns`]) ending at `now_ns`.
     pub fn report(&self, window: Window, now_ns: u64) -> Vec<ProcessMemory> {
-        let since = growth_window_ns(window).map_or(0, |w| now_ns.saturating_sub(w));
-        self.pids
+        self.rss
             .iter()
-            .filter_map(|(&pid, ring)| {
-                let &(_, rss_bytes) = ring.samples.back()?;
-                let used = ring.samples.iter().copied().filter(|&(t, _)| t >= since);
+            .filter_map(|(&pid, series)| {
+                let rss_bytes = series.latest()?;
+                let (growth_bytes_per_s, samples) = series.growth(window, now_ns);
                 Some(ProcessMemory {
                     pid,
                     rss_bytes,
-                    growth_bytes_per_s: slope_per_s(used.clone()),
-                    samples: used.count() as u32,
-                    threads: ring.threads,
+                    growth_bytes_per_s,
+                    samples,
+                    threads: self.threads.get(&pid).copied().unwrap_or(0),
                 })
             })
             .collect()
@@ -113,13 +95,14 @@ impl MemorySampler {
 
     /// Samples held, all pids (for tests of the bound).
     pub fn samples_held(&self) -> usize {
-        self.pids.values().map(|r| r.samples.len()).sum()
+        self.rss.samples_held()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::MAX_SAMPLES;
 
     const S: u64 = 1_000_000_000;
 

@@ -275,6 +275,16 @@ impl Metrics {
         }
     }
 
+    /// Stage names by id.
+    pub fn stage_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Frames completed in the run (None without a frame stage).
+    pub fn frames_total(&self) -> Option<u64> {
+        self.frame_root.map(|_| self.total.frames.count())
+    }
+
     /// Per-stage mapping totals (stages that mapped or unmapped anything,
     /// then "(no stage)"), with bytes per frame when there are frames.
     pub fn stage_memory(&self) -> Vec<StageMemory> {

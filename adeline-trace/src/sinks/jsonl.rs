@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::{
     alerts::AlertEvent,
     metrics::{
-        snapshot::{ProcessMemory, StageMemory},
+        snapshot::{AllocReport, AllocSite, ProcessMemory, StageMemory},
         LatencySummary,
     },
 };
@@ -49,6 +49,17 @@ pub enum Record<'a> {
         ts_ns: u64,
         processes: &'a [ProcessMemory],
         stages: &'a [StageMemory],
+        /// Alloc mode (its `sites` go out as `alloc_site` objects).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        alloc: Option<&'a AllocReport>,
+    },
+    /// Alloc mode, every few seconds: one of the largest outstanding sites.
+    AllocSite {
+        ts_ns: u64,
+        /// 1 = the largest.
+        rank: usize,
+        #[serde(flatten)]
+        site: &'a AllocSite,
     },
     /// An alert transition (fields of [`AlertEvent`]).
     Alert(&'a AlertEvent),
