@@ -17,6 +17,11 @@
 //!   and does not resolve a firing alert nor interrupt its resolve delay. A
 //!   pipeline that stops does not look recovered. Rates, counts and fps are 0
 //!   when nothing ran, which is data.
+//! - Memory: `rss` and `rss_growth` are the largest over the traced pids;
+//!   `outstanding(S)` and `leak(S)` come from the alloc report when there is
+//!   one (alloc mode), else from the stage's mmap/munmap totals. No pid
+//!   sampled yet, a growth not fitted yet (None) or a stage absent from the
+//!   report is no data, as above: it never fires.
 //! - `N * baseline` compares with N times the same metric in the baseline
 //!   snapshot the run loop passes (None: no data).
 use std::collections::VecDeque;
@@ -25,7 +30,7 @@ use super::hook::HookJob;
 use super::rule::{parse_rule, validate, Metric, Rule, RuleError, Stat, Subject, Threshold};
 use super::{AlertEvent, AlertState};
 use crate::config::AlertSpec;
-use crate::metrics::snapshot::{Percentiles, Snapshot};
+use crate::metrics::snapshot::{AllocReport, Percentiles, Snapshot, StageAlloc, StageMemory};
 
 /// How long a firing rule's condition must stay false before it resolves.
 pub const RESOLVE_DELAY_NS: u64 = 1_000_000_000;
@@ -252,7 +257,38 @@ fn metric_value(metric: &Metric, snap: &Snapshot) -> Option<f64> {
         Metric::Share(name) => snap.stage(name)?.frame_share,
         Metric::Gauge(name) => snap.gauge(name)?.last.map(|v| v as f64),
         Metric::Drops => None,
+        Metric::Rss => snap
+            .memory
+            .iter()
+            .map(|m| m.rss_bytes)
+            .max()
+            .map(|b| b as f64),
+        Metric::RssGrowth => snap
+            .memory
+            .iter()
+            .filter_map(|m| m.growth_bytes_per_s)
+            .max_by(f64::total_cmp),
+        Metric::Outstanding(name) => match &snap.alloc {
+            Some(alloc) => stage_alloc(alloc, name).map(|a| a.outstanding_bytes as f64),
+            None => {
+                stage_memory(snap, name).map(|m| m.mapped_bytes as f64 - m.unmapped_bytes as f64)
+            }
+        },
+        Metric::Leak(name) => match &snap.alloc {
+            Some(alloc) => stage_alloc(alloc, name)?.growth_bytes_per_s,
+            None => stage_memory(snap, name)?.growth_bytes_per_s,
+        },
     }
+}
+
+/// The alloc report's row of a stage (alloc mode takes precedence over
+/// mmap/munmap: when there is a report, a stage absent from it is no data).
+fn stage_alloc<'a>(alloc: &'a AllocReport, name: &str) -> Option<&'a StageAlloc> {
+    alloc.stages.iter().find(|a| a.stage == name)
+}
+
+fn stage_memory<'a>(snap: &'a Snapshot, name: &str) -> Option<&'a StageMemory> {
+    snap.stage_memory.iter().find(|m| m.stage == name)
 }
 
 fn stat_of(stat: Stat, p: &Percentiles) -> u64 {
