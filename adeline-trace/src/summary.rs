@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::{
     alerts::{
-        rule::{parse_rule, Metric},
+        rule::{parse_rule, ByteUnits, Metric, Quantity},
         AlertEvent, AlertState,
     },
     cli::SummaryArgs,
@@ -325,14 +325,61 @@ fn firing(alerts: &[AlertEvent]) -> Vec<&AlertEvent> {
 }
 
 /// How to print the values of `rule`'s metric: durations (ns) in human
-/// units, shares as percentages, anything else (or a rule this version cannot
-/// parse) as a plain number.
-pub(crate) fn metric_formatter(rule: &str) -> fn(f64) -> String {
-    match parse_rule(rule).map(|r| r.metric) {
-        Ok(metric) if metric.is_duration() => |v| human(v.max(0.0).round() as u64),
-        Ok(Metric::Share(_)) => percent,
-        _ => number,
+/// units, sizes (bytes) and rates (bytes/s) in the size and time units of
+/// the rule's threshold (`12.3 MiB/min` for `leak(S) > 1MiB/min`), shares as
+/// percentages, anything else (or a rule this version cannot parse) as a
+/// plain number.
+pub(crate) fn metric_formatter(rule: &str) -> Box<dyn Fn(f64) -> String> {
+    let Ok(rule) = parse_rule(rule) else {
+        return Box::new(number);
+    };
+    match (rule.metric.quantity(), rule.byte_units) {
+        (Quantity::Duration, _) => Box::new(|v| human(v.max(0.0).round() as u64)),
+        (Quantity::Size | Quantity::Rate, Some(ByteUnits { binary, per })) => {
+            Box::new(move |v| match per {
+                Some(per) => format!(
+                    "{}/{}",
+                    human_bytes(v * per.seconds(), binary),
+                    per.as_str()
+                ),
+                None => human_bytes(v, binary),
+            })
+        }
+        _ if matches!(rule.metric, Metric::Share(_)) => Box::new(percent),
+        _ => Box::new(number),
     }
+}
+
+/// Bytes with 3 significant figures in B, KB, MB, GB, TB (powers of 1000)
+/// or, when `binary`, B, KiB, MiB, GiB, TiB (powers of 1024): `12.3 MiB`.
+pub fn human_bytes(bytes: f64, binary: bool) -> String {
+    if !bytes.is_finite() {
+        return format!("{bytes} B");
+    }
+    let sign = if bytes < 0.0 { "-" } else { "" };
+    let (base, units) = if binary {
+        (1024.0, ["KiB", "MiB", "GiB", "TiB"])
+    } else {
+        (1000.0, ["KB", "MB", "GB", "TB"])
+    };
+    let mut value = bytes.abs();
+    if value.round() < 1000.0 {
+        return format!("{sign}{} B", number(value));
+    }
+    for (i, unit) in units.iter().enumerate() {
+        value /= base;
+        let rounded = round3(value);
+        if rounded < 1000.0 || i == units.len() - 1 {
+            let decimals = match rounded {
+                r if r >= 100.0 => 0,
+                r if r >= 10.0 => 1,
+                r if r >= 1.0 => 2,
+                _ => 3,
+            };
+            return format!("{sign}{rounded:.decimals$} {unit}");
+        }
+    }
+    unreachable!("the last unit returns")
 }
 
 fn line(out: &mut String, label: &str, text: &str) {
@@ -526,6 +573,42 @@ ALERTS      none firing
         assert_eq!(metric_formatter("share(track) > 0.4 for 2s")(0.45), "45.0%");
         assert_eq!(metric_formatter("fps < 25")(24.5), "24.5");
         assert_eq!(metric_formatter("not a rule")(3.0), "3");
+        // Memory: the size and time units of the rule's threshold.
+        let per_min = |mib: f64| mib * 1024.0 * 1024.0 / 60.0;
+        assert_eq!(
+            metric_formatter("leak(track)")(per_min(12.3)),
+            "12.3 MiB/min"
+        );
+        assert_eq!(
+            metric_formatter("rss_growth > 20MB/min for 60s")(20e6 / 60.0),
+            "20.0 MB/min"
+        );
+        assert_eq!(metric_formatter("leak(t) > 100KB/s")(-2.5e5), "-250 KB/s");
+        assert_eq!(metric_formatter("rss > 500MB")(1.234e9), "1.23 GB");
+        assert_eq!(
+            metric_formatter("outstanding(t) > 1GiB")(3.0 * 1024.0 * 1024.0),
+            "3.00 MiB"
+        );
+    }
+
+    #[test]
+    fn bytes_keep_three_significant_figures() {
+        for (bytes, binary, text) in [
+            (0.0, true, "0 B"),
+            (0.5, true, "0.500 B"),
+            (999.0, false, "999 B"),
+            (1000.0, false, "1.00 KB"),
+            (1000.0, true, "0.977 KiB"),
+            (1023.0, true, "0.999 KiB"),
+            (1024.0, true, "1.00 KiB"),
+            (1536.0, true, "1.50 KiB"),
+            (999_600.0, false, "1.00 MB"),
+            (123_456_789.0, false, "123 MB"),
+            (-5e6, false, "-5.00 MB"),
+            (5e15, false, "5000 TB"),
+        ] {
+            assert_eq!(human_bytes(bytes, binary), text, "{bytes} {binary}");
+        }
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //!   and does not resolve a firing alert nor interrupt its resolve delay. A
 //!   pipeline that stops does not look recovered. Rates, counts and fps are 0
 //!   when nothing ran, which is data.
+//! - Memory: `rss` and `rss_growth` are the largest over the traced pids;
+//!   `outstanding(S)` and `leak(S)` come from the alloc report when there is
+//!   one (alloc mode), else from the stage's mmap/munmap totals. No pid
+//!   sampled yet, a growth not fitted yet (None) or a stage absent from the
+//!   report is no data, as above: it never fires.
 //! - `N * baseline` compares with N times the same metric in the baseline
 //!   snapshot the run loop passes (None: no data).
 use std::collections::VecDeque;
@@ -25,7 +30,7 @@ use super::hook::HookJob;
 use super::rule::{parse_rule, validate, Metric, Rule, RuleError, Stat, Subject, Threshold};
 use super::{AlertEvent, AlertState};
 use crate::config::AlertSpec;
-use crate::metrics::snapshot::{Percentiles, Snapshot};
+use crate::metrics::snapshot::{AllocReport, Percentiles, Snapshot, StageAlloc, StageMemory};
 
 /// How long a firing rule's condition must stay false before it resolves.
 pub const RESOLVE_DELAY_NS: u64 = 1_000_000_000;
@@ -252,7 +257,38 @@ fn metric_value(metric: &Metric, snap: &Snapshot) -> Option<f64> {
         Metric::Share(name) => snap.stage(name)?.frame_share,
         Metric::Gauge(name) => snap.gauge(name)?.last.map(|v| v as f64),
         Metric::Drops => None,
+        Metric::Rss => snap
+            .memory
+            .iter()
+            .map(|m| m.rss_bytes)
+            .max()
+            .map(|b| b as f64),
+        Metric::RssGrowth => snap
+            .memory
+            .iter()
+            .filter_map(|m| m.growth_bytes_per_s)
+            .max_by(f64::total_cmp),
+        Metric::Outstanding(name) => match &snap.alloc {
+            Some(alloc) => stage_alloc(alloc, name).map(|a| a.outstanding_bytes as f64),
+            None => {
+                stage_memory(snap, name).map(|m| m.mapped_bytes as f64 - m.unmapped_bytes as f64)
+            }
+        },
+        Metric::Leak(name) => match &snap.alloc {
+            Some(alloc) => stage_alloc(alloc, name)?.growth_bytes_per_s,
+            None => stage_memory(snap, name)?.growth_bytes_per_s,
+        },
     }
+}
+
+/// The alloc report's row of a stage (alloc mode takes precedence over
+/// mmap/munmap: when there is a report, a stage absent from it is no data).
+fn stage_alloc<'a>(alloc: &'a AllocReport, name: &str) -> Option<&'a StageAlloc> {
+    alloc.stages.iter().find(|a| a.stage == name)
+}
+
+fn stage_memory<'a>(snap: &'a Snapshot, name: &str) -> Option<&'a StageMemory> {
+    snap.stage_memory.iter().find(|m| m.stage == name)
 }
 
 fn stat_of(stat: Stat, p: &Percentiles) -> u64 {
@@ -271,7 +307,9 @@ fn stat_of(stat: Stat, p: &Percentiles) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::snapshot::{Bottleneck, FrameStats, GaugeStats, StageStats, Window};
+    use crate::metrics::snapshot::{
+        Bottleneck, FrameStats, GaugeStats, ProcessMemory, StageStats, Window,
+    };
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
@@ -486,6 +524,180 @@ mod tests {
             (resolved[0].state, resolved[0].value),
             (AlertState::Resolved, 0.0)
         );
+    }
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    fn process(pid: u32, rss_bytes: u64, growth: Option<f64>) -> ProcessMemory {
+        ProcessMemory {
+            pid,
+            rss_bytes,
+            growth_bytes_per_s: growth,
+            samples: 10,
+            threads: 1,
+        }
+    }
+
+    fn mapped(stage: &str, mapped: u64, unmapped: u64, growth: Option<f64>) -> StageMemory {
+        StageMemory {
+            stage: stage.into(),
+            mapped_bytes: mapped,
+            unmapped_bytes: unmapped,
+            mapped_per_frame: None,
+            growth_bytes_per_s: growth,
+        }
+    }
+
+    fn allocated(stage: &str, outstanding: u64, growth: Option<f64>) -> StageAlloc {
+        StageAlloc {
+            stage: stage.into(),
+            allocs: 1,
+            alloc_bytes: outstanding,
+            frees: 0,
+            freed_bytes: 0,
+            outstanding_bytes: outstanding,
+            growth_bytes_per_s: growth,
+            allocs_per_frame: None,
+            bytes_per_frame: None,
+        }
+    }
+
+    fn alloc_report(stages: Vec<StageAlloc>) -> AllocReport {
+        AllocReport {
+            sample: 1,
+            min_bytes: 0,
+            outstanding_bytes: stages.iter().map(|s| s.outstanding_bytes).sum(),
+            outstanding_allocs: 0,
+            growth_bytes_per_s: None,
+            stages,
+            sites: Vec::new(),
+            map_full: 0,
+            no_stack: 0,
+        }
+    }
+
+    /// A snapshot whose stage `track` grows by `growth` bytes/s (mmap).
+    fn growing(growth: f64) -> Snapshot {
+        let mut s = snap(vec![]);
+        s.stage_memory = vec![mapped("track", 0, 0, Some(growth))];
+        s
+    }
+
+    #[test]
+    fn leak_fires_once_after_for_and_resolves_when_growth_drops() {
+        // Bare leak(track): > 1 MiB/min for 30 s.
+        let mut e = engine(&["leak(track)"]);
+        let slow = growing(0.5 * MIB / 60.0);
+        let fast = growing(3.0 * MIB / 60.0);
+        assert!(run(&mut e, 0, 10 * S, &slow).is_empty());
+        assert!(run(&mut e, 10 * S, 40 * S, &fast).is_empty());
+        let fired = run(&mut e, 40 * S, 60 * S, &fast);
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let f = &fired[0];
+        assert_eq!(
+            (f.state, f.rule.as_str()),
+            (AlertState::Firing, "leak(track)")
+        );
+        assert_eq!((f.value, f.threshold), (3.0 * MIB / 60.0, MIB / 60.0));
+        assert_eq!((f.since_ns, f.ts_ns), (10 * S, 40 * S));
+        let resolved = run(&mut e, 60 * S, 70 * S, &slow);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].state, AlertState::Resolved);
+        assert_eq!((resolved[0].since_ns, resolved[0].ts_ns), (40 * S, 61 * S));
+        assert!(e.active().is_empty());
+
+        // rss_growth and rss: the largest over the traced pids.
+        let mut e = engine(&["rss_growth > 20MB/min for 60s", "rss > 500MB"]);
+        let mut s = snap(vec![]);
+        s.memory = vec![
+            process(1, 600_000_000, Some(1e3)),
+            process(2, 100, Some(25e6 / 60.0)),
+        ];
+        let fired = run(&mut e, 0, 61 * S, &s);
+        assert_eq!(fired.len(), 2, "{fired:?}");
+        assert_eq!((fired[0].rule.as_str(), fired[0].ts_ns), ("rss > 500MB", 0));
+        assert_eq!((fired[0].value, fired[0].threshold), (600e6, 500e6));
+        assert_eq!(fired[1].ts_ns, 60 * S);
+        assert_eq!(
+            (fired[1].value, fired[1].threshold),
+            (25e6 / 60.0, 20e6 / 60.0)
+        );
+    }
+
+    #[test]
+    fn missing_memory_data_never_fires() {
+        let mut e = engine(&[
+            "rss >= 0B",
+            "rss_growth > -1GB/s",
+            "outstanding(track) >= 0B",
+            "leak(track) > -1GB/s for 0s",
+            "leak(decode) > -1GB/s for 0s",
+        ]);
+        // No pid sampled, no stage memory.
+        assert!(run(&mut e, 0, 5 * S, &snap(vec![])).is_empty());
+        // Pids sampled but growth not fitted yet; track's growth not fitted;
+        // decode absent.
+        let mut s = snap(vec![]);
+        s.memory = vec![process(1, 0, None)];
+        s.stage_memory = vec![mapped("track", 10, 0, None)];
+        let fired = run(&mut e, 5 * S, 10 * S, &s);
+        let rules: Vec<_> = fired.iter().map(|e| e.rule.as_str()).collect();
+        assert_eq!(rules, ["rss >= 0B", "outstanding(track) >= 0B"]);
+        assert!(fired.iter().all(|e| e.state == AlertState::Firing));
+        // With an alloc report, a stage missing from it is no data even if
+        // the mmap totals have it.
+        let mut e = engine(&["outstanding(track) >= 0B", "leak(track) > -1GB/s for 0s"]);
+        s.stage_memory = vec![mapped("track", 10, 0, Some(1.0))];
+        s.alloc = Some(alloc_report(vec![allocated("decode", 5, Some(1.0))]));
+        assert!(run(&mut e, 0, 5 * S, &s).is_empty());
+        // A firing leak stays firing when its data goes away.
+        let mut e = engine(&["leak(track) for 0s"]);
+        assert_eq!(e.evaluate(0, &growing(MIB), None).len(), 1);
+        assert!(run(&mut e, TICK, 10 * S, &snap(vec![])).is_empty());
+        assert_eq!(e.active().len(), 1);
+    }
+
+    #[test]
+    fn alloc_report_takes_precedence_over_mmap_totals() {
+        let mut e = engine(&[
+            "outstanding(track) > 1MB",
+            "leak(track) > 100KB/s for 0s",
+            "outstanding(track) < 1MB",
+            "leak(track) < 100KB/s for 0s",
+        ]);
+        let mut s = snap(vec![]);
+        // mmap: 10 MB net, growing 1 MB/s; alloc: 1 KB, growing 1 KB/s.
+        s.stage_memory = vec![mapped("track", 12_000_000, 2_000_000, Some(1e6))];
+        let fired = e.evaluate(0, &s, None);
+        let values: Vec<_> = fired.iter().map(|e| (e.rule.as_str(), e.value)).collect();
+        assert_eq!(
+            values,
+            [
+                ("outstanding(track) > 1MB", 10e6),
+                ("leak(track) > 100KB/s for 0s", 1e6)
+            ]
+        );
+        let mut e = engine(&[
+            "outstanding(track) > 1MB",
+            "leak(track) > 100KB/s for 0s",
+            "outstanding(track) < 1MB",
+            "leak(track) < 100KB/s for 0s",
+        ]);
+        s.alloc = Some(alloc_report(vec![allocated("track", 1_000, Some(1e3))]));
+        let fired = e.evaluate(0, &s, None);
+        let values: Vec<_> = fired.iter().map(|e| (e.rule.as_str(), e.value)).collect();
+        assert_eq!(
+            values,
+            [
+                ("outstanding(track) < 1MB", 1e3),
+                ("leak(track) < 100KB/s for 0s", 1e3)
+            ]
+        );
+        // Net mapped bytes may be negative (unmapping what others mapped).
+        let mut e = engine(&["outstanding(track) < 0B"]);
+        let mut s = snap(vec![]);
+        s.stage_memory = vec![mapped("track", 1, 5, None)];
+        assert_eq!(e.evaluate(0, &s, None)[0].value, -4.0);
     }
 
     #[test]

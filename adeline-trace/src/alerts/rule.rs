@@ -9,7 +9,21 @@ use std::fmt;
 
 use thiserror::Error;
 
-/// A parsed alert rule: `METRIC OP THRESHOLD [for DURATION]`.
+/// Default threshold of a bare `leak(STAGE)`: 1 MiB/min, in bytes/s.
+pub const LEAK_DEFAULT_BYTES_PER_S: f64 = MIB / 60.0;
+/// Default `for` of a `leak(STAGE)` rule written without one: 30 s.
+pub const LEAK_DEFAULT_FOR_NS: u64 = 30_000_000_000;
+/// How the default leak threshold is printed: binary sizes per minute.
+const LEAK_DEFAULT_UNITS: ByteUnits = ByteUnits {
+    binary: true,
+    per: Some(Per::Min),
+};
+
+const KIB: f64 = 1024.0;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A parsed alert rule: `METRIC OP THRESHOLD [for DURATION]`, or
+/// `leak(STAGE)` with its threshold and/or `for` left to the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// The rule as written (alert events and errors quote it).
@@ -23,6 +37,96 @@ pub struct Rule {
     pub threshold: Threshold,
     /// How long (ns) the condition must hold before the rule fires (0: at once).
     pub for_ns: u64,
+    /// Memory metrics: how the threshold was written, to print values alike.
+    pub byte_units: Option<ByteUnits>,
+}
+
+/// The time unit of a rate (`/s`, `/min`, `/h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    S,
+    Min,
+    H,
+}
+
+impl Per {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::S => "s",
+            Per::Min => "min",
+            Per::H => "h",
+        }
+    }
+
+    /// Seconds in the unit.
+    pub fn seconds(self) -> f64 {
+        match self {
+            Per::S => 1.0,
+            Per::Min => 60.0,
+            Per::H => 3600.0,
+        }
+    }
+
+    fn from_word(word: &str) -> Option<Per> {
+        Some(match word {
+            "s" => Per::S,
+            "min" => Per::Min,
+            "h" => Per::H,
+            _ => return None,
+        })
+    }
+}
+
+/// The units a memory threshold was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteUnits {
+    /// `B`, `KiB`, `MiB`, `GiB` (powers of 1024) rather than `KB`, `MB`, `GB`.
+    pub binary: bool,
+    /// The time unit of a rate; None for a size.
+    pub per: Option<Per>,
+}
+
+/// What kind of value a metric is, which decides the threshold's unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantity {
+    /// A plain number (no unit).
+    Number,
+    /// A duration (ns): `ns` `us` `ms` `s` `m`.
+    Duration,
+    /// A size (bytes): `B` `KB` `MB` `GB` `KiB` `MiB` `GiB`.
+    Size,
+    /// A rate (bytes/s): a size unit then `/s`, `/min` or `/h`.
+    Rate,
+}
+
+impl Quantity {
+    fn article(self) -> &'static str {
+        match self {
+            Quantity::Number => "a plain number",
+            Quantity::Duration => "a duration",
+            Quantity::Size => "a size",
+            Quantity::Rate => "a rate",
+        }
+    }
+
+    /// The units of this kind, for errors.
+    fn units(self) -> &'static str {
+        match self {
+            Quantity::Number => "a plain number, without a unit",
+            Quantity::Duration => "ns, us, ms, s or m",
+            Quantity::Size => "B, KB, MB, GB, KiB, MiB or GiB",
+            Quantity::Rate => "a size unit per s, min or h, such as MB/min or KiB/s",
+        }
+    }
+
+    /// An example unit to append to a number, for errors.
+    fn example(self) -> &'static str {
+        match self {
+            Quantity::Number | Quantity::Duration => "ms",
+            Quantity::Size => "MB",
+            Quantity::Rate => "MB/min",
+        }
+    }
 }
 
 /// A latency statistic of a set of calls.
@@ -94,18 +198,43 @@ pub enum Metric {
     Fps,
     /// `drops`: events lost in the kernel over the last second.
     Drops,
+    /// `rss`: resident bytes of the traced process (largest over its pids).
+    Rss,
+    /// `rss_growth`: RSS growth in bytes/s (largest over the traced pids).
+    RssGrowth,
+    /// `outstanding(STAGE)`: bytes the stage holds (alloc mode: allocated
+    /// and not freed; otherwise mmap'ed and not munmap'ed).
+    Outstanding(String),
+    /// `leak(STAGE)`: growth of the stage's outstanding bytes, in bytes/s.
+    Leak(String),
 }
 
 impl Metric {
     /// True for durations: their thresholds need a unit and are kept in ns.
     pub fn is_duration(&self) -> bool {
-        matches!(self, Metric::Latency { .. })
+        self.quantity() == Quantity::Duration
+    }
+
+    /// The kind of value: durations (ns), sizes (bytes) and rates (bytes/s)
+    /// need a unit on their threshold, plain numbers take none.
+    pub fn quantity(&self) -> Quantity {
+        match self {
+            Metric::Latency { .. } => Quantity::Duration,
+            Metric::Rss | Metric::Outstanding(_) => Quantity::Size,
+            Metric::RssGrowth | Metric::Leak(_) => Quantity::Rate,
+            _ => Quantity::Number,
+        }
     }
 
     /// Whether `N * baseline` makes sense: counts depend on the window's
-    /// length and drops are a run-wide counter, so those two cannot.
+    /// length and drops are a run-wide counter, so those two cannot; the
+    /// baseline snapshot holds no memory, so memory metrics cannot either.
     fn allows_baseline(&self) -> bool {
-        !matches!(self, Metric::Count(_) | Metric::Drops)
+        !matches!(self, Metric::Count(_) | Metric::Drops) && !self.is_memory()
+    }
+
+    fn is_memory(&self) -> bool {
+        matches!(self.quantity(), Quantity::Size | Quantity::Rate)
     }
 
     fn name(&self) -> &'static str {
@@ -117,6 +246,10 @@ impl Metric {
             Metric::Gauge(_) => "gauge",
             Metric::Fps => "fps",
             Metric::Drops => "drops",
+            Metric::Rss => "rss",
+            Metric::RssGrowth => "rss_growth",
+            Metric::Outstanding(_) => "outstanding",
+            Metric::Leak(_) => "leak",
         }
     }
 }
@@ -154,7 +287,7 @@ impl CmpOp {
 /// What the metric is compared with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Threshold {
-    /// A fixed value (durations already in ns).
+    /// A fixed value (durations already in ns, sizes in bytes, rates in bytes/s).
     Value(f64),
     /// This factor times the same metric in the baseline snapshot.
     Baseline(f64),
@@ -185,17 +318,41 @@ pub enum RuleErrorKind {
     },
     #[error(
         "unknown metric '{0}'; expected p50, p90, p95, p99, p999, mean, min, max, rate, count, \
-         share or gauge (each followed by '(NAME)'), fps or drops"
+         share, gauge, outstanding or leak (each followed by '(NAME)'), fps, drops, rss or \
+         rss_growth"
     )]
     UnknownMetric(String),
-    #[error("unknown unit '{0}'; expected ns, us, ms, s or m")]
-    UnknownUnit(String),
-    #[error("{metric} is a duration: give the threshold a unit (ns, us, ms, s), e.g. {value}ms")]
-    MissingUnit { metric: &'static str, value: String },
+    #[error("unknown unit '{unit}'; expected {}", .expected.units())]
+    UnknownUnit { unit: String, expected: Quantity },
+    #[error("{}", missing_unit(.metric, *.quantity, .value))]
+    MissingUnit {
+        metric: &'static str,
+        quantity: Quantity,
+        value: String,
+    },
     #[error("a duration needs a unit (ns, us, ms, s or m), e.g. {0}s")]
     MissingDurationUnit(String),
-    #[error("{0} is not a duration: write the threshold as a plain number")]
-    UnexpectedUnit(&'static str),
+    #[error("{metric} is not {}: write the threshold as a plain number", .unit_kind.article())]
+    UnexpectedUnit {
+        metric: &'static str,
+        unit_kind: Quantity,
+    },
+    #[error(
+        "{metric} is {}: '{unit}' is {} unit; use {}",
+        .quantity.article(),
+        .unit_kind.article(),
+        .quantity.units()
+    )]
+    WrongUnit {
+        metric: &'static str,
+        quantity: Quantity,
+        unit: String,
+        unit_kind: Quantity,
+    },
+    #[error("expected a duration unit (ns, us, ms, s or m) after the number, found '{0}'")]
+    NotADuration(String),
+    #[error("expected s, min or h after '{0}/', found {1}")]
+    MissingPer(String, String),
     #[error("{metric} cannot be compared with a baseline{hint}", metric = .0, hint = baseline_hint(.0))]
     NoBaseline(&'static str),
     #[error(
@@ -204,6 +361,8 @@ pub enum RuleErrorKind {
     FrameNotAllowed(&'static str),
     #[error("a duration cannot be negative")]
     NegativeDuration,
+    #[error("a size cannot be negative")]
+    NegativeSize,
     #[error("the baseline factor cannot be negative")]
     NegativeFactor,
     #[error("number out of range")]
@@ -246,10 +405,26 @@ fn after_clause(after: &Option<String>) -> String {
 }
 
 fn baseline_hint(metric: &str) -> &'static str {
-    if metric == "count" {
-        " (it depends on the window's length); use rate(..) instead"
-    } else {
-        " (it is a run-wide counter)"
+    match metric {
+        "count" => " (it depends on the window's length); use rate(..) instead",
+        "drops" => " (it is a run-wide counter)",
+        "rss" | "outstanding" => " (the baseline has no memory data); use a size such as 500MB",
+        _ => " (the baseline has no memory data); use a rate such as 20MB/min",
+    }
+}
+
+fn missing_unit(metric: &str, quantity: Quantity, value: &str) -> String {
+    match quantity {
+        // The wording of durations predates sizes and rates.
+        Quantity::Duration | Quantity::Number => format!(
+            "{metric} is a duration: give the threshold a unit (ns, us, ms, s), e.g. {value}ms"
+        ),
+        q => format!(
+            "{metric} is {}: give the threshold a unit ({}), e.g. {value}{}",
+            q.article(),
+            q.units(),
+            q.example()
+        ),
     }
 }
 
@@ -279,6 +454,45 @@ const UNITS: [(&str, f64); 5] = [
 
 fn unit_ns(word: &str) -> Option<f64> {
     UNITS.iter().find(|(u, _)| *u == word).map(|(_, f)| *f)
+}
+
+/// Size units and their length in bytes; true for the binary ones.
+const SIZE_UNITS: [(&str, f64, bool); 7] = [
+    ("B", 1.0, true),
+    ("KB", 1e3, false),
+    ("MB", 1e6, false),
+    ("GB", 1e9, false),
+    ("KiB", KIB, true),
+    ("MiB", MIB, true),
+    ("GiB", MIB * KIB, true),
+];
+
+fn unit_bytes(word: &str) -> Option<(f64, bool)> {
+    SIZE_UNITS
+        .iter()
+        .find(|(u, _, _)| *u == word)
+        .map(|(_, f, binary)| (*f, *binary))
+}
+
+/// A unit after a number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Unit {
+    /// ns per unit.
+    Duration(f64),
+    /// Bytes per unit.
+    Size(f64, bool),
+    /// Bytes per size unit, and the units (with the time unit).
+    Rate(f64, ByteUnits),
+}
+
+impl Unit {
+    fn quantity(self) -> Quantity {
+        match self {
+            Unit::Duration(_) => Quantity::Duration,
+            Unit::Size(..) => Quantity::Size,
+            Unit::Rate(..) => Quantity::Rate,
+        }
+    }
 }
 
 /// Parses one rule, e.g. `p99(infer) > 50ms for 5s` or
@@ -311,7 +525,7 @@ pub fn validate(
                 fail(RuleErrorKind::NoFrames("fps"))
             }
         }
-        Metric::Drops => return Ok(()),
+        Metric::Drops | Metric::Rss | Metric::RssGrowth => return Ok(()),
         Metric::Gauge(name) => {
             return if gauges.iter().any(|g| g == name) {
                 Ok(())
@@ -323,7 +537,7 @@ pub fn validate(
                 })
             };
         }
-        Metric::Share(name) => name,
+        Metric::Share(name) | Metric::Outstanding(name) | Metric::Leak(name) => name,
         Metric::Latency { of, .. } | Metric::Rate(of) | Metric::Count(of) => match of {
             Subject::Frame if has_frames => return Ok(()),
             Subject::Frame => return fail(RuleErrorKind::NoFrames("'frame'")),
@@ -359,17 +573,37 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    /// rule = condition [ "for" duration ] ;
+    /// rule = condition [ "for" duration ]
+    ///      | "leak" "(" stage ")" [ "for" duration ] ;
     fn rule(mut self) -> Result<Rule, RuleError> {
         self.skip_ws();
         let metric_start = self.pos;
         let (metric, subject_column) = self.metric()?;
         let metric_text = self.text[metric_start..self.pos].to_string();
-        let op = self.cmp_op(&metric_text)?;
-        let threshold_start = self.skip_ws_pos();
-        let threshold = self.threshold(&metric, op)?;
-        let threshold_text = self.text[threshold_start..self.pos].to_string();
-        let for_ns = self.for_clause(&threshold_text)?;
+        let is_leak = matches!(metric, Metric::Leak(_));
+        self.skip_ws();
+        let (op, threshold, byte_units, last_text) =
+            if is_leak && (self.at_end() || self.word_is("for")) {
+                // A bare leak(STAGE): the default threshold.
+                let threshold = Threshold::Value(LEAK_DEFAULT_BYTES_PER_S);
+                (CmpOp::Gt, threshold, Some(LEAK_DEFAULT_UNITS), metric_text)
+            } else {
+                let expected = if is_leak {
+                    "a comparison (>, >=, <, <=), 'for' or the end of the rule"
+                } else {
+                    "a comparison (>, >=, <, <=)"
+                };
+                let op = self.cmp_op(expected, &metric_text)?;
+                let threshold_start = self.skip_ws_pos();
+                let (threshold, byte_units) = self.threshold(&metric, op)?;
+                let threshold_text = self.text[threshold_start..self.pos].to_string();
+                (op, threshold, byte_units, threshold_text)
+            };
+        let for_ns = match self.for_clause(&last_text)? {
+            Some(ns) => ns,
+            None if is_leak => LEAK_DEFAULT_FOR_NS,
+            None => 0,
+        };
         Ok(Rule {
             text: self.text.to_string(),
             metric,
@@ -377,10 +611,11 @@ impl<'a> Parser<'a> {
             op,
             threshold,
             for_ns,
+            byte_units,
         })
     }
 
-    /// metric = func "(" name ")" | "fps" | "drops" ;
+    /// metric = func "(" name ")" | "fps" | "drops" | "rss" | "rss_growth" ;
     fn metric(&mut self) -> Result<(Metric, usize), RuleError> {
         let start = self.skip_ws_pos();
         let Some(word) = self.word() else {
@@ -389,7 +624,9 @@ impl<'a> Parser<'a> {
         match word {
             "fps" => return Ok((Metric::Fps, self.column(start))),
             "drops" => return Ok((Metric::Drops, self.column(start))),
-            "rate" | "count" | "share" | "gauge" => {}
+            "rss" => return Ok((Metric::Rss, self.column(start))),
+            "rss_growth" => return Ok((Metric::RssGrowth, self.column(start))),
+            "rate" | "count" | "share" | "gauge" | "outstanding" | "leak" => {}
             w if Stat::from_word(w).is_some() => {}
             w => return Err(self.error_at(start, RuleErrorKind::UnknownMetric(w.to_string()))),
         }
@@ -398,10 +635,10 @@ impl<'a> Parser<'a> {
             return Err(self.expected("'('", Some(word)));
         }
         let name_start = self.skip_ws_pos();
-        let what = if word == "gauge" {
-            "a gauge name"
-        } else {
-            "a stage name or frame"
+        let what = match word {
+            "gauge" => "a gauge name",
+            "outstanding" | "leak" => "a stage name",
+            _ => "a stage name or frame",
         };
         let Some(name) = self.name() else {
             return Err(self.expected(what, Some("(")));
@@ -421,6 +658,12 @@ impl<'a> Parser<'a> {
                 return Err(self.error_at(name_start, RuleErrorKind::FrameNotAllowed("share")));
             }
             ("share", _) => Metric::Share(name.to_string()),
+            (w @ ("outstanding" | "leak"), Subject::Frame) => {
+                let w = if w == "leak" { "leak" } else { "outstanding" };
+                return Err(self.error_at(name_start, RuleErrorKind::FrameNotAllowed(w)));
+            }
+            ("outstanding", _) => Metric::Outstanding(name.to_string()),
+            ("leak", _) => Metric::Leak(name.to_string()),
             ("rate", of) => Metric::Rate(of),
             ("count", of) => Metric::Count(of),
             (w, of) => Metric::Latency {
@@ -433,7 +676,7 @@ impl<'a> Parser<'a> {
     }
 
     /// cmp = ">" | ">=" | "<" | "<=" ;
-    fn cmp_op(&mut self, metric_text: &str) -> Result<CmpOp, RuleError> {
+    fn cmp_op(&mut self, expected: &'static str, metric_text: &str) -> Result<CmpOp, RuleError> {
         self.skip_ws();
         let op = if self.eat('>') {
             if self.eat('=') {
@@ -448,13 +691,18 @@ impl<'a> Parser<'a> {
                 CmpOp::Lt
             }
         } else {
-            return Err(self.expected("a comparison (>, >=, <, <=)", Some(metric_text)));
+            return Err(self.expected(expected, Some(metric_text)));
         };
         Ok(op)
     }
 
     /// threshold = [ number "*" ] "baseline" | number [ unit ] ;
-    fn threshold(&mut self, metric: &Metric, op: CmpOp) -> Result<Threshold, RuleError> {
+    /// Returns the threshold and, for memory metrics, the units it was written in.
+    fn threshold(
+        &mut self,
+        metric: &Metric,
+        op: CmpOp,
+    ) -> Result<(Threshold, Option<ByteUnits>), RuleError> {
         let start = self.skip_ws_pos();
         let baseline_ok = |p: &Self| {
             if metric.allows_baseline() {
@@ -466,7 +714,7 @@ impl<'a> Parser<'a> {
         if self.word_is("baseline") {
             baseline_ok(self)?;
             self.word();
-            return Ok(Threshold::Baseline(1.0));
+            return Ok((Threshold::Baseline(1.0), None));
         }
         let Some((value, number_text)) = self.number()? else {
             return Err(self.expected("a number", Some(op.as_str())));
@@ -483,35 +731,63 @@ impl<'a> Parser<'a> {
                 return Err(self.error_at(start, RuleErrorKind::NegativeFactor));
             }
             self.word();
-            return Ok(Threshold::Baseline(value));
+            return Ok((Threshold::Baseline(value), None));
         }
         self.pos = after_number;
-        match self.unit()? {
-            Some(ns) if metric.is_duration() => {
-                if value < 0.0 {
-                    return Err(self.error_at(start, RuleErrorKind::NegativeDuration));
-                }
-                Ok(Threshold::Value(value * ns))
-            }
-            Some(_) => {
-                Err(self.error_at(after_number, RuleErrorKind::UnexpectedUnit(metric.name())))
-            }
-            None if metric.is_duration() => Err(self.error_at(
+        let quantity = metric.quantity();
+        let name = metric.name();
+        match (quantity, self.unit(quantity)?) {
+            (Quantity::Number, None) => Ok((Threshold::Value(value), None)),
+            (Quantity::Number, Some((unit, at, _))) => Err(self.error_at(
+                at,
+                RuleErrorKind::UnexpectedUnit {
+                    metric: name,
+                    unit_kind: unit.quantity(),
+                },
+            )),
+            (quantity, None) => Err(self.error_at(
                 start,
                 RuleErrorKind::MissingUnit {
-                    metric: metric.name(),
+                    metric: name,
+                    quantity,
                     value: number_text,
                 },
             )),
-            None => Ok(Threshold::Value(value)),
+            (Quantity::Duration, Some((Unit::Duration(ns), ..))) => {
+                if value < 0.0 {
+                    return Err(self.error_at(start, RuleErrorKind::NegativeDuration));
+                }
+                Ok((Threshold::Value(value * ns), None))
+            }
+            (Quantity::Size, Some((Unit::Size(bytes, binary), ..))) => {
+                if value < 0.0 {
+                    return Err(self.error_at(start, RuleErrorKind::NegativeSize));
+                }
+                let units = ByteUnits { binary, per: None };
+                Ok((Threshold::Value(value * bytes), Some(units)))
+            }
+            (Quantity::Rate, Some((Unit::Rate(bytes, units), ..))) => {
+                // Rates may be negative: shrinking memory.
+                let per_s = units.per.map_or(1.0, Per::seconds);
+                Ok((Threshold::Value(value * bytes / per_s), Some(units)))
+            }
+            (quantity, Some((unit, at, text))) => Err(self.error_at(
+                at,
+                RuleErrorKind::WrongUnit {
+                    metric: name,
+                    quantity,
+                    unit: one_line(text),
+                    unit_kind: unit.quantity(),
+                },
+            )),
         }
     }
 
-    /// [ "for" duration ] then the end of the rule.
-    fn for_clause(&mut self, threshold_text: &str) -> Result<u64, RuleError> {
+    /// [ "for" duration ] then the end of the rule; None without `for`.
+    fn for_clause(&mut self, threshold_text: &str) -> Result<Option<u64>, RuleError> {
         self.skip_ws();
         if self.at_end() {
-            return Ok(0);
+            return Ok(None);
         }
         if !self.word_is("for") {
             return Err(self.expected("'for' or the end of the rule", Some(threshold_text)));
@@ -521,8 +797,14 @@ impl<'a> Parser<'a> {
         let Some((value, number_text)) = self.number()? else {
             return Err(self.expected("a duration such as 5s", Some("for")));
         };
-        let Some(ns) = self.unit()? else {
-            return Err(self.error_at(start, RuleErrorKind::MissingDurationUnit(number_text)));
+        let ns = match self.unit(Quantity::Duration)? {
+            Some((Unit::Duration(ns), ..)) => ns,
+            Some((_, at, text)) => {
+                return Err(self.error_at(at, RuleErrorKind::NotADuration(one_line(text))));
+            }
+            None => {
+                return Err(self.error_at(start, RuleErrorKind::MissingDurationUnit(number_text)));
+            }
         };
         if value < 0.0 {
             return Err(self.error_at(start, RuleErrorKind::NegativeDuration));
@@ -536,31 +818,61 @@ impl<'a> Parser<'a> {
         if !self.at_end() {
             return Err(self.expected("the end of the rule", Some(&end_of_duration)));
         }
-        Ok(total as u64)
+        Ok(Some(total as u64))
     }
 
-    /// unit = "ns" | "us" | "ms" | "s" | "m" ; directly after a number or
-    /// after spaces. A word glued to a number that is not a unit is an error.
-    fn unit(&mut self) -> Result<Option<f64>, RuleError> {
+    /// unit = duration_unit | size_unit [ "/" per ] ; directly after a
+    /// number or after spaces. A word glued to a number that is not a unit
+    /// is an error (listing the units of `expected`). Returns the unit, its
+    /// byte offset and its text.
+    fn unit(&mut self, expected: Quantity) -> Result<Option<(Unit, usize, &'a str)>, RuleError> {
         let glued = self.peek().is_some_and(is_word_char);
         let before = self.pos;
         let start = self.skip_ws_pos();
-        match self.word() {
-            Some(w) => match unit_ns(w) {
-                Some(ns) => Ok(Some(ns)),
-                None if glued => {
-                    Err(self.error_at(start, RuleErrorKind::UnknownUnit(w.to_string())))
-                }
-                None => {
-                    self.pos = before;
-                    Ok(None)
-                }
-            },
-            None => {
-                self.pos = before;
-                Ok(None)
-            }
+        let Some(word) = self.word() else {
+            self.pos = before;
+            return Ok(None);
+        };
+        if let Some(ns) = unit_ns(word) {
+            return Ok(Some((Unit::Duration(ns), start, word)));
         }
+        if let Some((bytes, binary)) = unit_bytes(word) {
+            let after_size = self.pos;
+            self.skip_ws();
+            if !self.eat('/') {
+                self.pos = after_size;
+                return Ok(Some((Unit::Size(bytes, binary), start, word)));
+            }
+            let per_start = self.skip_ws_pos();
+            let Some(per) = self.word().and_then(Per::from_word) else {
+                self.pos = per_start;
+                let found = self.found();
+                return Err(self.error_at(
+                    per_start,
+                    RuleErrorKind::MissingPer(word.to_string(), found),
+                ));
+            };
+            let units = ByteUnits {
+                binary,
+                per: Some(per),
+            };
+            return Ok(Some((
+                Unit::Rate(bytes, units),
+                start,
+                &self.text[start..self.pos],
+            )));
+        }
+        if glued {
+            return Err(self.error_at(
+                start,
+                RuleErrorKind::UnknownUnit {
+                    unit: word.to_string(),
+                    expected,
+                },
+            ));
+        }
+        self.pos = before;
+        Ok(None)
     }
 
     // ---- lexical helpers ----
@@ -874,7 +1186,8 @@ mod tests {
         assert_eq!(
             err("p98(infer) > 5ms"),
             "alert rule 'p98(infer) > 5ms': column 1: unknown metric 'p98'; expected p50, p90, p95, \
-             p99, p999, mean, min, max, rate, count, share or gauge (each followed by '(NAME)'), fps or drops"
+             p99, p999, mean, min, max, rate, count, share, gauge, outstanding or leak (each followed \
+             by '(NAME)'), fps, drops, rss or rss_growth"
         );
         assert_eq!(
             err("p99 infer > 5ms"),
@@ -929,6 +1242,199 @@ mod tests {
             .contains("column 5: expected a stage name or frame after '(', found 'é'"));
     }
 
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    fn units(binary: bool, per: Option<Per>) -> Option<ByteUnits> {
+        Some(ByteUnits { binary, per })
+    }
+
+    #[test]
+    fn memory_metrics_sizes_and_rates_in_bytes() {
+        let r = parse("rss > 500MB");
+        assert_eq!((r.metric, r.op), (Metric::Rss, CmpOp::Gt));
+        assert_eq!(r.threshold, Threshold::Value(500e6));
+        assert_eq!((r.for_ns, r.byte_units), (0, units(false, None)));
+        assert_eq!(r.subject_column, 1);
+
+        let r = parse("rss_growth > 20MB/min for 60s");
+        assert_eq!(r.metric, Metric::RssGrowth);
+        assert_eq!(r.threshold, Threshold::Value(20e6 / 60.0));
+        assert_eq!(r.threshold, Threshold::Value(333_333.333_333_333_3));
+        assert_eq!(r.for_ns, 60_000_000_000);
+        assert_eq!(r.byte_units, units(false, Some(Per::Min)));
+
+        let r = parse("outstanding(track) >= 1.5GiB");
+        assert_eq!(r.metric, Metric::Outstanding("track".into()));
+        assert_eq!(r.threshold, Threshold::Value(1.5 * 1024.0 * MIB));
+        assert_eq!((r.op, r.subject_column), (CmpOp::Ge, 13));
+
+        // Every size unit, as a size and as a rate per s, min and h.
+        for (unit, bytes, binary) in [
+            ("B", 1.0, true),
+            ("KB", 1e3, false),
+            ("MB", 1e6, false),
+            ("GB", 1e9, false),
+            ("KiB", 1024.0, true),
+            ("MiB", MIB, true),
+            ("GiB", 1024.0 * MIB, true),
+        ] {
+            let r = parse(&format!("rss < 3{unit}"));
+            assert_eq!(r.threshold, Threshold::Value(3.0 * bytes), "{unit}");
+            assert_eq!(r.byte_units, units(binary, None));
+            for (per, seconds, p) in [
+                ("s", 1.0, Per::S),
+                ("min", 60.0, Per::Min),
+                ("h", 3600.0, Per::H),
+            ] {
+                let r = parse(&format!("rss_growth > 3{unit}/{per}"));
+                assert_eq!(
+                    r.threshold,
+                    Threshold::Value(3.0 * bytes / seconds),
+                    "{unit}/{per}"
+                );
+                assert_eq!(r.byte_units, units(binary, Some(p)));
+            }
+        }
+        assert_eq!(
+            parse("rss_growth > 1.5MiB/s").threshold,
+            Threshold::Value(1_572_864.0)
+        );
+        assert_eq!(
+            parse("rss_growth > 100KB/s").threshold,
+            Threshold::Value(100_000.0)
+        );
+        // Spaces around the unit and the slash; negative rates (shrinking).
+        let r = parse("rss_growth < -2 MB / h");
+        assert_eq!(r.threshold, Threshold::Value(-2e6 / 3600.0));
+    }
+
+    #[test]
+    fn leak_defaults_its_threshold_and_for() {
+        assert_eq!(LEAK_DEFAULT_BYTES_PER_S, 1_048_576.0 / 60.0);
+        assert_eq!(LEAK_DEFAULT_FOR_NS, 30_000_000_000);
+        let bare = parse("leak(track)");
+        assert_eq!(bare.metric, Metric::Leak("track".into()));
+        assert_eq!(bare.subject_column, 6);
+        // The bare form is exactly its written-out default.
+        let full = parse("leak(track) > 1MiB/min for 30s");
+        assert_eq!(
+            (bare.op, bare.threshold, bare.for_ns, bare.byte_units),
+            (full.op, full.threshold, full.for_ns, full.byte_units)
+        );
+        assert_eq!(bare.threshold, Threshold::Value(17_476.266_666_666_666));
+        assert_eq!(bare.byte_units, units(true, Some(Per::Min)));
+        // Explicit threshold: default for.
+        let r = parse("leak(track) > 100KB/s");
+        assert_eq!(r.threshold, Threshold::Value(100e3));
+        assert_eq!(r.for_ns, LEAK_DEFAULT_FOR_NS);
+        // Explicit for: default threshold.
+        let r = parse("  leak( track )  for 5s ");
+        assert_eq!(
+            (r.op, r.threshold),
+            (CmpOp::Gt, Threshold::Value(LEAK_DEFAULT_BYTES_PER_S))
+        );
+        assert_eq!(r.for_ns, 5_000_000_000);
+        // Both, and `for 0s` to fire at once.
+        let r = parse("leak(track) >= 2MB/h for 0s");
+        assert_eq!(
+            (r.op, r.threshold, r.for_ns),
+            (CmpOp::Ge, Threshold::Value(2e6 / 3600.0), 0)
+        );
+    }
+
+    #[test]
+    fn memory_errors_name_the_column() {
+        // Missing unit.
+        assert_eq!(
+            err("rss > 500"),
+            "alert rule 'rss > 500': column 7: rss is a size: give the threshold a unit \
+             (B, KB, MB, GB, KiB, MiB or GiB), e.g. 500MB"
+        );
+        assert_eq!(
+            err("rss_growth > 20 for 60s"),
+            "alert rule 'rss_growth > 20 for 60s': column 14: rss_growth is a rate: give the \
+             threshold a unit (a size unit per s, min or h, such as MB/min or KiB/s), e.g. 20MB/min"
+        );
+        assert_eq!(
+            err("leak(track) > 5"),
+            "alert rule 'leak(track) > 5': column 15: leak is a rate: give the threshold a unit \
+             (a size unit per s, min or h, such as MB/min or KiB/s), e.g. 5MB/min"
+        );
+        // Wrong kind of unit, at the unit's column.
+        assert_eq!(
+            err("rss > 500ms"),
+            "alert rule 'rss > 500ms': column 10: rss is a size: 'ms' is a duration unit; \
+             use B, KB, MB, GB, KiB, MiB or GiB"
+        );
+        assert_eq!(
+            err("rss > 5MB/s"),
+            "alert rule 'rss > 5MB/s': column 8: rss is a size: 'MB/s' is a rate unit; \
+             use B, KB, MB, GB, KiB, MiB or GiB"
+        );
+        assert_eq!(
+            err("rss_growth > 20MB for 60s"),
+            "alert rule 'rss_growth > 20MB for 60s': column 16: rss_growth is a rate: 'MB' is a \
+             size unit; use a size unit per s, min or h, such as MB/min or KiB/s"
+        );
+        assert_eq!(
+            err("leak(t) > 1s"),
+            "alert rule 'leak(t) > 1s': column 12: leak is a rate: 's' is a duration unit; \
+             use a size unit per s, min or h, such as MB/min or KiB/s"
+        );
+        assert_eq!(
+            err("p99(infer) > 50MB"),
+            "alert rule 'p99(infer) > 50MB': column 16: p99 is a duration: 'MB' is a size unit; \
+             use ns, us, ms, s or m"
+        );
+        assert_eq!(
+            err("fps < 25 MB"),
+            "alert rule 'fps < 25 MB': column 10: fps is not a size: write the threshold as a plain number"
+        );
+        assert_eq!(
+            err("rss_growth > 1MB/m"),
+            "alert rule 'rss_growth > 1MB/m': column 18: expected s, min or h after 'MB/', found 'm'"
+        );
+        assert_eq!(
+            err("rss > 1Mb"),
+            "alert rule 'rss > 1Mb': column 8: unknown unit 'Mb'; expected B, KB, MB, GB, KiB, MiB or GiB"
+        );
+        assert_eq!(
+            err("leak(t) for 5MB"),
+            "alert rule 'leak(t) for 5MB': column 14: expected a duration unit (ns, us, ms, s or m) \
+             after the number, found 'MB'"
+        );
+        assert!(err("rss > -5MB").contains("column 7: a size cannot be negative"));
+        // Baselines: the baseline snapshot has no memory.
+        assert_eq!(
+            err("leak(track) > 2 * baseline"),
+            "alert rule 'leak(track) > 2 * baseline': column 15: leak cannot be compared with a \
+             baseline (the baseline has no memory data); use a rate such as 20MB/min"
+        );
+        assert_eq!(
+            err("rss > baseline"),
+            "alert rule 'rss > baseline': column 7: rss cannot be compared with a baseline \
+             (the baseline has no memory data); use a size such as 500MB"
+        );
+        assert!(err("outstanding(x) > 1.1 * baseline")
+            .contains("column 18: outstanding cannot be compared with a baseline"));
+        assert!(err("rss_growth > baseline").contains("column 14: rss_growth cannot be compared"));
+        // The shapes of leak and outstanding.
+        assert_eq!(
+            err("leak(track) 5MB/min"),
+            "alert rule 'leak(track) 5MB/min': column 13: expected a comparison (>, >=, <, <=), \
+             'for' or the end of the rule after 'leak(track)', found '5MB'"
+        );
+        assert_eq!(
+            err("leak(frame)"),
+            "alert rule 'leak(frame)': column 6: leak(frame) is not defined; frame works with \
+             p50..p999, mean, min, max, rate and count"
+        );
+        assert!(err("outstanding() > 1MB")
+            .contains("column 13: expected a stage name after '(', found ')'"));
+        assert!(err("rss(x) > 1MB")
+            .contains("column 4: expected a comparison (>, >=, <, <=) after 'rss'"));
+    }
+
     #[test]
     fn validate_names_unknowns_and_frames() {
         let stages = vec!["decode".to_string(), "infer".to_string()];
@@ -941,6 +1447,26 @@ mod tests {
         assert_eq!(check("drops > 0", false), Ok(()));
         assert_eq!(check("fps < 25", true), Ok(()));
         assert_eq!(check("p95(frame) > 1.2 * baseline", true), Ok(()));
+        assert_eq!(check("rss > 1GB", false), Ok(()));
+        assert_eq!(check("rss_growth > 20MB/min for 60s", false), Ok(()));
+        assert_eq!(check("leak(infer)", false), Ok(()));
+        assert_eq!(check("outstanding(decode) > 1MB", false), Ok(()));
+        assert_eq!(
+            check("leak(infr)", true),
+            Err(
+                "alert rule 'leak(infr)': column 6: unknown stage 'infr' (did you mean 'infer'?); \
+                 known stages: decode, infer"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            check("outstanding(publish) > 1MB for 5s", true),
+            Err(
+                "alert rule 'outstanding(publish) > 1MB for 5s': column 13: unknown stage \
+                 'publish'; known stages: decode, infer"
+                    .to_string()
+            )
+        );
         assert_eq!(
             check("p99(infr) > 5ms", true),
             Err("alert rule 'p99(infr) > 5ms': column 5: unknown stage 'infr' (did you mean 'infer'?); \
@@ -1002,6 +1528,15 @@ mod tests {
             "gauge",
             "fps",
             "drops",
+            "rss",
+            "rss_growth",
+            "leak",
+            "outstanding",
+            "MB",
+            "KiB",
+            "B",
+            "/",
+            "/min",
             "frame",
             "baseline",
             "for",
@@ -1042,6 +1577,9 @@ mod tests {
             "fps < 25 for 10s",
             "drops > 0",
             "gauge(tracks) > 100 for 30s",
+            "rss_growth > 20MB/min for 60s",
+            "leak(infer)",
+            "outstanding(infer) > 1.5GiB",
         ];
         let stages = vec!["infer".to_string()];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
