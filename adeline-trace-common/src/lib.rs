@@ -13,11 +13,31 @@ pub const KIND_SPAN: u32 = 1;
 /// A gauge sample: an integer argument or return value of a function.
 pub const KIND_GAUGE: u32 = 2;
 
-/// A memory mapping change (mmap/munmap) by a traced process.
+/// A memory mapping change by a traced process: mmap/munmap, a mremap's
+/// change of length, a brk move of the heap's end.
 pub const KIND_MAP: u32 = 3;
-/// `MapRecord::op` values.
+/// `MapRecord::op` values: memory mapped (mmap, growing mremap or brk) ...
 pub const MAP_OP_MMAP: u32 = 1;
+/// ... or released (munmap, shrinking mremap or brk).
 pub const MAP_OP_MUNMAP: u32 = 2;
+
+/// Resident pages of one mm as `kmem:rss_stat` last reported them, in
+/// bytes, by member: MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RssState {
+    pub member_bytes: [i64; 4],
+    /// Tracepoint hits that updated it.
+    pub updates: u64,
+}
+
+impl RssState {
+    /// The resident set: file + anon + shmem (swap entries are not resident).
+    pub fn rss_bytes(&self) -> u64 {
+        let m = &self.member_bytes;
+        (m[0].max(0) + m[1].max(0) + m[3].max(0)) as u64
+    }
+}
 /// `MapRecord::stage` when no traced stage was running on the thread.
 pub const NO_STAGE: u32 = u32::MAX;
 
@@ -233,4 +253,5 @@ mod pod {
     unsafe impl aya::Pod for AllocPending {}
     unsafe impl aya::Pod for AllocInfo {}
     unsafe impl aya::Pod for AllocStats {}
+    unsafe impl aya::Pod for RssState {}
 }

@@ -2,7 +2,7 @@
 use core::{ffi::c_void, ptr};
 
 use adeline_trace_common::{
-    AllocInfo, AllocPending, AllocStats, ThreadCalls, COUNTERS as N_COUNTERS, MAX_ALLOCS,
+    AllocInfo, AllocPending, AllocStats, RssState, ThreadCalls, COUNTERS as N_COUNTERS, MAX_ALLOCS,
     MAX_ALLOC_STACKS, MAX_PIDS, MAX_STAGES, RING_BYTES,
 };
 use aya_ebpf::{
@@ -123,6 +123,18 @@ pub static ALLOC_STACKS: StackTrace = StackTrace::with_max_entries(MAX_ALLOC_STA
 /// Allocation totals per stage (index = stage id; `MAX_STAGES` = no stage).
 #[map(name = "ALLOC_STATS")]
 pub static ALLOC_STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(MAX_STAGES + 1, 0);
+
+/// `kmem:rss_stat` per mm (its hashed id), for the traced processes' mms.
+#[map(name = "RSS")]
+pub static RSS: HashMap<u32, RssState> = HashMap::with_max_entries(MAX_PIDS, 0);
+
+/// The mm id of each traced tgid (learned from its own rss_stat events).
+#[map(name = "MM_IDS")]
+pub static MM_IDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PIDS, 0);
+
+/// The last program break (brk) seen per traced tgid.
+#[map(name = "BRKS")]
+pub static BRKS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PIDS, 0);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

@@ -1,9 +1,10 @@
-//! Memory mappings of traced processes: the mmap and munmap syscall
-//! tracepoints, filtered by tgid in the kernel (attached only when the
-//! traced pids are known), attributed to the traced stage running on the
-//! thread (the innermost open call of the stage programs' stack).
+//! Memory of traced processes, from kernel tracepoints filtered by tgid in
+//! the kernel (attached only when the traced pids are known):
+//! - mmap/munmap/mremap/brk syscalls: bytes mapped and released, attributed
+//!   to the traced stage running on the thread (the innermost open call);
+//! - `kmem:rss_stat`: the resident set per mm, kept in a map the agent reads.
 use adeline_trace_common::{
-    MapRecord, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
+    MapRecord, RssState, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -13,43 +14,150 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{bump, pid_allowed, EVENTS},
+    maps::{bump, pid_allowed, BRKS, EVENTS, MM_IDS, RSS},
     stage::current_stage,
 };
 
 /// Offset of `len` in sys_enter_mmap and sys_enter_munmap
 /// (/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format).
 const LEN_OFFSET: usize = 24;
+/// `old_len` and `new_len` in sys_enter_mremap.
+const MREMAP_OLD_LEN: usize = 24;
+const MREMAP_NEW_LEN: usize = 32;
+/// `ret` in sys_exit_brk (the new program break).
+const BRK_RET: usize = 16;
+/// kmem:rss_stat: `mm_id` (u32), `curr` (u32), `member` (int), `size` (long).
+const RSS_MM_ID: usize = 8;
+const RSS_CURR: usize = 12;
+const RSS_MEMBER: usize = 16;
+const RSS_SIZE: usize = 24;
 
 #[tracepoint]
 pub fn mem_mmap(ctx: TracePointContext) -> u32 {
-    on_map(&ctx, MAP_OP_MMAP);
+    if let Some(tgid) = traced() {
+        // SAFETY: reading a field at its offset in the tracepoint record.
+        if let Ok(bytes) = unsafe { ctx.read_at::<u64>(LEN_OFFSET) } {
+            emit(tgid, MAP_OP_MMAP, bytes);
+        }
+    }
     0
 }
 
 #[tracepoint]
 pub fn mem_munmap(ctx: TracePointContext) -> u32 {
-    on_map(&ctx, MAP_OP_MUNMAP);
+    if let Some(tgid) = traced() {
+        // SAFETY: as above.
+        if let Ok(bytes) = unsafe { ctx.read_at::<u64>(LEN_OFFSET) } {
+            emit(tgid, MAP_OP_MUNMAP, bytes);
+        }
+    }
     0
 }
 
-#[inline(always)]
-fn on_map(ctx: &TracePointContext, op: u32) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !pid_allowed((pid_tgid >> 32) as u32) {
-        return;
+/// A mremap changes a mapping's length by new_len - old_len (as asked).
+#[tracepoint]
+pub fn mem_mremap(ctx: TracePointContext) -> u32 {
+    if let Some(tgid) = traced() {
+        // SAFETY: as above.
+        let lens = unsafe {
+            (
+                ctx.read_at::<u64>(MREMAP_OLD_LEN),
+                ctx.read_at::<u64>(MREMAP_NEW_LEN),
+            )
+        };
+        if let (Ok(old), Ok(new)) = lens {
+            change(tgid, old, new);
+        }
     }
-    // SAFETY: reading a field at its offset in the tracepoint record.
-    let Ok(bytes) = (unsafe { ctx.read_at::<u64>(LEN_OFFSET) }) else {
-        return;
+    0
+}
+
+/// brk returns the program break in force: the heap moved by its change
+/// since the last brk of the process (the first one only sets the base).
+#[tracepoint]
+pub fn mem_brk(ctx: TracePointContext) -> u32 {
+    if let Some(tgid) = traced() {
+        // SAFETY: as above.
+        let Ok(now) = (unsafe { ctx.read_at::<u64>(BRK_RET) }) else {
+            return 0;
+        };
+        // SAFETY: the value is copied out.
+        let before = unsafe { BRKS.get(&tgid) }.copied();
+        let _ = BRKS.insert(&tgid, &now, 0);
+        if let Some(before) = before {
+            change(tgid, before, now);
+        }
+    }
+    0
+}
+
+/// `kmem:rss_stat`: a resident-page counter of an mm changed. Events of a
+/// traced process's own threads (curr = 1) record its mm; events raised on
+/// its mm by other tasks (reclaim, exit) update an mm already recorded.
+#[tracepoint]
+pub fn mem_rss(ctx: TracePointContext) -> u32 {
+    // SAFETY: fields at their offsets in the tracepoint record.
+    let (Ok(mm_id), Ok(curr), Ok(member), Ok(size)) = (unsafe {
+        (
+            ctx.read_at::<u32>(RSS_MM_ID),
+            ctx.read_at::<u32>(RSS_CURR),
+            ctx.read_at::<i32>(RSS_MEMBER),
+            ctx.read_at::<i64>(RSS_SIZE),
+        )
+    }) else {
+        return 0;
     };
+    let member = (member as usize) & 3;
+    if let Some(state) = RSS.get_ptr_mut(&mm_id) {
+        // SAFETY: a map value; a concurrent update of another member of the
+        // same mm may be lost until that member changes again.
+        unsafe {
+            (*state).member_bytes[member] = size;
+            (*state).updates += 1;
+        }
+        return 0;
+    }
+    if curr == 0 {
+        return 0;
+    }
+    let Some(tgid) = traced() else {
+        return 0;
+    };
+    let mut state = RssState::default();
+    state.member_bytes[member] = size;
+    state.updates = 1;
+    let _ = RSS.insert(&mm_id, &state, 0);
+    let _ = MM_IDS.insert(&tgid, &mm_id, 0);
+    0
+}
+
+/// The current tgid when it is traced.
+#[inline(always)]
+fn traced() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    pid_allowed(tgid).then_some(tgid)
+}
+
+/// Emits the growth or shrinking from `before` to `after` bytes.
+#[inline(always)]
+fn change(tgid: u32, before: u64, after: u64) {
+    if after > before {
+        emit(tgid, MAP_OP_MMAP, after - before);
+    } else if before > after {
+        emit(tgid, MAP_OP_MUNMAP, before - after);
+    }
+}
+
+#[inline(always)]
+fn emit(tgid: u32, op: u32, bytes: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
     let (stage, frame_ns) = current_stage();
     match EVENTS.reserve::<MapRecord>(0) {
         Some(mut entry) => {
             entry.write(MapRecord {
                 kind: KIND_MAP,
                 op,
-                pid: (pid_tgid >> 32) as u32,
+                pid: tgid,
                 tid: pid_tgid as u32,
                 stage,
                 _pad: 0,

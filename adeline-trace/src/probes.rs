@@ -3,7 +3,7 @@
 //! everything.
 use std::{num::NonZeroU32, time::Duration};
 
-use adeline_trace_common::{COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE};
+use adeline_trace_common::{RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
@@ -96,7 +96,7 @@ pub struct Probes {
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     attached: usize,
     /// Why memory mappings are not traced, if they are not.
     pub memory_untraced: Option<String>,
@@ -224,7 +224,7 @@ impl Probes {
             ring,
             counters,
             alloc,
-            _ebpf: ebpf,
+            ebpf: ebpf,
             attached,
             memory_untraced,
         })
@@ -233,6 +233,17 @@ impl Probes {
     /// Number of kernel attachments (entry and exit count separately).
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// The resident set of `pid` as `kmem:rss_stat` last reported it (None
+    /// before its first event, or when memory is not traced).
+    pub fn kernel_rss(&self, pid: u32) -> Option<u64> {
+        let mm_ids: HashMap<&MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map("MM_IDS")?).ok()?;
+        let rss: HashMap<&MapData, u32, RssState> =
+            HashMap::try_from(self.ebpf.map("RSS")?).ok()?;
+        let mm = mm_ids.get(&pid, 0).ok()?;
+        Some(rss.get(&mm, 0).ok()?.rss_bytes())
     }
 
     /// Totals of the per-CPU counters, indexed by `COUNTER_*`.
@@ -252,22 +263,27 @@ impl Probes {
     }
 }
 
-/// Attaches the mmap/munmap syscall tracepoint programs; the number of
-/// attachments, or why not (e.g. tracefs not mounted).
+/// Attaches the memory tracepoint programs (mmap, munmap, mremap, brk
+/// syscalls and kmem:rss_stat); the number of attachments, or why not
+/// (e.g. tracefs not mounted).
 fn attach_memory(ebpf: &mut Ebpf) -> Result<usize, String> {
-    for (name, event) in [
-        ("mem_mmap", "sys_enter_mmap"),
-        ("mem_munmap", "sys_enter_munmap"),
-    ] {
+    let events = [
+        ("mem_mmap", "syscalls", "sys_enter_mmap"),
+        ("mem_munmap", "syscalls", "sys_enter_munmap"),
+        ("mem_mremap", "syscalls", "sys_enter_mremap"),
+        ("mem_brk", "syscalls", "sys_exit_brk"),
+        ("mem_rss", "kmem", "rss_stat"),
+    ];
+    for (name, category, event) in events {
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing"))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| chain(&e))?;
         prog.load().map_err(|e| chain(&e))?;
-        prog.attach("syscalls", event).map_err(|e| chain(&e))?;
+        prog.attach(category, event).map_err(|e| chain(&e))?;
     }
-    Ok(2)
+    Ok(events.len())
 }
 
 /// Takes alloc mode's maps out of the object.
