@@ -392,6 +392,7 @@ mod tests {
             drops: 0,
             memory: vec![],
             stage_memory: vec![],
+            host: None,
         })
         .unwrap()
     }

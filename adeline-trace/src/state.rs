@@ -9,10 +9,10 @@ use std::sync::{
 use crate::{
     alerts::{AlertEvent, AlertState},
     events::{monotonic_ns, WallClock},
-    memory::MemorySampler,
+    memory::{HostSampler, MemorySampler},
     metrics::{
         buckets::Cumulative,
-        snapshot::{Snapshot, Window},
+        snapshot::{HostStats, ProcessMemory, Snapshot, Window},
         Metrics,
     },
 };
@@ -72,6 +72,7 @@ pub struct LiveState {
     fired_rules: Mutex<Vec<String>>,
     clock: WallClock,
     memory: Mutex<MemorySampler>,
+    host: Mutex<HostSampler>,
     events: AtomicU64,
     drops: AtomicU64,
 }
@@ -85,6 +86,7 @@ impl LiveState {
             fired_rules: Mutex::new(Vec::new()),
             clock,
             memory: Mutex::new(MemorySampler::new()),
+            host: Mutex::new(HostSampler::new()),
             events: AtomicU64::new(0),
             drops: AtomicU64::new(0),
         }
@@ -95,12 +97,18 @@ impl LiveState {
         self.metrics.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Samples the memory of `pids` from procfs (the run loop, ~1/s).
+    /// Samples the memory of `pids` from procfs, their CPU use and the
+    /// host's (the run loop, ~1/s).
     pub fn sample_memory(&self, pids: impl IntoIterator<Item = u32>) {
+        let pids: Vec<u32> = pids.into_iter().collect();
         self.memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .sample(monotonic_ns(), pids);
+            .sample(monotonic_ns(), pids.iter().copied());
+        self.host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample(pids);
     }
 
     /// Updates the run-wide record counters.
@@ -122,19 +130,31 @@ impl LiveState {
             self.drops.load(Ordering::Relaxed),
         )?;
         snapshot.memory = self.memory_report(window, now);
+        snapshot.host = self.host_report();
         Some(snapshot)
     }
 
-    /// The traced processes' memory over `window` ending at `now` (mono ns).
-    pub fn memory_report(
-        &self,
-        window: Window,
-        now: u64,
-    ) -> Vec<crate::metrics::snapshot::ProcessMemory> {
-        self.memory
+    /// The traced processes' memory over `window` ending at `now` (mono
+    /// ns), with their CPU use over the last sampling interval.
+    pub fn memory_report(&self, window: Window, now: u64) -> Vec<ProcessMemory> {
+        let mut report = self
+            .memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .report(window, now)
+            .report(window, now);
+        let host = self.host.lock().unwrap_or_else(PoisonError::into_inner);
+        for m in &mut report {
+            m.cpu_percent = host.cpu_percent(m.pid);
+        }
+        report
+    }
+
+    /// The host's CPU, memory and GPUs over the last sampling interval.
+    pub fn host_report(&self) -> Option<HostStats> {
+        self.host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report()
     }
 
     /// Replaces the list of alerts currently firing.
@@ -164,6 +184,7 @@ impl SnapshotSource for LiveState {
             self.drops.load(Ordering::Relaxed),
         );
         snapshot.memory = self.memory_report(window, now);
+        snapshot.host = self.host_report();
         snapshot
     }
 

@@ -274,11 +274,13 @@ impl Tracer {
         let now = monotonic_ns();
         let processes = self.live.memory_report(Window::S10, now);
         let stages = self.live.metrics().stage_memory();
+        let host = self.live.host_report();
         if !processes.is_empty() || !stages.is_empty() {
             self.sink.write(&Record::Memory {
                 ts_ns: self.clock.wall_ns(now),
                 processes: &processes,
                 stages: &stages,
+                host: host.as_ref(),
             })?;
             self.sink.flush()?;
         }

@@ -312,6 +312,7 @@ mod tests {
             drops: 0,
             memory: Vec::new(),
             stage_memory: Vec::new(),
+            host: None,
         }
     }
 

@@ -106,6 +106,7 @@ impl MemorySampler {
                     growth_bytes_per_s: slope_per_s(used.clone()),
                     samples: used.count() as u32,
                     threads: ring.threads,
+                    cpu_percent: None,
                 })
             })
             .collect()

@@ -352,6 +352,7 @@ impl Metrics {
             drops,
             memory: Vec::new(),
             stage_memory: self.stage_memory(),
+            host: None,
         }
     }
 

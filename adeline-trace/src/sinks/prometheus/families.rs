@@ -342,6 +342,7 @@ adeline_agent_resident_memory_bytes 8388608
                 growth_bytes_per_s: Some(-2.5),
                 samples: 10,
                 threads: 2,
+                cpu_percent: None,
             },
             ProcessMemory {
                 pid: 43,
@@ -349,6 +350,7 @@ adeline_agent_resident_memory_bytes 8388608
                 growth_bytes_per_s: None,
                 samples: 1,
                 threads: 1,
+                cpu_percent: None,
             },
         ];
         let got = render(&Scrape {
