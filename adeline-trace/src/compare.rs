@@ -393,6 +393,7 @@ mod tests {
             memory: vec![],
             stage_memory: vec![],
             alloc: None,
+            host: None,
         })
         .unwrap()
     }

@@ -9,10 +9,10 @@ use std::sync::{
 use crate::{
     alerts::{AlertEvent, AlertState},
     events::{monotonic_ns, WallClock},
-    memory::{stages::StageMemoryState, MemorySampler},
+    memory::{stages::StageMemoryState, HostSampler, MemorySampler},
     metrics::{
         buckets::Cumulative,
-        snapshot::{AllocReport, Snapshot, StageMemory, Window},
+        snapshot::{AllocReport, HostStats, ProcessMemory, Snapshot, StageMemory, Window},
         Metrics,
     },
 };
@@ -75,6 +75,7 @@ pub struct LiveState {
     clock: WallClock,
     memory: Mutex<MemorySampler>,
     stage_memory: Mutex<StageMemoryState>,
+    host: Mutex<HostSampler>,
     events: AtomicU64,
     drops: AtomicU64,
 }
@@ -88,6 +89,7 @@ impl LiveState {
             clock,
             memory: Mutex::new(MemorySampler::new()),
             stage_memory: Mutex::new(StageMemoryState::new(options.alloc.as_ref())),
+            host: Mutex::new(HostSampler::new()),
             events: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             options,
@@ -99,12 +101,18 @@ impl LiveState {
         self.metrics.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Samples the memory of `pids` from procfs (the run loop, ~1/s).
+    /// Samples the memory of `pids` from procfs, their CPU use and the
+    /// host's (the run loop, ~1/s).
     pub fn sample_memory(&self, pids: impl IntoIterator<Item = u32>) {
+        let pids: Vec<u32> = pids.into_iter().collect();
         self.memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .sample(monotonic_ns(), pids);
+            .sample(monotonic_ns(), pids.iter().copied());
+        self.host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample(pids);
     }
 
     /// Per-stage memory state (net mapped bytes, alloc mode totals).
@@ -124,6 +132,7 @@ impl LiveState {
     /// `now` (mono ns) to a snapshot taken at `now`.
     fn fill_memory(&self, snapshot: &mut Snapshot, window: Window, now: u64) {
         snapshot.memory = self.memory_report(window, now);
+        snapshot.host = self.host_report();
         let (names, frames) = self.names_and_frames();
         self.stage_memory()
             .fill(snapshot, window, now, &names, frames);
@@ -170,16 +179,27 @@ impl LiveState {
         Some(snapshot)
     }
 
-    /// The traced processes' memory over `window` ending at `now` (mono ns).
-    pub fn memory_report(
-        &self,
-        window: Window,
-        now: u64,
-    ) -> Vec<crate::metrics::snapshot::ProcessMemory> {
-        self.memory
+    /// The traced processes' memory over `window` ending at `now` (mono
+    /// ns), with their CPU use over the last sampling interval.
+    pub fn memory_report(&self, window: Window, now: u64) -> Vec<ProcessMemory> {
+        let mut report = self
+            .memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .report(window, now)
+            .report(window, now);
+        let host = self.host.lock().unwrap_or_else(PoisonError::into_inner);
+        for m in &mut report {
+            m.cpu_percent = host.cpu_percent(m.pid);
+        }
+        report
+    }
+
+    /// The host's CPU, memory and GPUs over the last sampling interval.
+    pub fn host_report(&self) -> Option<HostStats> {
+        self.host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report()
     }
 
     /// Replaces the list of alerts currently firing.

@@ -285,12 +285,14 @@ impl Tracer {
         if let Some(a) = alloc.as_mut() {
             a.sites.clear(); // written as alloc_site objects
         }
+        let host = self.live.host_report();
         if !processes.is_empty() || !stages.is_empty() || alloc.is_some() {
             self.sink.write(&Record::Memory {
                 ts_ns: self.clock.wall_ns(now),
                 processes: &processes,
                 stages: &stages,
                 alloc: alloc.as_ref(),
+                host: host.as_ref(),
             })?;
             self.sink.flush()?;
         }

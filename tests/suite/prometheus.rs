@@ -26,7 +26,8 @@ const DEFAULT_BOUNDS: [&str; 11] = [
 const FIRING_RULE: &str = "p50(infer_layer) > 100us";
 
 /// Every metric family the agent exposes (docs/prometheus.md).
-const FAMILIES: [&str; 15] = [
+/// (The GPU families appear only on a host with an NVIDIA driver.)
+const FAMILIES: [&str; 17] = [
     "adeline_agent_info",
     "adeline_stage_calls_total",
     "adeline_stage_duration_seconds",
@@ -42,6 +43,8 @@ const FAMILIES: [&str; 15] = [
     "adeline_agent_resident_memory_bytes",
     "adeline_process_resident_memory_bytes",
     "adeline_process_resident_memory_growth_bytes_per_second",
+    "adeline_process_cpu_usage_ratio",
+    "adeline_host_cpu_usage_ratio",
 ];
 
 /// The path of `tool` on PATH. When it is missing: panics under CI=true

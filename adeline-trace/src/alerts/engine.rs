@@ -351,6 +351,7 @@ mod tests {
             memory: Vec::new(),
             stage_memory: Vec::new(),
             alloc: None,
+            host: None,
         }
     }
 
@@ -535,6 +536,7 @@ mod tests {
             growth_bytes_per_s: growth,
             samples: 10,
             threads: 1,
+            cpu_percent: None,
         }
     }
 

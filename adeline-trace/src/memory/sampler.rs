@@ -88,6 +88,7 @@ impl MemorySampler {
                     growth_bytes_per_s,
                     samples,
                     threads: self.threads.get(&pid).copied().unwrap_or(0),
+                    cpu_percent: None,
                 })
             })
             .collect()

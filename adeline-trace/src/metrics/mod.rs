@@ -364,6 +364,7 @@ impl Metrics {
             memory: Vec::new(),
             stage_memory: self.stage_memory(),
             alloc: None,
+            host: None,
         }
     }
 

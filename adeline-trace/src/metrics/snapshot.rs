@@ -236,6 +236,11 @@ pub struct Snapshot {
     /// Alloc mode report (None without `run --alloc`).
     #[serde(default)]
     pub alloc: Option<AllocReport>,
+    /// The host's CPU and memory use and its GPUs, sampled about once a
+    /// second (None until two samples were taken, for sources that sample
+    /// nothing, and in files written before it existed).
+    #[serde(default)]
+    pub host: Option<HostStats>,
 }
 
 /// One traced process's memory (see memory/ and docs/api.md).
@@ -250,6 +255,54 @@ pub struct ProcessMemory {
     /// Samples (about one a second) the growth was fitted over.
     pub samples: u32,
     pub threads: u32,
+    /// CPU use over the last sampling interval (about a second) in percent
+    /// of one core, like top: a process keeping two threads busy reads 200.
+    /// None at the pid's first sample (and in files written before it).
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+}
+
+/// The host the agent runs on (see memory/host.rs and docs/api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStats {
+    /// Whole-host CPU use over the last sampling interval, 0..100 (100:
+    /// every core busy).
+    pub cpu_percent: f64,
+    /// CPU use of each core (cpu0, cpu1, ... of /proc/stat), 0..100.
+    pub cores: Vec<f64>,
+    /// Physical memory (MemTotal of /proc/meminfo).
+    pub memory_total_bytes: u64,
+    /// Memory in use: total minus available (MemAvailable).
+    pub memory_used_bytes: u64,
+    pub gpus: GpuReport,
+}
+
+/// The host's NVIDIA GPUs read through NVML, or why there are none to read.
+/// JSON: `{"status":"present","devices":[...]}` or
+/// `{"status":"absent","reason":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum GpuReport {
+    Present {
+        devices: Vec<GpuStats>,
+    },
+    /// No GPU can be read: one line saying why (no driver, built without
+    /// NVML support, no device).
+    Absent {
+        reason: String,
+    },
+}
+
+/// One GPU. A value the driver cannot give (an unsupported query) is None.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuStats {
+    /// NVML device index.
+    pub index: u32,
+    pub name: String,
+    /// Time a kernel was running over the driver's last sample period, 0..100.
+    pub utilization_percent: Option<f64>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
 }
 
 impl Snapshot {
@@ -284,5 +337,48 @@ mod tests {
         let s: Snapshot = serde_json::from_str(old).unwrap();
         assert!(s.memory.is_empty());
         assert_eq!(s.events, 3);
+    }
+
+    #[test]
+    fn host_and_process_cpu_round_trip() {
+        let old = r#"{"v":1,"ts_ns":1,"window":"all","window_ns":2,"stages":[],
+            "frames":null,"gauges":[],"bottleneck":{"top_self_share":null,
+            "p99_growth":null},"events":3,"drops":0,"memory":[{"pid":7,
+            "rss_bytes":4096,"growth_bytes_per_s":null,"samples":1,"threads":1}]}"#;
+        let mut s: Snapshot = serde_json::from_str(old).unwrap();
+        assert_eq!(s.host, None);
+        assert_eq!(s.memory[0].cpu_percent, None);
+
+        s.memory[0].cpu_percent = Some(150.5);
+        s.host = Some(HostStats {
+            cpu_percent: 37.5,
+            cores: vec![50.0, 25.0],
+            memory_total_bytes: 8 << 30,
+            memory_used_bytes: 3 << 30,
+            gpus: GpuReport::Present {
+                devices: vec![GpuStats {
+                    index: 0,
+                    name: "NVIDIA T4".into(),
+                    utilization_percent: Some(80.0),
+                    memory_used_bytes: Some(1 << 30),
+                    memory_total_bytes: None,
+                }],
+            },
+        });
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["memory"][0]["cpu_percent"], 150.5);
+        assert_eq!(json["host"]["cores"], serde_json::json!([50.0, 25.0]));
+        assert_eq!(json["host"]["gpus"]["status"], "present");
+        assert_eq!(json["host"]["gpus"]["devices"][0]["name"], "NVIDIA T4");
+        let back: Snapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+
+        let absent = GpuReport::Absent {
+            reason: "built without NVML support".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&absent).unwrap(),
+            r#"{"status":"absent","reason":"built without NVML support"}"#
+        );
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::{
     alerts::AlertEvent,
     metrics::{
-        snapshot::{AllocReport, AllocSite, ProcessMemory, StageMemory},
+        snapshot::{AllocReport, AllocSite, HostStats, ProcessMemory, StageMemory},
         LatencySummary,
     },
 };
@@ -44,11 +44,14 @@ pub enum Record<'a> {
         frame_ts_ns: Option<u64>,
     },
     /// Memory every stats interval: the traced processes' RSS and growth
-    /// (10 s) and per-stage mmap/munmap bytes (whole run).
+    /// (10 s) and CPU use, per-stage mmap/munmap bytes (whole run), and the
+    /// host's CPU, memory and GPUs (absent before two samples).
     Memory {
         ts_ns: u64,
         processes: &'a [ProcessMemory],
         stages: &'a [StageMemory],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host: Option<&'a HostStats>,
         /// Alloc mode (its `sites` go out as `alloc_site` objects).
         #[serde(skip_serializing_if = "Option::is_none")]
         alloc: Option<&'a AllocReport>,

@@ -123,9 +123,11 @@ pub fn sample_snapshot(window: Window) -> Snapshot {
             growth_bytes_per_s: Some(524_288.0),
             samples: 10,
             threads: 4,
+            cpu_percent: None,
         }],
         stage_memory: vec![],
         alloc: None,
+        host: None,
     }
 }
 

@@ -78,6 +78,7 @@ fn snapshot(ts_ns: u64, count: u64, frames: bool) -> Snapshot {
         memory: vec![],
         stage_memory: vec![],
         alloc: None,
+        host: None,
     }
 }
 
@@ -241,6 +242,7 @@ fn the_traced_processes_memory_is_kept_per_interval_summed() {
             growth_bytes_per_s: Some(1_000.0),
             samples: 10,
             threads: 2,
+            cpu_percent: None,
         },
         crate::metrics::snapshot::ProcessMemory {
             pid: 2,
@@ -248,6 +250,7 @@ fn the_traced_processes_memory_is_kept_per_interval_summed() {
             growth_bytes_per_s: None,
             samples: 1,
             threads: 1,
+            cpu_percent: None,
         },
     ];
     store.record(&snap, &[]).unwrap();

@@ -1,6 +1,9 @@
 //! The agent's metric families: names, types, units, labels and help text
 //! (the list in docs/prometheus.md), rendered from what one scrape read.
-use crate::metrics::{buckets::Cumulative, snapshot::Snapshot};
+use crate::metrics::{
+    buckets::Cumulative,
+    snapshot::{GpuReport, Snapshot},
+};
 
 use super::{
     process::AgentUsage,
@@ -15,7 +18,8 @@ pub struct Scrape<'a> {
     /// Whole-run buckets per stage and for frames (None: stage families left out).
     pub cumulative: Option<&'a Cumulative>,
     /// The 1 s window: FPS; traced processes' RSS and growth (whose fit
-    /// spans at least 10 s, see memory/growth.rs).
+    /// spans at least 10 s, see memory/growth.rs); processes' and host
+    /// cores' CPU use and the GPUs (the last sample, about a second).
     pub last_second: &'a Snapshot,
     /// The whole run: gauges' last values, events and drops.
     pub whole_run: &'a Snapshot,
@@ -71,6 +75,8 @@ pub fn render(s: &Scrape) -> String {
         s.whole_run.drops,
     );
     memory(&mut e, s);
+    cpu(&mut e, s);
+    gpus(&mut e, s);
     if !s.alerts.is_empty() {
         e.family(
             "adeline_alert_firing",
@@ -213,6 +219,74 @@ fn memory(e: &mut Exposition, s: &Scrape) {
     }
 }
 
+/// CPU use of each traced process and of each host core, over the last
+/// sampling interval (about a second), as ratios.
+fn cpu(e: &mut Exposition, s: &Scrape) {
+    const PROCESS: &str = "adeline_process_cpu_usage_ratio";
+    const HOST: &str = "adeline_host_cpu_usage_ratio";
+    let processes: Vec<_> = s
+        .last_second
+        .memory
+        .iter()
+        .filter_map(|m| Some((m.pid.to_string(), m.cpu_percent?)))
+        .collect();
+    if !processes.is_empty() {
+        e.family(
+            PROCESS,
+            Kind::Gauge,
+            "CPU use of each traced process over the last second, in cores (1.5: one and a half cores busy).",
+        );
+        for (pid, percent) in processes {
+            e.sample(PROCESS, &[("pid", &pid)], Value::Float(percent / 100.0));
+        }
+    }
+    let Some(host) = &s.last_second.host else {
+        return;
+    };
+    e.family(
+        HOST,
+        Kind::Gauge,
+        "CPU use of each core of the host over the last second, 0 to 1.",
+    );
+    for (core, percent) in host.cores.iter().enumerate() {
+        let core = core.to_string();
+        e.sample(HOST, &[("cpu", &core)], Value::Float(percent / 100.0));
+    }
+}
+
+/// Utilisation and memory of each GPU (NVML), only when GPUs are present.
+fn gpus(e: &mut Exposition, s: &Scrape) {
+    const UTILIZATION: &str = "adeline_gpu_utilization_ratio";
+    const MEMORY: &str = "adeline_gpu_memory_used_bytes";
+    let Some(GpuReport::Present { devices }) = s.last_second.host.as_ref().map(|h| &h.gpus) else {
+        return;
+    };
+    let busy: Vec<_> = devices
+        .iter()
+        .filter_map(|d| Some((d.index.to_string(), d.utilization_percent?)))
+        .collect();
+    if !busy.is_empty() {
+        e.family(
+            UTILIZATION,
+            Kind::Gauge,
+            "Share of the driver's last sample period during which a kernel ran on each GPU (NVML), 0 to 1.",
+        );
+        for (gpu, percent) in busy {
+            e.sample(UTILIZATION, &[("gpu", &gpu)], Value::Float(percent / 100.0));
+        }
+    }
+    let used: Vec<_> = devices
+        .iter()
+        .filter_map(|d| Some((d.index.to_string(), d.memory_used_bytes?)))
+        .collect();
+    if !used.is_empty() {
+        e.family(MEMORY, Kind::Gauge, "Memory allocated on each GPU (NVML).");
+        for (gpu, bytes) in used {
+            e.sample(MEMORY, &[("gpu", &gpu)], Value::Count(bytes));
+        }
+    }
+}
+
 fn counter(e: &mut Exposition, name: &str, help: &str, value: u64) {
     e.family(name, Kind::Counter, help);
     e.sample(name, &[], Value::Count(value));
@@ -342,6 +416,7 @@ adeline_agent_resident_memory_bytes 8388608
                 growth_bytes_per_s: Some(-2.5),
                 samples: 10,
                 threads: 2,
+                cpu_percent: None,
             },
             ProcessMemory {
                 pid: 43,
@@ -349,6 +424,7 @@ adeline_agent_resident_memory_bytes 8388608
                 growth_bytes_per_s: None,
                 samples: 1,
                 threads: 1,
+                cpu_percent: None,
             },
         ];
         let got = render(&Scrape {
@@ -411,5 +487,82 @@ adeline_agent_resident_memory_bytes 8388608
         });
         assert!(got.contains("adeline_stage_calls_total{stage=\"decode\"} 0\n"));
         assert!(!got.contains("frame"), "{got}");
+    }
+
+    #[test]
+    fn cpu_of_processes_and_cores_and_gpus_when_present() {
+        use crate::metrics::snapshot::{GpuStats, HostStats, ProcessMemory};
+        let mut m = Metrics::new(vec!["a".into()], vec![], None).snapshot(Window::S1, 1, 0, 0, 0);
+        let process = |pid, cpu_percent| ProcessMemory {
+            pid,
+            rss_bytes: 4096,
+            growth_bytes_per_s: None,
+            samples: 2,
+            threads: 3,
+            cpu_percent,
+        };
+        m.memory = vec![process(42, Some(150.0)), process(43, None)];
+        m.host = Some(HostStats {
+            cpu_percent: 62.5,
+            cores: vec![100.0, 25.0],
+            memory_total_bytes: 1 << 30,
+            memory_used_bytes: 1 << 29,
+            gpus: GpuReport::Absent {
+                reason: "built without NVML support".into(),
+            },
+        });
+        let scrape = |m: &Snapshot| {
+            render(&Scrape {
+                version: "1",
+                cumulative: None,
+                last_second: m,
+                whole_run: m,
+                alerts: &[],
+                agent: None,
+            })
+        };
+        let got = scrape(&m);
+        for line in [
+            "# TYPE adeline_process_cpu_usage_ratio gauge\n",
+            "adeline_process_cpu_usage_ratio{pid=\"42\"} 1.5\n",
+            "# TYPE adeline_host_cpu_usage_ratio gauge\n",
+            "adeline_host_cpu_usage_ratio{cpu=\"0\"} 1\n",
+            "adeline_host_cpu_usage_ratio{cpu=\"1\"} 0.25\n",
+        ] {
+            assert!(got.contains(line), "{line} not in\n{got}");
+        }
+        assert!(!got.contains("cpu_usage_ratio{pid=\"43\"}"), "{got}");
+        assert!(!got.contains("adeline_gpu"), "{got}");
+
+        let host = m.host.as_mut().unwrap();
+        host.gpus = GpuReport::Present {
+            devices: vec![
+                GpuStats {
+                    index: 0,
+                    name: "A".into(),
+                    utilization_percent: Some(80.0),
+                    memory_used_bytes: Some(2_147_483_648),
+                    memory_total_bytes: Some(17_179_869_184),
+                },
+                GpuStats {
+                    index: 1,
+                    name: "B".into(),
+                    utilization_percent: None,
+                    memory_used_bytes: Some(0),
+                    memory_total_bytes: None,
+                },
+            ],
+        };
+        let got = scrape(&m);
+        for line in [
+            "# TYPE adeline_gpu_utilization_ratio gauge\n",
+            "adeline_gpu_utilization_ratio{gpu=\"0\"} 0.8\n",
+            "# TYPE adeline_gpu_memory_used_bytes gauge\n",
+            "adeline_gpu_memory_used_bytes{gpu=\"0\"} 2147483648\n",
+            "adeline_gpu_memory_used_bytes{gpu=\"1\"} 0\n",
+        ] {
+            assert!(got.contains(line), "{line} not in\n{got}");
+        }
+        assert!(!got.contains("utilization_ratio{gpu=\"1\"}"), "{got}");
     }
 }
