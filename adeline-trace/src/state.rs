@@ -103,12 +103,17 @@ impl LiveState {
 
     /// Samples the memory of `pids` from procfs, their CPU use and the
     /// host's (the run loop, ~1/s).
-    pub fn sample_memory(&self, pids: impl IntoIterator<Item = u32>) {
+    /// `kernel_rss` gives the RSS from kmem:rss_stat when it has one.
+    pub fn sample_memory(
+        &self,
+        pids: impl IntoIterator<Item = u32>,
+        kernel_rss: &dyn Fn(u32) -> Option<u64>,
+    ) {
         let pids: Vec<u32> = pids.into_iter().collect();
         self.memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .sample(monotonic_ns(), pids.iter().copied());
+            .sample(monotonic_ns(), pids.iter().copied(), kernel_rss);
         self.host
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

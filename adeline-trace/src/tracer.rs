@@ -388,8 +388,10 @@ impl Tracer {
     }
 
     fn sample_processes(&mut self, pids: &[u32]) {
+        let probes = &self.probes;
+        let kernel_rss = |pid| probes.kernel_rss(pid);
         if !pids.is_empty() {
-            self.live.sample_memory(pids.iter().copied());
+            self.live.sample_memory(pids.iter().copied(), &kernel_rss);
             return;
         }
         let cutoff = monotonic_ns().saturating_sub(SEEN_RECENTLY.as_nanos() as u64);
@@ -399,7 +401,8 @@ impl Tracer {
             recent.sort_unstable_by_key(|&(_, seen)| std::cmp::Reverse(seen));
             recent.truncate(MAX_SEEN_PIDS);
         }
-        self.live.sample_memory(recent.into_iter().map(|(p, _)| p));
+        self.live
+            .sample_memory(recent.into_iter().map(|(p, _)| p), &kernel_rss);
     }
 
     /// One history row per stage for the interval that just ended.

@@ -537,6 +537,7 @@ mod tests {
             samples: 10,
             threads: 1,
             cpu_percent: None,
+            rss_source: Default::default(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Per-pid rings of RSS samples read from procfs.
 use std::collections::BTreeMap;
 
-use crate::metrics::snapshot::{ProcessMemory, Window};
+use crate::metrics::snapshot::{ProcessMemory, RssSource, Window};
 
 use super::series::SeriesSet;
 
@@ -43,7 +43,8 @@ fn page_size() -> u64 {
 #[derive(Debug, Default)]
 pub struct MemorySampler {
     rss: SeriesSet<u32>,
-    threads: BTreeMap<u32, u32>,
+    /// Threads and the RSS's source at the latest sample.
+    threads: BTreeMap<u32, (u32, RssSource)>,
 }
 
 impl MemorySampler {
@@ -51,20 +52,31 @@ impl MemorySampler {
         MemorySampler::default()
     }
 
-    /// Reads every pid in `pids` from procfs at `now_ns` (monotonic).
-    pub fn sample(&mut self, now_ns: u64, pids: impl IntoIterator<Item = u32>) {
+    /// Reads every pid in `pids` from procfs at `now_ns` (monotonic); the
+    /// RSS is `kernel_rss(pid)` (kmem:rss_stat) when it has a value.
+    pub fn sample(
+        &mut self,
+        now_ns: u64,
+        pids: impl IntoIterator<Item = u32>,
+        kernel_rss: &dyn Fn(u32) -> Option<u64>,
+    ) {
         for pid in pids {
-            if let Some(s) = read_proc(pid) {
-                self.record(pid, now_ns, s);
+            if let Some(mut s) = read_proc(pid) {
+                let mut source = RssSource::Procfs;
+                if let Some(rss) = kernel_rss(pid) {
+                    s.rss_bytes = rss;
+                    source = RssSource::RssStat;
+                }
+                self.record(pid, now_ns, s, source);
             }
         }
         self.forget(now_ns);
     }
 
     /// Adds one sample (what [`Self::sample`] does per pid).
-    pub fn record(&mut self, pid: u32, now_ns: u64, sample: ProcSample) {
+    pub fn record(&mut self, pid: u32, now_ns: u64, sample: ProcSample, source: RssSource) {
         self.rss.record(pid, now_ns, sample.rss_bytes);
-        self.threads.insert(pid, sample.threads);
+        self.threads.insert(pid, (sample.threads, source));
     }
 
     /// Drops pids not seen for a while (exited, or no longer traced).
@@ -87,8 +99,9 @@ impl MemorySampler {
                     rss_bytes,
                     growth_bytes_per_s,
                     samples,
-                    threads: self.threads.get(&pid).copied().unwrap_or(0),
+                    threads: self.threads.get(&pid).map_or(0, |t| t.0),
                     cpu_percent: None,
+                    rss_source: self.threads.get(&pid).map_or(RssSource::Procfs, |t| t.1),
                 })
             })
             .collect()
@@ -120,7 +133,7 @@ mod tests {
         // 60 s flat at 50 MB, then 1 MB/s for 20 s.
         for i in 0..=80u64 {
             let rss = 50_000_000 + i.saturating_sub(60) * 1_000_000;
-            m.record(7, i * S, s(rss));
+            m.record(7, i * S, s(rss), RssSource::Procfs);
         }
         let now = 80 * S;
         let r10 = m.report(Window::S10, now);
@@ -141,9 +154,9 @@ mod tests {
     fn memory_is_bounded_and_vanished_pids_are_dropped() {
         let mut m = MemorySampler::new();
         for i in 0..10_000u64 {
-            m.record(1, i * S, s(i));
+            m.record(1, i * S, s(i), RssSource::Procfs);
             if i < 5 {
-                m.record(2, i * S, s(i));
+                m.record(2, i * S, s(i), RssSource::RssStat);
             }
             m.forget(i * S);
         }
@@ -157,7 +170,7 @@ mod tests {
     #[test]
     fn one_sample_has_no_growth_and_own_process_reads() {
         let mut m = MemorySampler::new();
-        m.sample(S, [std::process::id()]);
+        m.sample(S, [std::process::id()], &|_| None);
         let r = m.report(Window::S10, S);
         assert_eq!(r.len(), 1);
         assert!(r[0].rss_bytes > 0);

@@ -260,6 +260,21 @@ pub struct ProcessMemory {
     /// None at the pid's first sample (and in files written before it).
     #[serde(default)]
     pub cpu_percent: Option<f64>,
+    /// Where `rss_bytes` came from.
+    #[serde(default)]
+    pub rss_source: RssSource,
+}
+
+/// The source of a process's resident set size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RssSource {
+    /// `/proc/PID/statm` (the per-CPU counters' approximate sum).
+    #[default]
+    Procfs,
+    /// The last `kmem:rss_stat` event of the process's mm (exact at the
+    /// time of the last change).
+    RssStat,
 }
 
 /// The host the agent runs on (see memory/host.rs and docs/api.md).

@@ -124,6 +124,7 @@ pub fn sample_snapshot(window: Window) -> Snapshot {
             samples: 10,
             threads: 4,
             cpu_percent: None,
+            rss_source: Default::default(),
         }],
         stage_memory: vec![],
         alloc: None,

@@ -243,6 +243,7 @@ fn the_traced_processes_memory_is_kept_per_interval_summed() {
             samples: 10,
             threads: 2,
             cpu_percent: None,
+            rss_source: Default::default(),
         },
         crate::metrics::snapshot::ProcessMemory {
             pid: 2,
@@ -251,6 +252,7 @@ fn the_traced_processes_memory_is_kept_per_interval_summed() {
             samples: 1,
             threads: 1,
             cpu_percent: None,
+            rss_source: Default::default(),
         },
     ];
     store.record(&snap, &[]).unwrap();

@@ -417,6 +417,7 @@ adeline_agent_resident_memory_bytes 8388608
                 samples: 10,
                 threads: 2,
                 cpu_percent: None,
+                rss_source: Default::default(),
             },
             ProcessMemory {
                 pid: 43,
@@ -425,6 +426,7 @@ adeline_agent_resident_memory_bytes 8388608
                 samples: 1,
                 threads: 1,
                 cpu_percent: None,
+                rss_source: Default::default(),
             },
         ];
         let got = render(&Scrape {
@@ -500,6 +502,7 @@ adeline_agent_resident_memory_bytes 8388608
             samples: 2,
             threads: 3,
             cpu_percent,
+            rss_source: Default::default(),
         };
         m.memory = vec![process(42, Some(150.0)), process(43, None)];
         m.host = Some(HostStats {
