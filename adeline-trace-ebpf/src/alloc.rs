@@ -22,9 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{
-        alloc_settings, bump, pid_allowed, ALLOCS, ALLOC_STACKS, ALLOC_STATS, ALLOC_THREADS,
-    },
+    maps::{alloc_settings, bump, pid_allowed, ALLOCS, ALLOC_STACKS, ALLOC_STATS, ALLOC_THREADS},
     stage::current_stage,
 };
 

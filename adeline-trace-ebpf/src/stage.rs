@@ -1,8 +1,8 @@
 //! Generic stage timing: one entry and one exit program serve every stage;
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
-    OpenCall, SpanRecord, ThreadCalls, NO_STAGE, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_RING_FULL,
-    COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
+    OpenCall, SpanRecord, ThreadCalls, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT,
+    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH, NO_STAGE,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,

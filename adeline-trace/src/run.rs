@@ -190,7 +190,9 @@ pub fn run(plan: Plan) -> Result<()> {
         }
     }
     tracer.drain()?;
-    // A last stats object, so the stream's totals include every call.
+    // A last stats object, so the stream's totals include every call (and
+    // every allocation and mapping: memory totals are read again first).
+    tracer.refresh_memory()?;
     tracer.stats(&plan)?;
     tracer.alloc_sites()?;
     tracer.finish(started.elapsed(), stop, plan.summary_out.as_deref())?;

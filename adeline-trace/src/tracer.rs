@@ -8,15 +8,15 @@ use std::{
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL,
-    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
+    COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW,
+    COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    alloc::AllocSpec,
     alerts::{engine::AlertEngine, hook::HookRunner, AlertEvent, AlertState},
+    alloc::AllocSpec,
     config::Plan,
     events::{decode, monotonic_ns, Event, WallClock},
     launch::Launched,
@@ -340,6 +340,13 @@ impl Tracer {
         self.read_alloc()?;
         self.sample_processes(pids);
         Ok(())
+    }
+
+    /// Reads the per-stage memory totals now (not waiting for the next
+    /// once-a-second sample), for the final objects.
+    pub fn refresh_memory(&mut self) -> Result<()> {
+        self.live.sample_stage_memory();
+        self.read_alloc()
     }
 
     /// Alloc mode: the kernel's per-stage totals into the live state.

@@ -184,6 +184,25 @@ pub fn demo_bin() -> PathBuf {
         .clone()
 }
 
+/// Demo arguments setting every sleeping stage to 0 µs (the pipeline runs
+/// flat out).
+pub const DEMO_NO_SLEEPS: [&str; 14] = [
+    "--sleep-us",
+    "decode=0",
+    "--sleep-us",
+    "preprocess=0",
+    "--sleep-us",
+    "infer_layer=0",
+    "--sleep-us",
+    "postprocess=0",
+    "--sleep-us",
+    "refine=0",
+    "--sleep-us",
+    "track=0",
+    "--sleep-us",
+    "publish=0",
+];
+
 /// `--stage NAME=DEMO:NAME` for every demo stage, ready for `adeline-trace run`.
 pub fn demo_stage_args(demo: &Path) -> Vec<String> {
     DEMO_STAGES

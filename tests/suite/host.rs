@@ -8,24 +8,6 @@ use std::time::{Duration, Instant};
 use adeline_trace_tests::*;
 use serde_json::Value;
 
-/// Every sleeping stage of the demo at 0 µs.
-const NO_SLEEPS: [&str; 14] = [
-    "--sleep-us",
-    "decode=0",
-    "--sleep-us",
-    "preprocess=0",
-    "--sleep-us",
-    "infer_layer=0",
-    "--sleep-us",
-    "postprocess=0",
-    "--sleep-us",
-    "refine=0",
-    "--sleep-us",
-    "track=0",
-    "--sleep-us",
-    "publish=0",
-];
-
 /// (utime + stime in clock ticks, ns spent waiting runnable for a CPU) of
 /// `pid`, from /proc/PID/stat and the schedstat of each of its threads
 /// (/proc/PID/schedstat alone is the main thread's).
@@ -63,7 +45,7 @@ fn a_busy_pipeline_reads_one_core_and_the_host_every_cpu() {
     let port = free_port();
     let port_arg = port.to_string();
     let mut demo = vec!["--frames", "0", "--fps", "0"];
-    demo.extend_from_slice(&NO_SLEEPS);
+    demo.extend_from_slice(&DEMO_NO_SLEEPS);
     let args = demo_run_args(
         &[
             "--no-spans",

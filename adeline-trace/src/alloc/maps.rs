@@ -80,19 +80,21 @@ impl AllocMaps {
         let scale = u64::from(sample.max(1));
         ranked
             .into_iter()
-            .map(|((pid, stack_id, stage), (bytes, count, oldest))| AllocSite {
-                stage: match stage {
-                    NO_STAGE => NO_STAGE_NAME.to_string(),
-                    s => names
-                        .get(s as usize)
-                        .cloned()
-                        .unwrap_or_else(|| NO_STAGE_NAME.to_string()),
+            .map(
+                |((pid, stack_id, stage), (bytes, count, oldest))| AllocSite {
+                    stage: match stage {
+                        NO_STAGE => NO_STAGE_NAME.to_string(),
+                        s => names
+                            .get(s as usize)
+                            .cloned()
+                            .unwrap_or_else(|| NO_STAGE_NAME.to_string()),
+                    },
+                    bytes: bytes * scale,
+                    allocs: count * scale,
+                    oldest_age_ns: now_ns.saturating_sub(oldest),
+                    stack: self.stack(pid, stack_id),
                 },
-                bytes: bytes * scale,
-                allocs: count * scale,
-                oldest_age_ns: now_ns.saturating_sub(oldest),
-                stack: self.stack(pid, stack_id),
-            })
+            )
             .collect()
     }
 

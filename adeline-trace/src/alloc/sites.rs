@@ -62,7 +62,10 @@ fn sites_in(libc: &Path) -> Result<Vec<ProbeSite>, AllocSiteError> {
         if seen.contains(&f.file_offset) {
             return true;
         }
-        if first_bytes(libc, f.file_offset).and_then(|c| uprobe_refusal(&c)).is_some() {
+        if first_bytes(libc, f.file_offset)
+            .and_then(|c| uprobe_refusal(&c))
+            .is_some()
+        {
             return false;
         }
         seen.push(f.file_offset);
