@@ -8,7 +8,7 @@ use core::ptr::read_volatile;
 use adeline_trace_common::{
     AllocInfo, ALLOC_FN_ALIGNED, ALLOC_FN_CALLOC, ALLOC_FN_MALLOC, ALLOC_FN_MMAP,
     ALLOC_FN_POSIX_MEMALIGN, ALLOC_FN_REALLOC, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK,
-    MAX_STAGES, NO_STACK,
+    NO_STACK,
 };
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
@@ -22,7 +22,10 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{alloc_settings, bump, pid_allowed, ALLOCS, ALLOC_STACKS, ALLOC_STATS, ALLOC_THREADS},
+    maps::{
+        alloc_settings, bump, pid_allowed, stage_slot, ALLOCS, ALLOC_STACKS, ALLOC_STATS,
+        ALLOC_THREADS,
+    },
     stage::current_stage,
 };
 
@@ -144,7 +147,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
         bump(COUNTER_ALLOC_MAP_FULL);
         return 0;
     }
-    if let Some(s) = ALLOC_STATS.get_ptr_mut(slot(stage)) {
+    if let Some(s) = ALLOC_STATS.get_ptr_mut(stage_slot(stage)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {
             (*s).allocs += 1;
@@ -179,21 +182,11 @@ fn forget(addr: u64) {
     if ALLOCS.remove(&addr).is_err() {
         return; // freed concurrently by another thread: counted there
     }
-    if let Some(s) = ALLOC_STATS.get_ptr_mut(slot(info.stage)) {
+    if let Some(s) = ALLOC_STATS.get_ptr_mut(stage_slot(info.stage)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {
             (*s).frees += 1;
             (*s).freed_bytes += info.size;
         }
-    }
-}
-
-/// `ALLOC_STATS` index of a stage (`MAX_STAGES` for none).
-#[inline(always)]
-fn slot(stage: u32) -> u32 {
-    if stage < MAX_STAGES {
-        stage
-    } else {
-        MAX_STAGES
     }
 }

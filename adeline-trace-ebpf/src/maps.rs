@@ -128,6 +128,12 @@ pub static ALLOC_STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(
 #[map(name = "RSS")]
 pub static RSS: HashMap<u32, RssState> = HashMap::with_max_entries(MAX_PIDS, 0);
 
+/// Resident bytes added (negative: released) by page-counter changes of a
+/// traced process's own threads, per stage running on the thread (index =
+/// stage id; `MAX_STAGES` = no stage).
+#[map(name = "STAGE_RSS")]
+pub static STAGE_RSS: PerCpuArray<i64> = PerCpuArray::with_max_entries(MAX_STAGES + 1, 0);
+
 /// The mm id of each traced tgid (learned from its own rss_stat events).
 #[map(name = "MM_IDS")]
 pub static MM_IDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PIDS, 0);
@@ -180,5 +186,15 @@ pub fn alloc_settings() -> (u64, u32, bool) {
             core::ptr::read_volatile(&ALLOC_SAMPLE),
             core::ptr::read_volatile(&ALLOC_WITH_STACKS) != 0,
         )
+    }
+}
+
+/// Index of a stage in the per-stage arrays (`MAX_STAGES` for none).
+#[inline(always)]
+pub fn stage_slot(stage: u32) -> u32 {
+    if stage < MAX_STAGES {
+        stage
+    } else {
+        MAX_STAGES
     }
 }

@@ -2,7 +2,9 @@
 //! the kernel (attached only when the traced pids are known):
 //! - mmap/munmap/mremap/brk syscalls: bytes mapped and released, attributed
 //!   to the traced stage running on the thread (the innermost open call);
-//! - `kmem:rss_stat`: the resident set per mm, kept in a map the agent reads.
+//! - `kmem:rss_stat`: the resident set per mm, kept in a map the agent
+//!   reads, and the resident bytes each stage's page faults (and frees)
+//!   added, per stage.
 use adeline_trace_common::{
     MapRecord, RssState, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
 };
@@ -14,7 +16,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{bump, pid_allowed, BRKS, EVENTS, MM_IDS, RSS},
+    maps::{bump, pid_allowed, stage_slot, BRKS, EVENTS, MM_IDS, RSS, STAGE_RSS},
     stage::current_stage,
 };
 
@@ -31,6 +33,8 @@ const RSS_MM_ID: usize = 8;
 const RSS_CURR: usize = 12;
 const RSS_MEMBER: usize = 16;
 const RSS_SIZE: usize = 24;
+/// The `member` of swap entries (not resident).
+const MM_SWAPENTS: usize = 2;
 
 #[tracepoint]
 pub fn mem_mmap(ctx: TracePointContext) -> u32 {
@@ -111,9 +115,20 @@ pub fn mem_rss(ctx: TracePointContext) -> u32 {
     if let Some(state) = RSS.get_ptr_mut(&mm_id) {
         // SAFETY: a map value; a concurrent update of another member of the
         // same mm may be lost until that member changes again.
-        unsafe {
+        let before = unsafe {
+            let before = (*state).member_bytes[member];
             (*state).member_bytes[member] = size;
             (*state).updates += 1;
+            before
+        };
+        // The process's own thread changed its resident pages (swap
+        // entries are not resident): charge the stage it is running.
+        if curr != 0 && member != MM_SWAPENTS {
+            let (stage, _) = current_stage();
+            if let Some(p) = STAGE_RSS.get_ptr_mut(stage_slot(stage)) {
+                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+                unsafe { *p += size - before };
+            }
         }
         return 0;
     }

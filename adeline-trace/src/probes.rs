@@ -3,7 +3,9 @@
 //! everything.
 use std::{num::NonZeroU32, time::Duration};
 
-use adeline_trace_common::{RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE};
+use adeline_trace_common::{
+    RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, MAX_STAGES, NO_FRAME_STAGE,
+};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
@@ -244,6 +246,29 @@ impl Probes {
             HashMap::try_from(self.ebpf.map("RSS")?).ok()?;
         let mm = mm_ids.get(&pid, 0).ok()?;
         Some(rss.get(&mm, 0).ok()?.rss_bytes())
+    }
+
+    /// Resident bytes charged to stage ids `0..stages`, then to "(no
+    /// stage)" (summed over CPUs; kmem:rss_stat).
+    pub fn stage_resident(&self, stages: usize) -> Result<Vec<i64>, ProbeError> {
+        let err = |reason: String| ProbeError::Map {
+            map: "STAGE_RSS",
+            reason,
+        };
+        let map = self
+            .ebpf
+            .map("STAGE_RSS")
+            .ok_or_else(|| err("missing".into()))?;
+        let map: PerCpuArray<&MapData, i64> =
+            PerCpuArray::try_from(map).map_err(|e| err(chain(&e)))?;
+        let slots = (0..stages as u32).chain(std::iter::once(MAX_STAGES));
+        slots
+            .map(|i| {
+                map.get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(|e| err(chain(&e)))
+            })
+            .collect()
     }
 
     /// Totals of the per-CPU counters, indexed by `COUNTER_*`.

@@ -127,12 +127,6 @@ impl LiveState {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Samples the stages' net mapped bytes (the run loop, ~1/s).
-    pub fn sample_stage_memory(&self) {
-        let stages = self.metrics().stage_memory();
-        self.stage_memory().record_mapped(monotonic_ns(), &stages);
-    }
-
     /// Adds the processes' and the stages' memory over `window` ending at
     /// `now` (mono ns) to a snapshot taken at `now`.
     fn fill_memory(&self, snapshot: &mut Snapshot, window: Window, now: u64) {
@@ -158,7 +152,7 @@ impl LiveState {
         let mut stages = self.metrics().stage_memory();
         let (names, frames) = self.names_and_frames();
         let state = self.stage_memory();
-        state.fill_stages(&mut stages, window, now);
+        state.fill_stages(&mut stages, &names, window, now);
         (stages, state.alloc_report(window, now, &names, frames))
     }
 

@@ -336,8 +336,7 @@ impl Tracer {
     /// records in the last [`SEEN_RECENTLY`] (the most recent
     /// [`MAX_SEEN_PIDS`]).
     fn sample_memory(&mut self, pids: &[u32]) -> Result<()> {
-        self.live.sample_stage_memory();
-        self.read_alloc()?;
+        self.read_stage_memory()?;
         self.sample_processes(pids);
         Ok(())
     }
@@ -345,16 +344,20 @@ impl Tracer {
     /// Reads the per-stage memory totals now (not waiting for the next
     /// once-a-second sample), for the final objects.
     pub fn refresh_memory(&mut self) -> Result<()> {
-        self.live.sample_stage_memory();
-        self.read_alloc()
+        self.read_stage_memory()
     }
 
-    /// Alloc mode: the kernel's per-stage totals into the live state.
-    fn read_alloc(&mut self) -> Result<()> {
+    /// The kernel's per-stage memory totals (resident bytes charged; alloc
+    /// mode's allocations) into the live state.
+    fn read_stage_memory(&mut self) -> Result<()> {
+        let stages = self.live.metrics().stage_names().len();
+        let resident = self.probes.stage_resident(stages)?;
+        self.live
+            .stage_memory()
+            .record_resident(monotonic_ns(), resident);
         let Some(maps) = self.probes.alloc.as_ref() else {
             return Ok(());
         };
-        let stages = self.live.metrics().stage_names().len();
         let totals = maps.totals(stages);
         let c = self.probes.counters()?;
         let lost = (
@@ -373,7 +376,7 @@ impl Tracer {
         let Some(spec) = self.alloc.clone() else {
             return Ok(());
         };
-        self.read_alloc()?;
+        self.read_stage_memory()?;
         let Some(maps) = self.probes.alloc.as_mut() else {
             return Ok(());
         };

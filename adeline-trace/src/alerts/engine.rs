@@ -547,6 +547,7 @@ mod tests {
             mapped_bytes: mapped,
             unmapped_bytes: unmapped,
             mapped_per_frame: None,
+            resident_bytes: 0,
             growth_bytes_per_s: growth,
         }
     }

@@ -50,10 +50,10 @@ impl AllocState {
             let held = self.scale(t.alloc_bytes.saturating_sub(t.freed_bytes));
             all += held;
             if t.allocs != 0 {
-                self.outstanding.record(i, now_ns, held);
+                self.outstanding.record(i, now_ns, held as i64);
             }
         }
-        self.all.push(now_ns, all);
+        self.all.push(now_ns, all as i64);
         self.totals = totals;
         self.map_full = map_full;
         self.no_stack = no_stack;
@@ -113,7 +113,7 @@ impl AllocState {
         AllocReport {
             sample: self.sample,
             min_bytes: self.min_bytes,
-            outstanding_bytes: self.all.latest().unwrap_or(0),
+            outstanding_bytes: self.all.latest().unwrap_or(0) as u64,
             outstanding_allocs,
             growth_bytes_per_s: self.all.growth(window, now_ns).0,
             stages,

@@ -14,7 +14,7 @@ pub fn growth_window_ns(window: Window) -> Option<u64> {
 
 /// Least-squares slope in bytes per second of `(monotonic ns, bytes)`
 /// samples; None with fewer than two samples or no time spread.
-pub fn slope_per_s(samples: impl Iterator<Item = (u64, u64)> + Clone) -> Option<f64> {
+pub fn slope_per_s(samples: impl Iterator<Item = (u64, i64)> + Clone) -> Option<f64> {
     let (mut n, mut t0) = (0usize, None);
     let (mut sum_t, mut sum_y) = (0.0f64, 0.0f64);
     for (t, y) in samples.clone() {
@@ -44,8 +44,13 @@ mod tests {
     #[test]
     fn exact_slope_of_a_line() {
         // 3 MiB/s, sampled every 0.5 s from 100 MiB.
-        let pts: Vec<(u64, u64)> = (0..20u64)
-            .map(|i| (1_000 + i * 500_000_000, (100 << 20) + i * (3 << 20) / 2))
+        let pts: Vec<(u64, i64)> = (0..20i64)
+            .map(|i| {
+                (
+                    1_000 + i as u64 * 500_000_000,
+                    (100 << 20) + i * (3 << 20) / 2,
+                )
+            })
             .collect();
         let s = slope_per_s(pts.iter().copied()).unwrap();
         assert!((s - (3u64 << 20) as f64).abs() < 1e-3, "{s}");
@@ -55,8 +60,8 @@ mod tests {
     fn flat_and_degenerate() {
         let flat = [(0, 5), (1_000_000_000, 5), (2_000_000_000, 5)];
         assert_eq!(slope_per_s(flat.iter().copied()), Some(0.0));
-        assert_eq!(slope_per_s([(0u64, 1u64)].iter().copied()), None);
-        assert_eq!(slope_per_s([(7u64, 1u64), (7, 9)].iter().copied()), None);
+        assert_eq!(slope_per_s([(0u64, 1i64)].iter().copied()), None);
+        assert_eq!(slope_per_s([(7u64, 1i64), (7, 9)].iter().copied()), None);
         let shrinking = [(0, 10_000), (2_000_000_000, 6_000)];
         assert_eq!(slope_per_s(shrinking.iter().copied()), Some(-2_000.0));
     }

@@ -75,7 +75,7 @@ impl MemorySampler {
 
     /// Adds one sample (what [`Self::sample`] does per pid).
     pub fn record(&mut self, pid: u32, now_ns: u64, sample: ProcSample, source: RssSource) {
-        self.rss.record(pid, now_ns, sample.rss_bytes);
+        self.rss.record(pid, now_ns, sample.rss_bytes as i64);
         self.threads.insert(pid, (sample.threads, source));
     }
 
@@ -92,7 +92,7 @@ impl MemorySampler {
         self.rss
             .iter()
             .filter_map(|(&pid, series)| {
-                let rss_bytes = series.latest()?;
+                let rss_bytes = series.latest()? as u64;
                 let (growth_bytes_per_s, samples) = series.growth(window, now_ns);
                 Some(ProcessMemory {
                     pid,

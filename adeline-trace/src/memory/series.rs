@@ -15,18 +15,18 @@ const FORGET_AFTER_NS: u64 = 30_000_000_000;
 /// One key's samples, oldest first.
 #[derive(Debug, Default, Clone)]
 pub struct Series {
-    samples: VecDeque<(u64, u64)>,
+    samples: VecDeque<(u64, i64)>,
 }
 
 impl Series {
-    pub fn push(&mut self, now_ns: u64, value: u64) {
+    pub fn push(&mut self, now_ns: u64, value: i64) {
         if self.samples.len() == MAX_SAMPLES {
             self.samples.pop_front();
         }
         self.samples.push_back((now_ns, value));
     }
 
-    pub fn latest(&self) -> Option<u64> {
+    pub fn latest(&self) -> Option<i64> {
         self.samples.back().map(|&(_, v)| v)
     }
 
@@ -66,7 +66,7 @@ impl<K: Ord> Default for SeriesSet<K> {
 }
 
 impl<K: Ord + Clone> SeriesSet<K> {
-    pub fn record(&mut self, key: K, now_ns: u64, value: u64) {
+    pub fn record(&mut self, key: K, now_ns: u64, value: i64) {
         self.map.entry(key).or_default().push(now_ns, value);
     }
 
@@ -102,7 +102,7 @@ mod tests {
     fn bounded_and_forgetting() {
         let mut set: SeriesSet<u32> = SeriesSet::default();
         for i in 0..1_000u64 {
-            set.record(1, i * S, i * 10);
+            set.record(1, i * S, i as i64 * 10);
             if i < 3 {
                 set.record(2, i * S, 0);
             }

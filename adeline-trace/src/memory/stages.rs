@@ -1,11 +1,15 @@
-//! Per-stage memory over time: the net bytes each stage has mapped
-//! (default mode, from the mmap/munmap/brk/mremap records) and, in alloc
-//! mode, what each stage's allocations hold. Sampled about once a second so
-//! their growth rates can be fitted like the RSS's.
+//! Per-stage memory over time: the resident bytes each stage's page faults
+//! added (default mode, kmem:rss_stat charged in the kernel to the stage
+//! running on the faulting thread) and, in alloc mode, what each stage's
+//! allocations hold. Sampled about once a second so their growth rates can
+//! be fitted like the RSS's.
 use adeline_trace_common::AllocStats;
 
 use crate::{
-    alloc::{report::AllocState, AllocSpec},
+    alloc::{
+        report::{AllocState, NO_STAGE_NAME},
+        AllocSpec,
+    },
     metrics::snapshot::{AllocReport, AllocSite, Snapshot, StageMemory, Window},
 };
 
@@ -13,26 +17,31 @@ use super::SeriesSet;
 
 #[derive(Debug, Default)]
 pub struct StageMemoryState {
-    /// Net mapped bytes per stage name.
-    mapped: SeriesSet<String>,
+    /// Resident bytes charged per stage id (the last is "(no stage)").
+    resident: Vec<i64>,
+    resident_series: SeriesSet<usize>,
     alloc: Option<AllocState>,
 }
 
 impl StageMemoryState {
     pub fn new(alloc: Option<&AllocSpec>) -> StageMemoryState {
         StageMemoryState {
-            mapped: SeriesSet::default(),
+            resident: Vec::new(),
+            resident_series: SeriesSet::default(),
             alloc: alloc.map(AllocState::new),
         }
     }
 
-    /// Samples every stage's net mapped bytes at `now_ns`.
-    pub fn record_mapped(&mut self, now_ns: u64, stages: &[StageMemory]) {
-        for s in stages {
-            let net = s.mapped_bytes.saturating_sub(s.unmapped_bytes);
-            self.mapped.record(s.stage.clone(), now_ns, net);
+    /// Records the resident bytes charged to each stage id (the last one
+    /// is "(no stage)"), read from the kernel at `now_ns`.
+    pub fn record_resident(&mut self, now_ns: u64, resident: Vec<i64>) {
+        for (i, &bytes) in resident.iter().enumerate() {
+            if bytes != 0 {
+                self.resident_series.record(i, now_ns, bytes);
+            }
         }
-        self.mapped.forget(now_ns);
+        self.resident_series.forget(now_ns);
+        self.resident = resident;
     }
 
     /// Records alloc mode's kernel totals (ignored without alloc mode).
@@ -58,16 +67,48 @@ impl StageMemoryState {
         names: &[String],
         frames: Option<u64>,
     ) {
-        self.fill_stages(&mut snapshot.stage_memory, window, now_ns);
+        self.fill_stages(&mut snapshot.stage_memory, names, window, now_ns);
         snapshot.alloc = self.alloc_report(window, now_ns, names, frames);
     }
 
-    /// Sets each stage's net mapped growth over `window`.
-    pub fn fill_stages(&self, stages: &mut [StageMemory], window: Window, now_ns: u64) {
-        for s in stages {
-            s.growth_bytes_per_s = self
-                .mapped
-                .get(s.stage.as_str())
+    /// Sets each stage's resident bytes and their growth over `window`,
+    /// adding the stages that changed resident memory without mapping any.
+    pub fn fill_stages(
+        &self,
+        stages: &mut Vec<StageMemory>,
+        names: &[String],
+        window: Window,
+        now_ns: u64,
+    ) {
+        let name_of = |i: usize| {
+            names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| NO_STAGE_NAME.to_string())
+        };
+        for (i, &bytes) in self.resident.iter().enumerate() {
+            if bytes == 0 {
+                continue;
+            }
+            let name = name_of(i);
+            let at = match stages.iter().position(|s| s.stage == name) {
+                Some(at) => at,
+                None => {
+                    stages.push(StageMemory {
+                        stage: name,
+                        mapped_bytes: 0,
+                        unmapped_bytes: 0,
+                        mapped_per_frame: None,
+                        resident_bytes: 0,
+                        growth_bytes_per_s: None,
+                    });
+                    stages.len() - 1
+                }
+            };
+            stages[at].resident_bytes = bytes;
+            stages[at].growth_bytes_per_s = self
+                .resident_series
+                .get(&i)
                 .and_then(|series| series.growth(window, now_ns).0);
         }
     }
@@ -93,19 +134,12 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     #[test]
-    fn net_mapped_growth_per_stage() {
+    fn resident_growth_per_stage_and_stages_that_only_faulted() {
         let mut st = StageMemoryState::new(None);
-        let at = |i: u64| {
-            vec![StageMemory {
-                stage: "track".into(),
-                mapped_bytes: 300_000 * i,
-                unmapped_bytes: 100_000 * i,
-                mapped_per_frame: None,
-                growth_bytes_per_s: None,
-            }]
-        };
+        let names = vec!["decode".to_string(), "track".to_string()];
+        // track gains 200 kB a second; decode nothing; no stage: flat 4 kB.
         for i in 0..=10 {
-            st.record_mapped(i * S, &at(i));
+            st.record_resident(i * S, vec![0, 200_000 * i as i64, 4_096]);
         }
         let mut snap: Snapshot = serde_json::from_str(
             r#"{"v":1,"ts_ns":1,"window":"10s","window_ns":2,"stages":[],"frames":null,
@@ -113,10 +147,28 @@ mod tests {
             "events":0,"drops":0}"#,
         )
         .unwrap();
-        snap.stage_memory = at(10);
-        st.fill(&mut snap, Window::S10, 10 * S, &[], None);
-        let g = snap.stage_memory[0].growth_bytes_per_s.unwrap();
-        assert!((g - 200_000.0).abs() < 1e-6, "{g}");
+        snap.stage_memory = vec![StageMemory {
+            stage: "track".into(),
+            mapped_bytes: 300_000,
+            unmapped_bytes: 100_000,
+            mapped_per_frame: None,
+            resident_bytes: 0,
+            growth_bytes_per_s: None,
+        }];
+        st.fill(&mut snap, Window::S10, 10 * S, &names, None);
+        let m = &snap.stage_memory;
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(
+            (m[0].stage.as_str(), m[0].resident_bytes),
+            ("track", 2_000_000)
+        );
+        assert_eq!(m[0].mapped_bytes, 300_000);
+        assert!((m[0].growth_bytes_per_s.unwrap() - 200_000.0).abs() < 1e-6);
+        assert_eq!(
+            (m[1].stage.as_str(), m[1].resident_bytes),
+            (NO_STAGE_NAME, 4_096)
+        );
+        assert_eq!(m[1].growth_bytes_per_s, Some(0.0));
         assert_eq!(snap.alloc, None);
     }
 }

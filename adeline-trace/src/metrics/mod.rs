@@ -302,6 +302,7 @@ impl Metrics {
                 mapped_bytes: m[0],
                 unmapped_bytes: m[1],
                 mapped_per_frame: frames.filter(|&f| f > 0).map(|f| m[2] as f64 / f as f64),
+                resident_bytes: 0,
                 growth_bytes_per_s: None,
             })
             .collect()

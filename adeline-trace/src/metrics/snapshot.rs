@@ -132,8 +132,9 @@ pub struct GrowthOf {
     pub ratio: f64,
 }
 
-/// Memory mapped and unmapped (mmap/munmap) while a stage was the
-/// innermost traced call on the thread, over the whole run.
+/// Memory mapped and unmapped (mmap, munmap, mremap, brk) and resident
+/// pages gained or released while a stage was the innermost traced call on
+/// the thread, over the whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageMemory {
     /// Stage name, or "(no stage)" for calls outside every traced stage.
@@ -142,9 +143,14 @@ pub struct StageMemory {
     pub unmapped_bytes: u64,
     /// Bytes mapped inside frames by this stage, per frame (None without frames).
     pub mapped_per_frame: Option<f64>,
-    /// Least-squares slope of the stage's net mapped bytes (mapped -
-    /// unmapped, sampled about once a second) over the window, at least the
-    /// last 10 s; None under two samples.
+    /// Resident bytes the process's pages gained (page faults) minus those
+    /// it released while this stage was running on the thread, over the
+    /// whole run (kmem:rss_stat; 0 when the kernel reported none).
+    #[serde(default)]
+    pub resident_bytes: i64,
+    /// Least-squares slope of `resident_bytes` (sampled about once a
+    /// second) over the window, at least the last 10 s: how fast the stage
+    /// makes the process grow; None under two samples.
     #[serde(default)]
     pub growth_bytes_per_s: Option<f64>,
 }
