@@ -270,9 +270,7 @@ fn metric_value(metric: &Metric, snap: &Snapshot) -> Option<f64> {
             .max_by(f64::total_cmp),
         Metric::Outstanding(name) => match &snap.alloc {
             Some(alloc) => stage_alloc(alloc, name).map(|a| a.outstanding_bytes as f64),
-            None => {
-                stage_memory(snap, name).map(|m| m.mapped_bytes as f64 - m.unmapped_bytes as f64)
-            }
+            None => stage_memory(snap, name).map(|m| m.resident_bytes as f64),
         },
         Metric::Leak(name) => match &snap.alloc {
             Some(alloc) => stage_alloc(alloc, name)?.growth_bytes_per_s,
@@ -281,8 +279,8 @@ fn metric_value(metric: &Metric, snap: &Snapshot) -> Option<f64> {
     }
 }
 
-/// The alloc report's row of a stage (alloc mode takes precedence over
-/// mmap/munmap: when there is a report, a stage absent from it is no data).
+/// The alloc report's row of a stage (alloc mode takes precedence over the
+/// resident charges: when there is a report, a stage absent from it is no data).
 fn stage_alloc<'a>(alloc: &'a AllocReport, name: &str) -> Option<&'a StageAlloc> {
     alloc.stages.iter().find(|a| a.stage == name)
 }
@@ -541,13 +539,14 @@ mod tests {
         }
     }
 
-    fn mapped(stage: &str, mapped: u64, unmapped: u64, growth: Option<f64>) -> StageMemory {
+    /// A stage charged `resident` bytes (default mode), growing `growth`.
+    fn charged(stage: &str, resident: i64, growth: Option<f64>) -> StageMemory {
         StageMemory {
             stage: stage.into(),
-            mapped_bytes: mapped,
-            unmapped_bytes: unmapped,
+            mapped_bytes: 0,
+            unmapped_bytes: 0,
             mapped_per_frame: None,
-            resident_bytes: 0,
+            resident_bytes: resident,
             growth_bytes_per_s: growth,
         }
     }
@@ -583,7 +582,7 @@ mod tests {
     /// A snapshot whose stage `track` grows by `growth` bytes/s (mmap).
     fn growing(growth: f64) -> Snapshot {
         let mut s = snap(vec![]);
-        s.stage_memory = vec![mapped("track", 0, 0, Some(growth))];
+        s.stage_memory = vec![charged("track", 0, Some(growth))];
         s
     }
 
@@ -643,15 +642,15 @@ mod tests {
         // decode absent.
         let mut s = snap(vec![]);
         s.memory = vec![process(1, 0, None)];
-        s.stage_memory = vec![mapped("track", 10, 0, None)];
+        s.stage_memory = vec![charged("track", 10, None)];
         let fired = run(&mut e, 5 * S, 10 * S, &s);
         let rules: Vec<_> = fired.iter().map(|e| e.rule.as_str()).collect();
         assert_eq!(rules, ["rss >= 0B", "outstanding(track) >= 0B"]);
         assert!(fired.iter().all(|e| e.state == AlertState::Firing));
         // With an alloc report, a stage missing from it is no data even if
-        // the mmap totals have it.
+        // the resident charges have it.
         let mut e = engine(&["outstanding(track) >= 0B", "leak(track) > -1GB/s for 0s"]);
-        s.stage_memory = vec![mapped("track", 10, 0, Some(1.0))];
+        s.stage_memory = vec![charged("track", 10, Some(1.0))];
         s.alloc = Some(alloc_report(vec![allocated("decode", 5, Some(1.0))]));
         assert!(run(&mut e, 0, 5 * S, &s).is_empty());
         // A firing leak stays firing when its data goes away.
@@ -662,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn alloc_report_takes_precedence_over_mmap_totals() {
+    fn alloc_report_takes_precedence_over_resident_charges() {
         let mut e = engine(&[
             "outstanding(track) > 1MB",
             "leak(track) > 100KB/s for 0s",
@@ -670,8 +669,8 @@ mod tests {
             "leak(track) < 100KB/s for 0s",
         ]);
         let mut s = snap(vec![]);
-        // mmap: 10 MB net, growing 1 MB/s; alloc: 1 KB, growing 1 KB/s.
-        s.stage_memory = vec![mapped("track", 12_000_000, 2_000_000, Some(1e6))];
+        // resident: 10 MB, growing 1 MB/s; alloc: 1 KB, growing 1 KB/s.
+        s.stage_memory = vec![charged("track", 10_000_000, Some(1e6))];
         let fired = e.evaluate(0, &s, None);
         let values: Vec<_> = fired.iter().map(|e| (e.rule.as_str(), e.value)).collect();
         assert_eq!(
@@ -697,10 +696,10 @@ mod tests {
                 ("leak(track) < 100KB/s for 0s", 1e3)
             ]
         );
-        // Net mapped bytes may be negative (unmapping what others mapped).
+        // Resident bytes may be negative (a stage freeing what others faulted in).
         let mut e = engine(&["outstanding(track) < 0B"]);
         let mut s = snap(vec![]);
-        s.stage_memory = vec![mapped("track", 1, 5, None)];
+        s.stage_memory = vec![charged("track", -4, None)];
         assert_eq!(e.evaluate(0, &s, None)[0].value, -4.0);
     }
 
