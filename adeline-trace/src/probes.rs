@@ -226,7 +226,7 @@ impl Probes {
             ring,
             counters,
             alloc,
-            ebpf: ebpf,
+            ebpf,
             attached,
             memory_untraced,
         })
