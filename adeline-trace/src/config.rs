@@ -641,6 +641,41 @@ mod tests {
     }
 
     #[test]
+    fn alloc_mode_from_toml_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "pids = [7]\n[alloc]\nmin_bytes = \"4KiB\"\nsample = 10\nmin_age = \"30s\"\n[[stage]]\nname = \"a\"\ntarget = \"/x\"\nsymbol = \"f\"\n",
+        )
+        .unwrap();
+        let cfg = path.to_str().unwrap();
+        let plan =
+            Plan::from_args(&args(&["--config", cfg, "--alloc-top", "3", "--alloc"])).unwrap();
+        assert_eq!(
+            plan.alloc,
+            Some(AllocSpec {
+                min_bytes: 4096,
+                sample: 10,
+                min_age: Duration::from_secs(30),
+                top: 3
+            })
+        );
+        let plan = Plan::from_args(&args(&["--stage", "a=/x:f", "--alloc", "--", "cmd"])).unwrap();
+        assert_eq!(plan.alloc.map(|a| (a.min_bytes, a.sample)), Some((0, 1)));
+        assert_eq!(
+            Plan::from_args(&args(&["--stage", "a=/x:f"]))
+                .unwrap()
+                .alloc,
+            None
+        );
+        assert_eq!(
+            Plan::from_args(&args(&["--stage", "a=/x:f", "--alloc"])).unwrap_err(),
+            ConfigError::AllocNeedsPids
+        );
+    }
+
+    #[test]
     fn toml_stages_and_flags_combine() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
