@@ -7,6 +7,7 @@ use crate::metrics::{
 
 use super::{
     process::AgentUsage,
+    stage_memory::stage_memory,
     text::{Exposition, Kind, Value},
 };
 
@@ -75,6 +76,7 @@ pub fn render(s: &Scrape) -> String {
         s.whole_run.drops,
     );
     memory(&mut e, s);
+    stage_memory(&mut e, s.last_second);
     cpu(&mut e, s);
     gpus(&mut e, s);
     if !s.alerts.is_empty() {
@@ -196,7 +198,7 @@ fn memory(e: &mut Exposition, s: &Scrape) {
     e.family(
         RSS,
         Kind::Gauge,
-        "Resident memory of each traced process (/proc/PID/statm, sampled every second).",
+        "Resident memory of each traced process (kmem:rss_stat, else /proc/PID/statm; sampled every second).",
     );
     for m in memory {
         let pid = m.pid.to_string();
@@ -403,6 +405,62 @@ adeline_agent_resident_memory_bytes 8388608
 "#;
         let got = render(&scrape);
         assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn memory_of_stages_and_allocations() {
+        use crate::metrics::snapshot::{AllocReport, StageAlloc, StageMemory};
+        let mut last =
+            Metrics::new(vec!["track".into()], vec![], None).snapshot(Window::S1, 1, 0, 0, 0);
+        last.stage_memory = vec![StageMemory {
+            stage: "track".into(),
+            mapped_bytes: 266_240,
+            unmapped_bytes: 0,
+            mapped_per_frame: None,
+            resident_bytes: -8_192,
+            growth_bytes_per_s: None,
+        }];
+        last.alloc = Some(AllocReport {
+            sample: 1,
+            min_bytes: 0,
+            outstanding_bytes: 4_096,
+            outstanding_allocs: 1,
+            growth_bytes_per_s: None,
+            stages: vec![StageAlloc {
+                stage: "track".into(),
+                allocs: 3,
+                alloc_bytes: 12_288,
+                frees: 2,
+                freed_bytes: 8_192,
+                outstanding_bytes: 4_096,
+                growth_bytes_per_s: None,
+                allocs_per_frame: None,
+                bytes_per_frame: None,
+            }],
+            sites: vec![],
+            map_full: 0,
+            no_stack: 0,
+        });
+        let got = render(&Scrape {
+            version: "0",
+            cumulative: None,
+            last_second: &last,
+            whole_run: &last,
+            alerts: &[],
+            agent: None,
+        });
+        for line in [
+            "# TYPE adeline_stage_resident_bytes gauge\n",
+            "adeline_stage_resident_bytes{stage=\"track\"} -8192\n",
+            "# TYPE adeline_stage_mapped_bytes_total counter\n",
+            "adeline_stage_mapped_bytes_total{stage=\"track\"} 266240\n",
+            "adeline_stage_allocations_total{stage=\"track\"} 3\n",
+            "adeline_stage_allocated_bytes_total{stage=\"track\"} 12288\n",
+            "# TYPE adeline_stage_outstanding_bytes gauge\n",
+            "adeline_stage_outstanding_bytes{stage=\"track\"} 4096\n",
+        ] {
+            assert!(got.contains(line), "missing {line:?} in\n{got}");
+        }
     }
 
     #[test]

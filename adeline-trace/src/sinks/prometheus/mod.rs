@@ -9,6 +9,7 @@ use crate::{metrics::snapshot::Window, sinks::api::routes::Source, state::Snapsh
 
 pub mod families;
 pub mod process;
+pub mod stage_memory;
 pub mod text;
 
 /// Routes served by this module (merged into the API router).
