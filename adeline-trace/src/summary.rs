@@ -18,6 +18,7 @@ use crate::{
     },
     cli::SummaryArgs,
     config::DEFAULT_API_PORT,
+    memory::report::{caller_frame, fastest_growing_stage},
     metrics::snapshot::{Snapshot, Window, SNAPSHOT_VERSION},
     sinks::api::client::{self, ClientError, Endpoint},
 };
@@ -286,6 +287,25 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
         );
         line(&mut out, "MEMORY", &text);
     }
+    if let Some((stage, growth, held)) = fastest_growing_stage(snapshot) {
+        let text = format!(
+            "{stage}: {:+.1} MB/min, holds {:.1} MB",
+            growth * 60.0 / 1e6,
+            held / 1e6
+        );
+        line(&mut out, "GROWING", &text);
+    }
+    if let Some(site) = snapshot.alloc.as_ref().and_then(|a| a.sites.first()) {
+        let text = format!(
+            "{}: {:.1} MB in {} allocations, oldest {:.0}s, at {}",
+            site.stage,
+            site.bytes as f64 / 1e6,
+            site.allocs,
+            site.oldest_age_ns as f64 / 1e9,
+            caller_frame(&site.stack)
+        );
+        line(&mut out, "TOP SITE", &text);
+    }
 
     let drops = match snapshot.drops {
         0 => "none".to_string(),
@@ -486,6 +506,48 @@ mod tests {
         }
         let argv = std::iter::once("summary").chain(extra.iter().copied());
         Wrap::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn memory_lines_name_the_growing_stage_and_the_top_site() {
+        use crate::metrics::snapshot::{AllocReport, AllocSite, StageAlloc};
+        let mut snap = sample_snapshot(Window::S10);
+        snap.alloc = Some(AllocReport {
+            sample: 1,
+            min_bytes: 0,
+            outstanding_bytes: 50_000_000,
+            outstanding_allocs: 2,
+            growth_bytes_per_s: Some(1e6),
+            stages: vec![StageAlloc {
+                stage: "track".into(),
+                allocs: 2,
+                alloc_bytes: 50_000_000,
+                frees: 0,
+                freed_bytes: 0,
+                outstanding_bytes: 50_000_000,
+                growth_bytes_per_s: Some(1e6),
+                allocs_per_frame: None,
+                bytes_per_frame: None,
+            }],
+            sites: vec![AllocSite {
+                stage: "track".into(),
+                bytes: 50_000_000,
+                allocs: 2,
+                oldest_age_ns: 30_000_000_000,
+                stack: vec!["alloc::vec::from_elem".into(), "track (p.rs:9)".into()],
+            }],
+            map_full: 0,
+            no_stack: 0,
+        });
+        let table = render(&snap, &[]);
+        assert!(
+            table.contains("track: +60.0 MB/min, holds 50.0 MB"),
+            "{table}"
+        );
+        assert!(
+            table.contains("track: 50.0 MB in 2 allocations, oldest 30s, at track (p.rs:9)"),
+            "{table}"
+        );
     }
 
     #[test]

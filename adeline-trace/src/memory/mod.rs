@@ -9,6 +9,7 @@
 pub mod gpu;
 pub mod growth;
 pub mod host;
+pub mod report;
 pub mod sampler;
 pub mod series;
 pub mod stages;
