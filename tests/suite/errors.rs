@@ -322,50 +322,31 @@ fn alert_baseline_that_cannot_be_read_or_parsed() {
 fn alloc_mode_and_memory_rules_bad_input() {
     let demo = demo_bin().display().to_string();
     let stage = demo_stage("track");
-    assert_eq!(
-        fails(&["run", "--stage", &stage, "--alloc"]),
-        "error: --alloc needs -p PID or a command to launch (after --): the allocator of every process is not traced"
-    );
-    assert_eq!(
-        fails(&[
-            "run",
-            "--stage",
-            &stage,
-            "--alloc",
-            "--alloc-sample",
-            "0",
-            "--",
-            &demo
-        ]),
-        "error: --alloc-sample must be at least 1 (1 = every allocation)"
-    );
-    assert_eq!(
-        fails(&[
-            "run",
-            "--stage",
-            &stage,
-            "--alloc",
-            "--alloc-min-bytes",
-            "12kb",
-            "--",
-            &demo
-        ]),
-        "error: invalid --alloc-min-bytes '12kb': unknown unit 'kb' (examples: 4096, 64KiB, 1MB)"
-    );
-    assert_eq!(
-        fails(&["run", "--stage", &stage, "--alert", "rss>5ms", "--", &demo]),
-        "error: alert rule 'rss>5ms': column 6: rss is a size: 'ms' is a duration unit; use B, KB, MB, GB, KiB, MiB or GiB"
-    );
-    assert_eq!(
-        fails(&[
-            "run",
-            "--stage",
-            &stage,
-            "--alert",
-            "leak(trak)",
-            "--",
-            &demo
-        ]),
-        "error: alert rule 'leak(trak)': column 6: unknown stage 'trak'; known stages: s"
-    );
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--alloc"],
+            "error: --alloc needs -p PID or a command to launch (after --): the allocator of every process is not traced",
+        ),
+        (
+            &["--alloc", "--alloc-sample", "0", "--", &demo],
+            "error: --alloc-sample must be at least 1 (1 = every allocation)",
+        ),
+        (
+            &["--alloc", "--alloc-min-bytes", "12kb", "--", &demo],
+            "error: invalid --alloc-min-bytes '12kb': unknown unit 'kb' (examples: 4096, 64KiB, 1MB)",
+        ),
+        (
+            &["--alert", "rss>5ms", "--", &demo],
+            "error: alert rule 'rss>5ms': column 6: rss is a size: 'ms' is a duration unit; use B, KB, MB, GB, KiB, MiB or GiB",
+        ),
+        (
+            &["--alert", "leak(trak)", "--", &demo],
+            "error: alert rule 'leak(trak)': column 6: unknown stage 'trak'; known stages: s",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec!["run", "--stage", &stage];
+        args.extend_from_slice(extra);
+        assert_eq!(fails(&args), expected, "{args:?}");
+    }
 }
