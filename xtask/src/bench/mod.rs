@@ -3,6 +3,7 @@
 
 mod agent;
 mod alert;
+mod memory;
 mod overhead;
 
 use std::fs::File;
@@ -38,6 +39,26 @@ pub enum Bench {
         #[arg(long, default_value_t = 20_000)]
         frames: u64,
     },
+    /// Slowdown of an allocation-heavy C fixture traced in the default
+    /// memory mode (goal <= 1.03x untraced), and with --alloc. Root.
+    Memory {
+        /// Runs per configuration (interleaved); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Iterations of the fixture per run (about 1 ms each).
+        #[arg(long, default_value_t = 2000)]
+        iterations: u64,
+    },
+    /// ns per malloc(64)+free pair, untraced, with the agent attached, in
+    /// alloc mode (all, sampled, size-filtered) and bpftrace. Root.
+    Alloc {
+        /// Runs per configuration (interleaved); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// malloc+free pairs per run.
+        #[arg(long, default_value_t = 300_000)]
+        calls: u64,
+    },
     /// Seconds from a latency step to the alert firing, beyond the rule's
     /// `for` duration (goal <= 2 s), and to resolving. Root.
     Alert {
@@ -51,6 +72,8 @@ pub fn run(what: Bench) -> Result<i32> {
     match what {
         Bench::Overhead { runs, calls } => overhead::overhead(runs.max(1), calls),
         Bench::Agent { runs, frames } => agent::agent(runs.max(1), frames),
+        Bench::Memory { runs, iterations } => memory::memory(runs.max(1), iterations.max(1)),
+        Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
     }
 }
