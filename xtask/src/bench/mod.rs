@@ -3,12 +3,18 @@
 
 mod agent;
 mod alert;
+mod memory;
 mod overhead;
 
-use std::time::Duration;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Subcommand;
+
+use crate::{root_dir, status};
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -33,6 +39,26 @@ pub enum Bench {
         #[arg(long, default_value_t = 20_000)]
         frames: u64,
     },
+    /// Slowdown of an allocation-heavy C fixture traced in the default
+    /// memory mode (goal <= 1.03x untraced), and with --alloc. Root.
+    Memory {
+        /// Runs per configuration (interleaved); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Iterations of the fixture per run (about 1 ms each).
+        #[arg(long, default_value_t = 2000)]
+        iterations: u64,
+    },
+    /// ns per malloc(64)+free pair, untraced, with the agent attached, in
+    /// alloc mode (all, sampled, size-filtered) and bpftrace. Root.
+    Alloc {
+        /// Runs per configuration (interleaved); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// malloc+free pairs per run.
+        #[arg(long, default_value_t = 300_000)]
+        calls: u64,
+    },
     /// Seconds from a latency step to the alert firing, beyond the rule's
     /// `for` duration (goal <= 2 s), and to resolving. Root.
     Alert {
@@ -46,6 +72,8 @@ pub fn run(what: Bench) -> Result<i32> {
     match what {
         Bench::Overhead { runs, calls } => overhead::overhead(runs.max(1), calls),
         Bench::Agent { runs, frames } => agent::agent(runs.max(1), frames),
+        Bench::Memory { runs, iterations } => memory::memory(runs.max(1), iterations.max(1)),
+        Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
     }
 }
@@ -94,4 +122,109 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// Smallest and largest of `v` (infinities when empty).
+pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        })
+}
+
+/// Nanoseconds with one decimal below 100, none above.
+pub(crate) fn fmt_ns(ns: f64) -> String {
+    if ns >= 100.0 {
+        format!("{ns:.0}")
+    } else {
+        format!("{ns:.1}")
+    }
+}
+
+/// Compiles xtask/bench/`name`.c with `gcc -O2` into `out`.
+pub(crate) fn build_c_fixture(name: &str, out: &Path) -> Result<()> {
+    let src = root_dir()
+        .join("xtask")
+        .join("bench")
+        .join(format!("{name}.c"));
+    let ok = status(
+        Command::new("gcc")
+            .args(["-O2", "-Wall", "-Wextra", "-o"])
+            .arg(out)
+            .arg(&src),
+    )?;
+    if !ok.success() {
+        bail!("gcc failed on {}", src.display());
+    }
+    Ok(())
+}
+
+/// Whether `bpftrace` runs; says so on stderr when not.
+pub(crate) fn have_bpftrace() -> bool {
+    let ok = Command::new("bpftrace")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("bench: bpftrace not found: its configurations are skipped");
+    }
+    ok
+}
+
+/// What a finished run printed, and the CPU of its process tree.
+pub(crate) struct Captured {
+    pub stdout: String,
+    pub stderr: String,
+    /// CPU (user + system) of the whole process tree, ns.
+    pub tree_cpu_ns: f64,
+}
+
+impl Captured {
+    /// The last lines of stderr, on one line (for error messages).
+    pub fn stderr_tail(&self) -> String {
+        tail(&self.stderr)
+    }
+}
+
+fn tail(s: &str) -> String {
+    s.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+}
+
+/// Runs `cmd` to completion (at most RUN_TIMEOUT) with stdin closed and
+/// stdout / stderr in files under `work`; fails when it does not exit 0.
+pub(crate) fn run_captured(cmd: &mut Command, work: &Path) -> Result<Captured> {
+    let stdout_path = work.join("run.stdout");
+    let stderr_path = work.join("run.stderr");
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).context("creating run.stdout")?)
+        .stderr(File::create(&stderr_path).context("creating run.stderr")?);
+    let cpu_before = children_cpu_ns()?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let exit = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("timed out after {RUN_TIMEOUT:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let tree_cpu_ns = children_cpu_ns()? - cpu_before;
+    let out = Captured {
+        stdout: std::fs::read_to_string(&stdout_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+        tree_cpu_ns,
+    };
+    if !exit.success() {
+        bail!("{cmd:?} failed ({exit}): {}", out.stderr_tail());
+    }
+    Ok(out)
 }

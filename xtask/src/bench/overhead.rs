@@ -19,15 +19,13 @@
 //! programs run on its behalf); it includes the tracer's start-up (loading
 //! BPF, reading the ELF), so compare it with the floor's. Needs root.
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{children_cpu_ns, json_number, median, RUN_TIMEOUT};
-use crate::{build_for, root_dir, status, target_dir};
+use super::{build_c_fixture, fmt_ns, have_bpftrace, json_number, median, min_max, run_captured};
+use crate::{build_for, target_dir};
 
 /// The probed functions and their default call counts.
 const FUNCTIONS: [(&str, u64); 2] = [("bench_push", 500_000), ("bench_mov", 150_000)];
@@ -93,22 +91,13 @@ pub(crate) fn overhead(runs: usize, calls: Option<u64>) -> Result<i32> {
         fixture: work.join("overhead"),
         work,
     };
-    build_fixture(&paths.fixture)?;
+    build_c_fixture("overhead", &paths.fixture)?;
     let first_insns = FUNCTIONS
         .iter()
         .map(|(f, _)| first_instruction(&paths.fixture, f))
         .collect::<Result<Vec<_>>>()?;
 
-    let have_bpftrace = Command::new("bpftrace")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have_bpftrace {
-        eprintln!("bench: bpftrace not found: its configurations are skipped");
-    }
+    let have_bpftrace = have_bpftrace();
     let configs: Vec<Config> = Config::ALL
         .into_iter()
         .filter(|c| have_bpftrace || !c.uses_bpftrace())
@@ -169,21 +158,6 @@ pub(crate) fn overhead(runs: usize, calls: Option<u64>) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
-}
-
-/// Compiles xtask/bench/overhead.c with `gcc -O2`.
-fn build_fixture(out: &Path) -> Result<()> {
-    let src = root_dir().join("xtask").join("bench").join("overhead.c");
-    let ok = status(
-        Command::new("gcc")
-            .args(["-O2", "-Wall", "-Wextra", "-o"])
-            .arg(out)
-            .arg(&src),
-    )?;
-    if !ok.success() {
-        bail!("gcc failed on {}", src.display());
-    }
-    Ok(())
 }
 
 /// The first instruction of `func` in `bin`, from `objdump -d`.
@@ -259,42 +233,16 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
         }
     };
 
-    let stdout_path = paths.work.join("run.stdout");
-    let stderr_path = paths.work.join("run.stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).context("creating run.stdout")?)
-        .stderr(File::create(&stderr_path).context("creating run.stderr")?);
-    let cpu_before = children_cpu_ns()?;
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let exit = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("timed out after {RUN_TIMEOUT:?}: {cmd:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let tree_cpu_ns = children_cpu_ns()? - cpu_before;
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    let tail = |s: &str| s.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-    if !exit.success() {
-        bail!("{cmd:?} failed ({exit}): {}", tail(&stderr));
-    }
-    let line = stdout
+    let run = run_captured(&mut cmd, &paths.work)?;
+    let line = run
+        .stdout
         .lines()
         .find(|l| l.starts_with("{\"fn\""))
-        .with_context(|| format!("no result line from the fixture: {}", tail(&stderr)))?;
+        .with_context(|| format!("no result line from the fixture: {}", run.stderr_tail()))?;
     let ns_per_call = json_number(line, "ns_per_call").context("no ns_per_call")?;
     let fixture_cpu_ns = json_number(line, "cpu_ns").context("no cpu_ns")?;
     let tracer_cpu_ns =
-        (config != Config::Untraced).then(|| (tree_cpu_ns - fixture_cpu_ns).max(0.0));
+        (config != Config::Untraced).then(|| (run.tree_cpu_ns - fixture_cpu_ns).max(0.0));
 
     let (mut spans, mut drops) = (None, None);
     if config == Config::Adeline {
@@ -348,11 +296,7 @@ fn report(
         for (ci, &config) in configs.iter().enumerate() {
             let ss = &samples[fi][ci];
             let ns: Vec<f64> = ss.iter().map(|s| s.ns_per_call).collect();
-            let (lo, hi) = ns
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                    (a.min(x), b.max(x))
-                });
+            let (lo, hi) = min_max(&ns);
             let m = median(ns);
             medians[fi][ci] = m;
             let cpu = if config == Config::Untraced {
@@ -434,12 +378,4 @@ fn report(
         );
     }
     out
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns >= 100.0 {
-        format!("{ns:.0}")
-    } else {
-        format!("{ns:.1}")
-    }
 }
