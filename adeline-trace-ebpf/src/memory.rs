@@ -8,11 +8,14 @@
 use adeline_trace_common::{
     MapRecord, RssState, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
 };
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext,
 };
 
 use crate::{
@@ -36,13 +39,20 @@ const RSS_SIZE: usize = 24;
 /// The `member` of swap entries (not resident).
 const MM_SWAPENTS: usize = 2;
 
+/// A field of the tracepoint record at `offset`, loaded directly from the
+/// context (tracepoint programs may read their record; a probe-read helper
+/// call per field costs ~25 ns, which kmem:rss_stat pays per page fault).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: `offset` is a field of this tracepoint's record (format file),
+    // inside the record and aligned to the field's size.
+    unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
 #[tracepoint]
 pub fn mem_mmap(ctx: TracePointContext) -> u32 {
     if let Some(tgid) = traced() {
-        // SAFETY: reading a field at its offset in the tracepoint record.
-        if let Ok(bytes) = unsafe { ctx.read_at::<u64>(LEN_OFFSET) } {
-            emit(tgid, MAP_OP_MMAP, bytes);
-        }
+        emit(tgid, MAP_OP_MMAP, field::<u64>(&ctx, LEN_OFFSET));
     }
     0
 }
@@ -50,10 +60,7 @@ pub fn mem_mmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mem_munmap(ctx: TracePointContext) -> u32 {
     if let Some(tgid) = traced() {
-        // SAFETY: as above.
-        if let Ok(bytes) = unsafe { ctx.read_at::<u64>(LEN_OFFSET) } {
-            emit(tgid, MAP_OP_MUNMAP, bytes);
-        }
+        emit(tgid, MAP_OP_MUNMAP, field::<u64>(&ctx, LEN_OFFSET));
     }
     0
 }
@@ -62,16 +69,8 @@ pub fn mem_munmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mem_mremap(ctx: TracePointContext) -> u32 {
     if let Some(tgid) = traced() {
-        // SAFETY: as above.
-        let lens = unsafe {
-            (
-                ctx.read_at::<u64>(MREMAP_OLD_LEN),
-                ctx.read_at::<u64>(MREMAP_NEW_LEN),
-            )
-        };
-        if let (Ok(old), Ok(new)) = lens {
-            change(tgid, old, new);
-        }
+        let old = field::<u64>(&ctx, MREMAP_OLD_LEN);
+        change(tgid, old, field::<u64>(&ctx, MREMAP_NEW_LEN));
     }
     0
 }
@@ -81,10 +80,7 @@ pub fn mem_mremap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mem_brk(ctx: TracePointContext) -> u32 {
     if let Some(tgid) = traced() {
-        // SAFETY: as above.
-        let Ok(now) = (unsafe { ctx.read_at::<u64>(BRK_RET) }) else {
-            return 0;
-        };
+        let now = field::<u64>(&ctx, BRK_RET);
         // SAFETY: the value is copied out.
         let before = unsafe { BRKS.get(&tgid) }.copied();
         let _ = BRKS.insert(&tgid, &now, 0);
@@ -100,18 +96,10 @@ pub fn mem_brk(ctx: TracePointContext) -> u32 {
 /// its mm by other tasks (reclaim, exit) update an mm already recorded.
 #[tracepoint]
 pub fn mem_rss(ctx: TracePointContext) -> u32 {
-    // SAFETY: fields at their offsets in the tracepoint record.
-    let (Ok(mm_id), Ok(curr), Ok(member), Ok(size)) = (unsafe {
-        (
-            ctx.read_at::<u32>(RSS_MM_ID),
-            ctx.read_at::<u32>(RSS_CURR),
-            ctx.read_at::<i32>(RSS_MEMBER),
-            ctx.read_at::<i64>(RSS_SIZE),
-        )
-    }) else {
-        return 0;
-    };
-    let member = (member as usize) & 3;
+    let mm_id = field::<u32>(&ctx, RSS_MM_ID);
+    let curr = field::<u32>(&ctx, RSS_CURR);
+    let member = (field::<i32>(&ctx, RSS_MEMBER) as usize) & 3;
+    let size = field::<i64>(&ctx, RSS_SIZE);
     if let Some(state) = RSS.get_ptr_mut(&mm_id) {
         // SAFETY: a map value; a concurrent update of another member of the
         // same mm may be lost until that member changes again.

@@ -77,6 +77,15 @@ pub struct CompareArgs {
     pub metric: String,
 }
 
+/// Which kernel memory tracepoints `run` attaches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryMode {
+    #[default]
+    Full,
+    Maps,
+    Off,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML file with stages and options (flags given here add to / override it).
@@ -153,6 +162,12 @@ pub struct RunArgs {
     /// Show a live per-stage latency table on stderr.
     #[arg(long)]
     pub live: bool,
+    /// Kernel memory tracepoints: `full` (default: mmap, munmap, mremap,
+    /// brk and kmem:rss_stat, which runs on every page-counter change of
+    /// the process), `maps` (the syscalls only: no exact RSS, no resident
+    /// bytes per stage) or `off` (RSS from procfs only).
+    #[arg(long, value_name = "full|maps|off", value_enum, default_value = "full")]
+    pub memory: MemoryMode,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
     /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
     /// of the traced process: allocations per stage, outstanding bytes and

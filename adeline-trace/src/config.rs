@@ -10,7 +10,7 @@ use crate::{
         spec::{AllocFlags, FileAlloc},
         AllocSpec,
     },
-    cli::RunArgs,
+    cli::{MemoryMode, RunArgs},
 };
 
 /// Where JSON Lines events go.
@@ -133,6 +133,8 @@ pub struct Plan {
     pub probe_floor: bool,
     /// Alloc mode (`--alloc`).
     pub alloc: Option<AllocSpec>,
+    /// Which kernel memory tracepoints to attach (`--memory`).
+    pub memory: MemoryMode,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -545,6 +547,7 @@ impl Plan {
             trace_out,
             probe_floor: args.probe_floor,
             alloc,
+            memory: args.memory,
         })
     }
 }

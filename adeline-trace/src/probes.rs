@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::{
     alloc::{maps::AllocMaps, AllocSpec},
+    cli::MemoryMode,
     resolve::{ProbeSite, SiteKind},
 };
 
@@ -36,6 +37,8 @@ pub struct ProbeOptions {
     pub floor: bool,
     /// Alloc mode (its sites come with the others, kind Alloc*/Free).
     pub alloc: Option<AllocSpec>,
+    /// Which memory tracepoints to attach (when pids are known).
+    pub memory: MemoryMode,
 }
 
 /// Kernel programs in attach order: every return probe before any entry
@@ -194,13 +197,15 @@ impl Probes {
         }
         // Memory mappings: syscall tracepoints fire for every process, so
         // they are attached only when the kernel pid filter is on.
-        let memory_untraced = if pids.is_empty() {
+        let memory_untraced = if opts.memory == MemoryMode::Off {
+            Some("--memory off".into())
+        } else if pids.is_empty() {
             Some(
                 "tracing every process: memory mappings are traced only with -p or a command"
                     .into(),
             )
         } else {
-            match attach_memory(&mut ebpf) {
+            match attach_memory(&mut ebpf, opts.memory) {
                 Ok(n) => {
                     attached += n;
                     None
@@ -291,15 +296,19 @@ impl Probes {
 /// Attaches the memory tracepoint programs (mmap, munmap, mremap, brk
 /// syscalls and kmem:rss_stat); the number of attachments, or why not
 /// (e.g. tracefs not mounted).
-fn attach_memory(ebpf: &mut Ebpf) -> Result<usize, String> {
-    let events = [
+fn attach_memory(ebpf: &mut Ebpf, mode: MemoryMode) -> Result<usize, String> {
+    let all = [
         ("mem_mmap", "syscalls", "sys_enter_mmap"),
         ("mem_munmap", "syscalls", "sys_enter_munmap"),
         ("mem_mremap", "syscalls", "sys_enter_mremap"),
         ("mem_brk", "syscalls", "sys_exit_brk"),
         ("mem_rss", "kmem", "rss_stat"),
     ];
-    for (name, category, event) in events {
+    let events = match mode {
+        MemoryMode::Full => &all[..],
+        _ => &all[..4],
+    };
+    for &(name, category, event) in events {
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing"))?

@@ -107,10 +107,11 @@ pub fn run(plan: Plan) -> Result<()> {
         frame_stage,
         floor: plan.probe_floor,
         alloc: plan.alloc.clone(),
+        memory: plan.memory,
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
-        if !pids.is_empty() {
+        if !pids.is_empty() && plan.memory != crate::cli::MemoryMode::Off {
             eprintln!("warning: memory mappings are not traced: {why}");
         }
     }

@@ -37,6 +37,8 @@ const MEMORY_UNTRACED: &str = "memory mappings are not traced";
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
     Untraced,
+    NoMemory,
+    Maps,
     Default,
     Alloc,
     AllocSample,
@@ -48,6 +50,8 @@ impl Config {
     fn label(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
+            Config::NoMemory => "agent --memory off (stage probe only)",
+            Config::Maps => "agent --memory maps (syscalls, no rss_stat)",
             Config::Default => "agent, default mode",
             Config::Alloc => "agent --alloc",
             Config::AllocSample => "agent --alloc --alloc-sample 100",
@@ -60,6 +64,8 @@ impl Config {
     fn agent_args(self) -> Option<&'static [&'static str]> {
         match self {
             Config::Untraced | Config::Bpftrace => None,
+            Config::NoMemory => Some(&["--memory", "off"]),
+            Config::Maps => Some(&["--memory", "maps"]),
             Config::Default => Some(&[]),
             Config::Alloc => Some(&["--alloc"]),
             Config::AllocSample => Some(&["--alloc", "--alloc-sample", "100"]),
@@ -101,6 +107,14 @@ impl Mode {
         }
     }
 
+    /// The same in CPU time of the fixture (user + system).
+    fn cpu_key(self) -> &'static str {
+        match self {
+            Mode::Churn => "cpu_ns_per_iter",
+            Mode::Pairs => "cpu_ns_per_pair",
+        }
+    }
+
     /// Calls of the stage function in a run of `n`.
     fn stage_calls(self, n: u64) -> u64 {
         match self {
@@ -120,6 +134,8 @@ const BPFTRACE_SCRIPT: &str = "uprobe:libc:malloc /pid == cpid/ { @s[tid] = arg0
 struct Sample {
     /// ns per iteration or per malloc+free pair, measured by the fixture.
     ns: f64,
+    /// The same in the fixture's CPU time (user + system).
+    cpu_ns: f64,
     /// The fixture's minor page faults.
     minflt: f64,
     /// Tracer CPU (process tree minus the fixture), ns.
@@ -224,10 +240,12 @@ fn run_one(paths: &Paths, config: Config, mode: Mode, n: u64) -> Result<Sample> 
         .find(|l| l.starts_with(&prefix))
         .with_context(|| format!("no result line from the fixture: {}", run.stderr_tail()))?;
     let ns = json_number(line, mode.result_key()).context("no ns per unit")?;
+    let cpu_ns = json_number(line, mode.cpu_key()).context("no CPU ns per unit")?;
     let fixture_cpu_ns = json_number(line, "cpu_ns").context("no cpu_ns")?;
     let minflt = json_number(line, "minflt").context("no minflt")?;
     let mut sample = Sample {
         ns,
+        cpu_ns,
         minflt,
         tracer_cpu_ns: (config != Config::Untraced)
             .then(|| (run.tree_cpu_ns - fixture_cpu_ns).max(0.0)),
@@ -314,17 +332,20 @@ fn tracer_ms(ss: &[Sample]) -> String {
     }
 }
 
-pub(crate) fn memory(runs: usize, iterations: u64) -> Result<i32> {
+pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i32> {
     let paths = match prepare("bench memory")? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let configs = [
+    let mut configs = vec![
         Config::Untraced,
+        Config::NoMemory,
+        Config::Maps,
         Config::Default,
-        Config::Alloc,
-        Config::AllocSample,
     ];
+    if with_alloc {
+        configs.extend([Config::Alloc, Config::AllocSample]);
+    }
     let samples = measure(&paths, &configs, Mode::Churn, iterations, runs)?;
     let mut out = String::new();
     let _ = writeln!(
@@ -335,12 +356,16 @@ pub(crate) fn memory(runs: usize, iterations: u64) -> Result<i32> {
     );
     let _ = writeln!(
         out,
-        "| configuration | us/iteration (median) | min - max | / untraced | minor faults/iteration | agent records/iteration | tracer CPU, ms/run | stage count / drops |"
+        "| configuration | us/iteration (median) | min - max | / untraced | CPU us/iteration (median) | min - max | CPU / untraced | minor faults/iteration | agent records/iteration | tracer CPU, ms/run | stage count / drops |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let medians: Vec<f64> = samples
         .iter()
         .map(|ss| median(ss.iter().map(|s| s.ns).collect()))
+        .collect();
+    let cpu_medians: Vec<f64> = samples
+        .iter()
+        .map(|ss| median(ss.iter().map(|s| s.cpu_ns).collect()))
         .collect();
     for (ci, &config) in configs.iter().enumerate() {
         let ss = &samples[ci];
@@ -356,14 +381,19 @@ pub(crate) fn memory(runs: usize, iterations: u64) -> Result<i32> {
         } else {
             format!("{:.2}", median(records))
         };
+        let (cpu_lo, cpu_hi) = min_max(&ss.iter().map(|s| s.cpu_ns).collect::<Vec<_>>());
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} - {:.1} | {:.3} | {faults:.1} | {records} | {} | {} |",
+            "| {} | {:.1} | {:.1} - {:.1} | {:.3} | {:.1} | {:.1} - {:.1} | {:.3} | {faults:.1} | {records} | {} | {} |",
             config.label(),
             medians[ci] / 1e3,
             lo / 1e3,
             hi / 1e3,
             medians[ci] / medians[0],
+            cpu_medians[ci] / 1e3,
+            cpu_lo / 1e3,
+            cpu_hi / 1e3,
+            cpu_medians[ci] / cpu_medians[0],
             tracer_ms(ss),
             check_column(ss, Mode::Churn.stage_calls(iterations))
         );
@@ -377,16 +407,25 @@ pub(crate) fn memory(runs: usize, iterations: u64) -> Result<i32> {
             command_line(config, Mode::Churn)
         );
     }
-    let ratio = medians[1] / medians[0];
-    let _ = writeln!(
-        out,
-        "\nDefault mode / untraced: {ratio:.3} (goal <= {SLOWDOWN_GOAL:.2}): {}",
-        if ratio <= SLOWDOWN_GOAL {
-            "PASS"
-        } else {
-            "FAIL"
-        }
-    );
+    // Indexes: 0 untraced, 1 --memory off, 2 --memory maps, 3 default.
+    // Besides the medians, the median of each round's own ratio (runs of
+    // one round are seconds apart: slow drifts of this VM cancel out).
+    let verdict = |r: f64| if r <= SLOWDOWN_GOAL { "PASS" } else { "FAIL" };
+    for (i, what) in [(3, "Default mode (full)"), (2, "--memory maps"), (1, "--memory off")] {
+        let cpu = cpu_medians[i] / cpu_medians[0];
+        let paired = median(
+            samples[i]
+                .iter()
+                .zip(&samples[0])
+                .map(|(a, b)| a.cpu_ns / b.cpu_ns)
+                .collect(),
+        );
+        let _ = writeln!(
+            out,
+            "{what} / untraced, CPU time: medians {cpu:.3}, paired per round {paired:.3} (goal <= {SLOWDOWN_GOAL:.2}): {}",
+            verdict(paired)
+        );
+    }
     println!("{out}");
     if !counts_ok(&configs, &samples, Mode::Churn.stage_calls(iterations)) {
         eprintln!("bench: an agent run did not count every iteration (see the stage count column)");

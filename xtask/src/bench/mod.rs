@@ -40,14 +40,18 @@ pub enum Bench {
         frames: u64,
     },
     /// Slowdown of an allocation-heavy C fixture traced in the default
-    /// memory mode (goal <= 1.03x untraced), and with --alloc. Root.
+    /// memory mode (goal <= 1.03x untraced), `--memory maps` and `off`,
+    /// and with --alloc (`--with-alloc`). Root.
     Memory {
         /// Runs per configuration (interleaved); the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Iterations of the fixture per run (about 1 ms each).
+        /// Iterations of the fixture per run (about 0.4 ms each).
         #[arg(long, default_value_t = 2000)]
         iterations: u64,
+        /// Also run the agent with --alloc and --alloc --alloc-sample 100.
+        #[arg(long)]
+        with_alloc: bool,
     },
     /// ns per malloc(64)+free pair, untraced, with the agent attached, in
     /// alloc mode (all, sampled, size-filtered) and bpftrace. Root.
@@ -72,7 +76,11 @@ pub fn run(what: Bench) -> Result<i32> {
     match what {
         Bench::Overhead { runs, calls } => overhead::overhead(runs.max(1), calls),
         Bench::Agent { runs, frames } => agent::agent(runs.max(1), frames),
-        Bench::Memory { runs, iterations } => memory::memory(runs.max(1), iterations.max(1)),
+        Bench::Memory {
+            runs,
+            iterations,
+            with_alloc,
+        } => memory::memory(runs.max(1), iterations.max(1), with_alloc),
         Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
     }
