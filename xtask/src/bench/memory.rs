@@ -358,7 +358,10 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i
         out,
         "| configuration | us/iteration (median) | min - max | / untraced | CPU us/iteration (median) | min - max | CPU / untraced | minor faults/iteration | agent records/iteration | tracer CPU, ms/run | stage count / drops |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     let medians: Vec<f64> = samples
         .iter()
         .map(|ss| median(ss.iter().map(|s| s.ns).collect()))
@@ -411,7 +414,11 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i
     // Besides the medians, the median of each round's own ratio (runs of
     // one round are seconds apart: slow drifts of this VM cancel out).
     let verdict = |r: f64| if r <= SLOWDOWN_GOAL { "PASS" } else { "FAIL" };
-    for (i, what) in [(3, "Default mode (full)"), (2, "--memory maps"), (1, "--memory off")] {
+    for (i, what) in [
+        (3, "Default mode (full)"),
+        (2, "--memory maps"),
+        (1, "--memory off"),
+    ] {
         let cpu = cpu_medians[i] / cpu_medians[0];
         let paired = median(
             samples[i]
