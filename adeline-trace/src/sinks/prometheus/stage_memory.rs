@@ -1,8 +1,11 @@
 //! Per-stage memory families: resident bytes charged to each stage and
 //! bytes mapped (default mode), allocations (alloc mode).
-use crate::metrics::snapshot::Snapshot;
+use crate::metrics::snapshot::{Snapshot, StageAlloc};
 
 use super::text::{Exposition, Kind, Value};
+
+/// An alloc mode family: name, type, help, and its value for a stage.
+type AllocFamily = (&'static str, Kind, &'static str, fn(&StageAlloc) -> u64);
 
 /// Adds the per-stage memory families of `s` (none when empty).
 pub fn stage_memory(e: &mut Exposition, s: &Snapshot) {
@@ -33,7 +36,7 @@ pub fn stage_memory(e: &mut Exposition, s: &Snapshot) {
     let Some(alloc) = &s.alloc else {
         return;
     };
-    let families: [(&str, Kind, &str, fn(&crate::metrics::snapshot::StageAlloc) -> u64); 3] = [
+    let families: [AllocFamily; 3] = [
         (
             "adeline_stage_allocations_total",
             Kind::Counter,
