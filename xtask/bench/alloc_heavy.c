@@ -16,6 +16,11 @@
  *                                  "minflt":F}
  *         one call of malloc_free_loop(N): N times malloc(64) + free.
  *
+ *     alloc_heavy faults N  ->   {"mode":"faults","rounds":N,"ns_per_fault":X,...}
+ *         N calls of fault_round(): mmap 64 MiB (no huge pages), write one
+ *         byte in each of its 16384 pages (one minor fault each), munmap.
+ *         The cost of what runs on every page fault (kmem:rss_stat).
+ *
  * The mmap threshold and the trim threshold are fixed with mallopt (glibc
  * otherwise raises them after the first free of an mmapped block, and the
  * 1 MiB block would come from the heap). cpu_ns is the process's own CPU
@@ -26,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -87,6 +93,24 @@ __attribute__((noinline)) void malloc_free_loop(long n) {
     }
 }
 
+#define FAULT_BYTES (64UL << 20)
+#define PAGE 4096UL
+
+/* One round of page faults: 16384 fresh pages written, then unmapped. */
+__attribute__((noinline)) void fault_round(void) {
+    unsigned char *p = mmap(NULL, FAULT_BYTES, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    madvise(p, FAULT_BYTES, MADV_NOHUGEPAGE);
+    for (size_t i = 0; i < FAULT_BYTES; i += PAGE) {
+        p[i] = 1;
+    }
+    munmap(p, FAULT_BYTES);
+}
+
 static double clock_ns(clockid_t clock) {
     struct timespec ts;
     clock_gettime(clock, &ts);
@@ -101,7 +125,7 @@ static double cpu_now_ns(void) { return clock_ns(CLOCK_PROCESS_CPUTIME_ID); }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s churn|pairs N\n", argv[0]);
+        fprintf(stderr, "usage: %s churn|pairs|faults N\n", argv[0]);
         return 2;
     }
     long n = strtol(argv[2], NULL, 10);
@@ -110,7 +134,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     int churn = strcmp(argv[1], "churn") == 0;
-    if (!churn && strcmp(argv[1], "pairs") != 0) {
+    int faults = strcmp(argv[1], "faults") == 0;
+    if (!churn && !faults && strcmp(argv[1], "pairs") != 0) {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;
     }
@@ -125,6 +150,10 @@ int main(int argc, char **argv) {
         for (long i = 0; i < n; i++) {
             iteration();
         }
+    } else if (faults) {
+        for (long i = 0; i < n; i++) {
+            fault_round();
+        }
     } else {
         malloc_free_loop(n);
     }
@@ -137,7 +166,12 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     long long cpu_ns = ((long long)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000LL +
                        ((long long)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
-    if (churn) {
+    if (faults) {
+        double per = (double)n * (double)(FAULT_BYTES / PAGE);
+        printf("{\"mode\":\"faults\",\"rounds\":%ld,\"ns_per_fault\":%.1f,"
+               "\"cpu_ns_per_fault\":%.1f,\"cpu_ns\":%lld,\"minflt\":%ld}\n",
+               n, (t1 - t0) / per, (c1 - c0) / per, cpu_ns, ru.ru_minflt);
+    } else if (churn) {
         printf("{\"mode\":\"churn\",\"iterations\":%ld,\"ns_per_iter\":%.1f,"
                "\"cpu_ns_per_iter\":%.1f,\"cpu_ns\":%lld,\"minflt\":%ld}\n",
                n, (t1 - t0) / (double)n, (c1 - c0) / (double)n, cpu_ns, ru.ru_minflt);

@@ -28,6 +28,9 @@ use anyhow::{bail, Context as _, Result};
 use super::{build_c_fixture, fmt_ns, have_bpftrace, json_number, median, min_max, run_captured};
 use crate::{build_for, target_dir};
 
+/// Page faults in one `fault_round()` (64 MiB of 4 KiB pages).
+const FAULTS_PER_ROUND: u64 = 16_384;
+
 /// The default mode's goal: at most this slowdown against untraced.
 const SLOWDOWN_GOAL: f64 = 1.03;
 
@@ -81,6 +84,8 @@ enum Mode {
     Churn,
     /// One call of `malloc_free_loop(N)`.
     Pairs,
+    /// N calls of `fault_round()` (16384 page faults each).
+    Faults,
 }
 
 impl Mode {
@@ -88,6 +93,7 @@ impl Mode {
         match self {
             Mode::Churn => "churn",
             Mode::Pairs => "pairs",
+            Mode::Faults => "faults",
         }
     }
 
@@ -96,6 +102,7 @@ impl Mode {
         match self {
             Mode::Churn => "iteration",
             Mode::Pairs => "malloc_free_loop",
+            Mode::Faults => "fault_round",
         }
     }
 
@@ -104,6 +111,7 @@ impl Mode {
         match self {
             Mode::Churn => "ns_per_iter",
             Mode::Pairs => "ns_per_pair",
+            Mode::Faults => "ns_per_fault",
         }
     }
 
@@ -112,13 +120,14 @@ impl Mode {
         match self {
             Mode::Churn => "cpu_ns_per_iter",
             Mode::Pairs => "cpu_ns_per_pair",
+            Mode::Faults => "cpu_ns_per_fault",
         }
     }
 
     /// Calls of the stage function in a run of `n`.
     fn stage_calls(self, n: u64) -> u64 {
         match self {
-            Mode::Churn => n,
+            Mode::Churn | Mode::Faults => n,
             Mode::Pairs => 1,
         }
     }
@@ -192,7 +201,11 @@ fn measure(
                 r * configs.len() + k + 1,
                 config.label(),
                 fmt_ns(s.ns),
-                if mode == Mode::Churn { "iter" } else { "pair" }
+                match mode {
+                    Mode::Churn => "iter",
+                    Mode::Pairs => "pair",
+                    Mode::Faults => "fault",
+                }
             );
             samples[ci].push(s);
         }
@@ -332,7 +345,15 @@ fn tracer_ms(ss: &[Sample]) -> String {
     }
 }
 
-pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i32> {
+pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: bool) -> Result<i32> {
+    let mode = if faults { Mode::Faults } else { Mode::Churn };
+    // Faults are reported in ns per page fault; iterations in us.
+    let (unit, scale, units_per_run) = if faults {
+        ("fault", 1.0, iterations * FAULTS_PER_ROUND)
+    } else {
+        ("iteration", 1e3, iterations)
+    };
+    let per = if faults { "ns" } else { "us" };
     let paths = match prepare("bench memory")? {
         Ok(p) => p,
         Err(code) => return Ok(code),
@@ -346,17 +367,18 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i
     if with_alloc {
         configs.extend([Config::Alloc, Config::AllocSample]);
     }
-    let samples = measure(&paths, &configs, Mode::Churn, iterations, runs)?;
+    let samples = measure(&paths, &configs, mode, iterations, runs)?;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nMemory mode: median of {runs} interleaved runs of {iterations} iterations, time per \
-         iteration as measured by the traced process ({})\n",
+        "\nMemory mode: median of {runs} interleaved runs of {iterations} {} calls, time per \
+         {unit} as measured by the traced process ({})\n",
+        mode.stage_fn(),
         paths.fixture.display()
     );
     let _ = writeln!(
         out,
-        "| configuration | us/iteration (median) | min - max | / untraced | CPU us/iteration (median) | min - max | CPU / untraced | minor faults/iteration | agent records/iteration | tracer CPU, ms/run | stage count / drops |"
+        "| configuration | {per}/{unit} (median) | min - max | / untraced | CPU {per}/{unit} (median) | min - max | CPU / untraced | minor faults/{unit} | agent records/{unit} | tracer CPU, ms/run | stage count / drops |"
     );
     let _ = writeln!(
         out,
@@ -373,11 +395,11 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i
     for (ci, &config) in configs.iter().enumerate() {
         let ss = &samples[ci];
         let (lo, hi) = min_max(&ss.iter().map(|s| s.ns).collect::<Vec<_>>());
-        let faults = median(ss.iter().map(|s| s.minflt).collect()) / iterations as f64;
+        let minflt = median(ss.iter().map(|s| s.minflt).collect()) / units_per_run as f64;
         let records: Vec<f64> = ss
             .iter()
             .filter_map(|s| s.events)
-            .map(|e| e as f64 / iterations as f64)
+            .map(|e| e as f64 / units_per_run as f64)
             .collect();
         let records = if records.is_empty() {
             "-".to_string()
@@ -387,27 +409,27 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i
         let (cpu_lo, cpu_hi) = min_max(&ss.iter().map(|s| s.cpu_ns).collect::<Vec<_>>());
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} - {:.1} | {:.3} | {:.1} | {:.1} - {:.1} | {:.3} | {faults:.1} | {records} | {} | {} |",
+            "| {} | {:.1} | {:.1} - {:.1} | {:.3} | {:.1} | {:.1} - {:.1} | {:.3} | {minflt:.2} | {records} | {} | {} |",
             config.label(),
-            medians[ci] / 1e3,
-            lo / 1e3,
-            hi / 1e3,
+            medians[ci] / scale,
+            lo / scale,
+            hi / scale,
             medians[ci] / medians[0],
-            cpu_medians[ci] / 1e3,
-            cpu_lo / 1e3,
-            cpu_hi / 1e3,
+            cpu_medians[ci] / scale,
+            cpu_lo / scale,
+            cpu_hi / scale,
             cpu_medians[ci] / cpu_medians[0],
             tracer_ms(ss),
-            check_column(ss, Mode::Churn.stage_calls(iterations))
+            check_column(ss, mode.stage_calls(iterations))
         );
     }
-    let _ = writeln!(out, "\nCommands (BIN = the fixture, N = iterations/run):\n");
+    let _ = writeln!(out, "\nCommands (BIN = the fixture, N = calls/run):\n");
     for &config in &configs {
         let _ = writeln!(
             out,
             "- {}: `{}`",
             config.label(),
-            command_line(config, Mode::Churn)
+            command_line(config, mode)
         );
     }
     // Indexes: 0 untraced, 1 --memory off, 2 --memory maps, 3 default.
@@ -433,8 +455,25 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool) -> Result<i
             verdict(paired)
         );
     }
+    // What the memory tracepoints add over the agent with none: the same
+    // launch, the same stage probe.
+    let over_off = |i: usize| {
+        median(
+            samples[i]
+                .iter()
+                .zip(&samples[1])
+                .map(|(a, b)| a.cpu_ns - b.cpu_ns)
+                .collect(),
+        )
+    };
+    let _ = writeln!(
+        out,
+        "CPU time added over --memory off, paired per round: --memory maps {:+.1} {per}/{unit}, default (full) {:+.1} {per}/{unit}",
+        over_off(2) / scale,
+        over_off(3) / scale
+    );
     println!("{out}");
-    if !counts_ok(&configs, &samples, Mode::Churn.stage_calls(iterations)) {
+    if !counts_ok(&configs, &samples, mode.stage_calls(iterations)) {
         eprintln!("bench: an agent run did not count every iteration (see the stage count column)");
         return Ok(1);
     }

@@ -46,12 +46,19 @@ pub enum Bench {
         /// Runs per configuration (interleaved); the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Iterations of the fixture per run (about 0.4 ms each).
-        #[arg(long, default_value_t = 2000)]
-        iterations: u64,
+        /// Calls per run: iterations of the churn fixture (about 0.4 ms
+        /// each; default 2000), or rounds of 16384 faults with --faults
+        /// (about 35 ms each; default 10).
+        #[arg(long)]
+        iterations: Option<u64>,
         /// Also run the agent with --alloc and --alloc --alloc-sample 100.
         #[arg(long)]
         with_alloc: bool,
+        /// Instead of the churn fixture, a loop of page faults (64 MiB
+        /// mapped, every page written, unmapped; ITERATIONS rounds): the
+        /// cost per page fault of each memory mode.
+        #[arg(long)]
+        faults: bool,
     },
     /// ns per malloc(64)+free pair, untraced, with the agent attached, in
     /// alloc mode (all, sampled, size-filtered) and bpftrace. Root.
@@ -80,7 +87,11 @@ pub fn run(what: Bench) -> Result<i32> {
             runs,
             iterations,
             with_alloc,
-        } => memory::memory(runs.max(1), iterations.max(1), with_alloc),
+            faults,
+        } => {
+            let n = iterations.unwrap_or(if faults { 10 } else { 2000 });
+            memory::memory(runs.max(1), n.max(1), with_alloc, faults)
+        }
         Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
     }
