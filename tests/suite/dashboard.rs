@@ -444,7 +444,8 @@ fn save_screenshot(b: &Browser, name: &str) -> PathBuf {
     path
 }
 
-/// The agent tracing the demo at 40 fps with the API on a free port.
+/// The agent tracing the demo at 40 fps with the API on a free port; the
+/// demo leaks 64 KiB a frame in `track` (2.6 MB/s) for the memory tile.
 fn start_agent(extra: &[&str], control: &Path) -> (Agent, u16) {
     let port = free_port();
     let port_arg = port.to_string();
@@ -459,7 +460,16 @@ fn start_agent(extra: &[&str], control: &Path) -> (Agent, u16) {
     let control = control.to_str().expect("utf-8 path");
     let args = demo_run_args(
         &args,
-        &["--frames", "0", "--fps", "40", "--control-file", control],
+        &[
+            "--frames",
+            "0",
+            "--fps",
+            "40",
+            "--control-file",
+            control,
+            "--leak-bytes-per-frame",
+            "65536",
+        ],
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::spawn(&args);
@@ -558,8 +568,22 @@ fn live_page_follows_the_agent_and_shows_an_alert() {
     // The memory tile shows the traced process's RSS (sampled each second).
     let rss = b.text("#memory-rss").unwrap_or_default();
     assert!(rss.ends_with(" MB"), "memory tile RSS {rss:?}");
+    // Its pid, or, once the agent has two samples of the demo's leak, the
+    // stage that grows (track), with the pid in the tooltip.
     let pids = b.text("#memory-pids").unwrap_or_default();
-    assert!(pids.starts_with("pid "), "memory tile pids {pids:?}");
+    assert!(
+        pids.starts_with("pid ") || pids.starts_with("track +"),
+        "memory tile pids {pids:?}"
+    );
+    let growing = poll(Duration::from_secs(15), || {
+        let t = b.text("#memory-pids").unwrap_or_default();
+        (t.starts_with("track +") && t.ends_with(" MB/min")).then_some(t)
+    });
+    assert!(
+        growing.is_some(),
+        "memory tile never named track: {:?}",
+        b.text("#memory-pids")
+    );
     // The latency chart shows the bottleneck first; the selector switches it.
     let bottleneck =
         http_json(port, "/api/summary?window=10s")["bottleneck"]["top_self_share"]["stage"].clone();

@@ -1,9 +1,10 @@
 //! Memory facts for people: which stage grows fastest, and the frame of an
 //! allocation stack that asked for the memory (summary lines).
-use crate::metrics::snapshot::Snapshot;
+use crate::{alerts::rule::LEAK_DEFAULT_BYTES_PER_S, metrics::snapshot::Snapshot};
 
 /// The stage whose memory grows fastest (alloc mode: outstanding bytes;
-/// otherwise resident bytes charged), if any grows: (stage, bytes/s, bytes).
+/// otherwise resident bytes charged), if one grows faster than a bare
+/// `leak()` rule's threshold (1 MiB/min): (stage, bytes/s, bytes).
 pub fn fastest_growing_stage(snapshot: &Snapshot) -> Option<(String, f64, f64)> {
     let rows: Vec<(String, f64, f64)> = match &snapshot.alloc {
         Some(a) => a
@@ -24,7 +25,7 @@ pub fn fastest_growing_stage(snapshot: &Snapshot) -> Option<(String, f64, f64)> 
             .collect(),
     };
     rows.into_iter()
-        .filter(|r| r.1 > 0.0)
+        .filter(|r| r.1 > LEAK_DEFAULT_BYTES_PER_S)
         .max_by(|a, b| a.1.total_cmp(&b.1))
 }
 

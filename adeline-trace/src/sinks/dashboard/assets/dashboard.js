@@ -327,17 +327,38 @@
     $('updated').textContent = 'updated ' + fmtClock(s1.ts_ns / 1e6);
   }
 
+  // The stage whose memory grows fastest, when it grows faster than a bare
+  // leak() rule's threshold (1 MiB/min): alloc mode's outstanding bytes,
+  // else the resident bytes charged to each stage (docs/memory.md).
+  const GROWING_BYTES_PER_S = 1048576 / 60;
+  function fastestGrowing(s) {
+    const rows = s.alloc ? s.alloc.stages : (s.stage_memory || []);
+    let best = null;
+    for (const r of rows) {
+      const g = r.growth_bytes_per_s;
+      if (g != null && g > GROWING_BYTES_PER_S && (!best || g > best.g)) {
+        best = { stage: r.stage, g };
+      }
+    }
+    return best;
+  }
+
   // RSS and growth of the traced process(es), summed over pids; the 1 s
   // snapshot's growth is fitted over the last 10 s (docs/api.md).
-  function renderMemory(memory) {
+  function renderMemory(memory, growing) {
     const rss = memory.reduce((a, m) => a + m.rss_bytes, 0);
     const grow = memory.filter((m) => m.growth_bytes_per_s != null);
     const g = grow.reduce((a, m) => a + m.growth_bytes_per_s, 0);
     $('memory-rss').textContent = memory.length ? (rss / 1e6).toFixed(1) + ' MB' : '–';
     $('memory-growth').textContent = grow.length
       ? (g >= 0 ? '+' : '') + (g * 60 / 1e6).toFixed(1) + ' MB/min' : '–';
-    $('memory-pids').textContent = memory.length === 1 ? 'pid ' + memory[0].pid
+    const pids = memory.length === 1 ? 'pid ' + memory[0].pid
       : memory.length > 1 ? memory.length + ' processes' : '';
+    // A growing stage takes the place of the pid (kept in the tooltip).
+    const el = $('memory-pids');
+    el.title = pids;
+    el.textContent = growing
+      ? growing.stage + ' +' + (growing.g * 60 / 1e6).toFixed(0) + ' MB/min' : pids;
   }
 
   function renderKpis(s1, prev) {
@@ -358,7 +379,7 @@
       const rate = (s1.events - p1.events) / ((s1.ts_ns - p1.ts_ns) / 1e9);
       $('events-rate').textContent = fmtCount(rate) + '/s';
     }
-    renderMemory(s1.memory || []);
+    renderMemory(s1.memory || [], fastestGrowing(s1));
     const sel = (s1.stages || []).find((s) => s.stage === st.selected);
     $('sel-name').textContent = st.selected || 'stage';
     for (const q of ['p50', 'p95', 'p99']) {
