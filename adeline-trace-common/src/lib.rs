@@ -58,6 +58,22 @@ pub const MAX_DEPTH: usize = 16;
 /// Most stages one agent can trace (stage ids are `0..MAX_STAGES`).
 pub const MAX_STAGES: u32 = 1024;
 
+/// Index of a stage id (or `NO_STAGE`) in the per-stage arrays.
+#[inline(always)]
+pub const fn stage_slot(stage: u32) -> u32 {
+    if stage < MAX_STAGES {
+        stage
+    } else {
+        MAX_STAGES
+    }
+}
+
+/// Indexes of the per-stage arrays (`ALLOC_STATS`, `STAGE_RSS`) for stage
+/// ids `0..stages`, then the slot of "no stage" (`MAX_STAGES`).
+pub fn stage_slots(stages: usize) -> impl Iterator<Item = u32> {
+    (0..stages as u32).chain(core::iter::once(MAX_STAGES))
+}
+
 /// Most processes the in-kernel pid filter holds.
 pub const MAX_PIDS: u32 = 1024;
 

@@ -6,7 +6,7 @@
 use core::ptr::read_volatile;
 
 use adeline_trace_common::{
-    AllocInfo, ALLOC_FN_ALIGNED, ALLOC_FN_CALLOC, ALLOC_FN_MALLOC, ALLOC_FN_MMAP,
+    stage_slot, AllocInfo, ALLOC_FN_ALIGNED, ALLOC_FN_CALLOC, ALLOC_FN_MALLOC, ALLOC_FN_MMAP,
     ALLOC_FN_POSIX_MEMALIGN, ALLOC_FN_REALLOC, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK,
     NO_STACK,
 };
@@ -22,10 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{
-        alloc_settings, bump, pid_allowed, stage_slot, ALLOCS, ALLOC_STACKS, ALLOC_STATS,
-        ALLOC_THREADS,
-    },
+    maps::{alloc_settings, bump, pid_allowed, ALLOCS, ALLOC_STACKS, ALLOC_STATS, ALLOC_THREADS},
     stage::current_stage,
 };
 

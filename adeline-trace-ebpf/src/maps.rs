@@ -188,13 +188,3 @@ pub fn alloc_settings() -> (u64, u32, bool) {
         )
     }
 }
-
-/// Index of a stage in the per-stage arrays (`MAX_STAGES` for none).
-#[inline(always)]
-pub fn stage_slot(stage: u32) -> u32 {
-    if stage < MAX_STAGES {
-        stage
-    } else {
-        MAX_STAGES
-    }
-}

@@ -6,7 +6,7 @@
 //!   reads, and the resident bytes each stage's page faults (and frees)
 //!   added, per stage.
 use adeline_trace_common::{
-    MapRecord, RssState, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
+    stage_slot, MapRecord, RssState, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
 };
 use core::ptr::read_volatile;
 
@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{bump, pid_allowed, stage_slot, BRKS, EVENTS, MM_IDS, RSS, STAGE_RSS},
+    maps::{bump, pid_allowed, BRKS, EVENTS, MM_IDS, RSS, STAGE_RSS},
     stage::current_stage,
 };
 

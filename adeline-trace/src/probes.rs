@@ -4,7 +4,7 @@
 use std::{num::NonZeroU32, time::Duration};
 
 use adeline_trace_common::{
-    RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, MAX_STAGES, NO_FRAME_STAGE,
+    stage_slots, RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE,
 };
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
@@ -266,8 +266,7 @@ impl Probes {
             .ok_or_else(|| err("missing".into()))?;
         let map: PerCpuArray<&MapData, i64> =
             PerCpuArray::try_from(map).map_err(|e| err(chain(&e)))?;
-        let slots = (0..stages as u32).chain(std::iter::once(MAX_STAGES));
-        slots
+        stage_slots(stages)
             .map(|i| {
                 map.get(&i, 0)
                     .map(|per_cpu| per_cpu.iter().sum())

@@ -2,7 +2,7 @@
 //! allocations grouped into sites (user stack + stage).
 use std::collections::HashMap as StdHashMap;
 
-use adeline_trace_common::{AllocInfo, AllocStats, MAX_STAGES, NO_STACK, NO_STAGE};
+use adeline_trace_common::{stage_slots, AllocInfo, AllocStats, NO_STACK, NO_STAGE};
 use aya::maps::{HashMap, MapData, PerCpuArray, StackTraceMap};
 
 use crate::metrics::snapshot::AllocSite;
@@ -33,8 +33,7 @@ impl AllocMaps {
 
     /// Totals (summed over CPUs) of stage ids `0..stages`, then "(no stage)".
     pub fn totals(&self, stages: usize) -> Vec<AllocStats> {
-        let slots = (0..stages as u32).chain(std::iter::once(MAX_STAGES));
-        slots
+        stage_slots(stages)
             .map(|i| {
                 let mut sum = AllocStats::default();
                 if let Ok(per_cpu) = self.stats.get(&i, 0) {
