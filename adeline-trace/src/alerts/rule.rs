@@ -467,7 +467,9 @@ const SIZE_UNITS: [(&str, f64, bool); 7] = [
     ("GiB", MIB * KIB, true),
 ];
 
-fn unit_bytes(word: &str) -> Option<(f64, bool)> {
+/// The length in bytes of a size unit (`B`, `KB` ... `GiB`) and whether it
+/// is a binary one; None for anything else.
+pub(crate) fn unit_bytes(word: &str) -> Option<(f64, bool)> {
     SIZE_UNITS
         .iter()
         .find(|(u, _, _)| *u == word)

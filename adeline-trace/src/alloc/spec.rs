@@ -3,7 +3,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration, ConfigError};
+use crate::{
+    alerts::rule::unit_bytes,
+    config::{parse_duration, ConfigError},
+};
 
 /// Alloc mode options (present = `--alloc`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,15 +89,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| "expected a whole number of bytes".to_string())?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => return Err(format!("unknown unit '{other}'")),
+    // The units of alert rules (alerts/rule.rs), all whole numbers of bytes.
+    let mult = match unit.trim() {
+        "" => 1,
+        word => {
+            unit_bytes(word)
+                .ok_or_else(|| format!("unknown unit '{word}'"))?
+                .0 as u64
+        }
     };
     n.checked_mul(mult).ok_or_else(|| "too large".to_string())
 }
