@@ -120,7 +120,7 @@ impl LiveState {
             .sample(pids);
     }
 
-    /// Per-stage memory state (net mapped bytes, alloc mode totals).
+    /// Per-stage memory state (resident bytes charged, alloc mode totals).
     pub fn stage_memory(&self) -> MutexGuard<'_, StageMemoryState> {
         self.stage_memory
             .lock()
@@ -142,7 +142,7 @@ impl LiveState {
         (m.stage_names().to_vec(), m.frames_total())
     }
 
-    /// The per-stage memory (net mapped, with growth) and the alloc report
+    /// The per-stage memory (mapped and resident bytes, with growth) and the alloc report
     /// over `window` ending at `now` (mono ns), for the `memory` object.
     pub fn stage_memory_report(
         &self,

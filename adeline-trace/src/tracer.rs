@@ -336,20 +336,15 @@ impl Tracer {
     /// records in the last [`SEEN_RECENTLY`] (the most recent
     /// [`MAX_SEEN_PIDS`]).
     fn sample_memory(&mut self, pids: &[u32]) -> Result<()> {
-        self.read_stage_memory()?;
+        self.refresh_memory()?;
         self.sample_processes(pids);
         Ok(())
     }
 
-    /// Reads the per-stage memory totals now (not waiting for the next
-    /// once-a-second sample), for the final objects.
-    pub fn refresh_memory(&mut self) -> Result<()> {
-        self.read_stage_memory()
-    }
-
     /// The kernel's per-stage memory totals (resident bytes charged; alloc
-    /// mode's allocations) into the live state.
-    fn read_stage_memory(&mut self) -> Result<()> {
+    /// mode's allocations) into the live state: every second, and once more
+    /// before the final objects.
+    pub fn refresh_memory(&mut self) -> Result<()> {
         let stages = self.live.metrics().stage_names().len();
         let resident = self.probes.stage_resident(stages)?;
         self.live
@@ -376,7 +371,6 @@ impl Tracer {
         let Some(spec) = self.alloc.clone() else {
             return Ok(());
         };
-        self.read_stage_memory()?;
         let Some(maps) = self.probes.alloc.as_mut() else {
             return Ok(());
         };
