@@ -30,7 +30,7 @@ use super::hook::HookJob;
 use super::rule::{parse_rule, validate, Metric, Rule, RuleError, Stat, Subject, Threshold};
 use super::{AlertEvent, AlertState};
 use crate::config::AlertSpec;
-use crate::metrics::snapshot::{AllocReport, Percentiles, Snapshot, StageAlloc, StageMemory};
+use crate::metrics::snapshot::{Percentiles, Snapshot};
 
 /// How long a firing rule's condition must stay false before it resolves.
 pub const RESOLVE_DELAY_NS: u64 = 1_000_000_000;
@@ -268,25 +268,9 @@ fn metric_value(metric: &Metric, snap: &Snapshot) -> Option<f64> {
             .iter()
             .filter_map(|m| m.growth_bytes_per_s)
             .max_by(f64::total_cmp),
-        Metric::Outstanding(name) => match &snap.alloc {
-            Some(alloc) => stage_alloc(alloc, name).map(|a| a.outstanding_bytes as f64),
-            None => stage_memory(snap, name).map(|m| m.resident_bytes as f64),
-        },
-        Metric::Leak(name) => match &snap.alloc {
-            Some(alloc) => stage_alloc(alloc, name)?.growth_bytes_per_s,
-            None => stage_memory(snap, name)?.growth_bytes_per_s,
-        },
+        Metric::Outstanding(name) => snap.holding(name).map(|h| h.bytes),
+        Metric::Leak(name) => snap.holding(name)?.growth_bytes_per_s,
     }
-}
-
-/// The alloc report's row of a stage (alloc mode takes precedence over the
-/// resident charges: when there is a report, a stage absent from it is no data).
-fn stage_alloc<'a>(alloc: &'a AllocReport, name: &str) -> Option<&'a StageAlloc> {
-    alloc.stages.iter().find(|a| a.stage == name)
-}
-
-fn stage_memory<'a>(snap: &'a Snapshot, name: &str) -> Option<&'a StageMemory> {
-    snap.stage_memory.iter().find(|m| m.stage == name)
 }
 
 fn stat_of(stat: Stat, p: &Percentiles) -> u64 {
@@ -306,7 +290,8 @@ fn stat_of(stat: Stat, p: &Percentiles) -> u64 {
 mod tests {
     use super::*;
     use crate::metrics::snapshot::{
-        Bottleneck, FrameStats, GaugeStats, ProcessMemory, StageStats, Window,
+        AllocReport, Bottleneck, FrameStats, GaugeStats, ProcessMemory, StageAlloc, StageMemory,
+        StageStats, Window,
     };
 
     const MS: u64 = 1_000_000;

@@ -6,25 +6,10 @@ use crate::{alerts::rule::LEAK_DEFAULT_BYTES_PER_S, metrics::snapshot::Snapshot}
 /// otherwise resident bytes charged), if one grows faster than a bare
 /// `leak()` rule's threshold (1 MiB/min): (stage, bytes/s, bytes).
 pub fn fastest_growing_stage(snapshot: &Snapshot) -> Option<(String, f64, f64)> {
-    let rows: Vec<(String, f64, f64)> = match &snapshot.alloc {
-        Some(a) => a
-            .stages
-            .iter()
-            .filter_map(|s| {
-                let growth = s.growth_bytes_per_s?;
-                Some((s.stage.clone(), growth, s.outstanding_bytes as f64))
-            })
-            .collect(),
-        None => snapshot
-            .stage_memory
-            .iter()
-            .filter_map(|s| {
-                let growth = s.growth_bytes_per_s?;
-                Some((s.stage.clone(), growth, s.resident_bytes as f64))
-            })
-            .collect(),
-    };
-    rows.into_iter()
+    snapshot
+        .holdings()
+        .into_iter()
+        .filter_map(|h| Some((h.stage.to_string(), h.growth_bytes_per_s?, h.bytes)))
         .filter(|r| r.1 > LEAK_DEFAULT_BYTES_PER_S)
         .max_by(|a, b| a.1.total_cmp(&b.1))
 }

@@ -326,7 +326,47 @@ pub struct GpuStats {
     pub memory_total_bytes: Option<u64>,
 }
 
+/// What a stage holds and how fast that grows: alloc mode's outstanding
+/// allocations when the snapshot has an alloc report (then a stage absent
+/// from it holds no data), otherwise the resident bytes charged to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Holding<'a> {
+    pub stage: &'a str,
+    pub bytes: f64,
+    pub growth_bytes_per_s: Option<f64>,
+}
+
 impl Snapshot {
+    /// Every stage's [`Holding`] (the source `leak()`, `outstanding()`,
+    /// `summary` and the dashboard read).
+    pub fn holdings(&self) -> Vec<Holding<'_>> {
+        match &self.alloc {
+            Some(a) => a
+                .stages
+                .iter()
+                .map(|s| Holding {
+                    stage: &s.stage,
+                    bytes: s.outstanding_bytes as f64,
+                    growth_bytes_per_s: s.growth_bytes_per_s,
+                })
+                .collect(),
+            None => self
+                .stage_memory
+                .iter()
+                .map(|s| Holding {
+                    stage: &s.stage,
+                    bytes: s.resident_bytes as f64,
+                    growth_bytes_per_s: s.growth_bytes_per_s,
+                })
+                .collect(),
+        }
+    }
+
+    /// One stage's [`Holding`].
+    pub fn holding(&self, stage: &str) -> Option<Holding<'_>> {
+        self.holdings().into_iter().find(|h| h.stage == stage)
+    }
+
     pub fn stage(&self, name: &str) -> Option<&StageStats> {
         self.stages.iter().find(|s| s.stage == name)
     }
