@@ -223,8 +223,8 @@ impl Probes {
                 .ok_or_else(|| load_err("no COUNTERS map"))?,
         )
         .map_err(|e| ProbeError::Load(chain(&e)))?;
-        let alloc = match opts.alloc {
-            Some(_) => Some(take_alloc_maps(&mut ebpf)?),
+        let alloc = match &opts.alloc {
+            Some(spec) => Some(take_alloc_maps(&mut ebpf, spec.clone())?),
             None => None,
         };
         Ok(Probes {
@@ -320,7 +320,7 @@ fn attach_memory(ebpf: &mut Ebpf, mode: MemoryMode) -> Result<usize, String> {
 }
 
 /// Takes alloc mode's maps out of the object.
-fn take_alloc_maps(ebpf: &mut Ebpf) -> Result<AllocMaps, ProbeError> {
+fn take_alloc_maps(ebpf: &mut Ebpf, spec: AllocSpec) -> Result<AllocMaps, ProbeError> {
     let mut take = |name: &'static str| {
         ebpf.take_map(name)
             .ok_or_else(|| load_err(format!("no {name} map")))
@@ -328,6 +328,7 @@ fn take_alloc_maps(ebpf: &mut Ebpf) -> Result<AllocMaps, ProbeError> {
     let (allocs, stacks, stats) = (take("ALLOCS")?, take("ALLOC_STACKS")?, take("ALLOC_STATS")?);
     let bad = |e: aya::maps::MapError| ProbeError::Load(chain(&e));
     Ok(AllocMaps::new(
+        spec,
         HashMap::try_from(allocs).map_err(bad)?,
         StackTraceMap::try_from(stacks).map_err(bad)?,
         PerCpuArray::try_from(stats).map_err(bad)?,

@@ -16,7 +16,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     alerts::{engine::AlertEngine, hook::HookRunner, AlertEvent, AlertState},
-    alloc::AllocSpec,
     config::Plan,
     events::{decode, monotonic_ns, Event, WallClock},
     launch::Launched,
@@ -105,7 +104,6 @@ pub struct Tracer {
     seen_pids: HashMap<u32, u64>,
     /// Whether to fill `seen_pids` (no -p and no launched command).
     track_seen: bool,
-    alloc: Option<AllocSpec>,
 }
 
 impl Tracer {
@@ -131,7 +129,6 @@ impl Tracer {
             decode_errors: 0,
             seen_pids: HashMap::new(),
             track_seen: false,
-            alloc: plan.alloc.clone(),
         }
     }
 
@@ -171,7 +168,7 @@ impl Tracer {
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
                 _ = history.tick(), if self.history.is_some() => self.record_history()?,
                 _ = memory.tick() => self.sample_memory(pids)?,
-                _ = sites.tick(), if self.alloc.is_some() => self.alloc_sites()?,
+                _ = sites.tick(), if self.probes.alloc.is_some() => self.alloc_sites()?,
                 _ = pid_check.tick() => {
                     if let Some(c) = child.as_deref_mut() {
                         if c.try_wait().is_some() { break Stop::CommandExited; }
@@ -368,16 +365,12 @@ impl Tracer {
     /// Alloc mode: the largest outstanding sites, into the live state and
     /// as `alloc_site` objects.
     pub fn alloc_sites(&mut self) -> Result<()> {
-        let Some(spec) = self.alloc.clone() else {
-            return Ok(());
-        };
         let Some(maps) = self.probes.alloc.as_mut() else {
             return Ok(());
         };
         let names = self.live.metrics().stage_names().to_vec();
         let now = monotonic_ns();
-        let min_age = spec.min_age.as_nanos() as u64;
-        let sites = maps.sites(now, min_age, spec.top, spec.sample, &names);
+        let sites = maps.sites(now, &names);
         let ts_ns = self.clock.wall_ns(now);
         for (i, site) in sites.iter().enumerate() {
             self.sink.write(&Record::AllocSite {

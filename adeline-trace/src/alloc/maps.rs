@@ -7,10 +7,12 @@ use aya::maps::{HashMap, MapData, PerCpuArray, StackTraceMap};
 
 use crate::metrics::snapshot::AllocSite;
 
-use super::{report::NO_STAGE_NAME, symbolize::StackSymbolizer};
+use super::{report::NO_STAGE_NAME, symbolize::StackSymbolizer, AllocSpec};
 
-/// The alloc maps taken from the loaded object.
+/// The alloc maps taken from the loaded object, with the options they
+/// were loaded with.
 pub struct AllocMaps {
+    pub spec: AllocSpec,
     pub allocs: HashMap<MapData, u64, AllocInfo>,
     pub stacks: StackTraceMap<MapData>,
     pub stats: PerCpuArray<MapData, AllocStats>,
@@ -19,11 +21,13 @@ pub struct AllocMaps {
 
 impl AllocMaps {
     pub fn new(
+        spec: AllocSpec,
         allocs: HashMap<MapData, u64, AllocInfo>,
         stacks: StackTraceMap<MapData>,
         stats: PerCpuArray<MapData, AllocStats>,
     ) -> AllocMaps {
         AllocMaps {
+            spec,
             allocs,
             stacks,
             stats,
@@ -49,17 +53,18 @@ impl AllocMaps {
             .collect()
     }
 
-    /// The `top` largest sites (by outstanding bytes) among allocations at
-    /// least `min_age_ns` old at `now_ns`, symbolized; sizes scaled by
-    /// `sample`. Walks the whole outstanding map (one syscall per entry).
-    pub fn sites(
-        &mut self,
-        now_ns: u64,
-        min_age_ns: u64,
-        top: usize,
-        sample: u32,
-        names: &[String],
-    ) -> Vec<AllocSite> {
+    /// The `--alloc-top` largest sites (by outstanding bytes) among
+    /// allocations at least `--min-age` old at `now_ns`, symbolized; sizes
+    /// scaled by the sampling. Walks the whole outstanding map (one syscall
+    /// per entry).
+    pub fn sites(&mut self, now_ns: u64, names: &[String]) -> Vec<AllocSite> {
+        let AllocSpec {
+            min_age,
+            top,
+            sample,
+            ..
+        } = self.spec;
+        let min_age_ns = u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX);
         // (pid, stack, stage) -> (bytes, count, oldest ts)
         let mut groups: StdHashMap<(u32, u32, u32), (u64, u64, u64)> = StdHashMap::new();
         for (_, info) in self.allocs.iter().flatten() {
