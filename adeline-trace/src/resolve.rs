@@ -70,6 +70,7 @@ pub fn resolve(
     for (id, s) in stages.iter().enumerate() {
         resolver.add(SiteKind::Stage, &s.name, id as u64, &s.target, &s.symbol)?;
     }
+    check_overlaps(&resolver.out.sites)?;
     for (id, g) in gauges.iter().enumerate() {
         let (kind, cookie) = match g.source {
             GaugeSource::Arg(n) => (SiteKind::GaugeArg, gauge_cookie(id as u32, n)),
@@ -78,6 +79,37 @@ pub fn resolve(
         resolver.add(kind, &g.name, cookie, &g.target, &g.symbol)?;
     }
     Ok(resolver.out)
+}
+
+/// Refuses two stages on one function. Both would push an open call at
+/// entry and one return would unwind the other's, so one stage would lose
+/// every call; a function belongs to one stage.
+fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
+    use std::os::unix::fs::MetadataExt;
+    // The same file can be reached by several paths (symlinks, /proc/PID/root).
+    let file_id = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or_default()
+    };
+    let mut owner: HashMap<((u64, u64), u64), &ProbeSite> = HashMap::new();
+    for site in sites.iter().filter(|s| s.kind == SiteKind::Stage) {
+        let key = (file_id(&site.path), site.offset);
+        match owner.get(&key) {
+            Some(first) if first.stage != site.stage => {
+                return Err(TargetError::OverlappingStages {
+                    first: first.stage.clone(),
+                    second: site.stage.clone(),
+                    symbol: site.symbol.clone(),
+                    path: site.path.clone(),
+                })
+            }
+            _ => {
+                owner.insert(key, site);
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Resolver<'a> {
@@ -103,13 +135,21 @@ impl Resolver<'_> {
         let mut refused = None;
         let before = self.out.sites.len();
         for f in elf.matching(symbol)? {
-            if let Some(reason) = first_bytes(&path, f.file_offset).and_then(|c| uprobe_refusal(&c))
-            {
-                let err = TargetError::Unprobeable {
+            let refusal = if f.ifunc {
+                Some(TargetError::Ifunc {
                     symbol: f.demangled.clone(),
                     path: path.clone(),
-                    reason,
-                };
+                })
+            } else {
+                first_bytes(&path, f.file_offset)
+                    .and_then(|c| uprobe_refusal(&c))
+                    .map(|reason| TargetError::Unprobeable {
+                        symbol: f.demangled.clone(),
+                        path: path.clone(),
+                        reason,
+                    })
+            };
+            if let Some(err) = refusal {
                 self.out.warnings.push(format!("'{name}': skipping: {err}"));
                 refused.get_or_insert(err);
                 continue;
