@@ -15,6 +15,7 @@ const CALLS_N: u64 = 200;
 const CALLS_DEPTH: u64 = 100;
 const SLEEPS: u64 = 3;
 const SLEEP_MS: u64 = 20;
+const GCS: u64 = 3;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn u(v: &Value) -> u64 {
@@ -23,9 +24,14 @@ fn u(v: &Value) -> u64 {
 }
 
 /// Expected calls of calls.py per qualified name for --n N --depth D
-/// --sleeps S --asyncio, written out here independently of the fixture's
-/// own formulas: (calls, resumes, yields, raised).
-fn calls_expected(n: u64, depth: u64, sleeps: u64) -> BTreeMap<&'static str, (u64, u64, u64, u64)> {
+/// --sleeps S --gc G --asyncio, written out here independently of the
+/// fixture's own formulas: (calls, resumes, yields, raised).
+fn calls_expected(
+    n: u64,
+    depth: u64,
+    sleeps: u64,
+    gcs: u64,
+) -> BTreeMap<&'static str, (u64, u64, u64, u64)> {
     BTreeMap::from([
         ("f_plain", (2 * n, 0, 0, 0)),
         ("K.__init__", (n, 0, 0, 0)),
@@ -42,6 +48,7 @@ fn calls_expected(n: u64, depth: u64, sleeps: u64) -> BTreeMap<&'static str, (u6
         ("f_partial", (n, 0, n, n)),
         ("f_recurse", (n * depth, 0, 0, 0)),
         ("f_sleep", (sleeps, 0, 0, 0)),
+        ("f_gc", (gcs, 0, 0, 0)),
         ("f_thread_main", (1, 0, 0, 0)),
         ("f_threaded", (n, 0, 0, 0)),
         ("f_async_main", (1, n, n, 0)),
@@ -94,7 +101,7 @@ fn matrix_interpreters_and_venvs() {
 #[test]
 fn calls_exact_counts_on_every_interpreter() {
     let matrix = python_matrix();
-    let expected = calls_expected(CALLS_N, CALLS_DEPTH, SLEEPS);
+    let expected = calls_expected(CALLS_N, CALLS_DEPTH, SLEEPS, GCS);
     let args = [
         "--n".to_string(),
         CALLS_N.to_string(),
@@ -104,6 +111,8 @@ fn calls_exact_counts_on_every_interpreter() {
         SLEEPS.to_string(),
         "--sleep-ms".into(),
         SLEEP_MS.to_string(),
+        "--gc".into(),
+        GCS.to_string(),
         "--asyncio".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -151,6 +160,12 @@ fn calls_exact_counts_on_every_interpreter() {
             );
         }
         assert_eq!(u(&r["caught"]), 2 * CALLS_N);
+        // The automatic collector is off: only f_gc() collects.
+        assert_eq!(u(&r["gc_full_collections"]), GCS, "{name}");
+        assert_eq!(
+            r["durations_ns"]["f_gc"].as_array().map(Vec::len),
+            Some(GCS as usize)
+        );
         // The second thread is a real, other thread.
         let main_tid = u(&r["threads"]["main"]);
         let worker_tid = u(&r["threads"]["worker"]);

@@ -69,6 +69,9 @@ pub fn run(rebuild_bpf_linker: bool) -> Result<()> {
     );
     item("tracefs", tracefs());
     item("mosquitto", mosquitto());
+    if let Some(note) = prune_venvs() {
+        println!("setup: python venvs: {note}");
+    }
     for slot in &python_env::MATRIX {
         match python_env::find(slot) {
             Ok(interp) => item(&format!("python {}", slot.label), python_venv(&interp)),
@@ -485,6 +488,30 @@ fn venv_uses(venv_python: &Path, exe: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
+}
+
+/// Removes the venvs whose interpreter is gone (an old pyenv patch
+/// release replaced by a newer one); says what it removed.
+fn prune_venvs() -> Option<String> {
+    let dir = python_env::venvs_dir();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(&dir).ok()?.filter_map(|e| e.ok()) {
+        let venv = entry.path();
+        let Some(st) = python_env::VenvStatus::read(&venv) else {
+            continue;
+        };
+        if !st.interpreter.is_empty() && !Path::new(&st.interpreter).exists() {
+            match std::fs::remove_dir_all(&venv) {
+                Ok(()) => {
+                    let lock = format!("{}.lock", entry.file_name().to_string_lossy());
+                    let _ = std::fs::remove_file(dir.join(lock));
+                    removed.push(format!("{} ({} is gone)", venv.display(), st.interpreter));
+                }
+                Err(e) => removed.push(format!("cannot remove {}: {e}", venv.display())),
+            }
+        }
+    }
+    (!removed.is_empty()).then(|| format!("removed {}", removed.join(", ")))
 }
 
 /// Makes the venv of one interpreter match the requirements file.
