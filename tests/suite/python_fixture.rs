@@ -175,7 +175,8 @@ fn calls_exact_counts_on_every_interpreter() {
             "{name}: main thread id is the pid"
         );
         assert_ne!(worker_tid, main_tid, "{name}");
-        // The known sleep: each call lasts at least its sleep, and not much more.
+        // The known sleep: each call lasts at least its sleep, and not much
+        // more (generous: other builds share the 2 cores).
         let sleeps = r["durations_ns"]["f_sleep"]
             .as_array()
             .expect("f_sleep durations");
@@ -183,7 +184,7 @@ fn calls_exact_counts_on_every_interpreter() {
         for d in sleeps {
             let d = u(d);
             assert!(d >= SLEEP_MS * 1_000_000, "{name}: f_sleep took {d} ns");
-            assert!(d < SLEEP_MS * 1_000_000 * 5, "{name}: f_sleep took {d} ns");
+            assert!(d < SLEEP_MS * 1_000_000 * 10, "{name}: f_sleep took {d} ns");
         }
         // stdout does not depend on the interpreter.
         match &first_stdout {

@@ -650,7 +650,8 @@ fn python_venv(interp: &python_env::Interpreter) -> Result<String> {
         missing,
     };
     for (pkg, module) in python_env::PIPELINE_PACKAGES {
-        if !st.is_missing(pkg) {
+        let pinned = pins.iter().any(|p| p.starts_with(&format!("{pkg}==")));
+        if pinned && !st.is_missing(pkg) {
             output(Command::new(&py).args(["-c", &format!("import {module}")])).with_context(
                 || {
                     format!(
