@@ -9,6 +9,12 @@
 //! - [`Pipeline`] runs a fixture pipeline held at `--go-file` until
 //!   [`Pipeline::go`], so a tracer can attach by pid first.
 //! - [`adeline_bpf_programs`]: our BPF programs still loaded in the kernel.
+//! - Python fixtures (module `python`, re-exported): [`python_matrix`] /
+//!   [`pipeline_matrix`] (the interpreters and their venvs, from
+//!   [`python_env`]), [`PyFixture`] (a fixture held at its go file, its
+//!   real pid, stdout and JSON report), [`Mosquitto`] (a private broker on a
+//!   free loopback port) and [`MqttSubscriber`]. See
+//!   tests/fixtures/python/README.md.
 //!
 //! Binaries are built with the same profile and into the same target
 //! directory as the running test executable (`<target>/<profile>/deps/...`),
@@ -24,6 +30,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod python;
+pub mod python_env;
+pub use python::*;
 
 /// How long [`Agent::stop`] and [`Pipeline::wait`] wait before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
