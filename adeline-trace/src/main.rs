@@ -11,12 +11,12 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => Plan::from_args(args)
             .map_err(anyhow::Error::from)
-            .and_then(adeline_trace::run::run),
-        Command::List(args) => adeline_trace::list::list(args),
-        Command::Summary(args) => adeline_trace::summary::summary(args),
-        Command::History(args) => adeline_trace::history::history(args),
+            .and_then(adeline_trace::cmd::run::run),
+        Command::List(args) => adeline_trace::cmd::list::list(args),
+        Command::Summary(args) => adeline_trace::cmd::summary::summary(args),
+        Command::History(args) => adeline_trace::cmd::history::history(args),
         // compare prints its own errors: exit 1 = regression, 2 = bad input.
-        Command::Compare(args) => return adeline_trace::compare::compare(args),
+        Command::Compare(args) => return adeline_trace::cmd::compare::compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

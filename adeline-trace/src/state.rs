@@ -9,8 +9,8 @@ use std::sync::{
 use crate::{
     alerts::{AlertEvent, AlertState},
     events::{monotonic_ns, WallClock},
-    memory::{stages::StageMemoryState, HostSampler, MemorySampler},
     metrics::{
+        memory::{stages::StageMemoryState, HostSampler, MemorySampler},
         buckets::Cumulative,
         snapshot::{AllocReport, HostStats, ProcessMemory, Snapshot, StageMemory, Window},
         Metrics,

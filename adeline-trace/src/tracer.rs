@@ -28,8 +28,8 @@ use crate::{
         trace_out::TraceOut,
     },
     state::{LiveState, SnapshotSource},
-    summary::metric_formatter,
-    target::process,
+    cmd::summary::metric_formatter,
+    symbols::process,
 };
 
 /// How often the ring buffer is drained (records are submitted without wakeup).
@@ -60,7 +60,7 @@ pub enum Stop {
     PidsExited,
 }
 
-/// What the tracer is built from (see run.rs for the order they are made in).
+/// What the tracer is built from (see cmd/run.rs for the order they are made in).
 pub struct TracerParts {
     pub probes: Probes,
     /// The JSON Lines event stream.

@@ -7,7 +7,8 @@ use aya::maps::{HashMap, MapData, PerCpuArray, StackTraceMap};
 
 use crate::metrics::snapshot::AllocSite;
 
-use super::{report::NO_STAGE_NAME, symbolize::StackSymbolizer, AllocSpec};
+use super::AllocSpec;
+use crate::{metrics::memory::alloc::NO_STAGE_NAME, symbols::symbolize::StackSymbolizer};
 
 /// The alloc maps taken from the loaded object, with the options they
 /// were loaded with.

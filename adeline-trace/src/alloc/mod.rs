@@ -1,10 +1,6 @@
-//! Alloc mode (`run --alloc`): which allocator functions are probed
-//! ([`sites`]), the options ([`AllocSpec`]), and what is read back from the
-//! kernel maps ([`report`]) and symbolized ([`symbolize`]).
+//! Alloc mode (`run --alloc`): the options ([`AllocSpec`]) and what is read
+//! back from the kernel maps ([`maps`]).
 pub mod maps;
-pub mod report;
-pub mod sites;
 pub mod spec;
-pub mod symbolize;
 
 pub use spec::{parse_size, AllocSpec};

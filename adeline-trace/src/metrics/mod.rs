@@ -29,6 +29,7 @@ pub mod frames;
 pub mod gauges;
 pub mod latency;
 pub mod loghist;
+pub mod memory;
 pub mod snapshot;
 pub mod window;
 

@@ -1,13 +1,11 @@
 //! The agent's HTTP API (docs/api.md): read-only JSON over TCP on 127.0.0.1
 //! and/or a unix socket (mode 0600), served with axum from a
-//! [`SnapshotSource`](crate::state::SnapshotSource); and the small blocking
-//! client `adeline-trace summary` uses to query it.
+//! [`SnapshotSource`](crate::state::SnapshotSource). The small blocking
+//! client `adeline-trace summary` uses to query it is in cmd/summary/.
 //!
 //! - [`listen`]: binding the listeners, socket file hygiene, [`ApiError`]
 //! - [`routes`]: the endpoints and their JSON error bodies
 //! - [`server`]: [`serve`] and the [`ApiHandle`] of a running server
-//! - [`client`]: one HTTP/1.1 request over TCP or a unix socket
-pub mod client;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod listen;

@@ -133,9 +133,9 @@ mod tests {
 
     use super::*;
     use crate::metrics::snapshot::{Snapshot, Window};
-    use crate::sinks::api::{
-        client::{get, request, Endpoint},
-        fixtures::{sample_alerts, sample_snapshot, FakeSource},
+    use crate::{
+        cmd::summary::client::{get, request, Endpoint},
+        sinks::api::fixtures::{sample_alerts, sample_snapshot, FakeSource},
     };
 
     /// Runs the blocking client off the runtime thread.

@@ -545,7 +545,7 @@ impl crate::state::SnapshotSource for HistorySource {
 
 /// `GET path` on an API server over `db`: (status, JSON body).
 fn get(db: Option<PathBuf>, paths: &[&str]) -> Vec<(u16, Value)> {
-    use crate::sinks::api::client::{get, Endpoint};
+    use crate::cmd::summary::client::{get, Endpoint};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

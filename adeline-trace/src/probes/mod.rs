@@ -16,10 +16,13 @@ use aya::{
 };
 use thiserror::Error;
 
+pub mod alloc;
+pub mod resolve;
+
 use crate::{
     alloc::{maps::AllocMaps, AllocSpec},
     cli::MemoryMode,
-    resolve::{ProbeSite, SiteKind},
+    probes::resolve::{ProbeSite, SiteKind},
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));

@@ -10,7 +10,7 @@ use crate::{
     alerts::AlertEvent,
     cli::HistoryArgs,
     sinks::history::{now_ns, parse_since, since_ns, HistoryReader, HistoryReport, HistoryRow},
-    summary::{human, metric_formatter},
+    cmd::summary::{human, metric_formatter},
 };
 
 pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {

@@ -116,7 +116,7 @@ impl MemorySampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::MAX_SAMPLES;
+    use crate::metrics::memory::MAX_SAMPLES;
 
     const S: u64 = 1_000_000_000;
 

@@ -5,11 +5,12 @@
 use adeline_trace_common::AllocStats;
 
 use crate::{
-    memory::{Series, SeriesSet},
-    metrics::snapshot::{AllocReport, AllocSite, StageAlloc, Window},
+    alloc::AllocSpec,
+    metrics::{
+        memory::{Series, SeriesSet},
+        snapshot::{AllocReport, AllocSite, StageAlloc, Window},
+    },
 };
-
-use super::AllocSpec;
 
 /// Name of the pseudo stage of allocations outside every traced stage.
 pub const NO_STAGE_NAME: &str = "(no stage)";

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub mod elf;
 pub mod insn;
 pub mod process;
+pub mod symbolize;
 pub mod usdt;
 
 pub use elf::{ElfFile, FunctionSymbol};

@@ -6,11 +6,11 @@
 use adeline_trace_common::AllocStats;
 
 use crate::{
-    alloc::{
-        report::{AllocState, NO_STAGE_NAME},
-        AllocSpec,
+    alloc::AllocSpec,
+    metrics::{
+        memory::alloc::{AllocState, NO_STAGE_NAME},
+        snapshot::{AllocReport, AllocSite, Snapshot, StageMemory, Window},
     },
-    metrics::snapshot::{AllocReport, AllocSite, Snapshot, StageMemory, Window},
 };
 
 use super::SeriesSet;

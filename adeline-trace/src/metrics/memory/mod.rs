@@ -6,10 +6,10 @@
 //!
 //! The run loop calls [`MemorySampler::sample`] and [`HostSampler::sample`]
 //! about once a second with the traced pids; snapshots read their reports.
+pub mod alloc;
 pub mod gpu;
 pub mod growth;
 pub mod host;
-pub mod report;
 pub mod sampler;
 pub mod series;
 pub mod stages;

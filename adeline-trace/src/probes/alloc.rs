@@ -10,8 +10,8 @@ use adeline_trace_common::{
 use thiserror::Error;
 
 use crate::{
-    resolve::{first_bytes, ProbeSite, SiteKind},
-    target::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
+    probes::resolve::{first_bytes, ProbeSite, SiteKind},
+    symbols::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
 };
 
 /// Functions that return a new block, with how to read them.

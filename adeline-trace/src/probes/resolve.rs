@@ -1,4 +1,4 @@
-//! Plan stages and gauges -> concrete probe sites (file + offset) using target/.
+//! Plan stages and gauges -> concrete probe sites (file + offset) using symbols/.
 use std::{
     collections::HashMap,
     fs::File,
@@ -10,7 +10,7 @@ use adeline_trace_common::gauge_cookie;
 
 use crate::{
     config::{GaugeSource, GaugeSpec, StageSpec},
-    target::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
+    symbols::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
 };
 
 /// What a site measures, which decides the programs attached to it.

@@ -545,7 +545,7 @@ fn score(needle: &str, name: &str) -> Option<(bool, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::testutil::{compile, run};
+    use crate::symbols::testutil::{compile, run};
     use std::collections::HashMap;
 
     const CPP_SRC: &str = r#"
@@ -789,12 +789,12 @@ int main(int argc, char **argv) { return stage_one(argc) + stage_two(argc); }
         let exe = std::env::current_exe().unwrap();
         let elf = ElfFile::open(&exe).unwrap();
         let hits = elf
-            .matching("adeline_trace::target::elf::demangle")
+            .matching("adeline_trace::symbols::elf::demangle")
             .unwrap();
         assert_eq!(hits.len(), 1);
         assert!(hits[0].raw.starts_with("_ZN") || hits[0].raw.starts_with("_R"));
         assert!(!elf
-            .matching("adeline_trace::target::elf::*")
+            .matching("adeline_trace::symbols::elf::*")
             .unwrap()
             .is_empty());
     }

@@ -22,7 +22,7 @@ use crate::{
         Metrics,
     },
     probes::{ProbeOptions, Probes},
-    resolve::{resolve, ProbeSite},
+    probes::resolve::{resolve, ProbeSite},
     sinks::{
         api::serve,
         history::HistoryStore,
@@ -30,7 +30,7 @@ use crate::{
         trace_out::TraceOut,
     },
     state::{LiveOptions, LiveState},
-    target::process,
+    symbols::process,
     tracer::{Tracer, TracerParts, DRAIN_EVERY},
 };
 
@@ -74,7 +74,7 @@ pub fn run(plan: Plan) -> Result<()> {
     }
     let mut sites = resolved.sites;
     if plan.alloc.is_some() {
-        sites.extend(crate::alloc::sites::alloc_sites(&plan.pids)?);
+        sites.extend(crate::probes::alloc::alloc_sites(&plan.pids)?);
     }
     crate::probes::check_privileges()?;
     let mut sink = JsonlSink::new(open_output(&plan.output)?);

@@ -9,6 +9,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+
+pub mod client;
+pub mod memory;
+
+use client::{ClientError, Endpoint};
+use memory::{caller_frame, fastest_growing_stage};
 use serde::Deserialize;
 
 use crate::{
@@ -18,9 +24,7 @@ use crate::{
     },
     cli::SummaryArgs,
     config::DEFAULT_API_PORT,
-    memory::report::{caller_frame, fastest_growing_stage},
     metrics::snapshot::{Snapshot, Window, SNAPSHOT_VERSION},
-    sinks::api::client::{self, ClientError, Endpoint},
 };
 
 /// Time between two refreshes with `--watch`.

@@ -444,7 +444,7 @@ pub fn usdt_probes(path: &Path) -> Result<Vec<UsdtProbe>, TargetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::testutil::{compile, run};
+    use crate::symbols::testutil::{compile, run};
     use std::path::PathBuf;
 
     const MAIN_SRC: &str = r#"

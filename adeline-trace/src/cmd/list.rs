@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::{
     cli::ListArgs,
-    target::{elf::ElfFile, process, usdt},
+    symbols::{elf::ElfFile, process, usdt},
 };
 
 #[derive(Serialize)]
