@@ -10,8 +10,8 @@ use crate::{
     alerts::{AlertEvent, AlertState},
     events::{monotonic_ns, WallClock},
     metrics::{
-        memory::{stages::StageMemoryState, HostSampler, MemorySampler},
         buckets::Cumulative,
+        memory::{stages::StageMemoryState, HostSampler, MemorySampler},
         snapshot::{AllocReport, HostStats, ProcessMemory, Snapshot, StageMemory, Window},
         Metrics,
     },

@@ -15,7 +15,9 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    alerts::{engine::AlertEngine, hook::HookRunner, AlertEvent, AlertState},
+    alerts::{
+        engine::AlertEngine, hook::HookRunner, rule::value_formatter, AlertEvent, AlertState,
+    },
     config::Plan,
     events::{decode, monotonic_ns, Event, WallClock},
     launch::Launched,
@@ -28,7 +30,6 @@ use crate::{
         trace_out::TraceOut,
     },
     state::{LiveState, SnapshotSource},
-    cmd::summary::metric_formatter,
     symbols::process,
 };
 
@@ -481,7 +482,7 @@ fn describe(event: &AlertEvent) -> String {
         AlertState::Firing => "ALERT firing",
         AlertState::Resolved => "alert resolved",
     };
-    let fmt = metric_formatter(&event.rule);
+    let fmt = value_formatter(&event.rule);
     format!(
         "{state}: {} (value {}, threshold {})",
         event.rule,

@@ -38,18 +38,9 @@ pub use python::*;
 /// How long [`Agent::stop`] and [`Pipeline::wait`] wait before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The stage functions of the demo pipeline, in call order.
-pub const DEMO_STAGES: [&str; 9] = [
-    "process_frame",
-    "decode",
-    "preprocess",
-    "infer",
-    "infer_layer",
-    "postprocess",
-    "refine",
-    "track",
-    "publish",
-];
+#[path = "../fixtures/demo_stages.rs"]
+mod demo_stages;
+pub use demo_stages::DEMO_STAGES;
 
 // ---------------------------------------------------------------------------
 // Privileges

@@ -119,18 +119,9 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The demo pipeline's stage functions (tests/fixtures/demo_pipeline.rs), in call order.
-pub const DEMO_STAGES: [&str; 9] = [
-    "process_frame",
-    "decode",
-    "preprocess",
-    "infer",
-    "infer_layer",
-    "postprocess",
-    "refine",
-    "track",
-    "publish",
-];
+#[path = "../../tests/fixtures/demo_stages.rs"]
+mod demo_stages;
+pub use demo_stages::DEMO_STAGES;
 
 /// For a task that loads BPF: checks root, then builds the agent (and the
 /// demo pipeline when `demo`) in the release or debug profile. Returns the

@@ -9,6 +9,12 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::units::{ByteUnits, Per};
+use crate::{
+    format,
+    units::{duration_unit_ns, size_unit, MIB},
+};
+
 /// Default threshold of a bare `leak(STAGE)`: 1 MiB/min, in bytes/s.
 pub const LEAK_DEFAULT_BYTES_PER_S: f64 = MIB / 60.0;
 /// Default `for` of a `leak(STAGE)` rule written without one: 30 s.
@@ -18,9 +24,6 @@ const LEAK_DEFAULT_UNITS: ByteUnits = ByteUnits {
     binary: true,
     per: Some(Per::Min),
 };
-
-const KIB: f64 = 1024.0;
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// A parsed alert rule: `METRIC OP THRESHOLD [for DURATION]`, or
 /// `leak(STAGE)` with its threshold and/or `for` left to the defaults.
@@ -39,51 +42,6 @@ pub struct Rule {
     pub for_ns: u64,
     /// Memory metrics: how the threshold was written, to print values alike.
     pub byte_units: Option<ByteUnits>,
-}
-
-/// The time unit of a rate (`/s`, `/min`, `/h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Per {
-    S,
-    Min,
-    H,
-}
-
-impl Per {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Per::S => "s",
-            Per::Min => "min",
-            Per::H => "h",
-        }
-    }
-
-    /// Seconds in the unit.
-    pub fn seconds(self) -> f64 {
-        match self {
-            Per::S => 1.0,
-            Per::Min => 60.0,
-            Per::H => 3600.0,
-        }
-    }
-
-    fn from_word(word: &str) -> Option<Per> {
-        Some(match word {
-            "s" => Per::S,
-            "min" => Per::Min,
-            "h" => Per::H,
-            _ => return None,
-        })
-    }
-}
-
-/// The units a memory threshold was written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteUnits {
-    /// `B`, `KiB`, `MiB`, `GiB` (powers of 1024) rather than `KB`, `MB`, `GB`.
-    pub binary: bool,
-    /// The time unit of a rate; None for a size.
-    pub per: Option<Per>,
 }
 
 /// What kind of value a metric is, which decides the threshold's unit.
@@ -443,39 +401,6 @@ fn known_names(what: &str, names: &[String]) -> String {
     }
 }
 
-/// Units accepted after a number, and their length in ns.
-const UNITS: [(&str, f64); 5] = [
-    ("ns", 1.0),
-    ("us", 1e3),
-    ("ms", 1e6),
-    ("s", 1e9),
-    ("m", 60e9),
-];
-
-fn unit_ns(word: &str) -> Option<f64> {
-    UNITS.iter().find(|(u, _)| *u == word).map(|(_, f)| *f)
-}
-
-/// Size units and their length in bytes; true for the binary ones.
-const SIZE_UNITS: [(&str, f64, bool); 7] = [
-    ("B", 1.0, true),
-    ("KB", 1e3, false),
-    ("MB", 1e6, false),
-    ("GB", 1e9, false),
-    ("KiB", KIB, true),
-    ("MiB", MIB, true),
-    ("GiB", MIB * KIB, true),
-];
-
-/// The length in bytes of a size unit (`B`, `KB` ... `GiB`) and whether it
-/// is a binary one; None for anything else.
-pub(crate) fn unit_bytes(word: &str) -> Option<(f64, bool)> {
-    SIZE_UNITS
-        .iter()
-        .find(|(u, _, _)| *u == word)
-        .map(|(_, f, binary)| (*f, *binary))
-}
-
 /// A unit after a number.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Unit {
@@ -554,6 +479,33 @@ pub fn validate(
             suggestion: closest(stage, stages),
             known: stages.to_vec(),
         })
+    }
+}
+
+/// How to print the values of the metric of the rule written `rule`:
+/// durations (ns) in human units, sizes (bytes) and rates (bytes/s) in the
+/// size and time units of the rule's threshold (`12.3 MiB/min` for
+/// `leak(S) > 1MiB/min`), shares as percentages, anything else (or a rule
+/// this version cannot parse) as a plain number. Alert lines on stderr,
+/// `summary` and `history` print alert values with it.
+pub fn value_formatter(rule: &str) -> Box<dyn Fn(f64) -> String> {
+    let Ok(rule) = parse_rule(rule) else {
+        return Box::new(format::number);
+    };
+    match (rule.metric.quantity(), rule.byte_units) {
+        (Quantity::Duration, _) => Box::new(|v| format::ns(v.max(0.0).round() as u64)),
+        (Quantity::Size | Quantity::Rate, Some(ByteUnits { binary, per })) => {
+            Box::new(move |v| match per {
+                Some(per) => format!(
+                    "{}/{}",
+                    format::bytes(v * per.seconds(), binary),
+                    per.as_str()
+                ),
+                None => format::bytes(v, binary),
+            })
+        }
+        _ if matches!(rule.metric, Metric::Share(_)) => Box::new(format::percent),
+        _ => Box::new(format::number),
     }
 }
 
@@ -835,10 +787,10 @@ impl<'a> Parser<'a> {
             self.pos = before;
             return Ok(None);
         };
-        if let Some(ns) = unit_ns(word) {
+        if let Some(ns) = duration_unit_ns(word) {
             return Ok(Some((Unit::Duration(ns), start, word)));
         }
-        if let Some((bytes, binary)) = unit_bytes(word) {
+        if let Some((bytes, binary)) = size_unit(word) {
             let after_size = self.pos;
             self.skip_ws();
             if !self.eat('/') {
@@ -1622,5 +1574,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn alert_values_in_their_metric_units() {
+        assert_eq!(value_formatter("p99(infer) > 50ms")(61.5e6), "61.5ms");
+        assert_eq!(value_formatter("share(track) > 0.4 for 2s")(0.45), "45.0%");
+        assert_eq!(value_formatter("fps < 25")(24.5), "24.5");
+        assert_eq!(value_formatter("not a rule")(3.0), "3");
+        // Memory: the size and time units of the rule's threshold.
+        let per_min = |mib: f64| mib * 1024.0 * 1024.0 / 60.0;
+        assert_eq!(
+            value_formatter("leak(track)")(per_min(12.3)),
+            "12.3 MiB/min"
+        );
+        assert_eq!(
+            value_formatter("rss_growth > 20MB/min for 60s")(20e6 / 60.0),
+            "20.0 MB/min"
+        );
+        assert_eq!(value_formatter("leak(t) > 100KB/s")(-2.5e5), "-250 KB/s");
+        assert_eq!(value_formatter("rss > 500MB")(1.234e9), "1.23 GB");
+        assert_eq!(
+            value_formatter("outstanding(t) > 1GiB")(3.0 * 1024.0 * 1024.0),
+            "3.00 MiB"
+        );
     }
 }

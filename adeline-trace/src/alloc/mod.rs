@@ -3,4 +3,4 @@
 pub mod maps;
 pub mod spec;
 
-pub use spec::{parse_size, AllocSpec};
+pub use spec::AllocSpec;

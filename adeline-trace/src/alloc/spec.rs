@@ -4,8 +4,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::{
-    alerts::rule::unit_bytes,
     config::{parse_duration, ConfigError},
+    units::parse_size,
 };
 
 /// Alloc mode options (present = `--alloc`).
@@ -80,43 +80,9 @@ impl AllocSpec {
     }
 }
 
-/// Parses a byte size: a whole number with an optional unit, `B`, `KB`
-/// `MB` `GB` (powers of 1000) or `KiB` `MiB` `GiB` (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| "expected a whole number of bytes".to_string())?;
-    // The units of alert rules (alerts/rule.rs), all whole numbers of bytes.
-    let mult = match unit.trim() {
-        "" => 1,
-        word => {
-            unit_bytes(word)
-                .ok_or_else(|| format!("unknown unit '{word}'"))?
-                .0 as u64
-        }
-    };
-    n.checked_mul(mult).ok_or_else(|| "too large".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64KiB"), Ok(65_536));
-        assert_eq!(parse_size(" 2 MB "), Ok(2_000_000));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("12kb"), Err("unknown unit 'kb'".into()));
-        assert_eq!(
-            parse_size("MB"),
-            Err("expected a whole number of bytes".into())
-        );
-    }
 
     #[test]
     fn flags_override_the_file_and_defaults_apply() {

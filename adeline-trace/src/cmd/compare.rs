@@ -18,7 +18,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::cli::CompareArgs;
-use crate::sinks::table::human_ns;
+use crate::format;
 
 /// Metrics `--metric` accepts; each is the field `<metric>_ns` of a stage.
 pub const METRICS: [&str; 8] = ["p50", "p90", "p95", "p99", "p999", "mean", "min", "max"];
@@ -292,7 +292,7 @@ fn report(baseline: &Measured, current: &Measured, metric: &str, max_pct: f64) -
             (Some(_), None) => (String::new(), Verdict::Missing),
             (None, None) => (String::new(), Verdict::NoData),
         };
-        let cell = |v: Option<u64>| v.map(human_ns).unwrap_or_else(|| "-".to_string());
+        let cell = |v: Option<u64>| v.map(format::ns).unwrap_or_else(|| "-".to_string());
         rows.push([
             name.to_string(),
             cell(b),
@@ -309,7 +309,9 @@ fn report(baseline: &Measured, current: &Measured, metric: &str, max_pct: f64) -
         "DELTA".to_string(),
         "VERDICT".to_string(),
     ];
-    let mut text = table(&header, &rows);
+    let mut table = vec![header];
+    table.extend(rows);
+    let mut text = format::align(&table, &[0, 4]);
     let limit = format!("{max_pct}%");
     if regressions.is_empty() {
         let _ = writeln!(text, "OK: no stage's {metric} grew by more than {limit}");
@@ -324,34 +326,6 @@ fn report(baseline: &Measured, current: &Measured, metric: &str, max_pct: f64) -
         text,
         regressed: !regressions.is_empty(),
     }
-}
-
-/// Aligned columns: the first left-aligned, numbers right-aligned, the last
-/// (verdict) left-aligned without trailing spaces.
-fn table(header: &[String; 5], rows: &[[String; 5]]) -> String {
-    let mut widths = [0usize; 5];
-    for row in std::iter::once(header).chain(rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(header).chain(rows) {
-        let _ = writeln!(
-            out,
-            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-        );
-    }
-    out
 }
 
 #[cfg(test)]
@@ -464,10 +438,10 @@ mod tests {
             out,
             "STAGE      BASELINE P95  CURRENT P95  DELTA  VERDICT\n\
              decode           2.00ms       2.10ms  +5.0%  OK\n\
-             inference       20.00ms      19.00ms  -5.0%  OK\n\
+             inference        20.0ms       19.0ms  -5.0%  OK\n\
              gone             1.00ms            -         MISSING\n\
              idle                  -            -         NO DATA\n\
-             track                 -      300.0us         NEW\n\
+             track                 -        300us         NEW\n\
              OK: no stage's p95 grew by more than 10%\n"
         );
 
@@ -481,7 +455,7 @@ mod tests {
         let (code, out) = run(&args(&base, &slow, "10%", "p95"));
         assert_eq!(code, 1, "{out}");
         assert!(
-            out.contains("inference       20.00ms      23.00ms  +15.0%  REGRESSION\n"),
+            out.contains("inference        20.0ms       23.0ms  +15.0%  REGRESSION\n"),
             "{out}"
         );
         assert!(

@@ -7,10 +7,10 @@ use std::{
 };
 
 use crate::{
-    alerts::AlertEvent,
+    alerts::{rule::value_formatter, AlertEvent},
     cli::HistoryArgs,
+    format,
     sinks::history::{now_ns, parse_since, since_ns, HistoryReader, HistoryReport, HistoryRow},
-    cmd::summary::{human, metric_formatter},
 };
 
 pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {
@@ -65,18 +65,23 @@ pub fn render(report: &HistoryReport) -> String {
         let mut table =
             vec![["TIME (UTC)", "CALLS/S", "P50", "P95", "P99", "SHARE"].map(String::from)];
         for r in rows {
-            let cell = |ns: u64| if r.count == 0 { "-".into() } else { human(ns) };
+            let cell = |ns: u64| {
+                if r.count == 0 {
+                    "-".into()
+                } else {
+                    format::ns(ns)
+                }
+            };
             table.push([
                 time(r.ts_ns),
                 format!("{:.1}", r.rate_hz),
                 cell(r.p50_ns),
                 cell(r.p95_ns),
                 cell(r.p99_ns),
-                r.frame_share
-                    .map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+                r.frame_share.map_or("-".into(), format::percent),
             ]);
         }
-        out.push_str(&align(&table, &[0]));
+        out.push_str(&format::align(&table, &[0]));
         out.push('\n');
     }
     out.push_str(&frames(&report.rows));
@@ -95,7 +100,7 @@ fn frames(rows: &[HistoryRow]) -> String {
         }
         last_ts = Some(r.ts_ns);
         let cell = |ns: Option<u64>| match (r.frame_count, ns) {
-            (Some(n), Some(ns)) if n > 0 => human(ns),
+            (Some(n), Some(ns)) if n > 0 => format::ns(ns),
             _ => "-".into(),
         };
         table.push([
@@ -109,7 +114,7 @@ fn frames(rows: &[HistoryRow]) -> String {
     if table.len() == 1 {
         return String::new();
     }
-    format!("FRAMES\n{}\n", align(&table, &[0]))
+    format!("FRAMES\n{}\n", format::align(&table, &[0]))
 }
 
 fn alerts(alerts: &[AlertEvent]) -> String {
@@ -118,7 +123,7 @@ fn alerts(alerts: &[AlertEvent]) -> String {
     }
     let mut table = vec![["TIME (UTC)", "STATE", "VALUE", "THRESHOLD", "RULE"].map(String::from)];
     for a in alerts {
-        let value = metric_formatter(&a.rule);
+        let value = value_formatter(&a.rule);
         table.push([
             time(a.ts_ns),
             crate::sinks::history::reader::state_name(a.state).to_string(),
@@ -127,38 +132,12 @@ fn alerts(alerts: &[AlertEvent]) -> String {
             a.rule.clone(),
         ]);
     }
-    format!("ALERTS\n{}", align(&table, &[0, 1, 4]))
+    format!("ALERTS\n{}", format::align(&table, &[0, 1, 4]))
 }
 
 /// Wall-clock ns as `2023-11-14T22:13:20Z` (UTC, whole seconds).
 fn time(ts_ns: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(ts_ns)).to_string()
-}
-
-/// Columns two spaces apart: those in `left` left-aligned (times, rules),
-/// the others right-aligned.
-fn align<const N: usize>(rows: &[[String; N]], left: &[usize]) -> String {
-    let mut widths = [0; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            let sep = if i == 0 { "" } else { "  " };
-            if left.contains(&i) {
-                let _ = write!(line, "{sep}{cell:<w$}");
-            } else {
-                let _ = write!(line, "{sep}{cell:>w$}");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

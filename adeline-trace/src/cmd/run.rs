@@ -21,8 +21,8 @@ use crate::{
         snapshot::{Snapshot, Window},
         Metrics,
     },
-    probes::{ProbeOptions, Probes},
     probes::resolve::{resolve, ProbeSite},
+    probes::{ProbeOptions, Probes},
     sinks::{
         api::serve,
         history::HistoryStore,

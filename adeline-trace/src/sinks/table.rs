@@ -1,21 +1,7 @@
 //! Human-readable tables (stderr): the final summary and the --live view.
 use std::fmt::Write as _;
 
-use crate::metrics::LatencySummary;
-
-/// Formats nanoseconds with a unit that keeps 3 significant figures.
-pub fn human_ns(ns: u64) -> String {
-    let v = ns as f64;
-    if ns < 1_000 {
-        format!("{ns}ns")
-    } else if ns < 1_000_000 {
-        format!("{:.1}us", v / 1e3)
-    } else if ns < 1_000_000_000 {
-        format!("{:.2}ms", v / 1e6)
-    } else {
-        format!("{:.2}s", v / 1e9)
-    }
-}
+use crate::{format, metrics::LatencySummary};
 
 /// The end-of-run table: count, min, mean, p50, p90, p99, max per stage.
 pub fn summary_table(rows: &[(&str, LatencySummary)]) -> String {
@@ -30,12 +16,12 @@ pub fn summary_table(rows: &[(&str, LatencySummary)]) -> String {
             "{:<width$} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             name,
             s.count,
-            human_ns(s.min_ns),
-            human_ns(s.mean_ns),
-            human_ns(s.p50_ns),
-            human_ns(s.p90_ns),
-            human_ns(s.p99_ns),
-            human_ns(s.max_ns),
+            format::ns(s.min_ns),
+            format::ns(s.mean_ns),
+            format::ns(s.p50_ns),
+            format::ns(s.p90_ns),
+            format::ns(s.p99_ns),
+            format::ns(s.max_ns),
         );
     }
     out
@@ -54,9 +40,9 @@ pub fn live_table(rows: &[(String, LatencySummary)], interval_s: f64, drops: u64
             "{:<width$} {:>9.1} {:>10} {:>10} {:>10}",
             name,
             s.count as f64 / interval_s,
-            human_ns(s.p50_ns),
-            human_ns(s.p99_ns),
-            human_ns(s.max_ns),
+            format::ns(s.p50_ns),
+            format::ns(s.p99_ns),
+            format::ns(s.max_ns),
         );
     }
     out
@@ -65,14 +51,6 @@ pub fn live_table(rows: &[(String, LatencySummary)], interval_s: f64, drops: u64
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_units() {
-        assert_eq!(human_ns(999), "999ns");
-        assert_eq!(human_ns(1_500), "1.5us");
-        assert_eq!(human_ns(2_345_678), "2.35ms");
-        assert_eq!(human_ns(3_000_000_000), "3.00s");
-    }
 
     #[test]
     fn summary_table_is_aligned() {

@@ -18,12 +18,10 @@ use memory::{caller_frame, fastest_growing_stage};
 use serde::Deserialize;
 
 use crate::{
-    alerts::{
-        rule::{parse_rule, ByteUnits, Metric, Quantity},
-        AlertEvent, AlertState,
-    },
+    alerts::{rule::value_formatter, AlertEvent, AlertState},
     cli::SummaryArgs,
     config::DEFAULT_API_PORT,
+    format,
     metrics::snapshot::{Snapshot, Window, SNAPSHOT_VERSION},
 };
 
@@ -209,14 +207,20 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
     let mut out = format!(
         "window {} ({} covered), {} events\n",
         snapshot.window.as_str(),
-        human(snapshot.window_ns),
+        format::ns(snapshot.window_ns),
         snapshot.events
     );
     let mut rows =
         vec![["STAGE", "CALLS/S", "P50", "P95", "P99", "MAX", "SHARE"].map(String::from)];
     for s in &snapshot.stages {
         let l = &s.latency;
-        let cell = |ns: u64| if l.count == 0 { "-".into() } else { human(ns) };
+        let cell = |ns: u64| {
+            if l.count == 0 {
+                "-".into()
+            } else {
+                format::ns(ns)
+            }
+        };
         rows.push([
             s.stage.clone(),
             format!("{:.1}", s.rate_hz),
@@ -224,10 +228,10 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
             cell(l.p95_ns),
             cell(l.p99_ns),
             cell(l.max_ns),
-            s.frame_share.map_or("-".into(), percent),
+            s.frame_share.map_or("-".into(), format::percent),
         ]);
     }
-    out.push_str(&align(&rows));
+    out.push_str(&format::align(&rows, &[0]));
 
     if let Some(f) = &snapshot.frames {
         let text = if f.latency.count == 0 {
@@ -237,9 +241,9 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
                 "{:.1} fps (root {}), latency p50 {}  p95 {}  p99 {}",
                 f.fps,
                 f.root,
-                human(f.latency.p50_ns),
-                human(f.latency.p95_ns),
-                human(f.latency.p99_ns)
+                format::ns(f.latency.p50_ns),
+                format::ns(f.latency.p95_ns),
+                format::ns(f.latency.p99_ns)
             )
         };
         line(&mut out, "FRAMES", &text);
@@ -254,17 +258,17 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
                 cell(g.last),
                 cell(g.min),
                 cell(g.max),
-                g.mean.map_or("-".into(), number),
+                g.mean.map_or("-".into(), format::number),
             ]);
         }
-        out.push_str(&align(&rows));
+        out.push_str(&format::align(&rows, &[0]));
     }
 
     if let Some(top) = &snapshot.bottleneck.top_self_share {
         let text = format!(
             "{}: {} of frame time in its own code",
             top.stage,
-            percent(top.share)
+            format::percent(top.share)
         );
         line(&mut out, "BOTTLENECK", &text);
     }
@@ -272,9 +276,9 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
         let text = format!(
             "{}: p99 {}, up from {} ({}x)",
             g.stage,
-            human(g.p99_ns),
-            human(g.earlier_p99_ns),
-            number(g.ratio)
+            format::ns(g.p99_ns),
+            format::ns(g.earlier_p99_ns),
+            format::number(g.ratio)
         );
         line(&mut out, "SLOWER", &text);
     }
@@ -322,13 +326,13 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
         line(&mut out, "ALERTS", "none firing");
     }
     for a in firing {
-        let value = metric_formatter(&a.rule);
+        let value = value_formatter(&a.rule);
         let text = format!(
             "{}: value {}, threshold {}, firing for {}",
             a.rule,
             value(a.value),
             value(a.threshold),
-            human(snapshot.ts_ns.saturating_sub(a.since_ns))
+            format::ns(snapshot.ts_ns.saturating_sub(a.since_ns))
         );
         line(&mut out, "ALERT", &text);
     }
@@ -348,147 +352,8 @@ fn firing(alerts: &[AlertEvent]) -> Vec<&AlertEvent> {
     latest
 }
 
-/// How to print the values of `rule`'s metric: durations (ns) in human
-/// units, sizes (bytes) and rates (bytes/s) in the size and time units of
-/// the rule's threshold (`12.3 MiB/min` for `leak(S) > 1MiB/min`), shares as
-/// percentages, anything else (or a rule this version cannot parse) as a
-/// plain number.
-pub(crate) fn metric_formatter(rule: &str) -> Box<dyn Fn(f64) -> String> {
-    let Ok(rule) = parse_rule(rule) else {
-        return Box::new(number);
-    };
-    match (rule.metric.quantity(), rule.byte_units) {
-        (Quantity::Duration, _) => Box::new(|v| human(v.max(0.0).round() as u64)),
-        (Quantity::Size | Quantity::Rate, Some(ByteUnits { binary, per })) => {
-            Box::new(move |v| match per {
-                Some(per) => format!(
-                    "{}/{}",
-                    human_bytes(v * per.seconds(), binary),
-                    per.as_str()
-                ),
-                None => human_bytes(v, binary),
-            })
-        }
-        _ if matches!(rule.metric, Metric::Share(_)) => Box::new(percent),
-        _ => Box::new(number),
-    }
-}
-
-/// Bytes with 3 significant figures in B, KB, MB, GB, TB (powers of 1000)
-/// or, when `binary`, B, KiB, MiB, GiB, TiB (powers of 1024): `12.3 MiB`.
-pub fn human_bytes(bytes: f64, binary: bool) -> String {
-    if !bytes.is_finite() {
-        return format!("{bytes} B");
-    }
-    let sign = if bytes < 0.0 { "-" } else { "" };
-    let (base, units) = if binary {
-        (1024.0, ["KiB", "MiB", "GiB", "TiB"])
-    } else {
-        (1000.0, ["KB", "MB", "GB", "TB"])
-    };
-    let mut value = bytes.abs();
-    if value.round() < 1000.0 {
-        return format!("{sign}{} B", number(value));
-    }
-    for (i, unit) in units.iter().enumerate() {
-        value /= base;
-        let rounded = round3(value);
-        if rounded < 1000.0 || i == units.len() - 1 {
-            let decimals = match rounded {
-                r if r >= 100.0 => 0,
-                r if r >= 10.0 => 1,
-                r if r >= 1.0 => 2,
-                _ => 3,
-            };
-            return format!("{sign}{rounded:.decimals$} {unit}");
-        }
-    }
-    unreachable!("the last unit returns")
-}
-
 fn line(out: &mut String, label: &str, text: &str) {
     let _ = writeln!(out, "{label:<LABEL$}{text}");
-}
-
-/// Aligns rows into columns two spaces apart: the first left-aligned, the
-/// others right-aligned.
-fn align<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut text = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i == 0 {
-                let _ = write!(text, "{cell:<w$}");
-            } else {
-                let _ = write!(text, "  {cell:>w$}");
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// A fraction as a percentage with one decimal.
-fn percent(fraction: f64) -> String {
-    format!("{:.1}%", fraction * 100.0)
-}
-
-/// Nanoseconds in ns, us, ms or s with 3 significant figures (whole
-/// nanoseconds below 1us, whole seconds from 1000s).
-pub fn human(ns: u64) -> String {
-    if ns < 1_000 {
-        return format!("{ns}ns");
-    }
-    let mut value = ns as f64 / 1e3;
-    for unit in ["us", "ms"] {
-        let rounded = round3(value);
-        if rounded < 1_000.0 {
-            return format!("{}{unit}", fixed3(rounded));
-        }
-        value /= 1e3;
-    }
-    let rounded = round3(value);
-    if rounded < 1_000.0 {
-        format!("{}s", fixed3(rounded))
-    } else {
-        format!("{value:.0}s")
-    }
-}
-
-/// `v` (>= 1) rounded to 3 significant figures.
-fn round3(v: f64) -> f64 {
-    let scale = 10f64.powi(2 - v.log10().floor() as i32);
-    (v * scale).round() / scale
-}
-
-/// A value in [1, 1000) already rounded to 3 significant figures, printed
-/// with exactly 3 (1.50, 12.3, 123).
-fn fixed3(v: f64) -> String {
-    let decimals = if v >= 100.0 {
-        0
-    } else if v >= 10.0 {
-        1
-    } else {
-        2
-    };
-    format!("{v:.decimals$}")
-}
-
-/// A plain number: whole numbers as integers, others with 3 significant figures.
-fn number(v: f64) -> String {
-    if !v.is_finite() || (v.fract() == 0.0 && v.abs() < 1e15) {
-        return format!("{v}");
-    }
-    let magnitude = v.abs().log10().floor() as i32;
-    let decimals = (2 - magnitude).max(0) as usize;
-    format!("{v:.decimals$}")
 }
 
 #[cfg(test)]
@@ -600,81 +465,6 @@ DROPS       none
 ALERTS      none firing
 "
         );
-    }
-
-    #[test]
-    fn human_units_keep_three_significant_figures() {
-        for (ns, text) in [
-            (0, "0ns"),
-            (999, "999ns"),
-            (1_000, "1.00us"),
-            (1_500, "1.50us"),
-            (9_996, "10.0us"),
-            (12_345, "12.3us"),
-            (123_456, "123us"),
-            (999_499, "999us"),
-            (999_500, "1.00ms"),
-            (2_345_678, "2.35ms"),
-            (999_999_600, "1.00s"),
-            (61_000_000_000, "61.0s"),
-            (999_600_000_000, "1000s"),
-            (3_600_000_000_000, "3600s"),
-        ] {
-            assert_eq!(human(ns), text, "{ns}");
-        }
-    }
-
-    #[test]
-    fn numbers_print_whole_or_with_three_figures() {
-        assert_eq!(number(2.0), "2");
-        assert_eq!(number(24.5), "24.5");
-        assert_eq!(number(0.012345), "0.0123");
-        assert_eq!(number(1234.5678), "1235");
-        assert_eq!(number(-2.5), "-2.50");
-    }
-
-    #[test]
-    fn alert_values_in_their_metric_units() {
-        assert_eq!(metric_formatter("p99(infer) > 50ms")(61.5e6), "61.5ms");
-        assert_eq!(metric_formatter("share(track) > 0.4 for 2s")(0.45), "45.0%");
-        assert_eq!(metric_formatter("fps < 25")(24.5), "24.5");
-        assert_eq!(metric_formatter("not a rule")(3.0), "3");
-        // Memory: the size and time units of the rule's threshold.
-        let per_min = |mib: f64| mib * 1024.0 * 1024.0 / 60.0;
-        assert_eq!(
-            metric_formatter("leak(track)")(per_min(12.3)),
-            "12.3 MiB/min"
-        );
-        assert_eq!(
-            metric_formatter("rss_growth > 20MB/min for 60s")(20e6 / 60.0),
-            "20.0 MB/min"
-        );
-        assert_eq!(metric_formatter("leak(t) > 100KB/s")(-2.5e5), "-250 KB/s");
-        assert_eq!(metric_formatter("rss > 500MB")(1.234e9), "1.23 GB");
-        assert_eq!(
-            metric_formatter("outstanding(t) > 1GiB")(3.0 * 1024.0 * 1024.0),
-            "3.00 MiB"
-        );
-    }
-
-    #[test]
-    fn bytes_keep_three_significant_figures() {
-        for (bytes, binary, text) in [
-            (0.0, true, "0 B"),
-            (0.5, true, "0.500 B"),
-            (999.0, false, "999 B"),
-            (1000.0, false, "1.00 KB"),
-            (1000.0, true, "0.977 KiB"),
-            (1023.0, true, "0.999 KiB"),
-            (1024.0, true, "1.00 KiB"),
-            (1536.0, true, "1.50 KiB"),
-            (999_600.0, false, "1.00 MB"),
-            (123_456_789.0, false, "123 MB"),
-            (-5e6, false, "-5.00 MB"),
-            (5e15, false, "5000 TB"),
-        ] {
-            assert_eq!(human_bytes(bytes, binary), text, "{bytes} {binary}");
-        }
     }
 
     #[test]
