@@ -3,7 +3,6 @@
 #![no_main]
 
 mod alloc;
-mod floor;
 mod gauge;
 mod maps;
 mod memory;

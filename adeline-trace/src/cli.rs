@@ -186,9 +186,6 @@ pub struct RunArgs {
     /// Alloc mode: how many allocation sites to report (default 10).
     #[arg(long, value_name = "N", requires = "alloc")]
     pub alloc_top: Option<usize>,
-    /// Benchmark only: attach empty programs (the cost floor of a probe pair).
-    #[arg(long, hide = true)]
-    pub probe_floor: bool,
     /// Launch this command, trace only it, and stop when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

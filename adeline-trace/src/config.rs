@@ -129,8 +129,6 @@ pub struct Plan {
     pub history: Option<HistorySpec>,
     /// Chrome trace-event output.
     pub trace_out: Option<PathBuf>,
-    /// Attach the empty floor programs instead of the stage programs (benchmarks).
-    pub probe_floor: bool,
     /// Alloc mode (`--alloc`).
     pub alloc: Option<AllocSpec>,
     /// Which kernel memory tracepoints to attach (`--memory`).
@@ -545,7 +543,6 @@ impl Plan {
             prom_buckets_ns,
             history,
             trace_out,
-            probe_floor: args.probe_floor,
             alloc,
             memory: args.memory,
         })

@@ -4,7 +4,7 @@
 //!   cargo xtask setup [--rebuild-bpf-linker]   toolchain, packages, tracefs, Python venvs
 //!   cargo xtask test [-- TEST-ARGS...]        setup, build, run every test serially
 //!   cargo xtask demo [--seconds S]            trace the demo pipeline live (root)
-//!   cargo xtask bench overhead [--runs R]     ns per traced call vs floor and bpftrace (root)
+//!   cargo xtask bench overhead [--runs R]     ns per traced call vs untraced and bpftrace (root)
 //!   cargo xtask bench agent [--runs R]        agent CPU per event at the highest rate (root)
 //!   cargo xtask bench alert [--steps N]       alert detection delay after a latency step (root)
 

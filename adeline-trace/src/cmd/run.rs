@@ -105,7 +105,6 @@ pub fn run(plan: Plan) -> Result<()> {
         min_duration: plan.min_duration,
         ring_bytes: plan.ring_bytes,
         frame_stage,
-        floor: plan.probe_floor,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
     };

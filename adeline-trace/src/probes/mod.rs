@@ -36,8 +36,6 @@ pub struct ProbeOptions {
     pub ring_bytes: u32,
     /// Stage id of the frame root.
     pub frame_stage: Option<u32>,
-    /// Attach empty programs at stage sites (benchmark floor).
-    pub floor: bool,
     /// Alloc mode (its sites come with the others, kind Alloc*/Free).
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
@@ -46,21 +44,15 @@ pub struct ProbeOptions {
 
 /// Kernel programs in attach order: every return probe before any entry
 /// probe, so no entry is recorded without its return being watched.
-fn programs_for(floor: bool) -> [(&'static str, SiteKind); 7] {
-    let (exit, entry) = match floor {
-        true => ("floor_exit", "floor_entry"),
-        false => ("stage_exit", "stage_entry"),
-    };
-    [
-        (exit, SiteKind::Stage),
+const PROGRAMS: [(&str, SiteKind); 7] = [
+        ("stage_exit", SiteKind::Stage),
         ("gauge_ret", SiteKind::GaugeRet),
         ("alloc_exit", SiteKind::AllocExit),
-        (entry, SiteKind::Stage),
+        ("stage_entry", SiteKind::Stage),
         ("gauge_arg", SiteKind::GaugeArg),
         ("alloc_enter", SiteKind::AllocEnter),
         ("free_enter", SiteKind::Free),
-    ]
-}
+    ];
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -134,7 +126,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 impl Probes {
     /// Loads the programs with the filter configuration and attaches them
-    /// at every site (see [`programs_for`] for the order). On any error all
+    /// at every site (see [`PROGRAMS`] for the order). On any error all
     /// that was attached is detached before returning.
     pub fn attach(sites: &[ProbeSite], opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         check_privileges()?;
@@ -171,7 +163,7 @@ impl Probes {
                 .collect()
         };
         let mut attached = 0;
-        for (name, kind) in programs_for(opts.floor) {
+        for (name, kind) in PROGRAMS {
             if !sites.iter().any(|s| s.kind == kind) {
                 continue;
             }

@@ -19,7 +19,8 @@ use crate::{root_dir, status};
 #[derive(Subcommand)]
 pub enum Bench {
     /// ns per traced call of an empty function (push- and mov-first), for
-    /// untraced, the empty-probe floor, adeline-trace and bpftrace. Root.
+    /// untraced, adeline-trace, bpftrace and bpftrace with empty programs
+    /// (the floor of a probe pair). Root.
     Overhead {
         /// Runs per configuration (interleaved); the median is reported.
         #[arg(long, default_value_t = 5)]

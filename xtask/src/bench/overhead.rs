@@ -4,20 +4,21 @@
 //! - two functions from xtask/bench/overhead.c: `bench_push` (first
 //!   instruction `push %rbp`, emulated by the kernel at a uprobe) and
 //!   `bench_mov` (first instruction `mov`, single-stepped: one more trap);
-//! - five configurations each: untraced; the floor (`adeline-trace run
-//!   --probe-floor`: empty uprobe+uretprobe programs at the same sites);
-//!   adeline-trace timing; bpftrace timing the same function into a
-//!   histogram; bpftrace with empty uprobe+uretprobe;
+//! - four configurations each: untraced; adeline-trace timing; bpftrace
+//!   timing the same function into a histogram; bpftrace with empty
+//!   uprobe+uretprobe programs, the floor of a probe pair (a trap at entry
+//!   and one at return running programs that do nothing);
 //! - every configuration run `--runs` times, interleaved round-robin so
 //!   machine noise spreads over all of them; medians are reported, with
-//!   ratios against the floor and bpftrace measured in the same run.
+//!   ratios against the untraced run, the floor and bpftrace measured in
+//!   the same run.
 //!
 //! The adeline-trace runs write their spans to a real file, read afterwards
 //! to check that every call produced a span and that nothing was dropped.
 //! Tracer CPU (agent or bpftrace) is the CPU of the tracer's process tree
 //! minus the traced process's own CPU (which includes its traps and the BPF
 //! programs run on its behalf); it includes the tracer's start-up (loading
-//! BPF, reading the ELF), so compare it with the floor's. Needs root.
+//! BPF, reading the ELF). Needs root.
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,16 +34,14 @@ const FUNCTIONS: [(&str, u64); 2] = [("bench_push", 500_000), ("bench_mov", 150_
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
     Untraced,
-    Floor,
     Adeline,
     Bpftrace,
     BpftraceEmpty,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 4] = [
         Config::Untraced,
-        Config::Floor,
         Config::Adeline,
         Config::Bpftrace,
         Config::BpftraceEmpty,
@@ -51,7 +50,6 @@ impl Config {
     fn label(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
-            Config::Floor => "floor (empty progs, adeline)",
             Config::Adeline => "adeline-trace",
             Config::Bpftrace => "bpftrace (hist)",
             Config::BpftraceEmpty => "bpftrace empty",
@@ -195,20 +193,12 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
             c.arg(func).arg(calls.to_string());
             c
         }
-        Config::Floor | Config::Adeline => {
+        Config::Adeline => {
             let mut c = Command::new(&paths.agent);
-            c.arg("run");
-            if config == Config::Floor {
-                c.arg("--probe-floor");
-            }
-            c.args(["--stage", &stage, "-o"]);
-            if config == Config::Floor {
-                c.arg("/dev/null");
-            } else {
-                let _ = std::fs::remove_file(&spans_file);
-                c.arg(&spans_file);
-            }
-            c.arg("--")
+            let _ = std::fs::remove_file(&spans_file);
+            c.args(["run", "--stage", &stage, "-o"])
+                .arg(&spans_file)
+                .arg("--")
                 .arg(&paths.fixture)
                 .arg(func)
                 .arg(calls.to_string());
@@ -341,7 +331,6 @@ fn report(
         out,
         "\nCommands (BIN = the fixture, FN = the function, N = calls/run):\n\n\
          - untraced: `BIN FN N`\n\
-         - floor: `adeline-trace run --probe-floor --stage FN=BIN:FN -o /dev/null -- BIN FN N`\n\
          - adeline-trace: `adeline-trace run --stage FN=BIN:FN -o target/bench/adeline-FN.jsonl -- BIN FN N`\n\
          - bpftrace (hist): `bpftrace -e 'uprobe:BIN:FN {{ @s[tid] = nsecs; }} \
          uretprobe:BIN:FN /@s[tid]/ {{ @h = hist(nsecs - @s[tid]); delete(@s[tid]); }}' -c 'BIN FN N'`\n\
@@ -353,27 +342,25 @@ fn report(
         (Some(a), Some(b)) => format!("{:.2}", medians[fi][a] / medians[fi][b]),
         _ => "-".to_string(),
     };
-    // The agent's own CPU per span: adeline minus floor (same start-up).
-    let agent_per_span = |fi: usize| match (idx(Config::Adeline), idx(Config::Floor)) {
-        (Some(a), Some(f)) => format!(
-            "{:.0}",
-            (cpu_medians[fi][a] - cpu_medians[fi][f]) / n_calls[fi] as f64
-        ),
-        _ => "-".to_string(),
+    // The agent's CPU per span, its start-up (loading BPF, reading the
+    // ELF) included.
+    let agent_per_span = |fi: usize| match idx(Config::Adeline) {
+        Some(a) => format!("{:.0}", cpu_medians[fi][a] / n_calls[fi] as f64),
+        None => "-".to_string(),
     };
     let _ = writeln!(
         out,
-        "\n| function | adeline / floor (goal <= 1.10) | adeline / bpftrace | floor / untraced | bpftrace / bpftrace empty | agent CPU per span, ns (adeline - floor) |"
+        "\n| function | adeline / floor (bpftrace empty; goal <= 1.10) | adeline / bpftrace | floor / untraced | adeline / untraced | agent CPU per span, ns (with start-up) |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     for (fi, &(func, _)) in FUNCTIONS.iter().enumerate() {
         let _ = writeln!(
             out,
             "| `{func}` | {} | {} | {} | {} | {} |",
-            ratio(fi, Config::Adeline, Config::Floor),
+            ratio(fi, Config::Adeline, Config::BpftraceEmpty),
             ratio(fi, Config::Adeline, Config::Bpftrace),
-            ratio(fi, Config::Floor, Config::Untraced),
-            ratio(fi, Config::Bpftrace, Config::BpftraceEmpty),
+            ratio(fi, Config::BpftraceEmpty, Config::Untraced),
+            ratio(fi, Config::Adeline, Config::Untraced),
             agent_per_span(fi)
         );
     }
