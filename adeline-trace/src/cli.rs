@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::probes::memory::MemoryMode;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "adeline-trace",
@@ -75,15 +77,6 @@ pub struct CompareArgs {
     /// Metric to compare: p50, p90, p95, p99, p999, mean or max.
     #[arg(long, default_value = "p95")]
     pub metric: String,
-}
-
-/// Which kernel memory tracepoints `run` attaches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum MemoryMode {
-    #[default]
-    Full,
-    Maps,
-    Off,
 }
 
 #[derive(Debug, Args)]

@@ -6,72 +6,21 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
-    alloc::{
-        spec::{AllocFlags, FileAlloc},
-        AllocSpec,
+    alerts::AlertSpec,
+    cli::RunArgs,
+    probes::{
+        alloc::{AllocSpec, DEFAULT_MIN_AGE, DEFAULT_TOP},
+        gauge::{GaugeSource, GaugeSpec},
+        memory::MemoryMode,
+        Location, StageSpec,
     },
-    cli::{MemoryMode, RunArgs},
+    sinks::{
+        api::{ApiSpec, DEFAULT_API_PORT},
+        history::HistorySpec,
+        jsonl::Output,
+    },
+    units::parse_size,
 };
-
-/// Where JSON Lines events go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    Stdout,
-    File(PathBuf),
-}
-
-/// One stage as the user named it: NAME=TARGET:SYMBOL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageSpec {
-    pub name: String,
-    pub target: String,
-    pub symbol: String,
-}
-
-/// Where a gauge's value comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GaugeSource {
-    /// Integer argument N (0..=5) at entry.
-    Arg(u8),
-    /// Return value.
-    Ret,
-}
-
-/// A gauge: NAME=TARGET:SYMBOL:argN|ret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GaugeSpec {
-    pub name: String,
-    pub target: String,
-    pub symbol: String,
-    pub source: GaugeSource,
-}
-
-/// An alert rule as written (parsed by alerts/), and its optional hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertSpec {
-    pub rule: String,
-    /// Shell command run with the alert JSON on stdin when it fires/resolves.
-    pub exec: Option<String>,
-}
-
-/// Where the HTTP API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiSpec {
-    /// TCP port on 127.0.0.1 (None: no TCP listener).
-    pub port: Option<u16>,
-    /// Unix socket path (mode 0600).
-    pub socket: Option<PathBuf>,
-}
-
-/// The history database a run keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistorySpec {
-    pub path: PathBuf,
-    /// One row per stage per interval.
-    pub interval: Duration,
-    /// Rows older than this are deleted.
-    pub retention: Duration,
-}
 
 /// Default Prometheus histogram bounds, seconds.
 pub const DEFAULT_PROM_BUCKETS: &str = "0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1";
@@ -96,9 +45,6 @@ pub fn parse_buckets(text: &str) -> Result<Vec<u64>, ConfigError> {
     }
     Ok(out)
 }
-
-/// Default TCP port of the agent's API.
-pub const DEFAULT_API_PORT: u16 = 7878;
 
 /// Everything `run` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +192,61 @@ struct FileStage {
     symbol: String,
 }
 
+/// The `[alloc]` table of a config file (its presence turns alloc mode on).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAlloc {
+    min_bytes: Option<String>,
+    sample: Option<u32>,
+    min_age: Option<String>,
+    top: Option<usize>,
+}
+
+/// Flag values (None = not given).
+#[derive(Debug, Default)]
+struct AllocFlags<'a> {
+    on: bool,
+    min_bytes: Option<&'a str>,
+    sample: Option<u32>,
+    min_age: Option<&'a str>,
+    top: Option<usize>,
+}
+
+/// Alloc mode from its flags and the file's `[alloc]` table: flags override
+/// the file; None when neither turns alloc mode on.
+fn alloc_spec(
+    flags: AllocFlags<'_>,
+    file: Option<FileAlloc>,
+) -> Result<Option<AllocSpec>, ConfigError> {
+    if !flags.on && file.is_none() {
+        return Ok(None);
+    }
+    let file = file.unwrap_or_default();
+    let min_bytes = match flags.min_bytes.or(file.min_bytes.as_deref()) {
+        None => 0,
+        Some(text) => parse_size(text).map_err(|reason| ConfigError::Size {
+            what: "--alloc-min-bytes",
+            value: text.to_string(),
+            reason,
+        })?,
+    };
+    let sample = flags.sample.or(file.sample).unwrap_or(1);
+    if sample == 0 {
+        return Err(ConfigError::AllocSample);
+    }
+    let min_age = match flags.min_age.or(file.min_age.as_deref()) {
+        None => DEFAULT_MIN_AGE,
+        Some(text) => parse_duration("--min-age", text)?,
+    };
+    let top = flags.top.or(file.top).unwrap_or(DEFAULT_TOP);
+    Ok(Some(AllocSpec {
+        min_bytes,
+        sample,
+        min_age,
+        top,
+    }))
+}
+
 /// Parses `NAME=TARGET:SYMBOL`. TARGET ends at the first ':' (C++ `::` in
 /// the symbol is kept).
 pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
@@ -268,8 +269,10 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     }
     let stage = StageSpec {
         name: name.trim().to_string(),
-        target: target.trim().to_string(),
-        symbol: symbol.trim().to_string(),
+        location: Location::Function {
+            target: target.trim().to_string(),
+            symbol: symbol.trim().to_string(),
+        },
     };
     check_stage_name(&stage.name)?;
     Ok(stage)
@@ -374,8 +377,10 @@ impl Plan {
                 check_stage_name(&s.name)?;
                 Ok(StageSpec {
                     name: s.name,
-                    target: s.target,
-                    symbol: s.symbol,
+                    location: Location::Function {
+                        target: s.target,
+                        symbol: s.symbol,
+                    },
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
@@ -506,7 +511,7 @@ impl Plan {
             }),
         };
         let trace_out = args.trace_out.clone().or(file.trace_out);
-        let alloc = AllocSpec::from_parts(
+        let alloc = alloc_spec(
             AllocFlags {
                 on: args.alloc,
                 min_bytes: args.alloc_min_bytes.as_deref(),
@@ -567,8 +572,13 @@ mod tests {
     fn stage_spec_keeps_cpp_scope_in_symbol() {
         let s = parse_stage("infer=/opt/lib/libdetector.so:*Detector::infer*").unwrap();
         assert_eq!(s.name, "infer");
-        assert_eq!(s.target, "/opt/lib/libdetector.so");
-        assert_eq!(s.symbol, "*Detector::infer*");
+        assert_eq!(
+            s.location,
+            Location::Function {
+                target: "/opt/lib/libdetector.so".into(),
+                symbol: "*Detector::infer*".into()
+            }
+        );
     }
 
     #[test]
@@ -817,5 +827,36 @@ mod tests {
         }
         let ok = Plan::from_args(&args(&["--stage", "a=/x:f", "--ring-bytes", "8192"])).unwrap();
         assert_eq!(ok.ring_bytes, 8192);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_apply() {
+        assert_eq!(alloc_spec(AllocFlags::default(), None), Ok(None));
+        let file = FileAlloc {
+            min_bytes: Some("1KiB".into()),
+            sample: Some(4),
+            min_age: None,
+            top: Some(3),
+        };
+        let flags = AllocFlags {
+            sample: Some(10),
+            ..AllocFlags::default()
+        };
+        let spec = alloc_spec(flags, Some(file)).unwrap().unwrap();
+        assert_eq!(
+            spec,
+            AllocSpec {
+                min_bytes: 1024,
+                sample: 10,
+                min_age: DEFAULT_MIN_AGE,
+                top: 3
+            }
+        );
+        let zero = AllocFlags {
+            on: true,
+            sample: Some(0),
+            ..AllocFlags::default()
+        };
+        assert_eq!(alloc_spec(zero, None), Err(ConfigError::AllocSample));
     }
 }

@@ -1,6 +1,5 @@
 //! adeline-trace agent: Plan -> probes -> ring buffer -> events -> metrics -> sinks.
 pub mod alerts;
-pub mod alloc;
 pub mod cli;
 pub mod cmd;
 pub mod config;

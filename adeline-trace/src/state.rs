@@ -61,7 +61,7 @@ pub struct LiveOptions {
     /// until it fires).
     pub rules: Vec<String>,
     /// Alloc mode, when on.
-    pub alloc: Option<crate::alloc::AllocSpec>,
+    pub alloc: Option<crate::probes::alloc::AllocSpec>,
 }
 
 /// The running tracer's shared state: metrics (written by the drain loop),

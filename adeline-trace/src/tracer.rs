@@ -21,7 +21,10 @@ use crate::{
     config::Plan,
     events::{decode, monotonic_ns, Event, WallClock},
     launch::Launched,
-    metrics::snapshot::{Snapshot, Window},
+    metrics::{
+        memory::alloc::name_sites,
+        snapshot::{Snapshot, Window},
+    },
     probes::Probes,
     sinks::{
         history::HistoryStore,
@@ -371,7 +374,7 @@ impl Tracer {
         };
         let names = self.live.metrics().stage_names().to_vec();
         let now = monotonic_ns();
-        let sites = maps.sites(now, &names);
+        let sites = name_sites(maps.sites(now), &names);
         let ts_ns = self.clock.wall_ns(now);
         for (i, site) in sites.iter().enumerate() {
             self.sink.write(&Record::AllocSite {

@@ -28,8 +28,7 @@ use std::collections::VecDeque;
 
 use super::hook::HookJob;
 use super::rule::{parse_rule, validate, Metric, Rule, RuleError, Stat, Subject, Threshold};
-use super::{AlertEvent, AlertState};
-use crate::config::AlertSpec;
+use super::{AlertEvent, AlertSpec, AlertState};
 use crate::metrics::snapshot::{Percentiles, Snapshot};
 
 /// How long a firing rule's condition must stay false before it resolves.

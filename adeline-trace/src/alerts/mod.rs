@@ -12,6 +12,14 @@ pub use engine::AlertEngine;
 pub use hook::{HookJob, HookRunner};
 pub use rule::{parse_rule, validate, Rule, RuleError};
 
+/// An alert rule as written (parsed by [`rule`]), and its optional hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSpec {
+    pub rule: String,
+    /// Shell command run with the alert JSON on stdin when it fires/resolves.
+    pub exec: Option<String>,
+}
+
 /// Firing or resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

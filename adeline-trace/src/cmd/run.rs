@@ -14,15 +14,15 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     alerts::engine::AlertEngine,
-    config::{Output, Plan},
+    config::Plan,
     events::{monotonic_ns, WallClock},
     launch::Launched,
     metrics::{
         snapshot::{Snapshot, Window},
         Metrics,
     },
-    probes::resolve::{resolve, ProbeSite},
-    probes::{ProbeOptions, Probes},
+    probes::{memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite, Probes},
+    sinks::jsonl::Output,
     sinks::{
         api::serve,
         history::HistoryStore,
@@ -68,14 +68,16 @@ pub fn run(plan: Plan) -> Result<()> {
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
-    let resolved = resolve(&plan.stages, &plan.gauges, &plan.pids)?;
+    let resolved = resolve_plan(&ProbePlan {
+        stages: &plan.stages,
+        gauges: &plan.gauges,
+        pids: &plan.pids,
+        alloc: plan.alloc.as_ref(),
+    })?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
-    let mut sites = resolved.sites;
-    if plan.alloc.is_some() {
-        sites.extend(crate::probes::alloc::alloc_sites(&plan.pids)?);
-    }
+    let sites = resolved.sites;
     crate::probes::check_privileges()?;
     let mut sink = JsonlSink::new(open_output(&plan.output)?);
     let trace_out = plan
@@ -110,7 +112,7 @@ pub fn run(plan: Plan) -> Result<()> {
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
-        if !pids.is_empty() && plan.memory != crate::cli::MemoryMode::Off {
+        if !pids.is_empty() && plan.memory != MemoryMode::Off {
             eprintln!("warning: memory mappings are not traced: {why}");
         }
     }

@@ -1,13 +1,25 @@
-//! Loads the BPF object, configures its maps, attaches every resolved probe
-//! with cookie = stage id, and owns the links: dropping [`Probes`] detaches
-//! everything.
-use std::{num::NonZeroU32, time::Duration};
+//! Plan -> probes: where each probe goes, and the one path that loads the
+//! kernel programs and attaches them. Each probe kind is one file with its
+//! resolver and the programs it attaches:
+//!
+//! - [`function`]: a stage timed at functions' entry and return;
+//! - [`gauge`]: an integer argument or the return value of functions;
+//! - [`alloc`]: alloc mode's allocator functions in the C library;
+//! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat).
+//!
+//! [`resolve`] is what they share (files, symbols, the kernel's refusals);
+//! [`resolve_plan`] is the one place that lists the kinds. [`Probes::attach`]
+//! loads the object with the filter configuration, attaches every site's
+//! programs with cookie = stage id and the kinds' tracepoints, and owns the
+//! links: dropping [`Probes`] detaches everything.
+//!
+//! A new kind that times stages (USDT, Python functions) is one file here
+//! and one variant of [`Location`] (with its arm in [`resolve_plan`]).
+use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 
-use adeline_trace_common::{
-    stage_slots, RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE,
-};
+use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeScope},
         TracePoint, UProbe,
@@ -16,16 +28,132 @@ use aya::{
 };
 use thiserror::Error;
 
+use crate::symbols::TargetError;
+
 pub mod alloc;
+pub mod function;
+pub mod gauge;
+pub mod memory;
 pub mod resolve;
 
-use crate::{
-    alloc::{maps::AllocMaps, AllocSpec},
-    cli::MemoryMode,
-    probes::resolve::{ProbeSite, SiteKind},
-};
+use alloc::{AllocMaps, AllocSiteError, AllocSpec};
+use gauge::GaugeSpec;
+use memory::MemoryMode;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
+
+/// One stage as the user named it: its name and where its probes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSpec {
+    pub name: String,
+    pub location: Location,
+}
+
+/// Where a stage's probes go: one variant per probe kind that times a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The entry and return of every function of `target` (a path or a
+    /// bare library name) matching `symbol` (exact or glob): [`function`].
+    Function { target: String, symbol: String },
+}
+
+/// A kernel program of the object, and whether it runs at a return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Program {
+    pub name: &'static str,
+    /// A uretprobe (attached before every entry program).
+    pub ret: bool,
+}
+
+impl Program {
+    pub const fn entry(name: &'static str) -> Program {
+        Program { name, ret: false }
+    }
+
+    pub const fn ret(name: &'static str) -> Program {
+        Program { name, ret: true }
+    }
+}
+
+/// A kernel tracepoint program and the event it attaches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracepoint {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub event: &'static str,
+}
+
+impl Tracepoint {
+    pub const fn new(program: &'static str, category: &'static str, event: &'static str) -> Self {
+        Tracepoint {
+            program,
+            category,
+            event,
+        }
+    }
+}
+
+/// One place to attach: a function (or an instruction) in a file, for one
+/// stage, gauge or kind, with the programs attached there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSite {
+    /// Stage or gauge name (what errors and the `start` record name).
+    pub stage: String,
+    /// The attach cookie (stage id, gauge id + argument index, ...).
+    pub cookie: u64,
+    /// File to attach to (inside the process's mount namespace if a pid was given).
+    pub path: PathBuf,
+    /// Demangled name of the function.
+    pub symbol: String,
+    /// File offset of the probe.
+    pub offset: u64,
+    /// Programs attached here, in attach order.
+    pub programs: &'static [Program],
+}
+
+/// What the plan asks to probe.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbePlan<'a> {
+    pub stages: &'a [StageSpec],
+    pub gauges: &'a [GaugeSpec],
+    /// Processes to resolve targets for (empty: the host's files).
+    pub pids: &'a [u32],
+    pub alloc: Option<&'a AllocSpec>,
+}
+
+/// Probe sites, and warnings about glob matches that had to be skipped.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub sites: Vec<ProbeSite>,
+    pub warnings: Vec<String>,
+}
+
+/// Resolves every probe of the plan, kind by kind (stage ids and gauge
+/// ids are their positions in the plan). The one place that lists the kinds.
+pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ProbeError> {
+    let mut resolver = resolve::Resolver::new(plan.pids);
+    let mut sites = Vec::new();
+    for (id, stage) in plan.stages.iter().enumerate() {
+        let id = id as u32;
+        sites.extend(match &stage.location {
+            Location::Function { target, symbol } => {
+                function::sites(&mut resolver, id, &stage.name, target, symbol)?
+            }
+        });
+    }
+    // Stage sites so far: a function is timed by one stage only.
+    resolve::check_overlaps(&sites)?;
+    for (id, g) in plan.gauges.iter().enumerate() {
+        sites.extend(gauge::sites(&mut resolver, id as u32, g)?);
+    }
+    if plan.alloc.is_some() {
+        sites.extend(alloc::sites(&mut resolver)?);
+    }
+    Ok(Resolved {
+        sites,
+        warnings: resolver.warnings,
+    })
+}
 
 /// How to load and attach the programs.
 #[derive(Debug, Clone, Default)]
@@ -36,23 +164,11 @@ pub struct ProbeOptions {
     pub ring_bytes: u32,
     /// Stage id of the frame root.
     pub frame_stage: Option<u32>,
-    /// Alloc mode (its sites come with the others, kind Alloc*/Free).
+    /// Alloc mode (its sites come with the others).
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
 }
-
-/// Kernel programs in attach order: every return probe before any entry
-/// probe, so no entry is recorded without its return being watched.
-const PROGRAMS: [(&str, SiteKind); 7] = [
-        ("stage_exit", SiteKind::Stage),
-        ("gauge_ret", SiteKind::GaugeRet),
-        ("alloc_exit", SiteKind::AllocExit),
-        ("stage_entry", SiteKind::Stage),
-        ("gauge_arg", SiteKind::GaugeArg),
-        ("alloc_enter", SiteKind::AllocEnter),
-        ("free_enter", SiteKind::Free),
-    ];
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -69,6 +185,10 @@ pub enum ProbeError {
     },
     #[error("reading BPF map {map} failed: {reason}")]
     Map { map: &'static str, reason: String },
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Alloc(#[from] AllocSiteError),
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -124,10 +244,26 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The programs of `sites` in attach order: every return program before
+/// any entry program (so no entry is recorded without its return being
+/// watched), each in the order the sites first name it.
+fn attach_order(sites: &[ProbeSite]) -> Vec<Program> {
+    let mut order: Vec<Program> = Vec::new();
+    for ret in [true, false] {
+        for p in sites.iter().flat_map(|s| s.programs) {
+            if p.ret == ret && !order.contains(p) {
+                order.push(*p);
+            }
+        }
+    }
+    order
+}
+
 impl Probes {
     /// Loads the programs with the filter configuration and attaches them
-    /// at every site (see [`PROGRAMS`] for the order). On any error all
-    /// that was attached is detached before returning.
+    /// at every site (see [`attach_order`]), then the memory tracepoints
+    /// (their failure only leaves memory untraced). On any error all that
+    /// was attached is detached before returning.
     pub fn attach(sites: &[ProbeSite], opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         check_privileges()?;
         raise_memlock();
@@ -135,22 +271,17 @@ impl Probes {
         let filter_pids = u32::from(!pids.is_empty());
         let min_dur_ns = u64::try_from(opts.min_duration.as_nanos()).unwrap_or(u64::MAX);
         let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
-        // Without alloc mode its big maps are created with one entry.
-        let (min_bytes, sample, allocs_max, stacks_max) = match &opts.alloc {
-            Some(a) => (a.min_bytes, a.sample, MAX_ALLOCS, MAX_ALLOC_STACKS),
-            None => (0, 1, 1, 1),
-        };
-        let mut ebpf = EbpfLoader::new()
-            // THREADS is a task-storage map, which aya creates but has no type for.
+        let alloc_globals = alloc::Globals::new(opts.alloc.as_ref());
+        let mut loader = EbpfLoader::new();
+        // THREADS is a task-storage map, which aya creates but has no type for.
+        loader
             .allow_unsupported_maps()
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
             .override_global("FRAME_STAGE", &frame_stage, true)
-            .override_global("ALLOC_MIN_BYTES", &min_bytes, true)
-            .override_global("ALLOC_SAMPLE", &sample, true)
-            .map_max_entries("ALLOCS", allocs_max)
-            .map_max_entries("ALLOC_STACKS", stacks_max)
-            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("EVENTS", opts.ring_bytes);
+        alloc_globals.configure(&mut loader);
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
@@ -163,17 +294,15 @@ impl Probes {
                 .collect()
         };
         let mut attached = 0;
-        for (name, kind) in PROGRAMS {
-            if !sites.iter().any(|s| s.kind == kind) {
-                continue;
-            }
+        for program in attach_order(sites) {
+            let name = program.name;
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or_else(|| load_err(format!("program {name} missing from the object")))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| ProbeError::Load(chain(&e)))?;
             prog.load().map_err(|e| ProbeError::Load(chain(&e)))?;
-            for site in sites.iter().filter(|s| s.kind == kind) {
+            for site in sites.iter().filter(|s| s.programs.contains(&program)) {
                 for scope in &scopes {
                     let point = UProbeAttachPoint {
                         location: site.offset.into(),
@@ -190,23 +319,14 @@ impl Probes {
                 }
             }
         }
-        // Memory mappings: syscall tracepoints fire for every process, so
-        // they are attached only when the kernel pid filter is on.
-        let memory_untraced = if opts.memory == MemoryMode::Off {
-            Some("--memory off".into())
-        } else if pids.is_empty() {
-            Some(
-                "tracing every process: memory mappings are traced only with -p or a command"
-                    .into(),
-            )
-        } else {
-            match attach_memory(&mut ebpf, opts.memory) {
-                Ok(n) => {
-                    attached += n;
-                    None
-                }
-                Err(e) => Some(e),
+        let memory_untraced = match memory::tracepoints(opts.memory, pids)
+            .and_then(|points| attach_tracepoints(&mut ebpf, points))
+        {
+            Ok(n) => {
+                attached += n;
+                None
             }
+            Err(why) => Some(why),
         };
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
@@ -219,7 +339,7 @@ impl Probes {
         )
         .map_err(|e| ProbeError::Load(chain(&e)))?;
         let alloc = match &opts.alloc {
-            Some(spec) => Some(take_alloc_maps(&mut ebpf, spec.clone())?),
+            Some(spec) => Some(AllocMaps::take(&mut ebpf, spec.clone())?),
             None => None,
         };
         Ok(Probes {
@@ -240,34 +360,13 @@ impl Probes {
     /// The resident set of `pid` as `kmem:rss_stat` last reported it (None
     /// before its first event, or when memory is not traced).
     pub fn kernel_rss(&self, pid: u32) -> Option<u64> {
-        let mm_ids: HashMap<&MapData, u32, u32> =
-            HashMap::try_from(self.ebpf.map("MM_IDS")?).ok()?;
-        let rss: HashMap<&MapData, u32, RssState> =
-            HashMap::try_from(self.ebpf.map("RSS")?).ok()?;
-        let mm = mm_ids.get(&pid, 0).ok()?;
-        Some(rss.get(&mm, 0).ok()?.rss_bytes())
+        memory::kernel_rss(&self.ebpf, pid)
     }
 
     /// Resident bytes charged to stage ids `0..stages`, then to "(no
     /// stage)" (summed over CPUs; kmem:rss_stat).
     pub fn stage_resident(&self, stages: usize) -> Result<Vec<i64>, ProbeError> {
-        let err = |reason: String| ProbeError::Map {
-            map: "STAGE_RSS",
-            reason,
-        };
-        let map = self
-            .ebpf
-            .map("STAGE_RSS")
-            .ok_or_else(|| err("missing".into()))?;
-        let map: PerCpuArray<&MapData, i64> =
-            PerCpuArray::try_from(map).map_err(|e| err(chain(&e)))?;
-        stage_slots(stages)
-            .map(|i| {
-                map.get(&i, 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .map_err(|e| err(chain(&e)))
-            })
-            .collect()
+        memory::stage_resident(&self.ebpf, stages)
     }
 
     /// Totals of the per-CPU counters, indexed by `COUNTER_*`.
@@ -287,47 +386,21 @@ impl Probes {
     }
 }
 
-/// Attaches the memory tracepoint programs (mmap, munmap, mremap, brk
-/// syscalls and kmem:rss_stat); the number of attachments, or why not
+/// Attaches tracepoint programs; the number of attachments, or why not
 /// (e.g. tracefs not mounted).
-fn attach_memory(ebpf: &mut Ebpf, mode: MemoryMode) -> Result<usize, String> {
-    let all = [
-        ("mem_mmap", "syscalls", "sys_enter_mmap"),
-        ("mem_munmap", "syscalls", "sys_enter_munmap"),
-        ("mem_mremap", "syscalls", "sys_enter_mremap"),
-        ("mem_brk", "syscalls", "sys_exit_brk"),
-        ("mem_rss", "kmem", "rss_stat"),
-    ];
-    let events = match mode {
-        MemoryMode::Full => &all[..],
-        _ => &all[..4],
-    };
-    for &(name, category, event) in events {
+fn attach_tracepoints(ebpf: &mut Ebpf, points: &[Tracepoint]) -> Result<usize, String> {
+    for point in points {
+        let name = point.program;
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing"))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| chain(&e))?;
         prog.load().map_err(|e| chain(&e))?;
-        prog.attach(category, event).map_err(|e| chain(&e))?;
+        prog.attach(point.category, point.event)
+            .map_err(|e| chain(&e))?;
     }
-    Ok(events.len())
-}
-
-/// Takes alloc mode's maps out of the object.
-fn take_alloc_maps(ebpf: &mut Ebpf, spec: AllocSpec) -> Result<AllocMaps, ProbeError> {
-    let mut take = |name: &'static str| {
-        ebpf.take_map(name)
-            .ok_or_else(|| load_err(format!("no {name} map")))
-    };
-    let (allocs, stacks, stats) = (take("ALLOCS")?, take("ALLOC_STACKS")?, take("ALLOC_STATS")?);
-    let bad = |e: aya::maps::MapError| ProbeError::Load(chain(&e));
-    Ok(AllocMaps::new(
-        spec,
-        HashMap::try_from(allocs).map_err(bad)?,
-        StackTraceMap::try_from(stacks).map_err(bad)?,
-        PerCpuArray::try_from(stats).map_err(bad)?,
-    ))
+    Ok(points.len())
 }
 
 /// Fills the in-kernel pid filter (used when `FILTER_PIDS` is set).

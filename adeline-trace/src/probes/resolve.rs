@@ -1,4 +1,6 @@
-//! Plan stages and gauges -> concrete probe sites (file + offset) using symbols/.
+//! What the probe kinds share to find where their probes go: the files of
+//! the plan's targets (opened once), their functions, and the kernel's
+//! refusals. A kind's own file says which functions and which programs.
 use std::{
     collections::HashMap,
     fs::File,
@@ -6,85 +8,103 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use adeline_trace_common::gauge_cookie;
+use crate::symbols::{elf::ElfFile, insn::uprobe_refusal, process, FunctionSymbol, TargetError};
 
-use crate::{
-    config::{GaugeSource, GaugeSpec, StageSpec},
-    symbols::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
-};
+use super::{ProbeSite, Program};
 
-/// What a site measures, which decides the programs attached to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SiteKind {
-    /// Entry + return timing of a stage.
-    Stage,
-    /// An argument read at entry.
-    GaugeArg,
-    /// The return value.
-    GaugeRet,
-    /// Alloc mode: an allocator's entry (size) ...
-    AllocEnter,
-    /// ... and its return (address); cookie = `ALLOC_FN_*`.
-    AllocExit,
-    /// Alloc mode: `free`/`munmap` (entry only).
-    Free,
-}
-
-/// One function to attach to, for one stage or gauge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeSite {
-    pub kind: SiteKind,
-    /// Stage or gauge name.
-    pub stage: String,
-    /// The attach cookie (stage id, or gauge id + argument index).
-    pub cookie: u64,
-    /// File to attach to (inside the process's mount namespace if a pid was given).
-    pub path: PathBuf,
-    /// Demangled name of the function.
-    pub symbol: String,
-    /// Offset of the function in the file.
-    pub offset: u64,
-}
-
-/// Probe sites, and warnings about glob matches that had to be skipped.
-#[derive(Debug, Default)]
-pub struct Resolved {
-    pub sites: Vec<ProbeSite>,
+/// Files and functions of the targets, resolved for the traced pids.
+pub struct Resolver<'a> {
+    pids: &'a [u32],
+    files: HashMap<PathBuf, ElfFile>,
+    /// Glob matches that had to be skipped, one line each.
     pub warnings: Vec<String>,
 }
 
-/// Resolves every stage's and gauge's target and symbol. Every glob match
-/// joins its stage; no match is an error naming close candidates. A
-/// function the kernel cannot probe is an error when named exactly, and is
-/// skipped with a warning when a glob matched it among others.
-pub fn resolve(
-    stages: &[StageSpec],
-    gauges: &[GaugeSpec],
-    pids: &[u32],
-) -> Result<Resolved, TargetError> {
-    let mut resolver = Resolver {
-        pids,
-        files: HashMap::new(),
-        out: Resolved::default(),
-    };
-    for (id, s) in stages.iter().enumerate() {
-        resolver.add(SiteKind::Stage, &s.name, id as u64, &s.target, &s.symbol)?;
+impl<'a> Resolver<'a> {
+    /// Resolves targets for `pids` (empty: the host's files).
+    pub fn new(pids: &'a [u32]) -> Resolver<'a> {
+        Resolver {
+            pids,
+            files: HashMap::new(),
+            warnings: Vec::new(),
+        }
     }
-    check_overlaps(&resolver.out.sites)?;
-    for (id, g) in gauges.iter().enumerate() {
-        let (kind, cookie) = match g.source {
-            GaugeSource::Arg(n) => (SiteKind::GaugeArg, gauge_cookie(id as u32, n)),
-            GaugeSource::Ret => (SiteKind::GaugeRet, id as u64),
-        };
-        resolver.add(kind, &g.name, cookie, &g.target, &g.symbol)?;
+
+    /// The processes the targets are resolved for.
+    pub fn pids(&self) -> &'a [u32] {
+        self.pids
     }
-    Ok(resolver.out)
+
+    /// The ELF file at `path`, opened once.
+    pub fn open(&mut self, path: &Path) -> Result<&ElfFile, TargetError> {
+        if !self.files.contains_key(path) {
+            self.files.insert(path.to_path_buf(), ElfFile::open(path)?);
+        }
+        Ok(&self.files[path])
+    }
+
+    /// One site per function of `target` matching `symbol`, each with
+    /// `programs`. Every glob match joins; no match is an error naming close
+    /// candidates. A function the kernel cannot probe is an error when named
+    /// exactly, and is skipped with a warning when a glob matched it among
+    /// others.
+    pub fn functions(
+        &mut self,
+        label: &str,
+        cookie: u64,
+        target: &str,
+        symbol: &str,
+        programs: &'static [Program],
+    ) -> Result<Vec<ProbeSite>, TargetError> {
+        let path = process::resolve_target(target, self.pids)?;
+        let matches: Vec<FunctionSymbol> = self
+            .open(&path)?
+            .matching(symbol)?
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut refused = None;
+        let mut sites = Vec::new();
+        for f in matches {
+            let refusal = if f.ifunc {
+                Some(TargetError::Ifunc {
+                    symbol: f.demangled.clone(),
+                    path: path.clone(),
+                })
+            } else {
+                first_bytes(&path, f.file_offset)
+                    .and_then(|c| uprobe_refusal(&c))
+                    .map(|reason| TargetError::Unprobeable {
+                        symbol: f.demangled.clone(),
+                        path: path.clone(),
+                        reason,
+                    })
+            };
+            if let Some(err) = refusal {
+                self.warnings.push(format!("'{label}': skipping: {err}"));
+                refused.get_or_insert(err);
+                continue;
+            }
+            sites.push(ProbeSite {
+                stage: label.to_string(),
+                cookie,
+                path: path.clone(),
+                symbol: f.demangled.clone(),
+                offset: f.file_offset,
+                programs,
+            });
+        }
+        match refused {
+            Some(err) if sites.is_empty() => Err(err),
+            _ => Ok(sites),
+        }
+    }
 }
 
 /// Refuses two stages on one function. Both would push an open call at
 /// entry and one return would unwind the other's, so one stage would lose
 /// every call; a function belongs to one stage.
-fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
+pub fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
     use std::os::unix::fs::MetadataExt;
     // The same file can be reached by several paths (symlinks, /proc/PID/root).
     let file_id = |p: &Path| {
@@ -93,7 +113,7 @@ fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
             .unwrap_or_default()
     };
     let mut owner: HashMap<((u64, u64), u64), &ProbeSite> = HashMap::new();
-    for site in sites.iter().filter(|s| s.kind == SiteKind::Stage) {
+    for site in sites {
         let key = (file_id(&site.path), site.offset);
         match owner.get(&key) {
             Some(first) if first.stage != site.stage => {
@@ -110,64 +130,6 @@ fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
         }
     }
     Ok(())
-}
-
-struct Resolver<'a> {
-    pids: &'a [u32],
-    files: HashMap<PathBuf, ElfFile>,
-    out: Resolved,
-}
-
-impl Resolver<'_> {
-    fn add(
-        &mut self,
-        kind: SiteKind,
-        name: &str,
-        cookie: u64,
-        target: &str,
-        symbol: &str,
-    ) -> Result<(), TargetError> {
-        let path = process::resolve_target(target, self.pids)?;
-        if !self.files.contains_key(&path) {
-            self.files.insert(path.clone(), ElfFile::open(&path)?);
-        }
-        let elf = &self.files[&path];
-        let mut refused = None;
-        let before = self.out.sites.len();
-        for f in elf.matching(symbol)? {
-            let refusal = if f.ifunc {
-                Some(TargetError::Ifunc {
-                    symbol: f.demangled.clone(),
-                    path: path.clone(),
-                })
-            } else {
-                first_bytes(&path, f.file_offset)
-                    .and_then(|c| uprobe_refusal(&c))
-                    .map(|reason| TargetError::Unprobeable {
-                        symbol: f.demangled.clone(),
-                        path: path.clone(),
-                        reason,
-                    })
-            };
-            if let Some(err) = refusal {
-                self.out.warnings.push(format!("'{name}': skipping: {err}"));
-                refused.get_or_insert(err);
-                continue;
-            }
-            self.out.sites.push(ProbeSite {
-                kind,
-                stage: name.to_string(),
-                cookie,
-                path: path.clone(),
-                symbol: f.demangled.clone(),
-                offset: f.file_offset,
-            });
-        }
-        match refused {
-            Some(err) if self.out.sites.len() == before => Err(err),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// The first bytes of the function at `offset` (None if unreadable).

@@ -11,6 +11,13 @@ use crate::{
     },
 };
 
+/// Where JSON Lines events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
 /// Version of the JSON event schema (`v` field of every object).
 pub const SCHEMA_VERSION: u32 = 1;
 

@@ -20,9 +20,9 @@ use serde::Deserialize;
 use crate::{
     alerts::{rule::value_formatter, AlertEvent, AlertState},
     cli::SummaryArgs,
-    config::DEFAULT_API_PORT,
     format,
     metrics::snapshot::{Snapshot, Window, SNAPSHOT_VERSION},
+    sinks::api::DEFAULT_API_PORT,
 };
 
 /// Time between two refreshes with `--watch`.
@@ -362,8 +362,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::ApiSpec,
         sinks::api::fixtures::{sample_alerts, sample_snapshot, FakeSource},
+        sinks::api::ApiSpec,
     };
 
     fn args(extra: &[&str]) -> SummaryArgs {

@@ -2,18 +2,39 @@
 //! kernel about once a second, the outstanding bytes' growth, and the
 //! latest allocation sites, assembled into the snapshot's [`AllocReport`].
 //! Pure: the kernel maps are read by [`super::maps`].
-use adeline_trace_common::AllocStats;
+use adeline_trace_common::{AllocStats, NO_STAGE};
 
 use crate::{
-    alloc::AllocSpec,
     metrics::{
         memory::{Series, SeriesSet},
         snapshot::{AllocReport, AllocSite, StageAlloc, Window},
     },
+    probes::alloc::{AllocSpec, OutstandingSite},
 };
 
 /// Name of the pseudo stage of allocations outside every traced stage.
 pub const NO_STAGE_NAME: &str = "(no stage)";
+
+/// The outstanding sites read from the kernel, with their stage names
+/// (`names` by stage id; "(no stage)" outside every stage).
+pub fn name_sites(sites: Vec<OutstandingSite>, names: &[String]) -> Vec<AllocSite> {
+    sites
+        .into_iter()
+        .map(|s| AllocSite {
+            stage: match s.stage {
+                NO_STAGE => NO_STAGE_NAME.to_string(),
+                id => names
+                    .get(id as usize)
+                    .cloned()
+                    .unwrap_or_else(|| NO_STAGE_NAME.to_string()),
+            },
+            bytes: s.bytes,
+            allocs: s.allocs,
+            oldest_age_ns: s.oldest_age_ns,
+            stack: s.stack,
+        })
+        .collect()
+}
 
 /// What alloc mode has read so far.
 #[derive(Debug, Clone)]

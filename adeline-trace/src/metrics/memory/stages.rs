@@ -6,11 +6,11 @@
 use adeline_trace_common::AllocStats;
 
 use crate::{
-    alloc::AllocSpec,
     metrics::{
         memory::alloc::{AllocState, NO_STAGE_NAME},
         snapshot::{AllocReport, AllocSite, Snapshot, StageMemory, Window},
     },
+    probes::alloc::AllocSpec,
 };
 
 use super::SeriesSet;

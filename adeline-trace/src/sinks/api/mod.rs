@@ -13,4 +13,18 @@ pub mod routes;
 pub mod server;
 
 pub use listen::ApiError;
+
+use std::path::PathBuf;
+
+/// Default TCP port of the agent's API.
+pub const DEFAULT_API_PORT: u16 = 7878;
+
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSpec {
+    /// TCP port on 127.0.0.1 (None: no TCP listener).
+    pub port: Option<u16>,
+    /// Unix socket path (mode 0600).
+    pub socket: Option<PathBuf>,
+}
 pub use server::{serve, ApiHandle};

@@ -4,11 +4,12 @@ use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration
 
 use tokio::{sync::watch, task::JoinHandle};
 
+use super::ApiSpec;
 use super::{
     listen::{bind_tcp, bind_unix, ApiError, SocketFile},
     routes::router,
 };
-use crate::{config::ApiSpec, state::SnapshotSource};
+use crate::state::SnapshotSource;
 
 /// How long connections may take to finish once shutdown is asked for;
 /// after that they are dropped.

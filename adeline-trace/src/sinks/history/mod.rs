@@ -20,6 +20,16 @@ pub use error::HistoryError;
 pub use reader::{HistoryReader, HistoryReport, HistoryRow};
 pub use store::HistoryStore;
 
+/// The history database a run keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySpec {
+    pub path: std::path::PathBuf,
+    /// One row per stage per interval.
+    pub interval: Duration,
+    /// Rows older than this are deleted.
+    pub retention: Duration,
+}
+
 /// How far back a reader looks when it is not told.
 pub const DEFAULT_SINCE: &str = "1h";
 

@@ -551,7 +551,7 @@ fn get(db: Option<PathBuf>, paths: &[&str]) -> Vec<(u16, Value)> {
         .build()
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let spec = crate::config::ApiSpec {
+    let spec = crate::sinks::api::ApiSpec {
         port: Some(0),
         socket: None,
     };

@@ -1,0 +1,42 @@
+//! Probe kind `gauge`: an integer argument (at entry) or the return value
+//! of functions, recorded on every call. The cookie carries the gauge id
+//! and the argument index. Kernel side: adeline-trace-ebpf/src/gauge.rs.
+use adeline_trace_common::gauge_cookie;
+
+use crate::symbols::TargetError;
+
+use super::{resolve::Resolver, ProbeSite, Program};
+
+/// A gauge: NAME=TARGET:SYMBOL:argN|ret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GaugeSpec {
+    pub name: String,
+    pub target: String,
+    pub symbol: String,
+    pub source: GaugeSource,
+}
+
+/// Where a gauge's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaugeSource {
+    /// Integer argument N (0..=5) at entry.
+    Arg(u8),
+    /// Return value.
+    Ret,
+}
+
+const ARG: &[Program] = &[Program::entry("gauge_arg")];
+const RET: &[Program] = &[Program::ret("gauge_ret")];
+
+/// Sites of gauge `id`: every function its target and symbol match.
+pub fn sites(
+    resolver: &mut Resolver<'_>,
+    id: u32,
+    gauge: &GaugeSpec,
+) -> Result<Vec<ProbeSite>, TargetError> {
+    let (programs, cookie) = match gauge.source {
+        GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n)),
+        GaugeSource::Ret => (RET, u64::from(id)),
+    };
+    resolver.functions(&gauge.name, cookie, &gauge.target, &gauge.symbol, programs)
+}
