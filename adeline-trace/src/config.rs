@@ -18,6 +18,7 @@ use crate::{
         api::{ApiSpec, DEFAULT_API_PORT},
         history::HistorySpec,
         jsonl::Output,
+        Outputs,
     },
     units::parse_size,
 };
@@ -53,12 +54,8 @@ pub struct Plan {
     pub pids: Vec<u32>,
     pub command: Vec<String>,
     pub duration: Option<Duration>,
-    pub output: Output,
     pub min_duration: Duration,
     pub stats_interval: Duration,
-    pub live: bool,
-    /// Write a `span` event per call.
-    pub spans: bool,
     /// Ring buffer size in bytes.
     pub ring_bytes: u32,
     /// Stage whose calls are frames.
@@ -69,16 +66,14 @@ pub struct Plan {
     pub alert_baseline: Option<PathBuf>,
     /// None: no API.
     pub api: Option<ApiSpec>,
-    pub summary_out: Option<PathBuf>,
     /// Prometheus histogram bounds, increasing nanoseconds.
     pub prom_buckets_ns: Vec<u64>,
-    pub history: Option<HistorySpec>,
-    /// Chrome trace-event output.
-    pub trace_out: Option<PathBuf>,
     /// Alloc mode (`--alloc`).
     pub alloc: Option<AllocSpec>,
     /// Which kernel memory tracepoints to attach (`--memory`).
     pub memory: MemoryMode,
+    /// Where results go (the sinks).
+    pub outputs: Outputs,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -533,23 +528,25 @@ impl Plan {
             pids,
             command: args.command.clone(),
             duration,
-            output,
             min_duration,
             stats_interval,
-            live: args.live,
-            spans: !args.no_spans,
             ring_bytes,
             frame_stage,
             gauges,
             alerts,
             alert_baseline,
             api,
-            summary_out,
             prom_buckets_ns,
-            history,
-            trace_out,
             alloc,
             memory: args.memory,
+            outputs: Outputs {
+                events: output,
+                spans: !args.no_spans,
+                live: args.live,
+                trace_out,
+                history,
+                summary_out,
+            },
         })
     }
 }
@@ -625,7 +622,7 @@ mod tests {
         assert_eq!(plan.pids, vec![7]);
         assert_eq!(plan.duration, Some(Duration::from_secs(2)));
         assert_eq!(plan.min_duration, Duration::from_micros(100));
-        assert_eq!(plan.output, Output::File("out.jsonl".into()));
+        assert_eq!(plan.outputs.events, Output::File("out.jsonl".into()));
         assert_eq!(plan.stats_interval, Duration::from_secs(1));
     }
 
@@ -788,7 +785,7 @@ mod tests {
             );
         }
         let plan = Plan::from_args(&args(&["--stage", "a=/x:f", "--history", "h.db"])).unwrap();
-        let h = plan.history.unwrap();
+        let h = plan.outputs.history.unwrap();
         assert_eq!(h.interval, Duration::from_secs(10));
         assert_eq!(h.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(plan.prom_buckets_ns.len(), 11);

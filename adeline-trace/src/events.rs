@@ -3,6 +3,10 @@
 use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, KIND_GAUGE, KIND_MAP, KIND_SPAN};
 use thiserror::Error;
 
+/// Version of the JSON event schema (docs/events.md): the `v` of every
+/// JSON Lines object, and of the alert JSON `exec` hooks read.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// A decoded kernel record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

@@ -102,6 +102,20 @@ pub fn align<const N: usize>(rows: &[[String; N]], left: &[usize]) -> String {
     out
 }
 
+/// Text echoed in a one-line message (an HTTP error body): control
+/// characters (newlines) replaced by `?`, cut to `max_chars` (then `...`).
+pub fn one_line(text: &str, max_chars: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > max_chars {
+        out.push_str("...");
+    }
+    out
+}
+
 /// `v` (>= 1) rounded to 3 significant figures.
 fn round3(v: f64) -> f64 {
     let scale = 10f64.powi(2 - v.log10().floor() as i32);
@@ -176,6 +190,14 @@ mod tests {
         ] {
             assert_eq!(bytes(v, binary), text, "{v} {binary}");
         }
+    }
+
+    #[test]
+    fn echoed_input_stays_one_short_line() {
+        assert_eq!(one_line("a\nb\r", 80), "a?b?");
+        let long = "x".repeat(200);
+        assert_eq!(one_line(&long, 80), format!("{}...", "x".repeat(80)));
+        assert_eq!(one_line(&long, 200), long);
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! What the agent's readers (the HTTP API) may ask of the running tracer.
-//! The tracer implements it over its metrics and alerts; the API only sees
-//! this trait, so sinks never reach back upstream.
+//! The running agent's shared state: the metrics the drain loop writes,
+//! the alerts firing, the memory samplers and the run-wide counters. It is
+//! the [`SnapshotSource`] the HTTP API and the snapshot-reading sinks see.
 use std::sync::{
     atomic::{AtomicU64, Ordering},
     Mutex, MutexGuard, PoisonError,
 };
 
 use crate::{
-    alerts::{AlertEvent, AlertState},
+    alerts::AlertEvent,
     events::{monotonic_ns, WallClock},
     metrics::{
         buckets::Cumulative,
@@ -15,40 +15,8 @@ use crate::{
         snapshot::{AllocReport, HostStats, ProcessMemory, Snapshot, StageMemory, Window},
         Metrics,
     },
+    sinks::SnapshotSource,
 };
-
-pub trait SnapshotSource: Send + Sync {
-    /// The current snapshot over `window`.
-    fn snapshot(&self, window: Window) -> Snapshot;
-    /// Alerts currently firing, and the most recent transitions (newest last).
-    fn alerts(&self) -> Vec<AlertEvent>;
-
-    /// The history database this agent writes (`run --history FILE`);
-    /// None when it keeps no history.
-    fn history_db(&self) -> Option<&std::path::Path> {
-        None
-    }
-
-    /// Whole-run per-stage and frame buckets for `GET /metrics`; None when
-    /// this source keeps no whole-run histograms.
-    fn cumulative(&self) -> Option<Cumulative> {
-        None
-    }
-
-    /// Each known alert rule and whether it is firing, in first-seen order
-    /// (by default: the rules of [`Self::alerts`], by their newest state).
-    fn alert_states(&self) -> Vec<(String, bool)> {
-        let mut states: Vec<(String, bool)> = Vec::new();
-        for a in self.alerts() {
-            let firing = a.state == AlertState::Firing;
-            match states.iter_mut().find(|(rule, _)| *rule == a.rule) {
-                Some(known) => known.1 = firing,
-                None => states.push((a.rule, firing)),
-            }
-        }
-        states
-    }
-}
 
 /// Settings of the running agent that readers need.
 #[derive(Debug, Clone, Default)]
@@ -156,26 +124,15 @@ impl LiveState {
         (stages, state.alloc_report(window, now, &names, frames))
     }
 
+    /// Wall-clock nanoseconds for a monotonic timestamp.
+    pub fn wall_ns(&self, mono_ns: u64) -> u64 {
+        self.clock.wall_ns(mono_ns)
+    }
+
     /// Updates the run-wide record counters.
     pub fn set_counts(&self, events: u64, drops: u64) {
         self.events.store(events, Ordering::Relaxed);
         self.drops.store(drops, Ordering::Relaxed);
-    }
-
-    /// The period since the previous call, tiling time exactly (for the
-    /// history store; see [`Metrics::take_period`]), labelled `window`,
-    /// with the processes' memory over that window.
-    pub fn take_period(&self, window: Window) -> Option<Snapshot> {
-        let now = monotonic_ns();
-        let mut snapshot = self.metrics().take_period(
-            window,
-            now,
-            self.clock.wall_ns(now),
-            self.events.load(Ordering::Relaxed),
-            self.drops.load(Ordering::Relaxed),
-        )?;
-        self.fill_memory(&mut snapshot, window, now);
-        Some(snapshot)
     }
 
     /// The traced processes' memory over `window` ending at `now` (mono
@@ -236,6 +193,22 @@ impl SnapshotSource for LiveState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The period since the previous call, tiling time exactly (for the
+    /// history store; see [`Metrics::take_period`]), labelled `window`,
+    /// with the processes' memory over that window.
+    fn take_period(&self, window: Window) -> Option<Snapshot> {
+        let now = monotonic_ns();
+        let mut snapshot = self.metrics().take_period(
+            window,
+            now,
+            self.clock.wall_ns(now),
+            self.events.load(Ordering::Relaxed),
+            self.drops.load(Ordering::Relaxed),
+        )?;
+        self.fill_memory(&mut snapshot, window, now);
+        Some(snapshot)
     }
 
     fn history_db(&self) -> Option<&std::path::Path> {

@@ -1,8 +1,10 @@
-//! The tracing loop: drains the ring buffer into metrics and the JSON
-//! stream, emits stats, evaluates alert rules, and writes the final summary.
+//! The tracing loop: drains the ring buffer, aggregates into the live
+//! metrics and hands every record on to the sinks; every stats interval
+//! the counters and memory, every 250 ms the alert rules, every second the
+//! processes' memory (and every 5 s alloc mode's largest sites). It never
+//! knows which outputs exist (sinks/).
 use std::{
     collections::HashMap,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,49 +13,40 @@ use adeline_trace_common::{
     COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW,
     COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    alerts::{
-        engine::AlertEngine, hook::HookRunner, rule::value_formatter, AlertEvent, AlertState,
-    },
-    config::Plan,
-    events::{decode, monotonic_ns, Event, WallClock},
+    alerts::alerting::Alerting,
+    events::{decode, monotonic_ns, Event},
     launch::Launched,
-    metrics::{
-        memory::alloc::name_sites,
-        snapshot::{Snapshot, Window},
-    },
+    metrics::{memory::alloc::name_sites, snapshot::Window, LatencySummary},
     probes::Probes,
     sinks::{
-        history::HistoryStore,
-        jsonl::{JsonlSink, Record, StageSummary},
-        table::{live_table, summary_table},
-        trace_out::TraceOut,
+        Finish, Gauge, Memory, RankedSite, Sink, Sinks, SnapshotSource, Span, StageTotal, Stats,
     },
-    state::{LiveState, SnapshotSource},
+    state::LiveState,
     symbols::process,
 };
 
 /// How often the ring buffer is drained (records are submitted without wakeup).
 pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
-/// How often traced pids are checked for exit.
+/// How often traced pids are checked for exit (at a drain).
 const PID_CHECK_EVERY: Duration = Duration::from_millis(100);
-/// How often alloc mode's outstanding map is walked for the largest sites.
-const ALLOC_SITES_EVERY: Duration = Duration::from_secs(5);
 /// How often the traced processes' memory is read from procfs.
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
+/// How often alloc mode's outstanding map is walked for the largest sites
+/// (at a memory tick).
+const ALLOC_SITES_EVERY: Duration = Duration::from_secs(5);
+/// How often alert rules are evaluated (over the 1 s window).
+const ALERT_EVERY: Duration = Duration::from_millis(250);
 /// Tracing every process, a pid is sampled while it produced a record
 /// this recently.
 const SEEN_RECENTLY: Duration = Duration::from_secs(10);
 /// Tracing every process, at most this many recently seen pids are kept.
 const MAX_SEEN_PIDS: usize = 64;
-/// How often alert rules are evaluated (over the 1 s window).
-const ALERT_EVERY: Duration = Duration::from_millis(250);
-/// Without `--alert-baseline`, the `baseline` of alert rules is the
-/// whole-run snapshot taken this long after the start.
-const BASELINE_AFTER: Duration = Duration::from_secs(60);
+/// Sinks that want no tick are asked again this late.
+const NO_TICK: Duration = Duration::from_secs(3600);
 
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,271 +57,270 @@ pub enum Stop {
     PidsExited,
 }
 
-/// What the tracer is built from (see cmd/run.rs for the order they are made in).
-pub struct TracerParts {
-    pub probes: Probes,
-    /// The JSON Lines event stream.
-    pub sink: JsonlSink,
-    pub clock: WallClock,
-    pub live: Arc<LiveState>,
-    pub engine: AlertEngine,
-    /// `baseline` of alert rules from `--alert-baseline` (else learned).
-    pub baseline: Option<Snapshot>,
-    pub trace_out: Option<TraceOut>,
-    pub frame_stage: Option<u32>,
-    /// The history store and its interval (a window the metrics keep).
-    pub history: Option<(HistoryStore, Window)>,
+impl Stop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stop::Signal => "signal",
+            Stop::Duration => "duration reached",
+            Stop::CommandExited => "command exited",
+            Stop::PidsExited => "traced processes exited",
+        }
+    }
 }
 
-/// Alert transitions kept for the history store (it stores each once).
-const RECENT_ALERTS: usize = 100;
+/// When the loop stops by itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Until {
+    /// `--duration`.
+    pub duration: Option<Duration>,
+}
 
-pub struct Tracer {
-    probes: Probes,
-    sink: JsonlSink,
-    clock: WallClock,
-    live: Arc<LiveState>,
-    engine: AlertEngine,
-    hooks: HookRunner,
-    baseline: Option<Snapshot>,
-    started: Instant,
-    last_counters: [u64; COUNTERS as usize],
-    write_spans: bool,
-    trace_out: Option<TraceOut>,
-    frame_stage: Option<u32>,
-    history: Option<(HistoryStore, Window)>,
-    recent_alerts: Vec<AlertEvent>,
-    /// Records read from the ring buffer (delivered events), and of them spans.
+/// Records read from the ring buffer, and the kernel's counters as last read.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Records read (delivered events), and of them spans.
     records: u64,
     spans: u64,
+    /// `records` at the previous stats interval.
     last_records: u64,
     decode_errors: u64,
-    /// Tracing every process: pids that produced span/gauge records, with
-    /// the time (monotonic ns) of their latest record. Empty otherwise.
-    seen_pids: HashMap<u32, u64>,
-    /// Whether to fill `seen_pids` (no -p and no launched command).
-    track_seen: bool,
+    /// The kernel's counters at the previous stats interval.
+    last_counters: [u64; COUNTERS as usize],
 }
 
-impl Tracer {
-    pub fn new(plan: &Plan, parts: TracerParts) -> Tracer {
-        Tracer {
-            probes: parts.probes,
-            sink: parts.sink,
-            clock: parts.clock,
-            live: parts.live,
-            engine: parts.engine,
-            hooks: HookRunner::new(),
-            baseline: parts.baseline,
-            started: Instant::now(),
-            last_counters: [0; COUNTERS as usize],
-            write_spans: plan.spans,
-            trace_out: parts.trace_out,
-            frame_stage: parts.frame_stage,
-            history: parts.history,
-            recent_alerts: Vec::new(),
-            records: 0,
-            spans: 0,
-            last_records: 0,
-            decode_errors: 0,
-            seen_pids: HashMap::new(),
-            track_seen: false,
+/// Tracing every process: the pids that produced span or gauge records,
+/// with the time (monotonic ns) of their latest record.
+#[derive(Debug, Default)]
+struct SeenPids(Option<HashMap<u32, u64>>);
+
+impl SeenPids {
+    fn saw(&mut self, pid: u32, ts_ns: u64) {
+        if let Some(seen) = self.0.as_mut() {
+            seen.insert(pid, ts_ns);
         }
     }
 
-    pub async fn trace(
-        &mut self,
-        plan: &Plan,
-        pids: &[u32],
-        mut child: Option<&mut Launched>,
-    ) -> Result<Stop> {
+    /// The most recent [`MAX_SEEN_PIDS`] seen in the last [`SEEN_RECENTLY`].
+    fn recent(&mut self) -> Vec<u32> {
+        let Some(seen) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        let cutoff = monotonic_ns().saturating_sub(SEEN_RECENTLY.as_nanos() as u64);
+        seen.retain(|_, &mut t| t >= cutoff);
+        let mut recent: Vec<(u32, u64)> = seen.iter().map(|(&p, &t)| (p, t)).collect();
+        if recent.len() > MAX_SEEN_PIDS {
+            recent.sort_unstable_by_key(|&(_, t)| std::cmp::Reverse(t));
+            recent.truncate(MAX_SEEN_PIDS);
+        }
+        recent.into_iter().map(|(p, _)| p).collect()
+    }
+}
+
+pub struct Tracer {
+    probes: Probes,
+    live: Arc<LiveState>,
+    sinks: Sinks,
+    alerting: Alerting,
+    /// The traced pids (-p or the launched command); empty: every process.
+    pids: Vec<u32>,
+    seen: SeenPids,
+    counts: Counts,
+    stats_interval: Duration,
+    /// Stage id of the frame root.
+    frame_stage: Option<u32>,
+}
+
+impl Tracer {
+    pub fn new(
+        probes: Probes,
+        live: Arc<LiveState>,
+        sinks: Sinks,
+        alerting: Alerting,
+        pids: Vec<u32>,
+        stats_interval: Duration,
+        frame_stage: Option<u32>,
+    ) -> Tracer {
+        let seen = SeenPids(pids.is_empty().then(HashMap::new));
+        Tracer {
+            probes,
+            live,
+            sinks,
+            alerting,
+            pids,
+            seen,
+            counts: Counts::default(),
+            stats_interval,
+            frame_stage,
+        }
+    }
+
+    pub async fn trace(&mut self, until: Until, mut child: Option<&mut Launched>) -> Result<Stop> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let deadline = plan.duration.map(|d| tokio::time::Instant::now() + d);
+        let deadline = until.duration.map(|d| tokio::time::Instant::now() + d);
         let mut drain = tokio::time::interval(DRAIN_EVERY);
-        let mut stats = tokio::time::interval(plan.stats_interval);
+        let mut stats = tokio::time::interval(self.stats_interval);
         stats.tick().await;
         let mut alerts = tokio::time::interval(ALERT_EVERY);
-        let mut pid_check = tokio::time::interval(PID_CHECK_EVERY);
         let mut memory = tokio::time::interval(MEMORY_EVERY);
-        let mut sites = tokio::time::interval(ALLOC_SITES_EVERY);
-        sites.tick().await;
-        self.track_seen = pids.is_empty();
-        let has_rules = !plan.alerts.is_empty();
-        let history_every = plan
-            .history
-            .as_ref()
-            .map(|h| h.interval)
-            .unwrap_or(Duration::from_secs(3600));
-        let mut history = tokio::time::interval(history_every);
-        history.tick().await;
+        let started = Instant::now();
+        let mut next_pid_check = started;
+        let mut next_sites = started + ALLOC_SITES_EVERY;
+        let has_rules = self.alerting.has_rules();
         let stop = loop {
+            let sink_tick = self
+                .sinks
+                .next_tick()
+                .unwrap_or_else(|| Instant::now() + NO_TICK);
             tokio::select! {
                 _ = sigint.recv() => break Stop::Signal,
                 _ = sigterm.recv() => break Stop::Signal,
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
-                _ = drain.tick() => self.drain()?,
-                _ = stats.tick() => self.stats(plan)?,
-                _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
-                _ = history.tick(), if self.history.is_some() => self.record_history()?,
-                _ = memory.tick() => self.sample_memory(pids)?,
-                _ = sites.tick(), if self.probes.alloc.is_some() => self.alloc_sites()?,
-                _ = pid_check.tick() => {
-                    if let Some(c) = child.as_deref_mut() {
-                        if c.try_wait().is_some() { break Stop::CommandExited; }
-                    } else if !pids.is_empty() && pids.iter().all(|&p| process::ensure_running(p).is_err()) {
-                        break Stop::PidsExited;
+                _ = drain.tick() => {
+                    self.drain()?;
+                    if Instant::now() >= next_pid_check {
+                        next_pid_check += PID_CHECK_EVERY;
+                        if let Some(stop) = self.exited(child.as_deref_mut()) {
+                            break stop;
+                        }
                     }
                 }
+                _ = stats.tick() => self.stats()?,
+                _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
+                _ = memory.tick() => {
+                    self.sample_memory()?;
+                    if self.probes.alloc.is_some() && Instant::now() >= next_sites {
+                        next_sites += ALLOC_SITES_EVERY;
+                        self.alloc_sites()?;
+                    }
+                }
+                _ = tokio::time::sleep_until(sink_tick.into()) => self.sinks.tick(self.live.as_ref())?,
             }
         };
         Ok(stop)
     }
 
-    /// Reads every record in the ring buffer.
+    /// Whether the launched command, or every traced pid, has exited.
+    fn exited(&self, child: Option<&mut Launched>) -> Option<Stop> {
+        if let Some(c) = child {
+            return c.try_wait().is_some().then_some(Stop::CommandExited);
+        }
+        let gone = !self.pids.is_empty()
+            && self
+                .pids
+                .iter()
+                .all(|&p| process::ensure_running(p).is_err());
+        gone.then_some(Stop::PidsExited)
+    }
+
+    /// Reads every record in the ring buffer into the metrics and the sinks.
     pub fn drain(&mut self) -> Result<()> {
-        let mut wrote = false;
         let mut metrics = self.live.metrics();
         while let Some(item) = self.probes.ring.next() {
-            self.records += 1;
+            self.counts.records += 1;
             match decode(&item) {
-                Ok(Event::Span(span)) => {
-                    self.spans += 1;
-                    metrics.record_span(&span);
-                    if self.track_seen {
-                        self.seen_pids.insert(span.pid, span.start_ns);
-                    }
-                    if let (Some(t), Some(stage)) =
-                        (self.trace_out.as_mut(), metrics.stage_name(span.stage))
-                    {
-                        let root =
-                            self.frame_stage == Some(span.stage) && span.frame_ns == span.start_ns;
-                        t.span(&span, stage, root)?;
-                    }
-                    if !self.write_spans {
-                        continue;
-                    }
-                    if let Some(stage) = metrics.stage_name(span.stage) {
-                        self.sink.write(&Record::Span {
-                            ts_ns: self.clock.wall_ns(span.start_ns),
-                            pid: span.pid,
-                            tid: span.tid,
+                Ok(Event::Span(record)) => {
+                    self.counts.spans += 1;
+                    metrics.record_span(&record);
+                    self.seen.saw(record.pid, record.start_ns);
+                    if let Some(stage) = metrics.stage_name(record.stage) {
+                        self.sinks.span(&Span {
+                            record: &record,
                             stage,
-                            dur_ns: span.dur_ns,
-                            self_ns: span.self_ns,
-                            depth: span.depth,
-                            frame_ts_ns: (span.frame_ns != 0)
-                                .then(|| self.clock.wall_ns(span.frame_ns)),
+                            ts_ns: self.live.wall_ns(record.start_ns),
+                            frame_ts_ns: (record.frame_ns != 0)
+                                .then(|| self.live.wall_ns(record.frame_ns)),
+                            frame_root: self.frame_stage == Some(record.stage)
+                                && record.frame_ns == record.start_ns,
                         })?;
-                        wrote = true;
                     }
                 }
-                Ok(Event::Gauge(g)) => {
-                    metrics.record_gauge(&g);
-                    if self.track_seen {
-                        self.seen_pids.insert(g.pid, g.ts_ns);
-                    }
-                    if let Some(gauge) = metrics.gauge_name(g.gauge) {
-                        self.sink.write(&Record::Gauge {
-                            ts_ns: self.clock.wall_ns(g.ts_ns),
-                            pid: g.pid,
-                            tid: g.tid,
+                Ok(Event::Gauge(record)) => {
+                    metrics.record_gauge(&record);
+                    self.seen.saw(record.pid, record.ts_ns);
+                    if let Some(gauge) = metrics.gauge_name(record.gauge) {
+                        self.sinks.gauge(&Gauge {
+                            record: &record,
                             gauge,
-                            value: g.value,
+                            ts_ns: self.live.wall_ns(record.ts_ns),
                         })?;
-                        wrote = true;
                     }
                 }
                 Ok(Event::Map(m)) => metrics.record_map(&m),
-                Err(_) => self.decode_errors += 1,
+                Err(_) => self.counts.decode_errors += 1,
             }
         }
         drop(metrics);
         self.live
-            .set_counts(self.records, all_drops(&self.last_counters));
-        if wrote {
-            self.sink.flush()?;
-        }
-        if let Some(t) = self.trace_out.as_mut() {
-            t.flush()?;
-        }
+            .set_counts(self.counts.records, all_drops(&self.counts.last_counters));
+        self.sinks.flush()?;
         Ok(())
     }
 
     fn read_counters(&mut self) -> Result<[u64; COUNTERS as usize]> {
         let now = self.probes.counters()?;
-        self.live.set_counts(self.records, all_drops(&now));
+        self.live.set_counts(self.counts.records, all_drops(&now));
         Ok(now)
     }
 
-    /// A `stats` object (and the --live table, and the memory object).
-    pub fn stats(&mut self, plan: &Plan) -> Result<()> {
+    /// The counters and latency of the interval that ended, and the memory
+    /// object.
+    pub fn stats(&mut self) -> Result<()> {
         let now = self.read_counters()?;
-        let drops = all_drops(&now) - all_drops(&self.last_counters);
-        self.sink.write(&Record::Stats {
-            ts_ns: self.clock.wall_ns(monotonic_ns()),
-            interval_ns: plan.stats_interval.as_nanos() as u64,
-            events: self.records - self.last_records,
+        let drops = all_drops(&now) - all_drops(&self.counts.last_counters);
+        let interval = self.live.metrics().take_interval();
+        self.sinks.stats(&Stats {
+            ts_ns: self.live.wall_ns(monotonic_ns()),
+            interval_ns: self.stats_interval.as_nanos() as u64,
+            events: self.counts.records - self.counts.last_records,
             drops,
-            events_total: self.records,
+            events_total: self.counts.records,
             drops_total: all_drops(&now),
             unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
+            interval: &interval,
         })?;
-        self.sink.flush()?;
-        self.last_counters = now;
-        self.last_records = self.records;
+        self.counts.last_counters = now;
+        self.counts.last_records = self.counts.records;
         // Only the memory part: no latency windows merged for it.
         let now = monotonic_ns();
         let processes = self.live.memory_report(Window::S10, now);
         let (stages, mut alloc) = self.live.stage_memory_report(Window::S10, now);
         if let Some(a) = alloc.as_mut() {
-            a.sites.clear(); // written as alloc_site objects
+            a.sites.clear(); // handed on as alloc sites
         }
         let host = self.live.host_report();
-        if !processes.is_empty() || !stages.is_empty() || alloc.is_some() {
-            self.sink.write(&Record::Memory {
-                ts_ns: self.clock.wall_ns(now),
-                processes: &processes,
-                stages: &stages,
-                alloc: alloc.as_ref(),
-                host: host.as_ref(),
-            })?;
-            self.sink.flush()?;
-        }
-        let interval = self.live.metrics().take_interval();
-        if plan.live {
-            let table = live_table(&interval, plan.stats_interval.as_secs_f64(), drops);
-            eprintln!("{table}");
-        }
+        self.sinks.memory(&Memory {
+            ts_ns: self.live.wall_ns(now),
+            processes: &processes,
+            stages: &stages,
+            host: host.as_ref(),
+            alloc: alloc.as_ref(),
+        })?;
+        self.sinks.flush()?;
         Ok(())
     }
 
-    /// Evaluates the rules over the last second; writes and hooks transitions.
+    /// Evaluates the rules over the last second; hands transitions on and
+    /// starts their hooks.
     fn evaluate_alerts(&mut self) -> Result<()> {
         self.read_counters()?;
-        if self.baseline.is_none() && self.started.elapsed() >= BASELINE_AFTER {
-            self.baseline = Some(self.live.snapshot(Window::All));
-        }
-        let current = self.live.snapshot(Window::S1);
-        let now = self.clock.wall_ns(monotonic_ns());
-        let events = self.engine.evaluate(now, &current, self.baseline.as_ref());
+        let live = self.live.as_ref();
+        let current = live.snapshot(Window::S1);
+        let now = live.wall_ns(monotonic_ns());
+        let events = self
+            .alerting
+            .evaluate(now, &current, || live.snapshot(Window::All));
         if events.is_empty() {
             return Ok(());
         }
         for event in &events {
-            self.sink.write(&Record::Alert(event))?;
-            eprintln!("adeline-trace: {}", describe(event));
+            self.sinks.alert(event)?;
         }
-        self.recent_alerts.extend(events.iter().cloned());
-        let excess = self.recent_alerts.len().saturating_sub(RECENT_ALERTS);
-        self.recent_alerts.drain(..excess);
-        self.sink.flush()?;
-        for job in self.engine.take_hook_jobs() {
-            self.hooks.run(&job);
-        }
-        self.live.set_alerts(self.engine.active());
+        self.sinks.flush()?;
+        self.alerting.run_hooks();
+        self.live.set_alerts(self.alerting.active());
         Ok(())
     }
 
@@ -336,9 +328,14 @@ impl Tracer {
     /// launched command), or, tracing every process, the pids that produced
     /// records in the last [`SEEN_RECENTLY`] (the most recent
     /// [`MAX_SEEN_PIDS`]).
-    fn sample_memory(&mut self, pids: &[u32]) -> Result<()> {
+    fn sample_memory(&mut self) -> Result<()> {
         self.refresh_memory()?;
-        self.sample_processes(pids);
+        let pids = match self.pids.is_empty() {
+            true => self.seen.recent(),
+            false => self.pids.clone(),
+        };
+        let probes = &self.probes;
+        self.live.sample_memory(pids, &|pid| probes.kernel_rss(pid));
         Ok(())
     }
 
@@ -367,7 +364,7 @@ impl Tracer {
     }
 
     /// Alloc mode: the largest outstanding sites, into the live state and
-    /// as `alloc_site` objects.
+    /// on to the sinks.
     pub fn alloc_sites(&mut self) -> Result<()> {
         let Some(maps) = self.probes.alloc.as_mut() else {
             return Ok(());
@@ -375,101 +372,63 @@ impl Tracer {
         let names = self.live.metrics().stage_names().to_vec();
         let now = monotonic_ns();
         let sites = name_sites(maps.sites(now), &names);
-        let ts_ns = self.clock.wall_ns(now);
+        let ts_ns = self.live.wall_ns(now);
         for (i, site) in sites.iter().enumerate() {
-            self.sink.write(&Record::AllocSite {
+            self.sinks.alloc_site(&RankedSite {
                 ts_ns,
                 rank: i + 1,
                 site,
             })?;
         }
-        self.sink.flush()?;
+        self.sinks.flush()?;
         self.live.stage_memory().set_alloc_sites(sites);
         Ok(())
     }
 
-    fn sample_processes(&mut self, pids: &[u32]) {
-        let probes = &self.probes;
-        let kernel_rss = |pid| probes.kernel_rss(pid);
-        if !pids.is_empty() {
-            self.live.sample_memory(pids.iter().copied(), &kernel_rss);
-            return;
-        }
-        let cutoff = monotonic_ns().saturating_sub(SEEN_RECENTLY.as_nanos() as u64);
-        self.seen_pids.retain(|_, &mut seen| seen >= cutoff);
-        let mut recent: Vec<(u32, u64)> = self.seen_pids.iter().map(|(&p, &t)| (p, t)).collect();
-        if recent.len() > MAX_SEEN_PIDS {
-            recent.sort_unstable_by_key(|&(_, seen)| std::cmp::Reverse(seen));
-            recent.truncate(MAX_SEEN_PIDS);
-        }
-        self.live
-            .sample_memory(recent.into_iter().map(|(p, _)| p), &kernel_rss);
-    }
-
-    /// One history row per stage for the interval that just ended.
-    fn record_history(&mut self) -> Result<()> {
-        if let Some((store, window)) = self.history.as_mut() {
-            if let Some(snapshot) = self.live.take_period(*window) {
-                store.record(&snapshot, &self.recent_alerts)?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn finish(
-        mut self,
-        elapsed: Duration,
-        stop: Stop,
-        summary_out: Option<&Path>,
-    ) -> Result<()> {
+    /// The whole-run totals to the sinks, the stop line, the hooks.
+    pub fn finish(mut self, elapsed: Duration, stop: Stop) -> Result<()> {
         let counters = self.read_counters()?;
-        let metrics = self.live.metrics();
-        let totals = metrics.totals();
-        let stages = totals
-            .iter()
-            .map(|&(stage, latency)| StageSummary { stage, latency })
+        let totals: Vec<(String, LatencySummary)> = self
+            .live
+            .metrics()
+            .totals()
+            .into_iter()
+            .map(|(stage, latency)| (stage.to_string(), latency))
             .collect();
-        self.sink.write(&Record::Summary {
-            ts_ns: self.clock.wall_ns(monotonic_ns()),
-            duration_ns: elapsed.as_nanos() as u64,
-            events: self.records,
-            drops: all_drops(&counters),
-            spans: self.spans,
-            span_drops: counters[COUNTER_RING_FULL as usize],
-            stages,
-        })?;
-        self.sink.flush()?;
-        eprint!("{}", summary_table(&totals));
-        drop(metrics);
-        if let Some(path) = summary_out {
-            let snapshot = self.live.snapshot(Window::All);
-            let json = serde_json::to_string_pretty(&snapshot)?;
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("cannot write the summary to {}", path.display()))?;
-        }
+        let stages: Vec<StageTotal> = totals
+            .iter()
+            .map(|(stage, latency)| StageTotal {
+                stage,
+                latency: *latency,
+            })
+            .collect();
+        self.sinks.finish(
+            &Finish {
+                ts_ns: self.live.wall_ns(monotonic_ns()),
+                duration_ns: elapsed.as_nanos() as u64,
+                events: self.counts.records,
+                drops: all_drops(&counters),
+                spans: self.counts.spans,
+                span_drops: counters[COUNTER_RING_FULL as usize],
+                stages: &stages,
+            },
+            self.live.as_ref(),
+        )?;
         eprintln!(
             "adeline-trace: stopped ({}) after {:.1}s: {} events, {} dropped, {} unmatched returns",
-            match stop {
-                Stop::Signal => "signal",
-                Stop::Duration => "duration reached",
-                Stop::CommandExited => "command exited",
-                Stop::PidsExited => "traced processes exited",
-            },
+            stop.as_str(),
             elapsed.as_secs_f64(),
-            self.records,
+            self.counts.records,
             all_drops(&counters),
             counters[COUNTER_UNMATCHED_EXIT as usize],
         );
-        if self.decode_errors > 0 {
+        if self.counts.decode_errors > 0 {
             eprintln!(
                 "adeline-trace: {} records could not be decoded",
-                self.decode_errors
+                self.counts.decode_errors
             );
         }
-        self.hooks.finish();
-        if let Some(t) = self.trace_out.take() {
-            t.finish().context("writing the trace file")?;
-        }
+        self.alerting.finish();
         Ok(())
     }
 }
@@ -477,19 +436,4 @@ impl Tracer {
 /// Records lost because the ring buffer was full, of every kind.
 fn all_drops(counters: &[u64; COUNTERS as usize]) -> u64 {
     counters[COUNTER_RING_FULL as usize] + counters[COUNTER_OTHER_RING_FULL as usize]
-}
-
-/// One stderr line for an alert transition, values in the rule's units.
-fn describe(event: &AlertEvent) -> String {
-    let state = match event.state {
-        AlertState::Firing => "ALERT firing",
-        AlertState::Resolved => "alert resolved",
-    };
-    let fmt = value_formatter(&event.rule);
-    format!(
-        "{state}: {} (value {}, threshold {})",
-        event.rule,
-        fmt(event.value),
-        fmt(event.threshold)
-    )
 }

@@ -134,6 +134,11 @@ impl AlertEngine {
         events
     }
 
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// The alerts firing now (their firing events), in rule order.
     pub fn active(&self) -> Vec<AlertEvent> {
         self.rules

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::AlertEvent;
-use crate::sinks::jsonl::SCHEMA_VERSION;
+use crate::events::SCHEMA_VERSION;
 
 /// How long a hook may run before it is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);

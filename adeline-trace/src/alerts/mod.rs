@@ -4,6 +4,7 @@
 //! snapshots, [`hook`] runs `exec` hooks. Rules and semantics: docs/alerts.md.
 use serde::{Deserialize, Serialize};
 
+pub mod alerting;
 pub mod engine;
 pub mod hook;
 pub mod rule;
@@ -26,6 +27,16 @@ pub struct AlertSpec {
 pub enum AlertState {
     Firing,
     Resolved,
+}
+
+impl AlertState {
+    /// The word in JSON and in the history database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
 }
 
 /// One transition of one rule, as written to the JSON stream (`type`

@@ -126,7 +126,7 @@ fn alerts(alerts: &[AlertEvent]) -> String {
         let value = value_formatter(&a.rule);
         table.push([
             time(a.ts_ns),
-            crate::sinks::history::reader::state_name(a.state).to_string(),
+            a.state.as_str().to_string(),
             value(a.value),
             value(a.threshold),
             a.rule.clone(),

@@ -3,9 +3,6 @@
 //! user error is reported before anything is attached or launched) and
 //! tears it down; tracer.rs is the loop in between.
 use std::{
-    fs::File,
-    io::Write,
-    os::fd::AsFd,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,25 +10,19 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    alerts::engine::AlertEngine,
+    alerts::{alerting::Alerting, engine::AlertEngine},
     config::Plan,
     events::{monotonic_ns, WallClock},
     launch::Launched,
-    metrics::{
-        snapshot::{Snapshot, Window},
-        Metrics,
+    metrics::{snapshot::Snapshot, Metrics},
+    probes::{
+        check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
+        Probes,
     },
-    probes::{memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite, Probes},
-    sinks::jsonl::Output,
-    sinks::{
-        api::serve,
-        history::HistoryStore,
-        jsonl::{JsonlSink, ProbeInfo, Record},
-        trace_out::TraceOut,
-    },
+    sinks::{self, api::serve, OpenContext, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
     symbols::process,
-    tracer::{Tracer, TracerParts, DRAIN_EVERY},
+    tracer::{Tracer, Until, DRAIN_EVERY},
 };
 
 /// How long a launched command may take to exit after SIGTERM before SIGKILL.
@@ -53,18 +44,6 @@ pub fn run(plan: Plan) -> Result<()> {
         .as_deref()
         .map(load_baseline)
         .transpose()?;
-    let history = plan
-        .history
-        .as_ref()
-        .map(|h| {
-            let window = match h.interval.as_secs() {
-                1 => Window::S1,
-                60 => Window::S60,
-                _ => Window::S10,
-            };
-            HistoryStore::open(&h.path, h.retention).map(|store| (store, window))
-        })
-        .transpose()?;
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
@@ -78,16 +57,13 @@ pub fn run(plan: Plan) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let sites = resolved.sites;
-    crate::probes::check_privileges()?;
-    let mut sink = JsonlSink::new(open_output(&plan.output)?);
-    let trace_out = plan
-        .trace_out
-        .as_deref()
-        .map(|p| {
-            TraceOut::create(p, monotonic_ns())
-                .with_context(|| format!("cannot create the trace file {}", p.display()))
-        })
-        .transpose()?;
+    check_privileges()?;
+    let mut sinks = sinks::open(
+        &plan.outputs,
+        OpenContext {
+            origin_ns: monotonic_ns(),
+        },
+    )?;
     // Fork before any thread exists; the child waits until probes are attached.
     let mut child = match plan.command.is_empty() {
         true => None,
@@ -116,18 +92,17 @@ pub fn run(plan: Plan) -> Result<()> {
             eprintln!("warning: memory mappings are not traced: {why}");
         }
     }
-    let clock = WallClock::new();
     let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
-    if history.is_some() {
+    if plan.outputs.history.is_some() {
         // History rows tile time exactly (the sliding windows do not).
         metrics.track_periods(monotonic_ns());
     }
     let live = Arc::new(LiveState::new(
         metrics,
-        clock,
+        WallClock::new(),
         LiveOptions {
             prom_buckets_ns: plan.prom_buckets_ns.clone(),
-            history_db: plan.history.as_ref().map(|h| h.path.clone()),
+            history_db: plan.outputs.history.as_ref().map(|h| h.path.clone()),
             rules: plan.alerts.iter().map(|a| a.rule.clone()).collect(),
             alloc: plan.alloc.clone(),
         },
@@ -143,7 +118,11 @@ pub fn run(plan: Plan) -> Result<()> {
         }))?),
         None => None,
     };
-    write_start(&mut sink, &clock, &pids, &sites)?;
+    sinks.start(&Start {
+        ts_ns: live.wall_ns(monotonic_ns()),
+        pids: &pids,
+        probes: &probe_infos(&sites),
+    })?;
     eprintln!(
         "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
         probes.attached(),
@@ -163,21 +142,19 @@ pub fn run(plan: Plan) -> Result<()> {
         c.release();
     }
     let mut tracer = Tracer::new(
-        &plan,
-        TracerParts {
-            probes,
-            sink,
-            clock,
-            live: live.clone(),
-            engine,
-            baseline,
-            trace_out,
-            frame_stage,
-            history,
-        },
+        probes,
+        live.clone(),
+        sinks,
+        Alerting::new(engine, baseline),
+        pids,
+        plan.stats_interval,
+        frame_stage,
     );
     let started = Instant::now();
-    let stop = runtime.block_on(tracer.trace(&plan, &pids, child.as_mut()))?;
+    let until = Until {
+        duration: plan.duration,
+    };
+    let stop = runtime.block_on(tracer.trace(until, child.as_mut()))?;
     // A launched command is ended first (it finishes its current call), so
     // the final drain sees every call it made.
     if let Some(c) = child.as_mut() {
@@ -195,9 +172,9 @@ pub fn run(plan: Plan) -> Result<()> {
     // A last stats object, so the stream's totals include every call (and
     // every allocation and mapping: memory totals are read again first).
     tracer.refresh_memory()?;
-    tracer.stats(&plan)?;
+    tracer.stats()?;
     tracer.alloc_sites()?;
-    tracer.finish(started.elapsed(), stop, plan.summary_out.as_deref())?;
+    tracer.finish(started.elapsed(), stop)?;
     let _ = api_stop.send(());
     if let Some(api) = api {
         runtime.block_on(api.join())?;
@@ -217,42 +194,15 @@ fn load_baseline(path: &std::path::Path) -> Result<Snapshot> {
     })
 }
 
-fn open_output(output: &Output) -> Result<Box<dyn Write + Send>> {
-    Ok(match output {
-        // Unbuffered: JsonlSink buffers and writes whole lines itself.
-        Output::Stdout => Box::new(File::from(
-            std::io::stdout()
-                .as_fd()
-                .try_clone_to_owned()
-                .context("duplicating stdout")?,
-        )),
-        Output::File(path) => Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create output {}", path.display()))?,
-        ),
-    })
-}
-
-fn write_start(
-    sink: &mut JsonlSink,
-    clock: &WallClock,
-    pids: &[u32],
-    sites: &[ProbeSite],
-) -> Result<()> {
-    let probes = sites
+/// The `start` record's list: one entry per function attached.
+fn probe_infos(sites: &[ProbeSite]) -> Vec<ProbeInfo> {
+    sites
         .iter()
         .map(|s| ProbeInfo {
-            stage: &s.stage,
+            stage: s.stage.clone(),
             target: s.path.display().to_string(),
-            symbol: &s.symbol,
+            symbol: s.symbol.clone(),
             offset: s.offset,
         })
-        .collect();
-    sink.write(&Record::Start {
-        ts_ns: clock.wall_ns(monotonic_ns()),
-        pids,
-        probes,
-    })?;
-    sink.flush()?;
-    Ok(())
+        .collect()
 }

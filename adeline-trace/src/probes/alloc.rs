@@ -19,9 +19,8 @@ use thiserror::Error;
 use crate::symbols::{insn::uprobe_refusal, process, symbolize::StackSymbolizer, TargetError};
 
 use super::{
-    chain,
     resolve::{first_bytes, Resolver},
-    ProbeError, ProbeSite, Program,
+    site::{chain, ProbeError, ProbeSite, Program},
 };
 
 /// Alloc mode options (present = `--alloc`).

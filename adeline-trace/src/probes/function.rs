@@ -3,7 +3,10 @@
 //! attach cookie. Kernel side: adeline-trace-ebpf/src/stage.rs.
 use crate::symbols::TargetError;
 
-use super::{resolve::Resolver, ProbeSite, Program};
+use super::{
+    resolve::Resolver,
+    site::{ProbeSite, Program},
+};
 
 /// The programs of a timed function: the return before the entry, so no
 /// entry is recorded without its return being watched.

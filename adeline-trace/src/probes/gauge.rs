@@ -5,7 +5,10 @@ use adeline_trace_common::gauge_cookie;
 
 use crate::symbols::TargetError;
 
-use super::{resolve::Resolver, ProbeSite, Program};
+use super::{
+    resolve::Resolver,
+    site::{ProbeSite, Program},
+};
 
 /// A gauge: NAME=TARGET:SYMBOL:argN|ret.
 #[derive(Debug, Clone, PartialEq, Eq)]

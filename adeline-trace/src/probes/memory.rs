@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
 };
 
-use super::{chain, ProbeError, Tracepoint};
+use super::site::{chain, ProbeError, Tracepoint};
 
 /// Which kernel memory tracepoints `run` attaches (`--memory`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,7 @@
 //!
 //! A new kind that times stages (USDT, Python functions) is one file here
 //! and one variant of [`Location`] (with its arm in [`resolve_plan`]).
-use std::{num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{num::NonZeroU32, time::Duration};
 
 use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
 use aya::{
@@ -26,17 +26,19 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use thiserror::Error;
-
-use crate::symbols::TargetError;
-
 pub mod alloc;
 pub mod function;
 pub mod gauge;
 pub mod memory;
 pub mod resolve;
+pub mod site;
 
 use alloc::{AllocMaps, AllocSiteError, AllocSpec};
+use site::chain;
+pub use site::{ProbeError, ProbeSite, Program, Tracepoint};
+use thiserror::Error;
+
+use crate::symbols::TargetError;
 use gauge::GaugeSpec;
 use memory::MemoryMode;
 
@@ -57,60 +59,6 @@ pub enum Location {
     Function { target: String, symbol: String },
 }
 
-/// A kernel program of the object, and whether it runs at a return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Program {
-    pub name: &'static str,
-    /// A uretprobe (attached before every entry program).
-    pub ret: bool,
-}
-
-impl Program {
-    pub const fn entry(name: &'static str) -> Program {
-        Program { name, ret: false }
-    }
-
-    pub const fn ret(name: &'static str) -> Program {
-        Program { name, ret: true }
-    }
-}
-
-/// A kernel tracepoint program and the event it attaches to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tracepoint {
-    pub program: &'static str,
-    pub category: &'static str,
-    pub event: &'static str,
-}
-
-impl Tracepoint {
-    pub const fn new(program: &'static str, category: &'static str, event: &'static str) -> Self {
-        Tracepoint {
-            program,
-            category,
-            event,
-        }
-    }
-}
-
-/// One place to attach: a function (or an instruction) in a file, for one
-/// stage, gauge or kind, with the programs attached there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeSite {
-    /// Stage or gauge name (what errors and the `start` record name).
-    pub stage: String,
-    /// The attach cookie (stage id, gauge id + argument index, ...).
-    pub cookie: u64,
-    /// File to attach to (inside the process's mount namespace if a pid was given).
-    pub path: PathBuf,
-    /// Demangled name of the function.
-    pub symbol: String,
-    /// File offset of the probe.
-    pub offset: u64,
-    /// Programs attached here, in attach order.
-    pub programs: &'static [Program],
-}
-
 /// What the plan asks to probe.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbePlan<'a> {
@@ -128,9 +76,19 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
+/// Why the plan's probes cannot be placed (a user error, before anything
+/// is loaded).
+#[derive(Debug, Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Alloc(#[from] AllocSiteError),
+}
+
 /// Resolves every probe of the plan, kind by kind (stage ids and gauge
 /// ids are their positions in the plan). The one place that lists the kinds.
-pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ProbeError> {
+pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
     let mut resolver = resolve::Resolver::new(plan.pids);
     let mut sites = Vec::new();
     for (id, stage) in plan.stages.iter().enumerate() {
@@ -170,27 +128,6 @@ pub struct ProbeOptions {
     pub memory: MemoryMode,
 }
 
-#[derive(Debug, Error)]
-pub enum ProbeError {
-    #[error("adeline-trace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo")]
-    NotPrivileged,
-    #[error("loading the eBPF programs failed: {0}")]
-    Load(String),
-    #[error("attaching stage '{stage}' to {symbol} in {path} failed: {reason}")]
-    Attach {
-        stage: String,
-        symbol: String,
-        path: String,
-        reason: String,
-    },
-    #[error("reading BPF map {map} failed: {reason}")]
-    Map { map: &'static str, reason: String },
-    #[error(transparent)]
-    Target(#[from] TargetError),
-    #[error(transparent)]
-    Alloc(#[from] AllocSiteError),
-}
-
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
 pub fn check_privileges() -> Result<(), ProbeError> {
     const CAP_SYS_ADMIN: u32 = 21;
@@ -226,22 +163,6 @@ pub struct Probes {
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
     ProbeError::Load(e.to_string())
-}
-
-/// Joins an error and its sources into one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let msg = inner.to_string();
-        // Some errors already print their source; do not repeat it.
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 /// The programs of `sites` in attach order: every return program before

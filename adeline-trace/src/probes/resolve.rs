@@ -10,7 +10,7 @@ use std::{
 
 use crate::symbols::{elf::ElfFile, insn::uprobe_refusal, process, FunctionSymbol, TargetError};
 
-use super::{ProbeSite, Program};
+use super::site::{ProbeSite, Program};
 
 /// Files and functions of the targets, resolved for the traced pids.
 pub struct Resolver<'a> {

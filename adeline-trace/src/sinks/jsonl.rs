@@ -1,42 +1,27 @@
-//! JSON Lines event stream (schema: docs/events.md, version [`SCHEMA_VERSION`]).
-use std::io::Write;
+//! The JSON Lines event stream (`-o`; schema: docs/events.md, version
+//! [`SCHEMA_VERSION`]): one object per record, written whole lines at a time.
+use std::{fs::File, io::Write, os::fd::AsFd, path::PathBuf};
 
 use serde::Serialize;
 
-use crate::{
-    alerts::AlertEvent,
-    metrics::{
-        snapshot::{AllocReport, AllocSite, HostStats, ProcessMemory, StageMemory},
-        LatencySummary,
-    },
+use super::{
+    sink::{Finish, Gauge, Memory, RankedSite, Sink, SinkError, Span, Start, Stats},
+    source::SnapshotSource,
 };
+use crate::{alerts::AlertEvent, events::SCHEMA_VERSION};
 
 /// Where JSON Lines events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     Stdout,
-    File(std::path::PathBuf),
+    File(PathBuf),
 }
 
-/// Version of the JSON event schema (`v` field of every object).
-pub const SCHEMA_VERSION: u32 = 1;
-
-#[derive(Serialize)]
-pub struct ProbeInfo<'a> {
-    pub stage: &'a str,
-    pub target: String,
-    pub symbol: &'a str,
-    pub offset: u64,
-}
-
+/// One line of the stream: its `type` and fields.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Record<'a> {
-    Start {
-        ts_ns: u64,
-        pids: &'a [u32],
-        probes: Vec<ProbeInfo<'a>>,
-    },
+enum Record<'a> {
+    Start(&'a Start<'a>),
     Span {
         ts_ns: u64,
         pid: u32,
@@ -53,24 +38,9 @@ pub enum Record<'a> {
     /// Memory every stats interval: the traced processes' RSS and growth
     /// (10 s) and CPU use, per-stage mmap/munmap bytes (whole run), and the
     /// host's CPU, memory and GPUs (absent before two samples).
-    Memory {
-        ts_ns: u64,
-        processes: &'a [ProcessMemory],
-        stages: &'a [StageMemory],
-        #[serde(skip_serializing_if = "Option::is_none")]
-        host: Option<&'a HostStats>,
-        /// Alloc mode (its `sites` go out as `alloc_site` objects).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        alloc: Option<&'a AllocReport>,
-    },
+    Memory(&'a Memory<'a>),
     /// Alloc mode, every few seconds: one of the largest outstanding sites.
-    AllocSite {
-        ts_ns: u64,
-        /// 1 = the largest.
-        rank: usize,
-        #[serde(flatten)]
-        site: &'a AllocSite,
-    },
+    AllocSite(&'a RankedSite<'a>),
     /// An alert transition (fields of [`AlertEvent`]).
     Alert(&'a AlertEvent),
     Gauge {
@@ -80,35 +50,8 @@ pub enum Record<'a> {
         gauge: &'a str,
         value: i64,
     },
-    Stats {
-        ts_ns: u64,
-        interval_ns: u64,
-        events: u64,
-        drops: u64,
-        events_total: u64,
-        drops_total: u64,
-        unmatched_total: u64,
-        depth_overflow_total: u64,
-        filtered_total: u64,
-    },
-    Summary {
-        ts_ns: u64,
-        duration_ns: u64,
-        /// Records of every kind read / lost (ring full).
-        events: u64,
-        drops: u64,
-        /// Of them, spans read / spans lost.
-        spans: u64,
-        span_drops: u64,
-        stages: Vec<StageSummary<'a>>,
-    },
-}
-
-#[derive(Serialize)]
-pub struct StageSummary<'a> {
-    pub stage: &'a str,
-    #[serde(flatten)]
-    pub latency: LatencySummary,
+    Stats(&'a Stats<'a>),
+    Summary(&'a Finish<'a>),
 }
 
 #[derive(Serialize)]
@@ -127,18 +70,46 @@ const PIPE_BUF: usize = 4096;
 pub struct JsonlSink {
     out: Box<dyn Write + Send>,
     buf: Vec<u8>,
+    /// Write a `span` line per call.
+    spans: bool,
 }
 
 impl JsonlSink {
+    /// Opens `output`: a file (created or truncated) or a copy of stdout.
+    pub fn open(output: &Output, spans: bool) -> Result<JsonlSink, SinkError> {
+        let out: Box<dyn Write + Send> = match output {
+            // Unbuffered: this sink buffers and writes whole lines itself.
+            Output::Stdout => Box::new(File::from(
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(SinkError::Stdout)?,
+            )),
+            Output::File(path) => {
+                Box::new(File::create(path).map_err(|source| SinkError::Create {
+                    what: "output",
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+        };
+        Ok(JsonlSink::new(out, spans))
+    }
+
     /// `out` should be unbuffered (e.g. a `File`): this sink buffers.
-    pub fn new(out: Box<dyn Write + Send>) -> JsonlSink {
+    pub fn new(out: Box<dyn Write + Send>, spans: bool) -> JsonlSink {
         JsonlSink {
             out,
             buf: Vec::with_capacity(4 * PIPE_BUF),
+            spans,
         }
     }
 
-    pub fn write(&mut self, record: &Record<'_>) -> std::io::Result<()> {
+    fn write(&mut self, record: &Record<'_>) -> Result<(), SinkError> {
+        self.put(record).map_err(SinkError::write("the events"))
+    }
+
+    fn put(&mut self, record: &Record<'_>) -> std::io::Result<()> {
         serde_json::to_writer(
             &mut self.buf,
             &Versioned {
@@ -153,7 +124,7 @@ impl JsonlSink {
         Ok(())
     }
 
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    fn write_out(&mut self) -> std::io::Result<()> {
         self.write_lines()?;
         self.out.flush()
     }
@@ -179,6 +150,69 @@ impl JsonlSink {
     }
 }
 
+impl Sink for JsonlSink {
+    fn start(&mut self, start: &Start<'_>) -> Result<(), SinkError> {
+        self.write(&Record::Start(start))?;
+        self.flush()
+    }
+
+    fn span(&mut self, span: &Span<'_>) -> Result<(), SinkError> {
+        if !self.spans {
+            return Ok(());
+        }
+        let r = span.record;
+        self.write(&Record::Span {
+            ts_ns: span.ts_ns,
+            pid: r.pid,
+            tid: r.tid,
+            stage: span.stage,
+            dur_ns: r.dur_ns,
+            self_ns: r.self_ns,
+            depth: r.depth,
+            frame_ts_ns: span.frame_ts_ns,
+        })
+    }
+
+    fn gauge(&mut self, gauge: &Gauge<'_>) -> Result<(), SinkError> {
+        self.write(&Record::Gauge {
+            ts_ns: gauge.ts_ns,
+            pid: gauge.record.pid,
+            tid: gauge.record.tid,
+            gauge: gauge.gauge,
+            value: gauge.record.value,
+        })
+    }
+
+    fn stats(&mut self, stats: &Stats<'_>) -> Result<(), SinkError> {
+        self.write(&Record::Stats(stats))?;
+        self.flush()
+    }
+
+    fn memory(&mut self, memory: &Memory<'_>) -> Result<(), SinkError> {
+        if memory.is_empty() {
+            return Ok(());
+        }
+        self.write(&Record::Memory(memory))
+    }
+
+    fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
+        self.write(&Record::Alert(event))
+    }
+
+    fn alloc_site(&mut self, site: &RankedSite<'_>) -> Result<(), SinkError> {
+        self.write(&Record::AllocSite(site))
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.write_out().map_err(SinkError::write("the events"))
+    }
+
+    fn finish(&mut self, finish: &Finish<'_>, _: &dyn SnapshotSource) -> Result<(), SinkError> {
+        self.write(&Record::Summary(finish))?;
+        self.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +235,7 @@ mod tests {
     #[test]
     fn span_line_has_version_and_type() {
         let buf = Buf::default();
-        let mut sink = JsonlSink::new(Box::new(buf.clone()));
+        let mut sink = JsonlSink::new(Box::new(buf.clone()), true);
         sink.write(&Record::Span {
             ts_ns: 1,
             pid: 2,
@@ -224,7 +258,7 @@ mod tests {
     #[test]
     fn writes_whole_lines_of_at_most_pipe_buf_bytes() {
         let buf = Buf::default();
-        let mut sink = JsonlSink::new(Box::new(buf.clone()));
+        let mut sink = JsonlSink::new(Box::new(buf.clone()), true);
         for i in 0..1000 {
             sink.write(&Record::Span {
                 ts_ns: i,
@@ -254,7 +288,7 @@ mod tests {
     #[test]
     fn alert_line_flattens_the_event() {
         let buf = Buf::default();
-        let mut sink = JsonlSink::new(Box::new(buf.clone()));
+        let mut sink = JsonlSink::new(Box::new(buf.clone()), true);
         let event = AlertEvent {
             state: crate::alerts::AlertState::Firing,
             rule: "fps < 25 for 10s".into(),
@@ -269,6 +303,48 @@ mod tests {
         assert_eq!(
             text,
             "{\"v\":1,\"type\":\"alert\",\"state\":\"firing\",\"rule\":\"fps < 25 for 10s\",\"value\":12.5,\"threshold\":25.0,\"since_ns\":1,\"ts_ns\":2}\n"
+        );
+    }
+
+    #[test]
+    fn without_spans_only_other_records_and_no_empty_memory() {
+        use adeline_trace_common::{GaugeRecord, SpanRecord};
+        let buf = Buf::default();
+        let mut sink = JsonlSink::new(Box::new(buf.clone()), false);
+        let span = SpanRecord::default();
+        sink.span(&Span {
+            record: &span,
+            stage: "infer",
+            ts_ns: 1,
+            frame_ts_ns: None,
+            frame_root: false,
+        })
+        .unwrap();
+        let gauge = GaugeRecord {
+            pid: 2,
+            tid: 3,
+            value: -5,
+            ..Default::default()
+        };
+        sink.gauge(&Gauge {
+            record: &gauge,
+            gauge: "queue",
+            ts_ns: 4,
+        })
+        .unwrap();
+        sink.memory(&Memory {
+            ts_ns: 5,
+            processes: &[],
+            stages: &[],
+            host: None,
+            alloc: None,
+        })
+        .unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "{\"v\":1,\"type\":\"gauge\",\"ts_ns\":4,\"pid\":2,\"tid\":3,\"gauge\":\"queue\",\"value\":-5}\n"
         );
     }
 }

@@ -1,16 +1,77 @@
-//! Human-readable tables (stderr): the final summary and the --live view.
+//! What people read on stderr: the `--live` table every stats interval,
+//! a line per alert transition, and the end-of-run table.
 use std::fmt::Write as _;
 
-use crate::{format, metrics::LatencySummary};
+use super::{
+    sink::{Finish, Sink, SinkError, StageTotal, Stats},
+    source::SnapshotSource,
+};
+use crate::{
+    alerts::{rule::value_formatter, AlertEvent, AlertState},
+    format,
+    metrics::LatencySummary,
+};
+
+/// The stderr sink.
+#[derive(Debug, Default)]
+pub struct Console {
+    /// Print the per-stage table every stats interval (`--live`).
+    live: bool,
+}
+
+impl Console {
+    pub fn new(live: bool) -> Console {
+        Console { live }
+    }
+}
+
+impl Sink for Console {
+    fn stats(&mut self, stats: &Stats<'_>) -> Result<(), SinkError> {
+        if self.live {
+            let interval_s = stats.interval_ns as f64 / 1e9;
+            eprintln!("{}", live_table(stats.interval, interval_s, stats.drops));
+        }
+        Ok(())
+    }
+
+    fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
+        eprintln!("adeline-trace: {}", describe(event));
+        Ok(())
+    }
+
+    fn finish(&mut self, finish: &Finish<'_>, _: &dyn SnapshotSource) -> Result<(), SinkError> {
+        eprint!("{}", summary_table(finish.stages));
+        Ok(())
+    }
+}
+
+/// One stderr line for an alert transition, values in the rule's units.
+pub fn describe(event: &AlertEvent) -> String {
+    let state = match event.state {
+        AlertState::Firing => "ALERT firing",
+        AlertState::Resolved => "alert resolved",
+    };
+    let fmt = value_formatter(&event.rule);
+    format!(
+        "{state}: {} (value {}, threshold {})",
+        event.rule,
+        fmt(event.value),
+        fmt(event.threshold)
+    )
+}
 
 /// The end-of-run table: count, min, mean, p50, p90, p99, max per stage.
-pub fn summary_table(rows: &[(&str, LatencySummary)]) -> String {
-    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
+pub fn summary_table(rows: &[StageTotal<'_>]) -> String {
+    let width = rows.iter().map(|r| r.stage.len()).max().unwrap_or(5).max(5);
     let mut out = format!(
         "{:<width$} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "STAGE", "COUNT", "MIN", "MEAN", "P50", "P90", "P99", "MAX"
     );
-    for (name, s) in rows {
+    for StageTotal {
+        stage: name,
+        latency: s,
+    } in rows
+    {
         let _ = writeln!(
             out,
             "{:<width$} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -63,7 +124,8 @@ mod tests {
             p99_ns: 3_000,
             max_ns: 3_000,
         };
-        let t = summary_table(&[("decode", s), ("infer_layer", s)]);
+        let row = |stage| StageTotal { stage, latency: s };
+        let t = summary_table(&[row("decode"), row("infer_layer")]);
         let lines: Vec<_> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");

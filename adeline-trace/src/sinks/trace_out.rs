@@ -16,12 +16,18 @@ use std::{
 use adeline_trace_common::SpanRecord;
 use serde::Serialize;
 
+use super::{
+    sink::{Finish, Sink, SinkError, Span},
+    source::SnapshotSource,
+};
+
 pub struct TraceOut {
     out: BufWriter<File>,
     /// Monotonic ns that maps to ts 0.
     origin_ns: u64,
     first: bool,
     threads: BTreeSet<(u32, u32)>,
+    closed: bool,
 }
 
 #[derive(Serialize)]
@@ -63,14 +69,23 @@ fn us(ns: u64) -> f64 {
 
 impl TraceOut {
     /// Creates the file; times are relative to `origin_ns` (monotonic).
-    pub fn create(path: &Path, origin_ns: u64) -> std::io::Result<TraceOut> {
-        let mut out = BufWriter::new(File::create(path)?);
-        out.write_all(b"[\n")?;
+    pub fn create(path: &Path, origin_ns: u64) -> Result<TraceOut, SinkError> {
+        let created = File::create(path).and_then(|file| {
+            let mut out = BufWriter::new(file);
+            out.write_all(b"[\n")?;
+            Ok(out)
+        });
+        let out = created.map_err(|source| SinkError::Create {
+            what: "the trace file",
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(TraceOut {
             out,
             origin_ns,
             first: true,
             threads: BTreeSet::new(),
+            closed: false,
         })
     }
 
@@ -101,8 +116,12 @@ impl TraceOut {
         })
     }
 
-    /// Names every process and thread seen, closes the array, flushes.
-    pub fn finish(mut self) -> std::io::Result<()> {
+    /// Names every process and thread seen, closes the array, flushes
+    /// (once; later calls do nothing).
+    pub fn close(&mut self) -> std::io::Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
         let threads = std::mem::take(&mut self.threads);
         let pids: BTreeSet<u32> = threads.iter().map(|&(p, _)| p).collect();
         for pid in pids {
@@ -135,6 +154,21 @@ impl TraceOut {
     }
 }
 
+impl Sink for TraceOut {
+    fn span(&mut self, span: &Span<'_>) -> Result<(), SinkError> {
+        TraceOut::span(self, span.record, span.stage, span.frame_root)
+            .map_err(SinkError::write("the trace file"))
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        TraceOut::flush(self).map_err(SinkError::write("the trace file"))
+    }
+
+    fn finish(&mut self, _: &Finish<'_>, _: &dyn SnapshotSource) -> Result<(), SinkError> {
+        self.close().map_err(SinkError::write("the trace file"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,7 +191,7 @@ mod tests {
             .unwrap();
         t.span(&span(8, 2_000, 3_000, 1), "decode", false).unwrap();
         t.span(&span(9, 4_500, 1_500, 0), "decode", false).unwrap();
-        t.finish().unwrap();
+        t.close().unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let events = v.as_array().unwrap();

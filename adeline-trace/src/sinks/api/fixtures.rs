@@ -8,7 +8,7 @@ use crate::{
         Bottleneck, FrameStats, GaugeStats, GrowthOf, Percentiles, ProcessMemory, ShareOf,
         Snapshot, StageStats, Window, SNAPSHOT_VERSION,
     },
-    state::SnapshotSource,
+    sinks::SnapshotSource,
 };
 
 fn stage(name: &str, rate_hz: f64, latency: Percentiles, frame_share: Option<f64>) -> StageStats {

@@ -1,6 +1,6 @@
 //! The agent's HTTP API (docs/api.md): read-only JSON over TCP on 127.0.0.1
 //! and/or a unix socket (mode 0600), served with axum from a
-//! [`SnapshotSource`](crate::state::SnapshotSource). The small blocking
+//! [`SnapshotSource`](crate::sinks::SnapshotSource). The small blocking
 //! client `adeline-trace summary` uses to query it is in cmd/summary/.
 //!
 //! - [`listen`]: binding the listeners, socket file hygiene, [`ApiError`]

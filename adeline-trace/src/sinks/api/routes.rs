@@ -1,7 +1,6 @@
 //! The API's endpoints (docs/api.md): health, the snapshot, one stage, and
 //! alerts, all read from a [`SnapshotSource`]. Every error is a 4xx with a
 //! JSON body `{"error": "..."}` of one line.
-use std::sync::Arc;
 
 use axum::{
     extract::{rejection::QueryRejection, Path, Query, State},
@@ -14,15 +13,13 @@ use serde::Serialize;
 
 use crate::{
     alerts::AlertEvent,
+    format,
     metrics::snapshot::{Snapshot, StageStats, Window},
-    state::SnapshotSource,
+    sinks::source::{Source, ECHO_CHARS},
 };
 
 /// The window used when a request names none.
 pub const DEFAULT_WINDOW: Window = Window::S10;
-
-/// The shared state every handler reads.
-pub type Source = Arc<dyn SnapshotSource>;
 
 /// The router over `source`, ready for `axum::serve`.
 pub fn router(source: Source) -> Router {
@@ -33,7 +30,7 @@ pub fn router(source: Source) -> Router {
         .route("/api/alerts", get(alerts))
         .merge(crate::sinks::prometheus::routes())
         .merge(crate::sinks::dashboard::routes())
-        .merge(crate::sinks::history::routes())
+        .merge(crate::sinks::history::api::routes())
         .fallback(not_found)
         // After the routes: it applies to the routes already added.
         .method_not_allowed_fallback(method_not_allowed)
@@ -202,29 +199,7 @@ fn unknown_param(key: &str, accepted: &str) -> ApiFailure {
     )
 }
 
-/// Request text echoed in an error: control characters (newlines) replaced,
-/// and cut to a readable length, so the message stays one line.
-pub(crate) fn one_line(s: &str) -> String {
-    const MAX_CHARS: usize = 80;
-    let mut out: String = s
-        .chars()
-        .take(MAX_CHARS)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > MAX_CHARS {
-        out.push_str("...");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn echoed_input_stays_one_short_line() {
-        assert_eq!(one_line("a\nb\r"), "a?b?");
-        let long = "x".repeat(200);
-        assert_eq!(one_line(&long), format!("{}...", "x".repeat(80)));
-    }
+/// Request text echoed in an error, one short line.
+fn one_line(s: &str) -> String {
+    format::one_line(s, ECHO_CHARS)
 }

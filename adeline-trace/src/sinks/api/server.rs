@@ -9,7 +9,7 @@ use super::{
     listen::{bind_tcp, bind_unix, ApiError, SocketFile},
     routes::router,
 };
-use crate::state::SnapshotSource;
+use crate::sinks::SnapshotSource;
 
 /// How long connections may take to finish once shutdown is asked for;
 /// after that they are dropped.

@@ -9,7 +9,7 @@ use axum::{
     Router,
 };
 
-use crate::sinks::api::routes::Source;
+use crate::sinks::source::Source;
 
 pub mod stream;
 

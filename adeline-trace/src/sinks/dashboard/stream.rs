@@ -19,9 +19,9 @@ use serde::Serialize;
 
 use crate::{
     alerts::AlertEvent,
+    format::one_line,
     metrics::snapshot::{Snapshot, Window},
-    sinks::api::routes::{one_line, Source},
-    state::SnapshotSource,
+    sinks::source::{SnapshotSource, Source, ECHO_CHARS},
 };
 
 /// Where the stream is served.
@@ -90,7 +90,7 @@ pub async fn stream(State(source): State<Source>, RawQuery(query): RawQuery) -> 
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         let error = format!(
             "unknown query '{}': {PATH} takes no parameters",
-            one_line(&query)
+            one_line(&query, ECHO_CHARS)
         );
         return (StatusCode::BAD_REQUEST, Json(ErrorBody { error })).into_response();
     }

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{
     now_ns, parse_since, since_ns, HistoryError, HistoryReader, HistoryReport, DEFAULT_SINCE,
 };
-use crate::sinks::api::routes::Source;
+use crate::{format, sinks::source::Source};
 
 /// The endpoint, merged into the API router.
 pub fn routes() -> Router<Source> {
@@ -91,13 +91,5 @@ fn failure(status: StatusCode, message: String) -> Response {
 
 /// Text echoed in an error: one line, at most 200 characters.
 fn one_line(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > 200 {
-        out.push_str("...");
-    }
-    out
+    format::one_line(s, 200)
 }

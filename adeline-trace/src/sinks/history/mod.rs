@@ -6,18 +6,16 @@
 //! fields: docs/history.md.
 use std::time::Duration;
 
-use axum::Router;
-
-use crate::sinks::api::routes::Source;
-
 pub mod api;
 pub mod error;
 pub mod reader;
 pub mod schema;
+pub mod sink;
 pub mod store;
 
 pub use error::HistoryError;
 pub use reader::{HistoryReader, HistoryReport, HistoryRow};
+pub use sink::HistorySink;
 pub use store::HistoryStore;
 
 /// The history database a run keeps.
@@ -32,11 +30,6 @@ pub struct HistorySpec {
 
 /// How far back a reader looks when it is not told.
 pub const DEFAULT_SINCE: &str = "1h";
-
-/// Routes served by this module (merged into the API router).
-pub fn routes() -> Router<Source> {
-    api::routes()
-}
 
 /// Parses `what` (`since`, `--since`) such as `30m`, `1h`, `7d` or `1h 30m`.
 pub fn parse_since(what: &'static str, value: &str) -> Result<Duration, HistoryError> {

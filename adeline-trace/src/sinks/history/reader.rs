@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, Row};
 use serde::{Deserialize, Serialize};
 
-use super::{schema, store::int, store::BUSY_TIMEOUT, HistoryError};
+use super::{
+    error::HistoryError,
+    schema::{self, int, BUSY_TIMEOUT},
+};
 use crate::alerts::{AlertEvent, AlertState};
 
 /// One stage over one interval, with that interval's frames.
@@ -214,12 +217,4 @@ fn nat(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
 /// A nullable non-negative integer column.
 fn opt_nat(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
     Ok(r.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
-}
-
-/// How an alert state is stored (the same word as in its JSON).
-pub(crate) fn state_name(state: AlertState) -> &'static str {
-    match state {
-        AlertState::Firing => "firing",
-        AlertState::Resolved => "resolved",
-    }
 }

@@ -1,10 +1,18 @@
 //! The history database's tables (docs/history.md), and the check that a
 //! file holds them. The schema version is SQLite's `user_version`.
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use rusqlite::Connection;
 
-use super::HistoryError;
+use super::error::HistoryError;
+
+/// How long a connection waits for another one's lock before failing.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite integers are signed 64-bit: nanoseconds since 1970 fit until 2262.
+pub(crate) fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 /// Version of the tables below; stored as `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 1;

@@ -12,16 +12,13 @@ use std::{
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::{
-    reader::{HistoryReader, HistoryRow},
-    schema, HistoryError,
+    error::HistoryError,
+    schema::{self, int, BUSY_TIMEOUT},
 };
 use crate::{
     alerts::AlertEvent,
     metrics::snapshot::{FrameStats, Snapshot},
 };
-
-/// How long a connection waits for another one's lock before failing.
-pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The agent's open history database.
 #[derive(Debug)]
@@ -167,7 +164,7 @@ impl HistoryStore {
                     .execute(params![
                         int(a.ts_ns),
                         a.rule,
-                        super::reader::state_name(a.state),
+                        a.state.as_str(),
                         a.value,
                         a.threshold,
                         int(a.since_ns),
@@ -184,20 +181,4 @@ impl HistoryStore {
         }
         tx.commit().map_err(sql)
     }
-
-    /// Rows of `stage` (all stages with None) from `since_ns` (wall-clock
-    /// ns) on, oldest first, stages in plan order within an interval.
-    /// Opens `path` read-only: safe while an agent writes it.
-    pub fn query(
-        path: &Path,
-        stage: Option<&str>,
-        since_ns: u64,
-    ) -> Result<Vec<HistoryRow>, HistoryError> {
-        HistoryReader::open(path)?.rows(stage, since_ns)
-    }
-}
-
-/// SQLite integers are signed 64-bit: nanoseconds since 1970 fit until 2262.
-pub(crate) fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -26,6 +26,12 @@ const STAGES: [&str; 3] = ["frame", "infer", "track"];
 
 /// An interval of 10 s ending at `ts_ns`: `count` calls of each stage
 /// (stage i: `(i + 1) * count`), with frames when `frames`.
+/// Rows of `stage` (all with None) from `since_ns` on, read as the
+/// `history` command and the API read them.
+fn query(path: &Path, stage: Option<&str>, since_ns: u64) -> Result<Vec<HistoryRow>, HistoryError> {
+    HistoryReader::open(path)?.rows(stage, since_ns)
+}
+
 fn snapshot(ts_ns: u64, count: u64, frames: bool) -> Snapshot {
     let stages = STAGES
         .iter()
@@ -128,7 +134,7 @@ fn open_creates_the_directory_and_the_schema_in_wal_mode() {
     drop(store);
     let store = HistoryStore::open(&path, WEEK).unwrap();
     drop(store);
-    assert_eq!(HistoryStore::query(&path, None, 0).unwrap().len(), 3);
+    assert_eq!(query(&path, None, 0).unwrap().len(), 3);
 }
 
 #[test]
@@ -141,7 +147,7 @@ fn records_one_row_per_stage_with_its_interval_and_frames() {
         .record(&snapshot(T0 + 10 * SEC, 200, false), &[])
         .unwrap();
 
-    let rows = HistoryStore::query(&path, None, 0).unwrap();
+    let rows = query(&path, None, 0).unwrap();
     let names: Vec<(u64, &str)> = rows.iter().map(|r| (r.ts_ns, r.stage.as_str())).collect();
     assert_eq!(
         names,
@@ -207,22 +213,18 @@ fn query_by_stage_and_since() {
             .record(&snapshot(T0 + i * 10 * SEC, 10 + i, true), &[])
             .unwrap();
     }
-    let track = HistoryStore::query(&path, Some("track"), 0).unwrap();
+    let track = query(&path, Some("track"), 0).unwrap();
     assert_eq!(track.len(), 6);
     assert!(track.iter().all(|r| r.stage == "track"));
     assert_eq!(track[5].count, 3 * 15);
 
-    let recent = HistoryStore::query(&path, None, T0 + 40 * SEC).unwrap();
+    let recent = query(&path, None, T0 + 40 * SEC).unwrap();
     assert_eq!(recent.len(), 2 * 3, "intervals ending at 40 s and 50 s");
     assert!(recent.iter().all(|r| r.ts_ns >= T0 + 40 * SEC));
-    let one = HistoryStore::query(&path, Some("infer"), T0 + 50 * SEC).unwrap();
+    let one = query(&path, Some("infer"), T0 + 50 * SEC).unwrap();
     assert_eq!(one.len(), 1);
-    assert!(HistoryStore::query(&path, Some("nope"), 0)
-        .unwrap()
-        .is_empty());
-    assert!(HistoryStore::query(&path, None, T0 + 51 * SEC)
-        .unwrap()
-        .is_empty());
+    assert!(query(&path, Some("nope"), 0).unwrap().is_empty());
+    assert!(query(&path, None, T0 + 51 * SEC).unwrap().is_empty());
 
     let reader = HistoryReader::open(&path).unwrap();
     assert_eq!(reader.stages().unwrap(), STAGES);
@@ -259,7 +261,7 @@ fn the_traced_processes_memory_is_kept_per_interval_summed() {
     store
         .record(&snapshot(T0 + 10 * SEC, 10, true), &[])
         .unwrap();
-    let rows = HistoryStore::query(&path, Some("frame"), 0).unwrap();
+    let rows = query(&path, Some("frame"), 0).unwrap();
     assert_eq!(rows[0].rss_bytes, Some(150_000_000));
     assert_eq!(rows[0].rss_growth_bytes_per_s, Some(1_000.0));
     assert_eq!(rows[1].rss_bytes, None, "not sampled: null, not 0");
@@ -273,7 +275,7 @@ fn recording_an_interval_again_replaces_it() {
     let mut store = HistoryStore::open(&path, WEEK).unwrap();
     store.record(&snapshot(T0, 10, true), &[]).unwrap();
     store.record(&snapshot(T0, 20, true), &[]).unwrap();
-    let rows = HistoryStore::query(&path, Some("frame"), 0).unwrap();
+    let rows = query(&path, Some("frame"), 0).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].count, 20);
 }
@@ -320,7 +322,7 @@ fn retention_prunes_rows_older_than_it() {
         store.record(&snapshot(ts, 5, true), &alerts).unwrap();
     }
     let newest = T0 + 180 * SEC;
-    let rows = HistoryStore::query(&path, None, 0).unwrap();
+    let rows = query(&path, None, 0).unwrap();
     let oldest = rows.iter().map(|r| r.ts_ns).min().unwrap();
     assert_eq!(oldest, newest - 60 * SEC, "exactly the retention is kept");
     assert_eq!(rows.len(), 7 * 3);
@@ -347,11 +349,11 @@ fn readers_see_whole_intervals_while_another_connection_writes() {
     other
         .execute(
             "INSERT INTO intervals (ts_ns, interval_ns, events, drops) VALUES (?1, 1, 0, 0)",
-            [store::int(T0 + SEC)],
+            [schema::int(T0 + SEC)],
         )
         .unwrap();
     let started = std::time::Instant::now();
-    assert_eq!(HistoryStore::query(&path, None, 0).unwrap().len(), 3);
+    assert_eq!(query(&path, None, 0).unwrap().len(), 3);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "the reader waited"
@@ -368,14 +370,14 @@ fn readers_see_whole_intervals_while_another_connection_writes() {
     let mut seen = 0;
     let mut reads = 0;
     while !writer.is_finished() || reads == 0 {
-        let rows = HistoryStore::query(&path, None, 0).unwrap();
+        let rows = query(&path, None, 0).unwrap();
         assert_eq!(rows.len() % 3, 0, "half an interval visible");
         assert!(rows.len() >= seen);
         seen = rows.len();
         reads += 1;
     }
     writer.join().unwrap();
-    assert_eq!(HistoryStore::query(&path, None, 0).unwrap().len(), 201 * 3);
+    assert_eq!(query(&path, None, 0).unwrap().len(), 201 * 3);
 }
 
 /// Env var naming the database [`crash_writer`] writes before it kills itself.
@@ -400,7 +402,7 @@ fn crash_writer() {
     half.execute_batch("BEGIN IMMEDIATE").unwrap();
     half.execute(
         "INSERT INTO intervals (ts_ns, interval_ns, events, drops) VALUES (?1, 1, 0, 0)",
-        [store::int(T0 + 30 * SEC)],
+        [schema::int(T0 + 30 * SEC)],
     )
     .unwrap();
     // SAFETY: kill(2) on this very process.
@@ -427,7 +429,7 @@ fn committed_rows_survive_sigkill() {
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     // The log of the killed writer is still there; a reader recovers it.
     assert!(path.with_extension("db-wal").exists());
-    let rows = HistoryStore::query(&path, None, 0).unwrap();
+    let rows = query(&path, None, 0).unwrap();
     assert_eq!(rows.len(), 3 * 3, "3 committed intervals, not the 4th");
     assert!(rows.iter().all(|r| r.count >= 10));
     // And a new agent can append to it.
@@ -435,7 +437,7 @@ fn committed_rows_survive_sigkill() {
     store
         .record(&snapshot(T0 + 40 * SEC, 10, true), &[])
         .unwrap();
-    assert_eq!(HistoryStore::query(&path, None, 0).unwrap().len(), 4 * 3);
+    assert_eq!(query(&path, None, 0).unwrap().len(), 4 * 3);
 }
 
 fn error_text(result: Result<impl std::fmt::Debug, HistoryError>) -> String {
@@ -446,7 +448,7 @@ fn error_text(result: Result<impl std::fmt::Debug, HistoryError>) -> String {
 fn missing_file_says_how_to_make_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("none.db");
-    let text = error_text(HistoryStore::query(&path, None, 0));
+    let text = error_text(query(&path, None, 0));
     assert_eq!(
         text,
         format!(
@@ -463,7 +465,7 @@ fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
     let path = dir.path().join("notes.txt");
     let text = "these are my notes, not a database\n".repeat(100);
     std::fs::write(&path, &text).unwrap();
-    let read = error_text(HistoryStore::query(&path, None, 0));
+    let read = error_text(query(&path, None, 0));
     assert!(read.contains("is not a SQLite database"), "{read}");
     assert!(read.contains("notes.txt"), "{read}");
     let write = error_text(HistoryStore::open(&path, WEEK));
@@ -481,7 +483,7 @@ fn another_programs_database_is_refused() {
         .execute_batch("CREATE TABLE users (name TEXT)")
         .unwrap();
     for text in [
-        error_text(HistoryStore::query(&path, None, 0)),
+        error_text(query(&path, None, 0)),
         error_text(HistoryStore::open(&path, WEEK)),
     ] {
         assert!(
@@ -497,7 +499,7 @@ fn another_programs_database_is_refused() {
         .unwrap()
         .pragma_update(None, "user_version", 2)
         .unwrap();
-    let text = error_text(HistoryStore::query(&path, None, 0));
+    let text = error_text(query(&path, None, 0));
     assert!(text.contains("schema version 2"), "{text}");
 }
 
@@ -531,7 +533,7 @@ fn since_parses_durations_and_names_bad_ones() {
 /// A source that only answers with its history database.
 struct HistorySource(Option<PathBuf>);
 
-impl crate::state::SnapshotSource for HistorySource {
+impl crate::sinks::SnapshotSource for HistorySource {
     fn snapshot(&self, window: Window) -> Snapshot {
         crate::sinks::api::fixtures::sample_snapshot(window)
     }
@@ -555,7 +557,7 @@ fn get(db: Option<PathBuf>, paths: &[&str]) -> Vec<(u16, Value)> {
         port: Some(0),
         socket: None,
     };
-    let source: Arc<dyn crate::state::SnapshotSource> = Arc::new(HistorySource(db));
+    let source: Arc<dyn crate::sinks::SnapshotSource> = Arc::new(HistorySource(db));
     let handle = runtime
         .block_on(crate::sinks::api::server::serve(&spec, source, async {
             let _ = stopped.await;

@@ -5,7 +5,10 @@
 //! [`process`] reads the agent's own CPU and memory use.
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 
-use crate::{metrics::snapshot::Window, sinks::api::routes::Source, state::SnapshotSource};
+use crate::{
+    metrics::snapshot::Window,
+    sinks::source::{SnapshotSource, Source},
+};
 
 pub mod families;
 pub mod process;

@@ -1,0 +1,93 @@
+//! What every probe kind produces and shares: the programs of the kernel
+//! object ([`Program`], [`Tracepoint`]), the places to attach them
+//! ([`ProbeSite`]) and [`ProbeError`].
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// A kernel program of the object, and whether it runs at a return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Program {
+    pub name: &'static str,
+    /// A uretprobe (attached before every entry program).
+    pub ret: bool,
+}
+
+impl Program {
+    pub const fn entry(name: &'static str) -> Program {
+        Program { name, ret: false }
+    }
+
+    pub const fn ret(name: &'static str) -> Program {
+        Program { name, ret: true }
+    }
+}
+
+/// A kernel tracepoint program and the event it attaches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracepoint {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub event: &'static str,
+}
+
+impl Tracepoint {
+    pub const fn new(program: &'static str, category: &'static str, event: &'static str) -> Self {
+        Tracepoint {
+            program,
+            category,
+            event,
+        }
+    }
+}
+
+/// One place to attach: a function (or an instruction) in a file, for one
+/// stage, gauge or kind, with the programs attached there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSite {
+    /// Stage or gauge name (what errors and the `start` record name).
+    pub stage: String,
+    /// The attach cookie (stage id, gauge id + argument index, ...).
+    pub cookie: u64,
+    /// File to attach to (inside the process's mount namespace if a pid was given).
+    pub path: PathBuf,
+    /// Demangled name of the function.
+    pub symbol: String,
+    /// File offset of the probe.
+    pub offset: u64,
+    /// Programs attached here, in attach order.
+    pub programs: &'static [Program],
+}
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("adeline-trace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo")]
+    NotPrivileged,
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("attaching stage '{stage}' to {symbol} in {path} failed: {reason}")]
+    Attach {
+        stage: String,
+        symbol: String,
+        path: String,
+        reason: String,
+    },
+    #[error("reading BPF map {map} failed: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+/// Joins an error and its sources into one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let msg = inner.to_string();
+        // Some errors already print their source; do not repeat it.
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = inner.source();
+    }
+    s
+}
