@@ -20,7 +20,10 @@ use crate::{
     alerts::alerting::Alerting,
     events::{decode, monotonic_ns, Event},
     launch::Launched,
-    metrics::{memory::alloc::name_sites, snapshot::Window, LatencySummary},
+    metrics::{
+        memory::alloc::name_sites,
+        snapshot::{Percentiles, Window},
+    },
     probes::Probes,
     sinks::{
         Finish, Gauge, Memory, RankedSite, Sink, Sinks, SnapshotSource, Span, StageTotal, Stats,
@@ -388,7 +391,7 @@ impl Tracer {
     /// The whole-run totals to the sinks, the stop line, the hooks.
     pub fn finish(mut self, elapsed: Duration, stop: Stop) -> Result<()> {
         let counters = self.read_counters()?;
-        let totals: Vec<(String, LatencySummary)> = self
+        let totals: Vec<(String, Percentiles)> = self
             .live
             .metrics()
             .totals()

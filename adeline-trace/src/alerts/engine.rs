@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 
 use super::hook::HookJob;
-use super::rule::{parse_rule, validate, Metric, Rule, RuleError, Stat, Subject, Threshold};
+use super::rule::{parse_rule, validate, Metric, Rule, RuleError, Subject, Threshold};
 use super::{AlertEvent, AlertSpec, AlertState};
 use crate::metrics::snapshot::{Percentiles, Snapshot};
 
@@ -253,7 +253,7 @@ fn metric_value(metric: &Metric, snap: &Snapshot) -> Option<f64> {
     match metric {
         Metric::Latency { stat, of } => {
             let p = latency(of).filter(|p| p.count > 0)?;
-            Some(stat_of(*stat, &p) as f64)
+            Some(p.get(*stat) as f64)
         }
         Metric::Count(of) => latency(of).map(|p| p.count as f64),
         Metric::Rate(Subject::Stage(name)) => snap.stage(name).map(|s| s.rate_hz),
@@ -274,19 +274,6 @@ fn metric_value(metric: &Metric, snap: &Snapshot) -> Option<f64> {
             .max_by(f64::total_cmp),
         Metric::Outstanding(name) => snap.holding(name).map(|h| h.bytes),
         Metric::Leak(name) => snap.holding(name)?.growth_bytes_per_s,
-    }
-}
-
-fn stat_of(stat: Stat, p: &Percentiles) -> u64 {
-    match stat {
-        Stat::P50 => p.p50_ns,
-        Stat::P90 => p.p90_ns,
-        Stat::P95 => p.p95_ns,
-        Stat::P99 => p.p99_ns,
-        Stat::P999 => p.p999_ns,
-        Stat::Mean => p.mean_ns,
-        Stat::Min => p.min_ns,
-        Stat::Max => p.max_ns,
     }
 }
 

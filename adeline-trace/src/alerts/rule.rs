@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::units::{ByteUnits, Per};
 use crate::{
     format,
+    metrics::snapshot::Stat,
     units::{duration_unit_ns, size_unit, MIB},
 };
 
@@ -84,49 +85,6 @@ impl Quantity {
             Quantity::Size => "MB",
             Quantity::Rate => "MB/min",
         }
-    }
-}
-
-/// A latency statistic of a set of calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stat {
-    P50,
-    P90,
-    P95,
-    P99,
-    P999,
-    Mean,
-    Min,
-    Max,
-}
-
-impl Stat {
-    /// The function name in the grammar (`p99`, `mean`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stat::P50 => "p50",
-            Stat::P90 => "p90",
-            Stat::P95 => "p95",
-            Stat::P99 => "p99",
-            Stat::P999 => "p999",
-            Stat::Mean => "mean",
-            Stat::Min => "min",
-            Stat::Max => "max",
-        }
-    }
-
-    fn from_word(word: &str) -> Option<Stat> {
-        Some(match word {
-            "p50" => Stat::P50,
-            "p90" => Stat::P90,
-            "p95" => Stat::P95,
-            "p99" => Stat::P99,
-            "p999" => Stat::P999,
-            "mean" => Stat::Mean,
-            "min" => Stat::Min,
-            "max" => Stat::Max,
-            _ => return None,
-        })
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Each input is a snapshot JSON (`run --summary-out`, `summary --json`) or a
 //! JSON Lines event stream (`run -o`) whose last `summary` record is used.
-//! Stages are matched by name and one metric (`--metric`, default p95) is
-//! compared. A stage present in only one file (or with no calls in it) is
+//! Both carry every stage's latency in the one schema, [`Percentiles`].
+//! Stages are matched by name and one statistic (`--metric`, default p95)
+//! is compared. A stage present in only one file (or with no calls in it) is
 //! reported as NEW or MISSING but does not fail the gate. Frames (snapshot
 //! files with a frame stage) are compared too, as the row `(frames)`.
 //!
@@ -14,14 +15,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::cli::CompareArgs;
-use crate::format;
-
-/// Metrics `--metric` accepts; each is the field `<metric>_ns` of a stage.
-pub const METRICS: [&str; 8] = ["p50", "p90", "p95", "p99", "p999", "mean", "min", "max"];
+use crate::{
+    cli::CompareArgs,
+    format,
+    metrics::snapshot::{Percentiles, Stat},
+};
 
 /// The label of the end-to-end frame latency row.
 const FRAMES_ROW: &str = "(frames)";
@@ -49,28 +51,19 @@ pub enum CompareError {
     #[error("{}: stages[{index}] has no \"stage\" name", .path.display())]
     BadStage { path: PathBuf, index: usize },
     #[error(
-        "{}: stage '{stage}' has no {metric}_ns{hint}",
-        .path.display(),
-        hint = missing_hint(.metric)
+        "{}: stage '{stage}' is not a latency summary ({detail}); write the file again \
+         with this version of adeline-trace",
+        .path.display()
     )]
-    MissingMetric {
+    BadLatency {
         path: PathBuf,
         stage: String,
-        metric: String,
+        detail: String,
     },
     #[error("--max-regression '{0}': expected a percentage of 0 or more, such as 10%")]
     BadThreshold(String),
     #[error("--metric '{0}': expected one of p50, p90, p95, p99, p999, mean, min or max")]
     UnknownMetric(String),
-}
-
-fn missing_hint(metric: &str) -> &'static str {
-    if matches!(metric, "p95" | "p999") {
-        " (a `run -o` summary records p50, p90, p99, mean, min and max only: use --metric p99, \
-         or compare `run --summary-out` files)"
-    } else {
-        ""
-    }
 }
 
 /// Runs the comparison, prints the table on stdout and returns the exit
@@ -105,13 +98,11 @@ pub struct Report {
 /// Reads both files and compares them.
 pub fn gate(args: &CompareArgs) -> Result<Report, CompareError> {
     let max_pct = parse_max_regression(&args.max_regression)?;
-    let metric = args.metric.trim();
-    if !METRICS.contains(&metric) {
-        return Err(CompareError::UnknownMetric(args.metric.clone()));
-    }
-    let baseline = load(&args.baseline, metric)?;
-    let current = load(&args.current, metric)?;
-    Ok(report(&baseline, &current, metric, max_pct))
+    let stat = Stat::from_word(args.metric.trim())
+        .ok_or_else(|| CompareError::UnknownMetric(args.metric.clone()))?;
+    let baseline = load(&args.baseline, stat)?;
+    let current = load(&args.current, stat)?;
+    Ok(report(&baseline, &current, stat.as_str(), max_pct))
 }
 
 /// `10%`, `10` or `2.5%` -> percent; negative, non-finite or not a number is an error.
@@ -127,8 +118,8 @@ pub fn parse_max_regression(text: &str) -> Result<f64, CompareError> {
 /// One stage's metric in one file: None when it made no calls.
 type Measured = Vec<(String, Option<u64>)>;
 
-/// Reads a snapshot or JSON Lines file into (stage, metric value) pairs.
-fn load(path: &Path, metric: &str) -> Result<Measured, CompareError> {
+/// Reads a snapshot or JSON Lines file into (stage, statistic) pairs.
+fn load(path: &Path, stat: Stat) -> Result<Measured, CompareError> {
     let text = std::fs::read_to_string(path).map_err(|source| CompareError::Read {
         path: path.to_path_buf(),
         source,
@@ -155,13 +146,13 @@ fn load(path: &Path, metric: &str) -> Result<Measured, CompareError> {
         if measured.iter().any(|(n, _)| n == name) {
             continue;
         }
-        let value = metric_of(path, name, stage, metric)?;
+        let value = stat_of(path, name, stage, stat)?;
         measured.push((name.to_string(), value));
     }
     if let Some(frames) = summary.get("frames").filter(|f| f.is_object()) {
         measured.push((
             FRAMES_ROW.to_string(),
-            metric_of(path, FRAMES_ROW, frames, metric)?,
+            stat_of(path, FRAMES_ROW, frames, stat)?,
         ));
     }
     Ok(measured)
@@ -203,25 +194,20 @@ fn find_summary(path: &Path, text: &str) -> Result<Value, CompareError> {
     }
 }
 
-/// `<metric>_ns` of a stage object; None if it has `count` 0.
-fn metric_of(
+/// `stat` of a stage (or frames) object, read as [`Percentiles`]; None if
+/// it made no calls.
+fn stat_of(
     path: &Path,
     name: &str,
     stage: &Value,
-    metric: &str,
+    stat: Stat,
 ) -> Result<Option<u64>, CompareError> {
-    if stage.get("count").and_then(Value::as_u64) == Some(0) {
-        return Ok(None);
-    }
-    let field = stage.get(format!("{metric}_ns"));
-    match field.and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64))) {
-        Some(v) => Ok(Some(v)),
-        None => Err(CompareError::MissingMetric {
-            path: path.to_path_buf(),
-            stage: name.to_string(),
-            metric: metric.to_string(),
-        }),
-    }
+    let latency = Percentiles::deserialize(stage).map_err(|e| CompareError::BadLatency {
+        path: path.to_path_buf(),
+        stage: name.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok((latency.count > 0).then(|| latency.get(stat)))
 }
 
 /// How one stage compares.
@@ -542,9 +528,9 @@ mod tests {
     #[test]
     fn jsonl_streams_use_their_last_summary() {
         let f = Files::new();
-        let one =
-            "{\"stage\":\"decode\",\"count\":100,\"min_ns\":1,\"mean_ns\":2,\"p50_ns\":1000000,\
-                   \"p90_ns\":1100000,\"p99_ns\":1200000,\"max_ns\":1300000}";
+        let one = "{\"stage\":\"decode\",\"count\":100,\"min_ns\":1,\"mean_ns\":2,\
+                   \"p50_ns\":1000000,\"p90_ns\":1100000,\"p95_ns\":1150000,\
+                   \"p99_ns\":1200000,\"p999_ns\":1250000,\"max_ns\":1300000}";
         let two = one.replace("1200000", "1500000");
         let b = f.put("b.jsonl", &jsonl(one));
         // Two summaries (and a cut-off last line): the last complete one counts.
@@ -558,15 +544,19 @@ mod tests {
             out.contains("decode        1.20ms       1.50ms  +25.0%  REGRESSION"),
             "{out}"
         );
-        // p95 is not in a `run -o` summary: bad input naming the metric.
-        let (code, out) = run(&args(&b, &c, "10%", "p95"));
+        // The stream's summary has the snapshot's latency schema: every statistic.
+        assert_eq!(run(&args(&b, &c, "10%", "p95")).0, 0);
+        assert_eq!(run(&args(&b, &b, "0%", "p999")).0, 0);
+        // A stage object without the whole schema is bad input naming the field.
+        let old = f.put("old.jsonl", &jsonl(&one.replace("\"p95_ns\":1150000,", "")));
+        let (code, out) = run(&args(&old, &c, "10%", "p99"));
         assert_eq!((code, out.as_str()), (2, ""));
         assert_eq!(
-            err(&args(&b, &c, "10%", "p95")),
+            err(&args(&old, &c, "10%", "p99")),
             format!(
-                "{}: stage 'decode' has no p95_ns (a `run -o` summary records p50, p90, p99, mean, \
-                 min and max only: use --metric p99, or compare `run --summary-out` files)",
-                b.display()
+                "{}: stage 'decode' is not a latency summary (missing field `p95_ns`); write the \
+                 file again with this version of adeline-trace",
+                old.display()
             )
         );
         // A snapshot against a stream works too.

@@ -54,19 +54,24 @@ pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {
 pub fn render(report: &HistoryReport) -> String {
     let mut stages: Vec<&str> = Vec::new();
     for r in &report.rows {
-        if !stages.contains(&r.stage.as_str()) {
-            stages.push(&r.stage);
+        if !stages.contains(&r.stats.stage.as_str()) {
+            stages.push(&r.stats.stage);
         }
     }
     let mut out = String::new();
     for stage in stages {
-        let rows: Vec<&HistoryRow> = report.rows.iter().filter(|r| r.stage == stage).collect();
+        let rows: Vec<&HistoryRow> = report
+            .rows
+            .iter()
+            .filter(|r| r.stats.stage == stage)
+            .collect();
         let _ = writeln!(out, "STAGE {stage}");
         let mut table =
             vec![["TIME (UTC)", "CALLS/S", "P50", "P95", "P99", "SHARE"].map(String::from)];
         for r in rows {
+            let (s, l) = (&r.stats, &r.stats.latency);
             let cell = |ns: u64| {
-                if r.count == 0 {
+                if l.count == 0 {
                     "-".into()
                 } else {
                     format::ns(ns)
@@ -74,11 +79,11 @@ pub fn render(report: &HistoryReport) -> String {
             };
             table.push([
                 time(r.ts_ns),
-                format!("{:.1}", r.rate_hz),
-                cell(r.p50_ns),
-                cell(r.p95_ns),
-                cell(r.p99_ns),
-                r.frame_share.map_or("-".into(), format::percent),
+                format!("{:.1}", s.rate_hz),
+                cell(l.p50_ns),
+                cell(l.p95_ns),
+                cell(l.p99_ns),
+                s.frame_share.map_or("-".into(), format::percent),
             ]);
         }
         out.push_str(&format::align(&table, &[0]));
@@ -143,7 +148,10 @@ fn time(ts_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::AlertState;
+    use crate::{
+        alerts::AlertState,
+        metrics::snapshot::{Percentiles, StageStats},
+    };
 
     const T0: u64 = 1_700_000_000_000_000_000;
 
@@ -151,20 +159,24 @@ mod tests {
         HistoryRow {
             ts_ns,
             interval_ns: 10_000_000_000,
-            stage: stage.into(),
-            count,
-            rate_hz: count as f64 / 10.0,
-            min_ns: 1_000_000,
-            mean_ns: 2_000_000,
-            p50_ns: 2_000_000,
-            p90_ns: 3_000_000,
-            p95_ns: 3_500_000,
-            p99_ns: 4_000_000,
-            p999_ns: 4_500_000,
-            max_ns: 5_000_000,
-            total_ns: count * 2_000_000,
-            self_ns: count * 1_000_000,
-            frame_share: frames.then_some(0.125),
+            stats: StageStats {
+                stage: stage.into(),
+                rate_hz: count as f64 / 10.0,
+                latency: Percentiles {
+                    count,
+                    min_ns: 1_000_000,
+                    mean_ns: 2_000_000,
+                    p50_ns: 2_000_000,
+                    p90_ns: 3_000_000,
+                    p95_ns: 3_500_000,
+                    p99_ns: 4_000_000,
+                    p999_ns: 4_500_000,
+                    max_ns: 5_000_000,
+                },
+                total_ns: count * 2_000_000,
+                self_ns: count * 1_000_000,
+                frame_share: frames.then_some(0.125),
+            },
             fps: frames.then_some(29.5),
             frame_count: frames.then_some(295),
             frame_p50_ns: frames.then_some(31_000_000),

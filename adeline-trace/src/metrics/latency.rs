@@ -5,10 +5,8 @@
 //! Memory: the histogram starts at 16 KiB (values below 2048 ns) and grows by
 //! 8 KiB per doubling of the largest value recorded: 168 KiB once a value
 //! reaches 1 s, 264 KiB at 1 h, never more than 440 KiB (`u64::MAX`).
-use hdrhistogram::Histogram;
-use serde::Serialize;
-
 use super::{loghist::QUANTILES, snapshot::Percentiles};
+use hdrhistogram::Histogram;
 
 /// Durations over the whole run (see the module doc for precision and size).
 #[derive(Debug, Clone)]
@@ -18,32 +16,6 @@ pub struct LatencyHistogram {
     sum_ns: u128,
     min_ns: u64,
     max_ns: u64,
-}
-
-/// The numbers users read: counts and nanosecond percentiles.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LatencySummary {
-    pub count: u64,
-    pub min_ns: u64,
-    pub mean_ns: u64,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub p99_ns: u64,
-    pub max_ns: u64,
-}
-
-impl From<Percentiles> for LatencySummary {
-    fn from(p: Percentiles) -> LatencySummary {
-        LatencySummary {
-            count: p.count,
-            min_ns: p.min_ns,
-            mean_ns: p.mean_ns,
-            p50_ns: p.p50_ns,
-            p90_ns: p.p90_ns,
-            p99_ns: p.p99_ns,
-            max_ns: p.max_ns,
-        }
-    }
 }
 
 impl Default for LatencyHistogram {
@@ -135,11 +107,6 @@ impl LatencyHistogram {
             max_ns: self.max_ns,
         }
     }
-
-    /// The figures of the end-of-run and live tables.
-    pub fn summary(&self) -> LatencySummary {
-        self.percentiles().into()
-    }
 }
 
 #[cfg(test)]
@@ -147,12 +114,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn summary_of_known_values() {
+    fn percentiles_of_known_values() {
         let mut h = LatencyHistogram::new();
         for v in 1..=1000u64 {
             h.record(v * 1000);
         }
-        let s = h.summary();
+        let s = h.percentiles();
         assert_eq!(s.count, 1000);
         assert_eq!(s.min_ns, 1000);
         assert_eq!(s.max_ns, 1_000_000);
@@ -160,7 +127,9 @@ mod tests {
         for (got, want) in [
             (s.p50_ns, 500_000),
             (s.p90_ns, 900_000),
+            (s.p95_ns, 950_000),
             (s.p99_ns, 990_000),
+            (s.p999_ns, 999_000),
         ] {
             let err = (got as f64 - want as f64).abs() / want as f64;
             assert!(err <= 0.001, "{got} vs {want}");
@@ -170,10 +139,10 @@ mod tests {
     #[test]
     fn empty_and_reset() {
         let mut h = LatencyHistogram::new();
-        assert_eq!(h.summary().count, 0);
+        assert_eq!(h.percentiles().count, 0);
         h.record(5);
         h.reset();
-        assert_eq!(h.summary().max_ns, 0);
+        assert_eq!(h.percentiles().max_ns, 0);
         assert_eq!(h.quantile(0.5), 0);
     }
 
@@ -181,7 +150,7 @@ mod tests {
     fn values_beyond_an_hour_still_record() {
         let mut h = LatencyHistogram::new();
         h.record(7_200_000_000_000);
-        assert_eq!(h.summary().max_ns, 7_200_000_000_000);
+        assert_eq!(h.percentiles().max_ns, 7_200_000_000_000);
     }
 
     #[test]

@@ -59,10 +59,10 @@ use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, MAP_OP_MMAP, MAP_
 
 use aggregate::Agg;
 use loghist::LogHist;
-use snapshot::{Bottleneck, Snapshot, StageMemory, Window, SNAPSHOT_VERSION};
+use snapshot::{Bottleneck, Percentiles, Snapshot, StageMemory, Window, SNAPSHOT_VERSION};
 use window::Ring;
 
-pub use latency::{LatencyHistogram, LatencySummary};
+pub use latency::LatencyHistogram;
 
 /// Spans at least this long (~73 min) count in the whole-run figures only:
 /// no stage call of a real-time pipeline lasts that long, such a duration
@@ -181,24 +181,24 @@ impl Metrics {
         self.first_ns = Some(self.first_ns.map_or(t_ns, |f| f.min(t_ns)));
     }
 
-    /// (stage, summary) over the whole run, in plan order.
-    pub fn totals(&self) -> Vec<(&str, LatencySummary)> {
+    /// (stage, latency) over the whole run, in plan order.
+    pub fn totals(&self) -> Vec<(&str, Percentiles)> {
         self.names
             .iter()
             .map(String::as_str)
-            .zip(self.total.stages.iter().map(|s| s.hist.summary()))
+            .zip(self.total.stages.iter().map(|s| s.hist.percentiles()))
             .collect()
     }
 
-    /// (stage, summary) over the interval since the last call, then resets
+    /// (stage, latency) over the interval since the last call, then resets
     /// it. Percentiles are within 0.78% (a [`LogHist`]); count, min, mean
     /// and max are exact.
-    pub fn take_interval(&mut self) -> Vec<(String, LatencySummary)> {
+    pub fn take_interval(&mut self) -> Vec<(String, Percentiles)> {
         let out = self
             .names
             .iter()
             .cloned()
-            .zip(self.interval.iter().map(|h| h.percentiles().into()))
+            .zip(self.interval.iter().map(LogHist::percentiles))
             .collect();
         self.interval.iter_mut().for_each(LogHist::clear);
         out

@@ -67,6 +67,69 @@ pub struct Percentiles {
     pub max_ns: u64,
 }
 
+impl Percentiles {
+    /// The value of one statistic.
+    pub fn get(&self, stat: Stat) -> u64 {
+        match stat {
+            Stat::P50 => self.p50_ns,
+            Stat::P90 => self.p90_ns,
+            Stat::P95 => self.p95_ns,
+            Stat::P99 => self.p99_ns,
+            Stat::P999 => self.p999_ns,
+            Stat::Mean => self.mean_ns,
+            Stat::Min => self.min_ns,
+            Stat::Max => self.max_ns,
+        }
+    }
+}
+
+/// A statistic of [`Percentiles`]: what alert rules (`p99(infer)`) and
+/// `compare --metric` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    P50,
+    P90,
+    P95,
+    P99,
+    P999,
+    Mean,
+    Min,
+    Max,
+}
+
+impl Stat {
+    /// Every statistic, in the order they are listed to users.
+    pub const ALL: [Stat; 8] = [
+        Stat::P50,
+        Stat::P90,
+        Stat::P95,
+        Stat::P99,
+        Stat::P999,
+        Stat::Mean,
+        Stat::Min,
+        Stat::Max,
+    ];
+
+    /// Its name (`p99`, `mean`, ...); the JSON field is the name + `_ns`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stat::P50 => "p50",
+            Stat::P90 => "p90",
+            Stat::P95 => "p95",
+            Stat::P99 => "p99",
+            Stat::P999 => "p999",
+            Stat::Mean => "mean",
+            Stat::Min => "min",
+            Stat::Max => "max",
+        }
+    }
+
+    /// The statistic named `word`.
+    pub fn from_word(word: &str) -> Option<Stat> {
+        Stat::ALL.into_iter().find(|s| s.as_str() == word)
+    }
+}
+
 /// One stage over the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageStats {

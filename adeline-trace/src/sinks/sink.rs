@@ -9,9 +9,8 @@ use thiserror::Error;
 use super::{history::HistoryError, source::SnapshotSource};
 use crate::{
     alerts::AlertEvent,
-    metrics::{
-        snapshot::{AllocReport, AllocSite, HostStats, ProcessMemory, StageMemory},
-        LatencySummary,
+    metrics::snapshot::{
+        AllocReport, AllocSite, HostStats, Percentiles, ProcessMemory, StageMemory,
     },
 };
 
@@ -101,7 +100,7 @@ pub struct Stats<'a> {
     pub filtered_total: u64,
     /// Each stage's calls completed in the interval.
     #[serde(skip)]
-    pub interval: &'a [(String, LatencySummary)],
+    pub interval: &'a [(String, Percentiles)],
 }
 
 /// Memory every stats interval: the traced processes, the stages, alloc
@@ -139,7 +138,7 @@ pub struct RankedSite<'a> {
 pub struct StageTotal<'a> {
     pub stage: &'a str,
     #[serde(flatten)]
-    pub latency: LatencySummary,
+    pub latency: Percentiles,
 }
 
 /// The end of the run.

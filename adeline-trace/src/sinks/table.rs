@@ -9,7 +9,7 @@ use super::{
 use crate::{
     alerts::{rule::value_formatter, AlertEvent, AlertState},
     format,
-    metrics::LatencySummary,
+    metrics::snapshot::Percentiles,
 };
 
 /// The stderr sink.
@@ -89,7 +89,7 @@ pub fn summary_table(rows: &[StageTotal<'_>]) -> String {
 }
 
 /// The --live table for the last interval: calls/s and latency.
-pub fn live_table(rows: &[(String, LatencySummary)], interval_s: f64, drops: u64) -> String {
+pub fn live_table(rows: &[(String, Percentiles)], interval_s: f64, drops: u64) -> String {
     let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
     let mut out = format!(
         "{:<width$} {:>9} {:>10} {:>10} {:>10}   (last {interval_s:.1}s, drops {drops})\n",
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn summary_table_is_aligned() {
-        let s = LatencySummary {
+        let s = Percentiles {
             count: 3,
             min_ns: 1_000,
             mean_ns: 2_000,
@@ -123,6 +123,7 @@ mod tests {
             p90_ns: 3_000,
             p99_ns: 3_000,
             max_ns: 3_000,
+            ..Percentiles::default()
         };
         let row = |stage| StageTotal { stage, latency: s };
         let t = summary_table(&[row("decode"), row("infer_layer")]);

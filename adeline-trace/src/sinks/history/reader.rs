@@ -11,7 +11,10 @@ use super::{
     error::HistoryError,
     schema::{self, int, BUSY_TIMEOUT},
 };
-use crate::alerts::{AlertEvent, AlertState};
+use crate::{
+    alerts::{AlertEvent, AlertState},
+    metrics::snapshot::{Percentiles, StageStats},
+};
 
 /// One stage over one interval, with that interval's frames.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,28 +23,15 @@ pub struct HistoryRow {
     pub ts_ns: u64,
     /// Length of the interval (ns).
     pub interval_ns: u64,
-    pub stage: String,
-    /// Calls completed in the interval.
-    pub count: u64,
-    /// Calls per second over the interval.
-    pub rate_hz: f64,
-    pub min_ns: u64,
-    pub mean_ns: u64,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub p95_ns: u64,
-    pub p99_ns: u64,
-    pub p999_ns: u64,
-    pub max_ns: u64,
-    /// Sum of the calls' durations.
-    pub total_ns: u64,
-    /// Sum of the calls' self times.
-    pub self_ns: u64,
-    /// Share of frame time in this stage's own code (0..1); None without frames.
-    pub frame_share: Option<f64>,
+    /// The stage over the interval, in the snapshot's schema: its name,
+    /// calls per second, latency ([`Percentiles`](crate::metrics::snapshot::Percentiles)),
+    /// total and self time, and share of frame time.
+    #[serde(flatten)]
+    pub stats: StageStats,
     /// Frames per second in the interval; None without a frame stage.
     pub fps: Option<f64>,
-    /// Frames completed in the interval and their end-to-end latency.
+    /// Frames completed in the interval and their end-to-end latency (the
+    /// figures the database keeps of the frames' percentiles).
     pub frame_count: Option<u64>,
     pub frame_p50_ns: Option<u64>,
     pub frame_p95_ns: Option<u64>,
@@ -168,20 +158,24 @@ fn row(r: &Row<'_>) -> rusqlite::Result<HistoryRow> {
     Ok(HistoryRow {
         ts_ns: nat(r, 0)?,
         interval_ns: nat(r, 1)?,
-        stage: r.get(2)?,
-        count: nat(r, 3)?,
-        rate_hz: r.get(4)?,
-        min_ns: nat(r, 5)?,
-        mean_ns: nat(r, 6)?,
-        p50_ns: nat(r, 7)?,
-        p90_ns: nat(r, 8)?,
-        p95_ns: nat(r, 9)?,
-        p99_ns: nat(r, 10)?,
-        p999_ns: nat(r, 11)?,
-        max_ns: nat(r, 12)?,
-        total_ns: nat(r, 13)?,
-        self_ns: nat(r, 14)?,
-        frame_share: r.get(15)?,
+        stats: StageStats {
+            stage: r.get(2)?,
+            rate_hz: r.get(4)?,
+            latency: Percentiles {
+                count: nat(r, 3)?,
+                min_ns: nat(r, 5)?,
+                mean_ns: nat(r, 6)?,
+                p50_ns: nat(r, 7)?,
+                p90_ns: nat(r, 8)?,
+                p95_ns: nat(r, 9)?,
+                p99_ns: nat(r, 10)?,
+                p999_ns: nat(r, 11)?,
+                max_ns: nat(r, 12)?,
+            },
+            total_ns: nat(r, 13)?,
+            self_ns: nat(r, 14)?,
+            frame_share: r.get(15)?,
+        },
         fps: r.get(16)?,
         frame_count: opt_nat(r, 17)?,
         frame_p50_ns: opt_nat(r, 18)?,

@@ -148,7 +148,10 @@ fn records_one_row_per_stage_with_its_interval_and_frames() {
         .unwrap();
 
     let rows = query(&path, None, 0).unwrap();
-    let names: Vec<(u64, &str)> = rows.iter().map(|r| (r.ts_ns, r.stage.as_str())).collect();
+    let names: Vec<(u64, &str)> = rows
+        .iter()
+        .map(|r| (r.ts_ns, r.stats.stage.as_str()))
+        .collect();
     assert_eq!(
         names,
         [
@@ -167,20 +170,24 @@ fn records_one_row_per_stage_with_its_interval_and_frames() {
         HistoryRow {
             ts_ns: T0,
             interval_ns: 10 * SEC,
-            stage: "infer".into(),
-            count: 200,
-            rate_hz: 20.0,
-            min_ns: 1_000_000,
-            mean_ns: 2_000_000,
-            p50_ns: 2_000_000,
-            p90_ns: 4_000_000,
-            p95_ns: 6_000_000,
-            p99_ns: 8_000_000,
-            p999_ns: 10_000_000,
-            max_ns: 12_000_000,
-            total_ns: 400_000_000,
-            self_ns: 200_000_000,
-            frame_share: Some(0.5),
+            stats: StageStats {
+                stage: "infer".into(),
+                rate_hz: 20.0,
+                latency: Percentiles {
+                    count: 200,
+                    min_ns: 1_000_000,
+                    mean_ns: 2_000_000,
+                    p50_ns: 2_000_000,
+                    p90_ns: 4_000_000,
+                    p95_ns: 6_000_000,
+                    p99_ns: 8_000_000,
+                    p999_ns: 10_000_000,
+                    max_ns: 12_000_000,
+                },
+                total_ns: 400_000_000,
+                self_ns: 200_000_000,
+                frame_share: Some(0.5),
+            },
             fps: Some(10.0),
             frame_count: Some(100),
             frame_p50_ns: Some(7_000_000),
@@ -193,9 +200,9 @@ fn records_one_row_per_stage_with_its_interval_and_frames() {
     );
     // Without frames: nulls, not zeros.
     let later = &rows[4];
-    assert_eq!(later.count, 400);
+    assert_eq!(later.stats.latency.count, 400);
     assert_eq!(
-        (later.frame_share, later.fps, later.frame_count),
+        (later.stats.frame_share, later.fps, later.frame_count),
         (None, None, None)
     );
     let json = serde_json::to_value(later).unwrap();
@@ -215,8 +222,8 @@ fn query_by_stage_and_since() {
     }
     let track = query(&path, Some("track"), 0).unwrap();
     assert_eq!(track.len(), 6);
-    assert!(track.iter().all(|r| r.stage == "track"));
-    assert_eq!(track[5].count, 3 * 15);
+    assert!(track.iter().all(|r| r.stats.stage == "track"));
+    assert_eq!(track[5].stats.latency.count, 3 * 15);
 
     let recent = query(&path, None, T0 + 40 * SEC).unwrap();
     assert_eq!(recent.len(), 2 * 3, "intervals ending at 40 s and 50 s");
@@ -277,7 +284,7 @@ fn recording_an_interval_again_replaces_it() {
     store.record(&snapshot(T0, 20, true), &[]).unwrap();
     let rows = query(&path, Some("frame"), 0).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].count, 20);
+    assert_eq!(rows[0].stats.latency.count, 20);
 }
 
 #[test]
@@ -431,7 +438,7 @@ fn committed_rows_survive_sigkill() {
     assert!(path.with_extension("db-wal").exists());
     let rows = query(&path, None, 0).unwrap();
     assert_eq!(rows.len(), 3 * 3, "3 committed intervals, not the 4th");
-    assert!(rows.iter().all(|r| r.count >= 10));
+    assert!(rows.iter().all(|r| r.stats.latency.count >= 10));
     // And a new agent can append to it.
     let mut store = HistoryStore::open(&path, WEEK).unwrap();
     store
