@@ -212,6 +212,24 @@ pub(crate) mod testutil {
         out
     }
 
+    /// `path`, a file of the system a test reads (from Debian `package`),
+    /// when it exists. When it does not: a failure under `CI=true` (CI must
+    /// run the test), else None after printing why the test is skipped.
+    pub(crate) fn system_file<'a>(path: &'a str, package: &str) -> Option<&'a Path> {
+        let path = Path::new(path);
+        if path.exists() {
+            return Some(path);
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "CI=true: {} is missing: install the Debian package {package}",
+                path.display()
+            );
+        }
+        eprintln!("skipped: {} not present", path.display());
+        None
+    }
+
     /// Stdout of a command that must succeed.
     pub(crate) fn run(cmd: &str, args: &[&str]) -> String {
         let out = Command::new(cmd)

@@ -24,14 +24,14 @@ const T0: u64 = 1_700_000_000 * SEC;
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 const STAGES: [&str; 3] = ["frame", "infer", "track"];
 
-/// An interval of 10 s ending at `ts_ns`: `count` calls of each stage
-/// (stage i: `(i + 1) * count`), with frames when `frames`.
 /// Rows of `stage` (all with None) from `since_ns` on, read as the
 /// `history` command and the API read them.
 fn query(path: &Path, stage: Option<&str>, since_ns: u64) -> Result<Vec<HistoryRow>, HistoryError> {
     HistoryReader::open(path)?.rows(stage, since_ns)
 }
 
+/// An interval of 10 s ending at `ts_ns`: `count` calls of each stage
+/// (stage i: `(i + 1) * count`), with frames when `frames`.
 fn snapshot(ts_ns: u64, count: u64, frames: bool) -> Snapshot {
     let stages = STAGES
         .iter()
@@ -385,66 +385,6 @@ fn readers_see_whole_intervals_while_another_connection_writes() {
     }
     writer.join().unwrap();
     assert_eq!(query(&path, None, 0).unwrap().len(), 201 * 3);
-}
-
-/// Env var naming the database [`crash_writer`] writes before it kills itself.
-const CRASH_DB: &str = "ADELINE_TEST_HISTORY_CRASH_DB";
-
-/// Not a test on its own: run by [`committed_rows_survive_sigkill`] in a
-/// child process. Records 3 intervals, starts a 4th without committing,
-/// and SIGKILLs itself without closing anything.
-#[test]
-fn crash_writer() {
-    let Some(path) = std::env::var_os(CRASH_DB) else {
-        return;
-    };
-    let path = PathBuf::from(path);
-    let mut store = HistoryStore::open(&path, WEEK).unwrap();
-    for i in 0..3 {
-        store
-            .record(&snapshot(T0 + i * 10 * SEC, 10, true), &[])
-            .unwrap();
-    }
-    let half = Connection::open(&path).unwrap();
-    half.execute_batch("BEGIN IMMEDIATE").unwrap();
-    half.execute(
-        "INSERT INTO intervals (ts_ns, interval_ns, events, drops) VALUES (?1, 1, 0, 0)",
-        [schema::int(T0 + 30 * SEC)],
-    )
-    .unwrap();
-    // SAFETY: kill(2) on this very process.
-    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    unreachable!("SIGKILL did not stop the writer");
-}
-
-#[test]
-fn committed_rows_survive_sigkill() {
-    use std::os::unix::process::ExitStatusExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = db(&dir);
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sinks::history::tests::crash_writer",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(CRASH_DB, &path)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
-    // The log of the killed writer is still there; a reader recovers it.
-    assert!(path.with_extension("db-wal").exists());
-    let rows = query(&path, None, 0).unwrap();
-    assert_eq!(rows.len(), 3 * 3, "3 committed intervals, not the 4th");
-    assert!(rows.iter().all(|r| r.stats.latency.count >= 10));
-    // And a new agent can append to it.
-    let mut store = HistoryStore::open(&path, WEEK).unwrap();
-    store
-        .record(&snapshot(T0 + 40 * SEC, 10, true), &[])
-        .unwrap();
-    assert_eq!(query(&path, None, 0).unwrap().len(), 4 * 3);
 }
 
 fn error_text(result: Result<impl std::fmt::Debug, HistoryError>) -> String {
