@@ -1,6 +1,8 @@
 //! Builds the kernel programs (adeline-trace-ebpf) into OUT_DIR with the
 //! stable toolchain: RUSTC_BOOTSTRAP=1 applies to that child build only and
-//! makes aya-build add `-Z build-std=core`. See ../shared/TOOLCHAIN.md.
+//! makes aya-build add `-Z build-std=core`. It needs rust-src and a
+//! bpf-linker built against the Rust toolchain's own LLVM, which
+//! `cargo xtask setup` installs (see xtask/src/setup.rs).
 use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 

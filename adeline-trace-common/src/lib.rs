@@ -5,9 +5,6 @@
 //! `#[repr(C)]`, fixed size and free of implicit padding.
 #![no_std]
 
-/// Version of the kernel/agent record layout. Bump on any layout change.
-pub const ABI_VERSION: u32 = 3;
-
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
 /// A gauge sample: an integer argument or return value of a function.

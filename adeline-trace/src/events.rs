@@ -1,5 +1,7 @@
 //! Ring-buffer records -> typed events. The one decoder of the wire format
-//! shared with the kernel (adeline-trace-common, ABI_VERSION).
+//! shared with the kernel (adeline-trace-common: the agent embeds the kernel
+//! programs it was built with, so both sides always have the same layout),
+//! and the version of the JSON event schema the sinks write.
 use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, KIND_GAUGE, KIND_MAP, KIND_SPAN};
 use thiserror::Error;
 

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: make this machine able to build and test
 //! adeline-trace. Idempotent and fast (< 2 s) when everything is present;
-//! prints one line per item: `ok` or what it did. Recipe and reasons:
-//! shared/TOOLCHAIN.md.
+//! prints one line per item: `ok` or what it did. The recipe and its
+//! reasons:
 //!
 //! 1. rust-src for the toolchain in use (the eBPF crate builds `core`).
 //! 2. Debian packages used by builds, tests and benches (installed when
