@@ -28,6 +28,16 @@ pub fn ns(ns: u64) -> String {
     }
 }
 
+/// A latency cell of a table: [`ns`], or `-` when there were no calls
+/// (`count` 0: the figure is no data, not zero).
+pub fn latency(count: u64, ns: u64) -> String {
+    if count == 0 {
+        "-".into()
+    } else {
+        self::ns(ns)
+    }
+}
+
 /// Bytes with 3 significant figures in B, KB, MB, GB, TB (powers of 1000)
 /// or, when `binary`, B, KiB, MiB, GiB, TiB (powers of 1024): `12.3 MiB`.
 pub fn bytes(bytes: f64, binary: bool) -> String {
@@ -160,6 +170,8 @@ mod tests {
         ] {
             assert_eq!(ns(v), text, "{v}");
         }
+        assert_eq!(latency(0, 1_500), "-");
+        assert_eq!(latency(3, 1_500), "1.50us");
     }
 
     #[test]

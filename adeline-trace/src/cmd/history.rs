@@ -70,13 +70,7 @@ pub fn render(report: &HistoryReport) -> String {
             vec![["TIME (UTC)", "CALLS/S", "P50", "P95", "P99", "SHARE"].map(String::from)];
         for r in rows {
             let (s, l) = (&r.stats, &r.stats.latency);
-            let cell = |ns: u64| {
-                if l.count == 0 {
-                    "-".into()
-                } else {
-                    format::ns(ns)
-                }
-            };
+            let cell = |ns| format::latency(l.count, ns);
             table.push([
                 time(r.ts_ns),
                 format!("{:.1}", s.rate_hz),

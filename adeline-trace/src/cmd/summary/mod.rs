@@ -214,13 +214,7 @@ pub fn render(snapshot: &Snapshot, alerts: &[AlertEvent]) -> String {
         vec![["STAGE", "CALLS/S", "P50", "P95", "P99", "MAX", "SHARE"].map(String::from)];
     for s in &snapshot.stages {
         let l = &s.latency;
-        let cell = |ns: u64| {
-            if l.count == 0 {
-                "-".into()
-            } else {
-                format::ns(ns)
-            }
-        };
+        let cell = |ns| format::latency(l.count, ns);
         rows.push([
             s.stage.clone(),
             format!("{:.1}", s.rate_hz),
