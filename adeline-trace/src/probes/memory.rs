@@ -11,15 +11,14 @@ use aya::{
 
 use super::site::{chain, ProbeError, Tracepoint};
 
-/// Which kernel memory tracepoints `run` attaches (`--memory`).
+/// Which kernel memory tracepoints `run` attaches (`--memory`): `Full`
+/// the mapping syscalls and kmem:rss_stat, `Maps` the syscalls only, `Off`
+/// none (the flag's help, in cli.rs, says so to users).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum MemoryMode {
-    /// The mapping syscalls and kmem:rss_stat.
     #[default]
     Full,
-    /// The mapping syscalls only.
     Maps,
-    /// None.
     Off,
 }
 
