@@ -3,6 +3,7 @@ pub mod alerts;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod container;
 pub mod events;
 pub mod format;
 pub mod launch;

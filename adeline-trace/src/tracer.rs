@@ -272,6 +272,9 @@ impl Tracer {
         let now = self.read_counters()?;
         let drops = all_drops(&now) - all_drops(&self.counts.last_counters);
         let interval = self.live.metrics().take_interval();
+        let processes = self.live.traced_processes();
+        let outputs = self.sinks.health();
+        self.live.set_outputs(outputs.clone());
         self.sinks.stats(&Stats {
             ts_ns: self.live.wall_ns(monotonic_ns()),
             interval_ns: self.stats_interval.as_nanos() as u64,
@@ -282,6 +285,8 @@ impl Tracer {
             unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
+            processes: &processes,
+            outputs: &outputs,
             interval: &interval,
         })?;
         self.counts.last_counters = now;
@@ -425,6 +430,12 @@ impl Tracer {
             all_drops(&counters),
             counters[COUNTER_UNMATCHED_EXIT as usize],
         );
+        for o in self.sinks.health() {
+            eprintln!(
+                "adeline-trace: {}: {} exported, {} dropped, {} failed exports",
+                o.output, o.exported, o.dropped, o.failed_exports
+            );
+        }
         if self.counts.decode_errors > 0 {
             eprintln!(
                 "adeline-trace: {} records could not be decoded",

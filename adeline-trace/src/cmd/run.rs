@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     alerts::{alerting::Alerting, engine::AlertEngine},
     config::Plan,
+    container,
     events::{monotonic_ns, WallClock},
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
@@ -44,6 +45,12 @@ pub fn run(plan: Plan) -> Result<()> {
         .as_deref()
         .map(load_baseline)
         .transpose()?;
+    // The kernel programs report host pids, and -p takes them.
+    if !container::in_host_pid_namespace().unwrap_or(true) {
+        anyhow::bail!(
+            "adeline-trace runs in a pid namespace of its own, where procfs pids are not the host pids its probes report: run it in the host's (docker --pid=host, Kubernetes hostPID: true)"
+        );
+    }
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
@@ -105,6 +112,7 @@ pub fn run(plan: Plan) -> Result<()> {
             history_db: plan.outputs.history.as_ref().map(|h| h.path.clone()),
             rules: plan.alerts.iter().map(|a| a.rule.clone()).collect(),
             alloc: plan.alloc.clone(),
+            kubelet_pods_dir: plan.kubelet_pods_dir.clone(),
         },
     ));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -118,9 +126,11 @@ pub fn run(plan: Plan) -> Result<()> {
         }))?),
         None => None,
     };
+    live.set_processes(&pids);
     sinks.start(&Start {
         ts_ns: live.wall_ns(monotonic_ns()),
         pids: &pids,
+        processes: &live.traced_processes(),
         probes: &probe_infos(&sites),
     })?;
     eprintln!(
