@@ -6,6 +6,7 @@ pub mod config;
 pub mod container;
 pub mod events;
 pub mod format;
+pub mod journal;
 pub mod launch;
 pub mod metrics;
 pub mod probes;

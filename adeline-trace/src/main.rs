@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use adeline_trace::{
     cli::{Cli, Command},
     config::Plan,
+    journal::{self, Priority},
 };
 use clap::Parser;
 
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", journal::prefix(Priority::Err));
             ExitCode::FAILURE
         }
     }

@@ -118,6 +118,16 @@ impl LiveState {
         p.1 = pids.to_vec();
     }
 
+    /// Reads what procfs says about `pid` now (its labels are kept for
+    /// when it is traced).
+    pub fn note_process(&self, pid: u32) {
+        let mut p = self
+            .processes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        p.0.lookup(&[pid]);
+    }
+
     /// What is known of the processes traced now (pid namespace, cgroup,
     /// container, pod).
     pub fn traced_processes(&self) -> Vec<ProcessInfo> {

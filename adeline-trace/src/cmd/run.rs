@@ -14,6 +14,7 @@ use crate::{
     config::Plan,
     container,
     events::{monotonic_ns, WallClock},
+    journal::{self, Priority},
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
     probes::{
@@ -61,7 +62,7 @@ pub fn run(plan: Plan) -> Result<()> {
         alloc: plan.alloc.as_ref(),
     })?;
     for w in &resolved.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("{}warning: {w}", journal::prefix(Priority::Warning));
     }
     let sites = resolved.sites;
     check_privileges()?;
@@ -96,7 +97,10 @@ pub fn run(plan: Plan) -> Result<()> {
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
-            eprintln!("warning: memory mappings are not traced: {why}");
+            eprintln!(
+                "{}warning: memory mappings are not traced: {why}",
+                journal::prefix(Priority::Warning)
+            );
         }
     }
     let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
@@ -134,7 +138,8 @@ pub fn run(plan: Plan) -> Result<()> {
         probes: &probe_infos(&sites),
     })?;
     eprintln!(
-        "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+        "{}adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+        journal::prefix(Priority::Info),
         probes.attached(),
         sites.len(),
         plan.stages.len(),
@@ -175,7 +180,10 @@ pub fn run(plan: Plan) -> Result<()> {
             std::thread::sleep(DRAIN_EVERY / 2);
         }
         if let Some(code) = c.terminate(Duration::ZERO) {
-            eprintln!("adeline-trace: command exited with status {code}");
+            eprintln!(
+                "{}adeline-trace: command exited with status {code}",
+                journal::prefix(Priority::Info)
+            );
         }
     }
     tracer.drain()?;

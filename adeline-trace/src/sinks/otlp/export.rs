@@ -95,10 +95,10 @@ impl GuardedMetrics {
 
     fn send(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let points = data_points(metrics);
-        let sent = self.runtime.block_on(tokio::time::timeout(
-            self.deadline,
-            self.inner.export(metrics),
-        ));
+        // The timer is made inside the runtime (it needs its time driver).
+        let sent = self.runtime.block_on(async {
+            tokio::time::timeout(self.deadline, self.inner.export(metrics)).await
+        });
         let ok = matches!(sent, Ok(Ok(())));
         self.counters.delivered(ok, points);
         // Never an error: the reader would only log it; it is counted.
@@ -263,7 +263,8 @@ fn send_batches(
             }
         }
         let n = batch.len() as u64;
-        let sent = runtime.block_on(tokio::time::timeout(deadline, exporter.export(batch)));
+        let sent = runtime
+            .block_on(async { tokio::time::timeout(deadline, exporter.export(batch)).await });
         if abandoned.load(Ordering::SeqCst) {
             break; // counted as dropped by `finish`
         }
