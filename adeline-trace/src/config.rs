@@ -139,6 +139,10 @@ pub enum ConfigError {
     },
     #[error("--otlp-traces must be a share between 0 and 1, e.g. 0.1, not {0}")]
     OtlpTraces(String),
+    #[error(
+        "--otlp-traces sends frames: give a frame stage (--frame-stage NAME or frame = \"NAME\")"
+    )]
+    OtlpTracesNeedFrame,
     #[error("{0} needs an endpoint: --otlp http://HOST:4318 or endpoint = \"...\" in the config's [otlp] table")]
     OtlpWithoutEndpoint(&'static str),
     #[error("too many stages ({count}); at most {max}")]
@@ -545,6 +549,9 @@ impl Plan {
             return Err(ConfigError::AllocNeedsPids);
         }
         let otlp = otlp_spec(args, file.otlp, &prom_buckets_ns)?;
+        if otlp.as_ref().is_some_and(|o| o.traces.is_some()) && frame_stage.is_none() {
+            return Err(ConfigError::OtlpTracesNeedFrame);
+        }
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -962,6 +969,11 @@ mod tests {
         .unwrap();
         let mut argv = stage.to_vec();
         argv.extend(["--config", path.to_str().unwrap()]);
+        assert_eq!(
+            Plan::from_args(&args(&argv)).unwrap_err(),
+            ConfigError::OtlpTracesNeedFrame
+        );
+        argv.extend(["--frame-stage", "a"]);
         let plan = Plan::from_args(&args(&argv)).unwrap();
         assert_eq!(
             plan.outputs.otlp,
@@ -994,6 +1006,7 @@ mod tests {
 
         let err = |extra: &[&str]| {
             let mut a = stage.to_vec();
+            a.extend(["--frame-stage", "a"]);
             a.extend_from_slice(extra);
             Plan::from_args(&args(&a)).unwrap_err().to_string()
         };

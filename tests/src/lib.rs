@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod cgroup;
+pub mod namespaces;
 pub mod otlp;
 mod python;
 pub mod python_env;
