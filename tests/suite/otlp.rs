@@ -29,7 +29,10 @@ fn samples(body: &str) -> Vec<(String, String, f64)> {
 }
 
 /// One stage's histogram in `/metrics`: count, sum, and (le, cumulative).
-fn prom_histogram(body: &str, stage: &str) -> (u64, f64, Vec<(f64, u64)>) {
+/// A histogram as count, sum and cumulative (upper bound, count) buckets.
+type Histogram = (u64, f64, Vec<(f64, u64)>);
+
+fn prom_histogram(body: &str, stage: &str) -> Histogram {
     let label = format!("stage=\"{stage}\"");
     let mut count = 0;
     let mut sum = 0.0;
@@ -54,7 +57,7 @@ fn prom_histogram(body: &str, stage: &str) -> (u64, f64, Vec<(f64, u64)>) {
 }
 
 /// An OTLP histogram point as (count, sum, cumulative counts per bound).
-fn cumulative(p: &HistogramDataPoint) -> (u64, f64, Vec<(f64, u64)>) {
+fn cumulative(p: &HistogramDataPoint) -> Histogram {
     let mut total = 0;
     let le = p
         .explicit_bounds
@@ -148,7 +151,7 @@ fn metrics_and_frame_traces_match_the_agent_exactly() {
     signal(pid, libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(300));
     let (_, body) = http_get(port, "/metrics");
-    let prom: BTreeMap<String, (u64, f64, Vec<(f64, u64)>)> = DEMO_STAGES
+    let prom: BTreeMap<String, Histogram> = DEMO_STAGES
         .iter()
         .map(|s| (s.to_string(), prom_histogram(&body, s)))
         .collect();

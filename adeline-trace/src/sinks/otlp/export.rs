@@ -202,7 +202,7 @@ impl TraceQueue {
     /// Queues one frame, or drops its spans (counted) when the queue is
     /// full. Never blocks.
     pub fn push(&self, frame: Frame) {
-        let n = frame.len() as u64;
+        let n = frame.span_count() as u64;
         let c = &self.counters;
         let Some(tx) = &self.tx else { return };
         if c.queued.load(Ordering::Relaxed) + n > self.max_spans {

@@ -148,8 +148,8 @@ impl Frames {
 }
 
 impl Frame {
-    /// Spans sent for this frame.
-    pub fn len(&self) -> usize {
+    /// Spans sent for this frame: the root and one per call.
+    pub fn span_count(&self) -> usize {
         self.calls.len() + 1
     }
 
@@ -293,7 +293,7 @@ mod tests {
         let frame = f
             .call(7, 8, 100, call("frame", 100, 1000, 0), true, &attrs)
             .unwrap();
-        assert_eq!(frame.len(), 6);
+        assert_eq!(frame.span_count(), 6);
         let spans = frame.spans(&SpanMaker::default());
         assert_eq!(spans.len(), 6);
         let root = &spans[0];
@@ -343,7 +343,7 @@ mod tests {
             let early = some.call(3, 4, start, call("decode", start + 1, 1, 1), false, &[]);
             assert!(early.is_none());
             if let Some(frame) = some.call(3, 4, start, call("frame", start, 10, 0), true, &[]) {
-                assert_eq!(frame.len(), 2);
+                assert_eq!(frame.span_count(), 2);
                 traced += 1;
             }
         }
