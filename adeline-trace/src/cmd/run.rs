@@ -46,6 +46,7 @@ pub fn run(plan: Plan) -> Result<()> {
         .transpose()?;
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
+        ensure_user_process(pid)?;
     }
     let resolved = resolve_plan(&ProbePlan {
         stages: &plan.stages,
@@ -182,6 +183,37 @@ pub fn run(plan: Plan) -> Result<()> {
     Ok(())
 }
 
+/// `PF_KTHREAD` of a task's flags (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Refuses a kernel thread (`-p 2`): it runs no user code, so no probe
+/// could ever fire in it. (A process check that belongs with
+/// `symbols::process::ensure_running`; kept here while symbols/ is being
+/// reworked elsewhere.)
+fn ensure_user_process(pid: u32) -> Result<()> {
+    // Unreadable: ensure_running has just said what is wrong, or the
+    // process is gone and the run reports it.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Ok(());
+    };
+    match kernel_thread(&stat) {
+        Some(comm) => anyhow::bail!(
+            "pid {pid} ({comm}) is a kernel thread: kernel threads run no user code, so there \
+             is nothing to trace; pass the pid of a user process"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The name of the task of a `/proc/PID/stat` line if it is a kernel thread.
+fn kernel_thread(stat: &str) -> Option<&str> {
+    let (head, after_comm) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags: u64 = after_comm.split_whitespace().nth(6)?.parse().ok()?;
+    (flags & PF_KTHREAD != 0).then_some(comm)
+}
+
 /// Reads the snapshot that `baseline` in alert rules refers to.
 fn load_baseline(path: &std::path::Path) -> Result<Snapshot> {
     let text = std::fs::read_to_string(path)
@@ -205,4 +237,29 @@ fn probe_infos(sites: &[ProbeSite]) -> Vec<ProbeInfo> {
             offset: s.offset,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_threads_are_told_apart_from_processes() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 3 0 0 20 0 1 0 30";
+        assert_eq!(kernel_thread(kthreadd), Some("kthreadd"));
+        let user = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 439 0 0 0";
+        assert_eq!(kernel_thread(user), None);
+        assert_eq!(kernel_thread("garbage"), None);
+        // kthreadd is pid 2 (outside a pid namespace), and this test is a
+        // user process.
+        if std::fs::read_to_string("/proc/2/stat").is_ok_and(|s| s.starts_with("2 (kthreadd)")) {
+            let e = ensure_user_process(2).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "pid 2 (kthreadd) is a kernel thread: kernel threads run no user code, so there \
+                 is nothing to trace; pass the pid of a user process"
+            );
+        }
+        ensure_user_process(std::process::id()).unwrap();
+    }
 }
