@@ -3,6 +3,7 @@
 //! user error is reported before anything is attached or launched) and
 //! tears it down; tracer.rs is the loop in between.
 use std::{
+    io::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,10 +20,10 @@ use crate::{
         check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
         Probes,
     },
-    sinks::{self, api::serve, OpenContext, ProbeInfo, Sink, Start},
+    sinks::{self, api::ApiThread, OpenContext, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
     symbols::process,
-    tracer::{Tracer, Until, DRAIN_EVERY},
+    tracer::{StopSignals, Tracer, Until, DRAIN_EVERY},
 };
 
 /// How long a launched command may take to exit after SIGTERM before SIGKILL.
@@ -70,6 +71,17 @@ pub fn run(plan: Plan) -> Result<()> {
         true => None,
         false => Some(Launched::spawn(&plan.command)?),
     };
+    // The stop signals are caught from here on (after the fork: the held
+    // child keeps the default actions): one that arrives while the probes
+    // are attached ends the run cleanly as soon as it starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut signals = {
+        let _inside = runtime.enter();
+        StopSignals::install().context("installing the signal handlers")?
+    };
     let pids: Vec<u32> = match &child {
         Some(c) => vec![c.pid()],
         None => plan.pids.clone(),
@@ -108,15 +120,9 @@ pub fn run(plan: Plan) -> Result<()> {
             alloc: plan.alloc.clone(),
         },
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    // On a thread of its own: no request can delay the loop below.
     let api = match &plan.api {
-        Some(spec) => Some(runtime.block_on(serve(spec, live.clone(), async move {
-            let _ = api_stopped.await;
-        }))?),
+        Some(spec) => Some(ApiThread::start(spec, live.clone())?),
         None => None,
     };
     sinks.start(&Start {
@@ -124,7 +130,9 @@ pub fn run(plan: Plan) -> Result<()> {
         pids: &pids,
         probes: &probe_infos(&sites),
     })?;
-    eprintln!(
+    // A closed stderr is no reason to stop (eprintln! would panic).
+    let _ = writeln!(
+        std::io::stderr(),
         "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
         probes.attached(),
         sites.len(),
@@ -155,7 +163,7 @@ pub fn run(plan: Plan) -> Result<()> {
     let until = Until {
         duration: plan.duration,
     };
-    let stop = runtime.block_on(tracer.trace(until, child.as_mut()))?;
+    let stop = runtime.block_on(tracer.trace(until, child.as_mut(), &mut signals))?;
     // A launched command is ended first (it finishes its current call), so
     // the final drain sees every call it made.
     if let Some(c) = child.as_mut() {
@@ -166,7 +174,10 @@ pub fn run(plan: Plan) -> Result<()> {
             std::thread::sleep(DRAIN_EVERY / 2);
         }
         if let Some(code) = c.terminate(Duration::ZERO) {
-            eprintln!("adeline-trace: command exited with status {code}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "adeline-trace: command exited with status {code}"
+            );
         }
     }
     tracer.drain()?;
@@ -176,9 +187,8 @@ pub fn run(plan: Plan) -> Result<()> {
     tracer.stats()?;
     tracer.alloc_sites()?;
     tracer.finish(started.elapsed(), stop)?;
-    let _ = api_stop.send(());
     if let Some(api) = api {
-        runtime.block_on(api.join())?;
+        api.stop()?;
     }
     Ok(())
 }

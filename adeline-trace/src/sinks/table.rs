@@ -1,6 +1,6 @@
 //! What people read on stderr: the `--live` table every stats interval,
 //! a line per alert transition, and the end-of-run table.
-use std::fmt::Write as _;
+use std::{fmt::Write as _, io::Write as _};
 
 use super::{
     sink::{Finish, Sink, SinkError, StageTotal, Stats},
@@ -29,20 +29,29 @@ impl Sink for Console {
     fn stats(&mut self, stats: &Stats<'_>) -> Result<(), SinkError> {
         if self.live {
             let interval_s = stats.interval_ns as f64 / 1e9;
-            eprintln!("{}", live_table(stats.interval, interval_s, stats.drops));
+            say(&format!(
+                "{}\n",
+                live_table(stats.interval, interval_s, stats.drops)
+            ));
         }
         Ok(())
     }
 
     fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
-        eprintln!("adeline-trace: {}", describe(event));
+        say(&format!("adeline-trace: {}\n", describe(event)));
         Ok(())
     }
 
     fn finish(&mut self, finish: &Finish<'_>, _: &dyn SnapshotSource) -> Result<(), SinkError> {
-        eprint!("{}", summary_table(finish.stages));
+        say(&summary_table(finish.stages));
         Ok(())
     }
+}
+
+/// Writes `text` to stderr; a closed stderr (its reader gone) is no
+/// reason to stop, so the error is ignored (`eprint!` would panic).
+fn say(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 /// One stderr line for an alert transition, values in the rule's units.
