@@ -10,6 +10,8 @@
 //! - [`limits`] and [`conn`]: what a client can make the server hold
 //!   (connections, time, memory) and the connection loop that enforces it
 //! - [`cache`]: snapshots computed at most every 100 ms, whatever the load
+#[cfg(test)]
+mod abuse_tests;
 pub mod cache;
 pub mod conn;
 #[cfg(test)]

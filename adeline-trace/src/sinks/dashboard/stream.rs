@@ -124,7 +124,8 @@ pub async fn stream(
     }
     let Ok(slot) = slots.free.clone().try_acquire_owned() else {
         let error = format!(
-            "{} streams are open, the most the agent serves; close a dashboard, or try again later",
+            "the agent serves at most {} streams and they are all open; close a dashboard, \
+             or try again later",
             slots.max
         );
         return (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response();
