@@ -15,7 +15,6 @@ use adeline_trace_common::{
     COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
 use anyhow::Result;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     alerts::alerting::Alerting,
@@ -26,6 +25,7 @@ use crate::{
         snapshot::{Percentiles, Window},
     },
     probes::Probes,
+    signals::{OnSignal, Signals},
     sinks::{
         Finish, Gauge, Memory, RankedSite, Sink, SinkError, Sinks, SnapshotSource, Span,
         StageTotal, Stats,
@@ -56,7 +56,7 @@ const NO_TICK: Duration = Duration::from_secs(3600);
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
-    /// A stop signal (its name).
+    /// A signal whose action is to stop (its name; signals.rs).
     Signal(&'static str),
     Duration,
     CommandExited,
@@ -73,49 +73,6 @@ impl Stop {
             Stop::CommandExited => "command exited".into(),
             Stop::PidsExited => "traced processes exited".into(),
             Stop::OutputClosed => "events output closed".into(),
-        }
-    }
-}
-
-/// The signals that stop the agent cleanly: the last records are read and
-/// every output is finished (the end-of-run table, `--summary-out`,
-/// history's last interval), the API's socket file is removed and the
-/// launched command is ended. Installed before the probes are attached, so
-/// a signal that arrives while they are ends the run as soon as it starts.
-///
-/// - SIGINT (Ctrl-C), SIGTERM (`kill`, service managers) and SIGQUIT
-///   (Ctrl-\\) stop the agent.
-/// - SIGHUP (the terminal closed) stops it too, instead of its default
-///   action (killed, nothing written). It is meant to become a config reload.
-/// - SIGPIPE is ignored (Rust's runtime sets that up before `main`): a
-///   write to a closed pipe fails instead, and when that pipe is the JSON
-///   Lines output the run stops cleanly ([`Stop::OutputClosed`]).
-pub struct StopSignals {
-    interrupt: Signal,
-    terminate: Signal,
-    quit: Signal,
-    hangup: Signal,
-}
-
-impl StopSignals {
-    /// Installs the handlers; must be called inside the tokio runtime.
-    pub fn install() -> std::io::Result<StopSignals> {
-        Ok(StopSignals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            quit: signal(SignalKind::quit())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// The next stop signal.
-    async fn recv(&mut self) -> Stop {
-        tokio::select! {
-            _ = self.interrupt.recv() => Stop::Signal("SIGINT"),
-            _ = self.terminate.recv() => Stop::Signal("SIGTERM"),
-            _ = self.quit.recv() => Stop::Signal("SIGQUIT"),
-            // Until the config reload exists: a clean stop.
-            _ = self.hangup.recv() => Stop::Signal("SIGHUP"),
         }
     }
 }
@@ -220,7 +177,7 @@ impl Tracer {
         &mut self,
         until: Until,
         mut child: Option<&mut Launched>,
-        signals: &mut StopSignals,
+        signals: &mut Signals,
     ) -> Result<Stop> {
         let deadline = until.duration.map(|d| tokio::time::Instant::now() + d);
         let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -238,7 +195,9 @@ impl Tracer {
                 .next_tick()
                 .unwrap_or_else(|| Instant::now() + NO_TICK);
             let step: Result<Option<Stop>> = tokio::select! {
-                stop = signals.recv() => Ok(Some(stop)),
+                received = signals.recv() => match received.action {
+                    OnSignal::Stop => Ok(Some(Stop::Signal(received.name))),
+                },
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => Ok(Some(Stop::Duration)),
                 _ = drain.tick() => self.drain().map(|()| {
                     if Instant::now() < next_pid_check {

@@ -20,10 +20,11 @@ use crate::{
         check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
         Probes,
     },
+    signals::Signals,
     sinks::{self, api::ApiThread, OpenContext, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
     symbols::process,
-    tracer::{StopSignals, Tracer, Until, DRAIN_EVERY},
+    tracer::{Tracer, Until, DRAIN_EVERY},
 };
 
 /// How long a launched command may take to exit after SIGTERM before SIGKILL.
@@ -71,16 +72,16 @@ pub fn run(plan: Plan) -> Result<()> {
         true => None,
         false => Some(Launched::spawn(&plan.command)?),
     };
-    // The stop signals are caught from here on (after the fork: the held
-    // child keeps the default actions): one that arrives while the probes
-    // are attached ends the run cleanly as soon as it starts.
+    // The signals are handled from here on (signals.rs): after the fork,
+    // so the held child keeps the default actions; before attaching, so one
+    // that arrives while the probes are attached ends the run as it starts.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let mut signals = {
         let _inside = runtime.enter();
-        StopSignals::install().context("installing the signal handlers")?
+        Signals::install().context("installing the signal handlers")?
     };
     let pids: Vec<u32> = match &child {
         Some(c) => vec![c.pid()],

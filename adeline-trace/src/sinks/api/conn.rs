@@ -215,6 +215,11 @@ pub struct Connections {
     next_id: AtomicU64,
     /// Most connections open at once since memory was last given back.
     high_water: AtomicUsize,
+    /// Connection tasks alive: the registered connections plus those shed
+    /// or timed out whose task has not ended yet. Each holds a descriptor.
+    alive: AtomicUsize,
+    /// Notified when a connection task ends.
+    ended: Notify,
     /// Becomes true when the server shuts down.
     stop: watch::Receiver<bool>,
 }
@@ -227,6 +232,8 @@ impl Connections {
             open: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
             high_water: AtomicUsize::new(0),
+            alive: AtomicUsize::new(0),
+            ended: Notify::new(),
             stop,
         })
     }
@@ -316,7 +323,9 @@ impl Connections {
             match accepted {
                 Ok(io) => match self.admit() {
                     Some(conn) => {
+                        self.alive.fetch_add(1, Relaxed);
                         tokio::spawn(self.clone().serve(io, conn, app.clone()));
+                        self.wait_for_descriptors().await;
                     }
                     // Dropped right after: closed.
                     None => drop(L::try_write(&io, &refusal)),
@@ -329,6 +338,22 @@ impl Connections {
                 // or the like: next one.
                 Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
+        }
+    }
+
+    /// Waits until the tasks of shed connections have ended, so that the
+    /// descriptors held (not only the connections registered) stay within
+    /// the cap: a shed connection's socket is closed by its own task, which
+    /// a flood of accepts would otherwise never let run.
+    async fn wait_for_descriptors(&self) {
+        let max = self.limits.max_connections;
+        loop {
+            let ended = self.ended.notified();
+            if self.alive.load(Relaxed) <= max {
+                return;
+            }
+            // Bounded: a task that somehow never ends cannot stop accepting.
+            let _ = tokio::time::timeout(ACCEPT_BACKOFF, ended).await;
         }
     }
 
@@ -393,7 +418,8 @@ fn shed_idlest(open: &mut Vec<Arc<Conn>>) -> bool {
     }
 }
 
-/// Removes a connection from the registry when its task ends.
+/// Removes a connection from the registry, and from the tasks alive, when
+/// its task ends.
 struct Registered {
     connections: Arc<Connections>,
     id: u64,
@@ -401,7 +427,11 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        // After the connection (and its socket) was dropped: declared first
+        // in `serve`, this guard is dropped last.
         self.connections.remove(self.id);
+        self.connections.alive.fetch_sub(1, Relaxed);
+        self.connections.ended.notify_waiters();
     }
 }
 

@@ -14,8 +14,11 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener};
 
-/// Connections the kernel queues before the server accepts them.
-const BACKLOG: i32 = 128;
+/// Connections the kernel queues before the server accepts them. Under a
+/// flood of connections a full queue drops new ones (the client retries a
+/// second later, `/healthz` included), so it is deep; queued connections
+/// cost the agent no descriptor (the kernel caps it at net.core.somaxconn).
+const BACKLOG: i32 = 1024;
 
 /// Why the API could not be served.
 #[derive(Debug, Error)]
