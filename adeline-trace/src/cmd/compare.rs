@@ -395,6 +395,7 @@ mod tests {
             stage_memory: vec![],
             alloc: None,
             host: None,
+            processes: Vec::new(),
         })
         .unwrap()
     }

@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result};
 use crate::{
     alerts::{alerting::Alerting, engine::AlertEngine},
     config::Plan,
+    container,
     events::{monotonic_ns, WallClock},
+    journal::{self, Priority},
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
     probes::{
@@ -46,6 +48,12 @@ pub fn run(plan: Plan) -> Result<()> {
         .as_deref()
         .map(load_baseline)
         .transpose()?;
+    // The kernel programs report host pids, and -p takes them.
+    if !container::in_host_pid_namespace().unwrap_or(true) {
+        anyhow::bail!(
+            "adeline-trace runs in a pid namespace of its own, where procfs pids are not the host pids its probes report: run it in the host's (docker --pid=host, Kubernetes hostPID: true)"
+        );
+    }
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
         ensure_user_process(pid)?;
@@ -57,7 +65,7 @@ pub fn run(plan: Plan) -> Result<()> {
         alloc: plan.alloc.as_ref(),
     })?;
     for w in &resolved.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("{}warning: {w}", journal::prefix(Priority::Warning));
     }
     let sites = resolved.sites;
     check_privileges()?;
@@ -103,7 +111,11 @@ pub fn run(plan: Plan) -> Result<()> {
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
-            eprintln!("warning: memory mappings are not traced: {why}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "{}warning: memory mappings are not traced: {why}",
+                journal::prefix(Priority::Warning)
+            );
         }
     }
     let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
@@ -119,6 +131,7 @@ pub fn run(plan: Plan) -> Result<()> {
             history_db: plan.outputs.history.as_ref().map(|h| h.path.clone()),
             rules: plan.alerts.iter().map(|a| a.rule.clone()).collect(),
             alloc: plan.alloc.clone(),
+            kubelet_pods_dir: plan.kubelet_pods_dir.clone(),
         },
     ));
     // On a thread of its own: no request can delay the loop below.
@@ -126,15 +139,17 @@ pub fn run(plan: Plan) -> Result<()> {
         Some(spec) => Some(ApiThread::start(spec, live.clone())?),
         None => None,
     };
+    live.set_processes(&pids);
     sinks.start(&Start {
         ts_ns: live.wall_ns(monotonic_ns()),
         pids: &pids,
+        processes: &live.traced_processes(),
         probes: &probe_infos(&sites),
     })?;
-    // A closed stderr is no reason to stop (eprintln! would panic).
     let _ = writeln!(
         std::io::stderr(),
-        "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+        "{}adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+        journal::prefix(Priority::Info),
         probes.attached(),
         sites.len(),
         plan.stages.len(),
@@ -177,7 +192,8 @@ pub fn run(plan: Plan) -> Result<()> {
         if let Some(code) = c.terminate(Duration::ZERO) {
             let _ = writeln!(
                 std::io::stderr(),
-                "adeline-trace: command exited with status {code}"
+                "{}adeline-trace: command exited with status {code}",
+                journal::prefix(Priority::Info)
             );
         }
     }

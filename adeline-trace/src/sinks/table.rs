@@ -9,6 +9,7 @@ use super::{
 use crate::{
     alerts::{rule::value_formatter, AlertEvent, AlertState},
     format,
+    journal::{self, Priority},
     metrics::snapshot::Percentiles,
 };
 
@@ -38,7 +39,11 @@ impl Sink for Console {
     }
 
     fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
-        say(&format!("adeline-trace: {}\n", describe(event)));
+        say(&format!(
+            "{}adeline-trace: {}\n",
+            journal::prefix(Priority::Warning),
+            describe(event)
+        ));
         Ok(())
     }
 
