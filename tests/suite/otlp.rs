@@ -148,7 +148,7 @@ fn metrics_and_frame_traces_match_the_agent_exactly() {
     signal(pid, libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(300));
     let (_, body) = http_get(port, "/metrics");
-    let prom: BTreeMap<String, (u64, f64, Vec<(f64, u64)>)> = DEMO_STAGES
+    let prom: BTreeMap<String, _> = DEMO_STAGES
         .iter()
         .map(|s| (s.to_string(), prom_histogram(&body, s)))
         .collect();

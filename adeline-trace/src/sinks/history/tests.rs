@@ -519,6 +519,7 @@ fn the_sink_writes_the_last_partial_interval_at_the_end_of_the_run() {
     sink.start(&Start {
         ts_ns: T0,
         pids: &[],
+        processes: &[],
         probes: &[],
     })
     .unwrap();

@@ -148,7 +148,8 @@ impl Frames {
 }
 
 impl Frame {
-    /// Spans sent for this frame.
+    /// Spans sent for this frame (never 0: the root's span is always sent).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.calls.len() + 1
     }
