@@ -116,6 +116,18 @@ async fn exchange(conn: &mut TcpStream, path: &str) -> (String, String) {
     }
 }
 
+/// A new connection with an `/api/stream` open on it (its head read).
+async fn open_stream(handle: &ApiHandle) -> TcpStream {
+    let mut conn = connect(handle).await;
+    conn.write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+    conn
+}
+
 #[tokio::test]
 async fn silent_and_trickling_clients_are_closed_after_the_header_timeout() {
     let (handle, stop) = start(SHORT, Arc::new(FakeSource::default()), None).await;
@@ -229,14 +241,7 @@ async fn at_the_cap_with_every_connection_busy_a_new_one_gets_a_503() {
     let (handle, stop) = start(limits, Arc::new(FakeSource::default()), None).await;
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let mut conn = connect(&handle).await;
-        conn.write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        let n = conn.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
-        streams.push(conn);
+        streams.push(open_stream(&handle).await);
     }
     let mut third = connect(&handle).await;
     let (text, _) = read_to_close(&mut third, Duration::from_secs(2)).await;
@@ -262,14 +267,7 @@ async fn streams_beyond_their_cap_get_a_503() {
         ..SHORT
     };
     let (handle, stop) = start(limits, Arc::new(FakeSource::default()), None).await;
-    let mut first = connect(&handle).await;
-    first
-        .write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = first.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+    let first = open_stream(&handle).await;
     let mut second = connect(&handle).await;
     let (status, body) = exchange(&mut second, "/api/stream").await;
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
@@ -281,13 +279,7 @@ async fn streams_beyond_their_cap_get_a_503() {
     // Closing the first frees its slot.
     drop(first);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut third = connect(&handle).await;
-    third
-        .write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let n = third.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+    let _third = open_stream(&handle).await;
     stop.send(()).unwrap();
     handle.join().await.unwrap();
 }
