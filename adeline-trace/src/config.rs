@@ -1,6 +1,6 @@
 //! TOML file + CLI flags -> a validated [`Plan`]. All user-input validation
 //! that does not need the file system's ELF contents happens here.
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashSet, io::Read, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -8,6 +8,7 @@ use thiserror::Error;
 use crate::{
     alerts::AlertSpec,
     cli::RunArgs,
+    format::one_line,
     probes::{
         alloc::{AllocSpec, DEFAULT_MIN_AGE, DEFAULT_TOP},
         gauge::{GaugeSource, GaugeSpec},
@@ -23,6 +24,23 @@ use crate::{
     },
     units::parse_size,
 };
+
+/// Longest stage or gauge name, in characters: names are table columns,
+/// Prometheus labels, alert rule operands and history keys.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Largest config file read. A config with every stage the agent can
+/// trace (1024) is well under 256 KiB; anything bigger is a mistake, and
+/// refusing it up front keeps parsing errors fast.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// User text quoted in an error is cut to this many characters (and kept on one line).
+const ECHO_CHARS: usize = 80;
+
+/// `text` as quoted in a one-line error.
+fn echo(text: &str) -> String {
+    one_line(text, ECHO_CHARS)
+}
 
 /// Default Prometheus histogram bounds, seconds.
 pub const DEFAULT_PROM_BUCKETS: &str = "0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1";
@@ -81,10 +99,12 @@ pub struct Plan {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("malformed --stage '{spec}': expected NAME=TARGET:SYMBOL, e.g. infer=/opt/app/libdetector.so:'*Detector::infer*' ({problem})")]
+    #[error("malformed --stage '{}': expected NAME=TARGET:SYMBOL, e.g. infer=/opt/app/libdetector.so:'*Detector::infer*' ({problem})", echo(spec))]
     MalformedStage { spec: String, problem: &'static str },
     #[error("cannot read config {path}: {reason}")]
     ReadConfig { path: PathBuf, reason: String },
+    #[error("config {path} is larger than {} KiB: it cannot be an adeline-trace config (one with {} stages is far smaller)", MAX_CONFIG_BYTES >> 10, adeline_trace_common::MAX_STAGES)]
+    ConfigTooLarge { path: PathBuf },
     #[error("config {path}:{line}:{column}: {message}")]
     Toml {
         path: PathBuf,
@@ -92,7 +112,10 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("invalid {what} '{value}': {reason} (examples: 500us, 20ms, 5s, 2m)")]
+    #[error(
+        "invalid {what} '{}': {reason} (examples: 500us, 20ms, 5s, 2m)",
+        echo(value)
+    )]
     Duration {
         what: &'static str,
         value: String,
@@ -100,29 +123,49 @@ pub enum ConfigError {
     },
     #[error("stage '{name}' is defined twice")]
     DuplicateStage { name: String },
-    #[error("stage name '{name}' is invalid: use letters, digits, '_', '-' or '.'")]
-    BadStageName { name: String },
+    #[error(
+        "{kind} name '{}' is invalid: use letters, digits, '_', '-' or '.'",
+        echo(name)
+    )]
+    BadName { kind: &'static str, name: String },
+    #[error(
+        "{kind} name '{}' is too long ({chars} characters): at most {MAX_NAME_CHARS}",
+        echo(name)
+    )]
+    NameTooLong {
+        kind: &'static str,
+        name: String,
+        chars: usize,
+    },
     #[error("no stages to trace: give --stage NAME=TARGET:SYMBOL or a --config file with [[stage]] entries")]
     NoStages,
     #[error("--pid and a command to launch (after --) cannot be combined")]
     PidAndCommand,
     #[error("pid 0 is not a process id")]
     PidZero,
+    #[error("--duration must be more than 0 (e.g. 30s); leave it out to trace until Ctrl-C")]
+    ZeroDuration,
     #[error("--stats-interval must be at least 10ms")]
     StatsIntervalTooShort,
     #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 16777216")]
     RingBytes(u32),
-    #[error("malformed --gauge '{spec}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret ({problem})")]
+    #[error("malformed --gauge '{}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret ({problem})", echo(spec))]
     MalformedGauge { spec: String, problem: &'static str },
-    #[error("frame stage '{name}' is not one of the stages ({known})")]
+    #[error("frame stage '{}' is not one of the stages ({known})", echo(name))]
     UnknownFrameStage { name: String, known: String },
     #[error("gauge '{name}' is defined twice")]
     DuplicateGauge { name: String },
-    #[error("invalid --prom-buckets '{value}': {reason} (seconds, comma-separated, e.g. 0.001,0.01,0.1)")]
+    #[error(
+        "invalid --prom-buckets '{}': {reason} (seconds, comma-separated, e.g. 0.001,0.01,0.1)",
+        echo(value)
+    )]
     Buckets { value: String, reason: String },
-    #[error("--history-interval must be 1s, 10s or 60s (the windows the agent keeps), not {0}")]
+    #[error("--history-interval must be 1s, 10s or 60s (the windows the agent keeps), not {}", echo(.0))]
     HistoryInterval(String),
-    #[error("invalid {what} '{value}': {reason} (examples: 4096, 64KiB, 1MB)")]
+    #[error(
+        "invalid {what} '{}': {reason} (examples: 4096, 64KiB, 1MB)",
+        echo(value)
+    )]
     Size {
         what: &'static str,
         value: String,
@@ -298,7 +341,7 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
             symbol: symbol.trim().to_string(),
         },
     };
-    check_stage_name(&stage.name)?;
+    check_name("stage", &stage.name)?;
     Ok(stage)
 }
 
@@ -321,7 +364,7 @@ pub fn parse_gauge(spec: &str) -> Result<GaugeSpec, ConfigError> {
     }
     let source =
         parse_gauge_source(source.trim()).ok_or_else(|| bad("value must be arg0..arg5 or ret"))?;
-    check_stage_name(name.trim())?;
+    check_name("gauge", name.trim())?;
     Ok(GaugeSpec {
         name: name.trim().to_string(),
         target: target.trim().to_string(),
@@ -340,18 +383,34 @@ fn parse_gauge_source(s: &str) -> Option<GaugeSource> {
     }
 }
 
-fn check_stage_name(name: &str) -> Result<(), ConfigError> {
+/// A stage or gauge name (`kind`): 1 to [`MAX_NAME_CHARS`] ASCII letters,
+/// digits, '_', '-' or '.' (so it needs no quoting in a table, a rule, a
+/// Prometheus label or a URL).
+fn check_name(kind: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::BadStageName {
+    if !ok {
+        return Err(ConfigError::BadName {
+            kind,
             name: name.to_string(),
-        })
+        });
     }
+    if name.len() > MAX_NAME_CHARS {
+        return Err(ConfigError::NameTooLong {
+            kind,
+            name: name.to_string(),
+            chars: name.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The first name given twice, in a linear pass.
+fn first_duplicate<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = HashSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
 }
 
 /// Parses a human duration such as `500us`, `20ms`, `5s`, `2m`.
@@ -364,9 +423,23 @@ pub fn parse_duration(what: &'static str, value: &str) -> Result<Duration, Confi
 }
 
 fn load_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadConfig {
+    let unreadable = |e: std::io::Error| ConfigError::ReadConfig {
         path: path.clone(),
         reason: e.to_string(),
+    };
+    // Never more than the cap is read (the path may be a device or a FIFO).
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::ConfigTooLarge { path: path.clone() });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        ))
     })?;
     toml::from_str(&text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
@@ -398,7 +471,7 @@ impl Plan {
             .stage
             .into_iter()
             .map(|s| {
-                check_stage_name(&s.name)?;
+                check_name("stage", &s.name)?;
                 Ok(StageSpec {
                     name: s.name,
                     location: Location::Function {
@@ -414,18 +487,16 @@ impl Plan {
         if stages.is_empty() {
             return Err(ConfigError::NoStages);
         }
-        for (i, s) in stages.iter().enumerate() {
-            if stages[..i].iter().any(|o| o.name == s.name) {
-                return Err(ConfigError::DuplicateStage {
-                    name: s.name.clone(),
-                });
-            }
-        }
         let max = adeline_trace_common::MAX_STAGES;
         if stages.len() > max as usize {
             return Err(ConfigError::TooManyStages {
                 count: stages.len(),
                 max,
+            });
+        }
+        if let Some(name) = first_duplicate(stages.iter().map(|s| s.name.as_str())) {
+            return Err(ConfigError::DuplicateStage {
+                name: name.to_string(),
             });
         }
         let mut pids = file.pids;
@@ -442,6 +513,9 @@ impl Plan {
         let duration = pick(&args.duration, file.duration)
             .map(|d| parse_duration("--duration", &d))
             .transpose()?;
+        if duration == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroDuration);
+        }
         let min_duration = pick(&args.min_duration, file.min_duration)
             .map(|d| parse_duration("--min-duration", &d))
             .transpose()?
@@ -478,12 +552,10 @@ impl Plan {
         for spec in &args.gauges {
             gauges.push(parse_gauge(spec)?);
         }
-        for (i, g) in gauges.iter().enumerate() {
-            if gauges[..i].iter().any(|o| o.name == g.name) {
-                return Err(ConfigError::DuplicateGauge {
-                    name: g.name.clone(),
-                });
-            }
+        if let Some(name) = first_duplicate(gauges.iter().map(|g| g.name.as_str())) {
+            return Err(ConfigError::DuplicateGauge {
+                name: name.to_string(),
+            });
         }
         let mut alerts: Vec<AlertSpec> = file
             .alert
@@ -697,6 +769,102 @@ mod tests {
             parse_stage("a b=/x:f").unwrap_err().to_string(),
             "stage name 'a b' is invalid: use letters, digits, '_', '-' or '.'"
         );
+    }
+
+    #[test]
+    fn names_are_short_plain_words() {
+        let long = "a".repeat(70_000);
+        let e = parse_stage(&format!("{long}=/x:f")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "stage name '{}...' is too long (70000 characters): at most 64",
+                "a".repeat(80)
+            )
+        );
+        assert!(parse_stage(&format!("{}=/x:f", "a".repeat(64))).is_ok());
+        assert!(parse_stage(&format!("{}=/x:f", "a".repeat(65))).is_err());
+        // Control characters never reach the one-line error.
+        let e = parse_stage("a\nb=/x:f").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "stage name 'a?b' is invalid: use letters, digits, '_', '-' or '.'"
+        );
+        let e = parse_gauge(&format!("{long}=/x:f:ret")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("gauge name 'aaa") && e.to_string().len() < 200,
+            "{e}"
+        );
+        // The same rule for names from a config file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            format!("[[stage]]\nname = \"{long}\"\ntarget = \"/x\"\nsymbol = \"f\"\n"),
+        )
+        .unwrap();
+        let e = Plan::from_args(&args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::NameTooLong { chars: 70_000, .. }),
+            "{e}"
+        );
+        // A malformed spec is echoed cut short.
+        let e = parse_stage(&long).unwrap_err().to_string();
+        assert!(e.len() < 250 && e.contains("(missing '=')"), "{e}");
+    }
+
+    #[test]
+    fn duration_zero_is_refused() {
+        for zero in ["0", "0s", "0ms"] {
+            let e = Plan::from_args(&args(&["--stage", "a=/x:f", "--duration", zero])).unwrap_err();
+            assert_eq!(e, ConfigError::ZeroDuration);
+        }
+        assert_eq!(
+            ConfigError::ZeroDuration.to_string(),
+            "--duration must be more than 0 (e.g. 30s); leave it out to trace until Ctrl-C"
+        );
+    }
+
+    #[test]
+    fn large_configs_are_refused_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        // Over the cap: refused before parsing.
+        let big = dir.path().join("big.toml");
+        let stage =
+            |i: usize| format!("[[stage]]\nname = \"s{i}\"\ntarget = \"/x\"\nsymbol = \"f\"\n");
+        let text: String = (0..200_000).map(stage).collect();
+        assert!(text.len() as u64 > 10 * MAX_CONFIG_BYTES);
+        std::fs::write(&big, &text).unwrap();
+        let started = std::time::Instant::now();
+        let e = Plan::from_args(&args(&["--config", big.to_str().unwrap()])).unwrap_err();
+        assert_eq!(e, ConfigError::ConfigTooLarge { path: big.clone() });
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config {} is larger than 1024 KiB: it cannot be an adeline-trace config (one with 1024 stages is far smaller)",
+                big.display()
+            )
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Under the cap, with too many stages: the count is checked before
+        // the (linear) duplicate check.
+        let many = dir.path().join("many.toml");
+        let text: String = (0..10_000).map(|_| stage(0)).collect();
+        assert!((text.len() as u64) < MAX_CONFIG_BYTES);
+        std::fs::write(&many, &text).unwrap();
+        let e = Plan::from_args(&args(&["--config", many.to_str().unwrap()])).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::TooManyStages {
+                count: 10_000,
+                max: 1024
+            }
+        );
+        // Not text.
+        let bin = dir.path().join("bin.toml");
+        std::fs::write(&bin, b"duration = \"\xff\"").unwrap();
+        let e = Plan::from_args(&args(&["--config", bin.to_str().unwrap()])).unwrap_err();
+        assert!(e.to_string().ends_with("not UTF-8 text (byte 12)"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! knows which outputs exist (sinks/).
 use std::{
     collections::HashMap,
+    io::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -14,7 +15,6 @@ use adeline_trace_common::{
     COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
 use anyhow::Result;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     alerts::alerting::Alerting,
@@ -26,8 +26,10 @@ use crate::{
         snapshot::{Percentiles, Window},
     },
     probes::Probes,
+    signals::{OnSignal, Signals},
     sinks::{
-        Finish, Gauge, Memory, RankedSite, Sink, Sinks, SnapshotSource, Span, StageTotal, Stats,
+        Finish, Gauge, Memory, RankedSite, Sink, SinkError, Sinks, SnapshotSource, Span,
+        StageTotal, Stats,
     },
     state::LiveState,
     symbols::process,
@@ -55,21 +57,33 @@ const NO_TICK: Duration = Duration::from_secs(3600);
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
-    Signal,
+    /// A signal whose action is to stop (its name; signals.rs).
+    Signal(&'static str),
     Duration,
     CommandExited,
     PidsExited,
+    /// The reader of the JSON Lines events went away (a closed pipe).
+    OutputClosed,
 }
 
 impl Stop {
-    fn as_str(self) -> &'static str {
+    fn describe(self) -> String {
         match self {
-            Stop::Signal => "signal",
-            Stop::Duration => "duration reached",
-            Stop::CommandExited => "command exited",
-            Stop::PidsExited => "traced processes exited",
+            Stop::Signal(name) => format!("signal {name}"),
+            Stop::Duration => "duration reached".into(),
+            Stop::CommandExited => "command exited".into(),
+            Stop::PidsExited => "traced processes exited".into(),
+            Stop::OutputClosed => "events output closed".into(),
         }
     }
+}
+
+/// The loop stops on this error: the JSON Lines output's reader is gone.
+fn output_closed(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<SinkError>(),
+        Some(SinkError::Closed { .. })
+    )
 }
 
 /// When the loop stops by itself.
@@ -160,9 +174,14 @@ impl Tracer {
         }
     }
 
-    pub async fn trace(&mut self, until: Until, mut child: Option<&mut Launched>) -> Result<Stop> {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
+    /// Traces until a stop signal, `until`, the launched command's exit,
+    /// the exit of every traced pid, or the events output's reader going away.
+    pub async fn trace(
+        &mut self,
+        until: Until,
+        mut child: Option<&mut Launched>,
+        signals: &mut Signals,
+    ) -> Result<Stop> {
         let deadline = until.duration.map(|d| tokio::time::Instant::now() + d);
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut stats = tokio::time::interval(self.stats_interval);
@@ -173,37 +192,43 @@ impl Tracer {
         let mut next_pid_check = started;
         let mut next_sites = started + ALLOC_SITES_EVERY;
         let has_rules = self.alerting.has_rules();
-        let stop = loop {
+        loop {
             let sink_tick = self
                 .sinks
                 .next_tick()
                 .unwrap_or_else(|| Instant::now() + NO_TICK);
-            tokio::select! {
-                _ = sigint.recv() => break Stop::Signal,
-                _ = sigterm.recv() => break Stop::Signal,
-                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
-                _ = drain.tick() => {
-                    self.drain()?;
-                    if Instant::now() >= next_pid_check {
-                        next_pid_check += PID_CHECK_EVERY;
-                        if let Some(stop) = self.exited(child.as_deref_mut()) {
-                            break stop;
-                        }
+            let step: Result<Option<Stop>> = tokio::select! {
+                received = signals.recv() => match received.action {
+                    OnSignal::Stop => Ok(Some(Stop::Signal(received.name))),
+                },
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => Ok(Some(Stop::Duration)),
+                _ = drain.tick() => self.drain().map(|()| {
+                    if Instant::now() < next_pid_check {
+                        return None;
                     }
-                }
-                _ = stats.tick() => self.stats()?,
-                _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
-                _ = memory.tick() => {
-                    self.sample_memory()?;
+                    next_pid_check += PID_CHECK_EVERY;
+                    self.exited(child.as_deref_mut())
+                }),
+                _ = stats.tick() => self.stats().map(|()| None),
+                _ = alerts.tick(), if has_rules => self.evaluate_alerts().map(|()| None),
+                _ = memory.tick() => self.sample_memory().and_then(|()| {
                     if self.probes.alloc.is_some() && Instant::now() >= next_sites {
                         next_sites += ALLOC_SITES_EVERY;
                         self.alloc_sites()?;
                     }
+                    Ok(None)
+                }),
+                _ = tokio::time::sleep_until(sink_tick.into()) => {
+                    self.sinks.tick(self.live.as_ref()).map(|()| None).map_err(Into::into)
                 }
-                _ = tokio::time::sleep_until(sink_tick.into()) => self.sinks.tick(self.live.as_ref())?,
+            };
+            match step {
+                Ok(Some(stop)) => return Ok(stop),
+                Ok(None) => {}
+                Err(e) if output_closed(&e) => return Ok(Stop::OutputClosed),
+                Err(e) => return Err(e),
             }
-        };
-        Ok(stop)
+        }
     }
 
     /// Whether the launched command, or every traced pid, has exited.
@@ -430,17 +455,20 @@ impl Tracer {
             },
             self.live.as_ref(),
         )?;
-        eprintln!(
+        // Never a panic on a closed stderr: the outputs are written.
+        let _ = writeln!(
+            std::io::stderr(),
             "{}adeline-trace: stopped ({}) after {:.1}s: {} events, {} dropped, {} unmatched returns",
             journal::prefix(Priority::Info),
-            stop.as_str(),
+            stop.describe(),
             elapsed.as_secs_f64(),
             self.counts.records,
             all_drops(&counters),
             counters[COUNTER_UNMATCHED_EXIT as usize],
         );
         for o in self.sinks.health() {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}adeline-trace: {}: {} exported, {} dropped, {} failed exports",
                 journal::prefix(if o.dropped > 0 {
                     Priority::Warning
@@ -454,7 +482,8 @@ impl Tracer {
             );
         }
         if self.counts.decode_errors > 0 {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}adeline-trace: {} records could not be decoded",
                 journal::prefix(Priority::Warning),
                 self.counts.decode_errors

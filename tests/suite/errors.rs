@@ -350,3 +350,53 @@ fn alloc_mode_and_memory_rules_bad_input() {
         assert_eq!(fails(&args), expected, "{args:?}");
     }
 }
+
+/// Issue 9, smaller defects: a 70,000-character stage name (it panicked in
+/// the table code), `--duration 0` and a kernel thread's pid (both traced
+/// nothing), and a 10 MB config (34 s to be refused) are each one line.
+#[test]
+fn hostile_names_durations_pids_and_configs() {
+    let demo = demo_bin().display().to_string();
+    let long = "a".repeat(70_000);
+    assert_eq!(
+        fails(&["run", "--stage", &format!("{long}={demo}:track")]),
+        format!(
+            "error: stage name '{}...' is too long (70000 characters): at most 64",
+            "a".repeat(80)
+        )
+    );
+    let stage = demo_stage("track");
+    assert_eq!(
+        fails(&["run", "--stage", &stage, "--duration", "0", "--", &demo]),
+        "error: --duration must be more than 0 (e.g. 30s); leave it out to trace until Ctrl-C"
+    );
+    // kthreadd: pid 2 outside a pid namespace.
+    let stat = std::fs::read_to_string("/proc/2/stat").unwrap();
+    assert!(stat.starts_with("2 (kthreadd) "), "{stat}");
+    assert_eq!(
+        fails(&["run", "--stage", &stage, "-p", "2"]),
+        "error: pid 2 (kthreadd) is a kernel thread: kernel threads run no user code, so there \
+         is nothing to trace; pass the pid of a user process"
+    );
+    let dir = scratch_dir("big-config");
+    let config = dir.join("pipeline.toml");
+    let text: String = (0..250_000)
+        .map(|i| format!("[[stage]]\nname = \"s{i}\"\ntarget = \"{demo}\"\nsymbol = \"track\"\n"))
+        .collect();
+    assert!(text.len() > 10 << 20, "{} bytes", text.len());
+    std::fs::write(&config, text).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        fails(&["run", "--config", config.to_str().unwrap()]),
+        format!(
+            "error: config {} is larger than 1024 KiB: it cannot be an adeline-trace config (one \
+             with 1024 stages is far smaller)",
+            config.display()
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -3,6 +3,7 @@
 //! user error is reported before anything is attached or launched) and
 //! tears it down; tracer.rs is the loop in between.
 use std::{
+    io::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -21,7 +22,8 @@ use crate::{
         check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
         Probes,
     },
-    sinks::{self, api::serve, OpenContext, ProbeInfo, Sink, Start},
+    signals::Signals,
+    sinks::{self, api::ApiThread, OpenContext, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
     symbols::process,
     tracer::{Tracer, Until, DRAIN_EVERY},
@@ -54,6 +56,7 @@ pub fn run(plan: Plan) -> Result<()> {
     }
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
+        ensure_user_process(pid)?;
     }
     let resolved = resolve_plan(&ProbePlan {
         stages: &plan.stages,
@@ -77,6 +80,17 @@ pub fn run(plan: Plan) -> Result<()> {
         true => None,
         false => Some(Launched::spawn(&plan.command)?),
     };
+    // The signals are handled from here on (signals.rs): after the fork,
+    // so the held child keeps the default actions; before attaching, so one
+    // that arrives while the probes are attached ends the run as it starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut signals = {
+        let _inside = runtime.enter();
+        Signals::install().context("installing the signal handlers")?
+    };
     let pids: Vec<u32> = match &child {
         Some(c) => vec![c.pid()],
         None => plan.pids.clone(),
@@ -97,7 +111,8 @@ pub fn run(plan: Plan) -> Result<()> {
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}warning: memory mappings are not traced: {why}",
                 journal::prefix(Priority::Warning)
             );
@@ -119,15 +134,9 @@ pub fn run(plan: Plan) -> Result<()> {
             kubelet_pods_dir: plan.kubelet_pods_dir.clone(),
         },
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    // On a thread of its own: no request can delay the loop below.
     let api = match &plan.api {
-        Some(spec) => Some(runtime.block_on(serve(spec, live.clone(), async move {
-            let _ = api_stopped.await;
-        }))?),
+        Some(spec) => Some(ApiThread::start(spec, live.clone())?),
         None => None,
     };
     live.set_processes(&pids);
@@ -137,7 +146,8 @@ pub fn run(plan: Plan) -> Result<()> {
         processes: &live.traced_processes(),
         probes: &probe_infos(&sites),
     })?;
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "{}adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
         journal::prefix(Priority::Info),
         probes.attached(),
@@ -169,7 +179,7 @@ pub fn run(plan: Plan) -> Result<()> {
     let until = Until {
         duration: plan.duration,
     };
-    let stop = runtime.block_on(tracer.trace(until, child.as_mut()))?;
+    let stop = runtime.block_on(tracer.trace(until, child.as_mut(), &mut signals))?;
     // A launched command is ended first (it finishes its current call), so
     // the final drain sees every call it made.
     if let Some(c) = child.as_mut() {
@@ -180,7 +190,8 @@ pub fn run(plan: Plan) -> Result<()> {
             std::thread::sleep(DRAIN_EVERY / 2);
         }
         if let Some(code) = c.terminate(Duration::ZERO) {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}adeline-trace: command exited with status {code}",
                 journal::prefix(Priority::Info)
             );
@@ -193,11 +204,41 @@ pub fn run(plan: Plan) -> Result<()> {
     tracer.stats()?;
     tracer.alloc_sites()?;
     tracer.finish(started.elapsed(), stop)?;
-    let _ = api_stop.send(());
     if let Some(api) = api {
-        runtime.block_on(api.join())?;
+        api.stop()?;
     }
     Ok(())
+}
+
+/// `PF_KTHREAD` of a task's flags (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Refuses a kernel thread (`-p 2`): it runs no user code, so no probe
+/// could ever fire in it. (A process check that belongs with
+/// `symbols::process::ensure_running`; kept here while symbols/ is being
+/// reworked elsewhere.)
+fn ensure_user_process(pid: u32) -> Result<()> {
+    // Unreadable: ensure_running has just said what is wrong, or the
+    // process is gone and the run reports it.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Ok(());
+    };
+    match kernel_thread(&stat) {
+        Some(comm) => anyhow::bail!(
+            "pid {pid} ({comm}) is a kernel thread: kernel threads run no user code, so there \
+             is nothing to trace; pass the pid of a user process"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The name of the task of a `/proc/PID/stat` line if it is a kernel thread.
+fn kernel_thread(stat: &str) -> Option<&str> {
+    let (head, after_comm) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags: u64 = after_comm.split_whitespace().nth(6)?.parse().ok()?;
+    (flags & PF_KTHREAD != 0).then_some(comm)
 }
 
 /// Reads the snapshot that `baseline` in alert rules refers to.
@@ -223,4 +264,29 @@ fn probe_infos(sites: &[ProbeSite]) -> Vec<ProbeInfo> {
             offset: s.offset,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_threads_are_told_apart_from_processes() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 3 0 0 20 0 1 0 30";
+        assert_eq!(kernel_thread(kthreadd), Some("kthreadd"));
+        let user = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 439 0 0 0";
+        assert_eq!(kernel_thread(user), None);
+        assert_eq!(kernel_thread("garbage"), None);
+        // kthreadd is pid 2 (outside a pid namespace), and this test is a
+        // user process.
+        if std::fs::read_to_string("/proc/2/stat").is_ok_and(|s| s.starts_with("2 (kthreadd)")) {
+            let e = ensure_user_process(2).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "pid 2 (kthreadd) is a kernel thread: kernel threads run no user code, so there \
+                 is nothing to trace; pass the pid of a user process"
+            );
+        }
+        ensure_user_process(std::process::id()).unwrap();
+    }
 }

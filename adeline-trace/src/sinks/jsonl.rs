@@ -72,6 +72,8 @@ pub struct JsonlSink {
     buf: Vec<u8>,
     /// Write a `span` line per call.
     spans: bool,
+    /// The output is a pipe whose reader went away: nothing more is written.
+    closed: bool,
 }
 
 impl JsonlSink {
@@ -102,11 +104,30 @@ impl JsonlSink {
             out,
             buf: Vec::with_capacity(4 * PIPE_BUF),
             spans,
+            closed: false,
         }
     }
 
     fn write(&mut self, record: &Record<'_>) -> Result<(), SinkError> {
-        self.put(record).map_err(SinkError::write("the events"))
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.put(record);
+        self.outcome(result)
+    }
+
+    /// A write's result. A broken pipe (the reader of the stream exited,
+    /// e.g. `| head`) is reported once as [`SinkError::Closed`], which
+    /// stops the run cleanly; every later record is dropped.
+    fn outcome(&mut self, result: std::io::Result<()>) -> Result<(), SinkError> {
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                self.buf = Vec::new();
+                Err(SinkError::Closed { what: "the events" })
+            }
+            result => result.map_err(SinkError::write("the events")),
+        }
     }
 
     fn put(&mut self, record: &Record<'_>) -> std::io::Result<()> {
@@ -204,7 +225,11 @@ impl Sink for JsonlSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.write_out().map_err(SinkError::write("the events"))
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.write_out();
+        self.outcome(result)
     }
 
     fn finish(&mut self, finish: &Finish<'_>, _: &dyn SnapshotSource) -> Result<(), SinkError> {

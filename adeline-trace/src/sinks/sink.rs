@@ -39,6 +39,9 @@ pub enum SinkError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The reader of a pipe went away (EPIPE): the run stops cleanly.
+    #[error("the reader of {what} went away (broken pipe)")]
+    Closed { what: &'static str },
     #[error(transparent)]
     History(#[from] HistoryError),
     #[error("{0}")]
