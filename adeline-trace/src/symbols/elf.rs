@@ -144,11 +144,14 @@ pub(crate) fn parse_elf<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<
     }
 }
 
-/// The `PT_LOAD` segments of a parsed ELF file.
+/// The `PT_LOAD` segments of a parsed ELF file. A segment whose file range
+/// runs past the end of the file (a corrupt header) has no file-backed
+/// part: no probe or semaphore offset is ever taken from it.
 pub(crate) fn load_segments(obj: &object::File<'_>) -> Vec<LoadSegment> {
     obj.segments()
         .map(|seg| {
             let (offset, filesz) = seg.file_range();
+            let filesz = if seg.data().is_ok() { filesz } else { 0 };
             let executable = match seg.flags() {
                 SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
                 _ => false,
@@ -406,8 +409,13 @@ impl NameEntry {
 impl ElfFile {
     /// Read the function symbols of the ELF executable or shared library at `path`.
     pub fn open(path: &Path) -> Result<ElfFile, TargetError> {
-        let data = read_elf(path)?;
-        let obj = parse_elf(path, &data)?;
+        ElfFile::parse(path, &read_elf(path)?)
+    }
+
+    /// The function symbols of the file contents `data`, as if read from
+    /// `path` (which only names the file in errors and in `path`).
+    pub fn parse(path: &Path, data: &[u8]) -> Result<ElfFile, TargetError> {
+        let obj = parse_elf(path, data)?;
         let segments = load_segments(&obj);
         let stripped = obj.section_by_name(".symtab").is_none();
         let (functions, names) = build_tables(collect_symbols(&obj), &segments);

@@ -402,8 +402,13 @@ impl Context<'_, '_> {
 /// Every USDT probe in the ELF file at `path`, in note order; empty when the
 /// file has no `.note.stapsdt` section.
 pub fn usdt_probes(path: &Path) -> Result<Vec<UsdtProbe>, TargetError> {
-    let data = read_elf(path)?;
-    let obj = parse_elf(path, &data)?;
+    usdt_probes_in(path, &read_elf(path)?)
+}
+
+/// The USDT probes of the ELF file contents `data`, as if read from `path`
+/// (which only names the file in errors).
+pub fn usdt_probes_in(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>, TargetError> {
+    let obj = parse_elf(path, data)?;
     let Some(section) = obj.section_by_name(NOTE_SECTION) else {
         return Ok(Vec::new());
     };
