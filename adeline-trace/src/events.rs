@@ -174,8 +174,14 @@ mod tests {
     /// of this layout: all decode, but for the two broken ones of `odd`.
     #[test]
     fn fuzz_seeds_are_records_of_this_layout() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/event_decode");
-        for (name, bad) in [("one_frame", 0), ("frames_2s", 0), ("memory", 0), ("odd", 2)] {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/event_decode");
+        for (name, bad) in [
+            ("one_frame", 0),
+            ("frames_2s", 0),
+            ("memory", 0),
+            ("odd", 2),
+        ] {
             let data = std::fs::read(dir.join(name)).unwrap();
             let mut rest = &data[..];
             let (mut ok, mut errors) = (0, 0);

@@ -619,6 +619,26 @@ int main(int argc, char **argv) { return stage_one(argc) + stage_two(argc); }
         found.iter().map(|f| f.demangled.clone()).collect()
     }
 
+    /// Fuzz finding (elf_symbols): the seed `cpp` with its `PT_LOAD`
+    /// p_offset mutated to 0x1d0000000000, far past the end of the
+    /// 1840-byte file. The segment's file range was taken as is, so every
+    /// function got a file offset outside the file (a uprobe there fails to
+    /// attach, or hits another file's code after a rebuild).
+    #[test]
+    fn segment_past_end_of_file_gives_no_offsets() {
+        let data = include_bytes!("../../../fuzz/seeds/elf_symbols/crash-segment-past-eof");
+        let path = Path::new("crash.elf");
+        let obj = parse_elf(path, data).unwrap();
+        let segments = load_segments(&obj);
+        assert_eq!(segments.len(), 1);
+        assert_eq!(
+            (segments[0].offset, segments[0].filesz),
+            (0x1d00_0000_0000, 0)
+        );
+        let elf = ElfFile::parse(path, data).unwrap();
+        assert_eq!(elf.functions.len(), 0, "{:?}", elf.functions);
+    }
+
     #[test]
     fn split_fragments_are_recognised() {
         for name in [
