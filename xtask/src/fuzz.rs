@@ -3,10 +3,12 @@
 //! crash, a hang (an input taking longer than `--timeout`) or runs out of
 //! memory.
 //!
-//! The machine has only a stable toolchain; cargo-fuzz's flags
-//! (`-Zsanitizer=address`, sanitizer coverage) are nightly-only, so they
-//! run with `RUSTC_BOOTSTRAP=1`, as the eBPF build does. cargo-fuzz
-//! itself comes from crates.io (`cargo xtask setup`).
+//! cargo-fuzz's flags (`-Zsanitizer=address`, sanitizer coverage) are
+//! nightly-only; they run on the pinned stable toolchain with
+//! `RUSTC_BOOTSTRAP=1`, as the eBPF build does, so no nightly toolchain
+//! is needed (the stable one ships the sanitizer runtimes). cargo-fuzz
+//! itself comes from crates.io (`cargo xtask setup`, skipped when the
+//! pinned version is already installed).
 //!
 //! Inputs: libFuzzer reads the seeds kept in the repository
 //! (fuzz/seeds/TARGET: the demo's plan, the docs' rules and configs, tiny

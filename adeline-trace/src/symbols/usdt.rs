@@ -577,6 +577,24 @@ __attribute__((noinline)) void with_semaphore(int x) {
         probes.iter().find(|p| p.name == name).unwrap()
     }
 
+    /// Fuzz finding (usdt_notes): the seed `static` with the p_offset of
+    /// its text segment mutated to 0x7b99eb0c89, past the end of the
+    /// 2632-byte file. The probe got a file offset outside the file; the
+    /// segment now has no file-backed part, so the first note is refused.
+    #[test]
+    fn probe_in_segment_past_end_of_file_is_refused() {
+        let data = include_bytes!("../../../fuzz/seeds/usdt_notes/crash-segment-past-eof");
+        let err = usdt_probes_in(Path::new("crash.elf"), data).unwrap_err();
+        let TargetError::BadUsdtNote { index, reason, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*index, 0);
+        assert_eq!(
+            reason,
+            "probe address 0x40017c is outside every loadable segment"
+        );
+    }
+
     #[test]
     fn demo_program_matches_readelf() {
         let dir = tempfile::tempdir().unwrap();

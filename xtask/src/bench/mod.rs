@@ -74,13 +74,17 @@ pub enum Bench {
     },
     /// The demo pipeline at its highest rate traced for `--minutes` by one
     /// agent (spans included): exact counts (span lines == summary spans ==
-    /// the fixture's calls, per stage; 0 drops), the agent's RSS slope and
-    /// peak, and the slowdown against the untraced demo run before and
-    /// after. Root.
+    /// the fixture's calls, per stage; 0 drops), a flat agent RSS after the
+    /// first minute, its peak, and the slowdown against the untraced demo
+    /// run before and after. Root.
     Soak {
-        /// How long to trace.
-        #[arg(long, default_value_t = 10)]
+        /// How long to trace (at least 2).
+        #[arg(long, default_value_t = 5)]
         minutes: u64,
+        /// The largest agent RSS slope after the first minute that counts
+        /// as flat, in MB/min.
+        #[arg(long, default_value_t = 0.25)]
+        max_slope: f64,
         /// Seconds between RSS samples.
         #[arg(long, default_value_t = 5)]
         sample_secs: u64,
@@ -116,7 +120,13 @@ pub fn run(what: Bench) -> Result<i32> {
             minutes,
             sample_secs,
             baseline_secs,
-        } => soak::soak(minutes.max(1), sample_secs.max(1), baseline_secs.max(1)),
+            max_slope,
+        } => soak::soak(
+            minutes.max(2),
+            sample_secs.max(1),
+            baseline_secs.max(1),
+            max_slope,
+        ),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo xtask bench soak [--minutes M]`: the demo pipeline at its highest
 //! rate (2 threads, every sleep 0, `--frame-bytes 256`, as `bench agent`)
-//! traced for M minutes (default 10) by one agent, which must lose nothing
-//! and must not grow.
+//! traced for M minutes (default 5, at least 2) by one agent, which must
+//! lose nothing and must not grow.
 //!
 //! - Traced run: `adeline-trace run --no-api -p PID --frame-stage
 //!   process_frame --stage S=DEMO:S (all 9) --gauge tracks=DEMO:track:ret
@@ -14,7 +14,9 @@
 //! - Memory: the agent's VmRSS every `--sample-secs` (default 5 s); the
 //!   least-squares slope in MB/min over the whole run and after the first
 //!   minute (the histograms grow while new durations appear), and the peak
-//!   (VmHWM). Samples go to target/bench/soak/rss.csv.
+//!   (VmHWM). Samples go to target/bench/soak/rss.csv. Flat means the slope
+//!   after the first minute is at most `--max-slope` MB/min (default 0.25;
+//!   a leak of one byte per span would be tens of MB/min at this rate).
 //! - Baseline, same run: the untraced demo with the same flags for
 //!   `--baseline-secs` (default 30) before and after the soak; the ratio
 //!   is untraced calls/s (mean of both) / traced calls/s.
@@ -49,7 +51,12 @@ struct Soak {
     agent_stderr: String,
 }
 
-pub(crate) fn soak(minutes: u64, sample_secs: u64, baseline_secs: u64) -> Result<i32> {
+pub(crate) fn soak(
+    minutes: u64,
+    sample_secs: u64,
+    baseline_secs: u64,
+    max_slope: f64,
+) -> Result<i32> {
     let rel = match build_for("bench soak", true, true)? {
         Ok(dir) => dir,
         Err(code) => return Ok(code),
@@ -111,6 +118,13 @@ pub(crate) fn soak(minutes: u64, sample_secs: u64, baseline_secs: u64) -> Result
     let slope_all = slope_mb_per_min(&s.rss);
     let warm: Vec<(f64, f64)> = s.rss.iter().copied().filter(|(t, _)| *t >= 60.0).collect();
     let slope_warm = slope_mb_per_min(&warm);
+    // NaN (too few samples) fails too.
+    if !(slope_warm <= max_slope) {
+        problems.push(format!(
+            "agent RSS is not flat: {slope_warm:+.3} MB/min after the first minute \
+             (limit {max_slope} MB/min)"
+        ));
+    }
     let first = s.rss.first().map_or(f64::NAN, |x| x.1);
     let last = s.rss.last().map_or(f64::NAN, |x| x.1);
     let peak = s.rss.iter().map(|x| x.1).fold(s.hwm_bytes, f64::max);
@@ -178,7 +192,7 @@ pub(crate) fn soak(minutes: u64, sample_secs: u64, baseline_secs: u64) -> Result
     let _ = writeln!(out, "\nRSS samples: {}", csv_path.display());
     print!("{out}");
     if problems.is_empty() {
-        println!("bench soak: counts exact, nothing dropped");
+        println!("bench soak: counts exact, nothing dropped, agent RSS flat");
         Ok(0)
     } else {
         for p in &problems {
