@@ -9,6 +9,9 @@
 //! - [`Pipeline`] runs a fixture pipeline held at `--go-file` until
 //!   [`Pipeline::go`], so a tracer can attach by pid first.
 //! - [`adeline_bpf_programs`]: our BPF programs still loaded in the kernel.
+//! - [`cgroup`]: real cgroups named as container runtimes name theirs;
+//!   [`otlp`]: an OTLP/HTTP receiver decoding with the upstream protobuf
+//!   definitions.
 //! - Python fixtures (module `python`, re-exported): [`python_matrix`] /
 //!   [`pipeline_matrix`] (the interpreters and their venvs, from
 //!   [`python_env`]), [`PyFixture`] (a fixture held at its go file, its
@@ -31,6 +34,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cgroup;
+pub mod namespaces;
+pub mod otlp;
 mod python;
 pub mod python_env;
 pub use python::*;

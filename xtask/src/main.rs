@@ -9,8 +9,10 @@
 //!   cargo xtask bench alert [--steps N]       alert detection delay after a latency step (root)
 //!   cargo xtask bench soak [--minutes M]      the demo traced at its highest rate for M minutes (root)
 //!   cargo xtask fuzz [--seconds N] [TARGET..] build the cargo-fuzz targets, run each N s
+//!   cargo xtask deb [--binary PATH]           the Debian package (service, config, man, completions)
 
 mod bench;
+mod deb;
 mod demo;
 mod fuzz;
 // The Python fixtures' interpreter matrix, shared with the test harness.
@@ -78,6 +80,9 @@ enum Cmd {
         #[command(subcommand)]
         what: bench::Bench,
     },
+    /// Build the Debian package (release binary, systemd unit, default
+    /// config, man pages, completions) into target/deb with dpkg-deb.
+    Deb(deb::DebArgs),
 }
 
 fn main() {
@@ -92,6 +97,7 @@ fn main() {
             targets,
         } => fuzz::run(seconds.max(1), timeout.max(1), &targets),
         Cmd::Bench { what } => bench::run(what),
+        Cmd::Deb(args) => deb::run(&args),
     };
     match result {
         Ok(code) => std::process::exit(code),

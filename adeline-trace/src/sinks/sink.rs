@@ -6,9 +6,13 @@ use adeline_trace_common::{GaugeRecord, SpanRecord};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::{history::HistoryError, source::SnapshotSource};
+use super::{
+    history::HistoryError,
+    source::{OutputHealth, SnapshotSource},
+};
 use crate::{
     alerts::AlertEvent,
+    container::ProcessInfo,
     metrics::snapshot::{
         AllocReport, AllocSite, HostStats, Percentiles, ProcessMemory, StageMemory,
     },
@@ -37,6 +41,8 @@ pub enum SinkError {
     },
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error("{0}")]
+    Otlp(String),
 }
 
 impl SinkError {
@@ -59,7 +65,10 @@ pub struct ProbeInfo {
 #[derive(Debug, Serialize)]
 pub struct Start<'a> {
     pub ts_ns: u64,
+    /// Host pids (empty: every process running the targets).
     pub pids: &'a [u32],
+    /// What is known of each of `pids`: pid namespace, cgroup, container.
+    pub processes: &'a [ProcessInfo],
     pub probes: &'a [ProbeInfo],
 }
 
@@ -98,6 +107,11 @@ pub struct Stats<'a> {
     pub unmatched_total: u64,
     pub depth_overflow_total: u64,
     pub filtered_total: u64,
+    /// The processes traced now (given, or seen recently).
+    pub processes: &'a [ProcessInfo],
+    /// Outputs that send records elsewhere and may lose them (OTLP).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub outputs: &'a [OutputHealth],
     /// Each stage's calls completed in the interval.
     #[serde(skip)]
     pub interval: &'a [(String, Percentiles)],
@@ -183,6 +197,11 @@ pub trait Sink {
     /// The end of a batch of records: write out what is buffered.
     fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+    /// What this output delivered and lost so far, when it sends records
+    /// elsewhere and may lose them (reported in `stats` and `/metrics`).
+    fn health(&self) -> Vec<OutputHealth> {
+        Vec::new()
     }
     /// When this sink next wants [`Sink::tick`] (periodic outputs).
     fn next_tick(&self) -> Option<Instant> {
