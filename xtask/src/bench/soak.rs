@@ -128,7 +128,7 @@ pub(crate) fn soak(
     let warm: Vec<(f64, f64)> = s.rss.iter().copied().filter(|(t, _)| *t >= 60.0).collect();
     let slope_warm = slope_mb_per_min(&warm);
     // NaN (too few samples) fails too.
-    if !(slope_warm <= max_slope) {
+    if slope_warm.is_nan() || slope_warm > max_slope {
         problems.push(format!(
             "agent RSS is not flat: {slope_warm:+.3} MB/min after the first minute \
              (limit {max_slope} MB/min)"
