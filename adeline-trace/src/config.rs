@@ -376,7 +376,7 @@ fn load_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
 
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         ConfigError::Toml {
             path: path.to_path_buf(),
             line,
