@@ -1,6 +1,11 @@
 //! TOML file + CLI flags -> a validated [`Plan`]. All user-input validation
 //! that does not need the file system's ELF contents happens here.
-use std::{collections::HashSet, io::Read, path::PathBuf, time::Duration};
+use std::{
+    collections::HashSet,
+    io::Read,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -441,10 +446,14 @@ fn load_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
             format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
         ))
     })?;
-    toml::from_str(&text).map_err(|e| {
-        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         ConfigError::Toml {
-            path: path.clone(),
+            path: path.to_path_buf(),
             line,
             column,
             message: e.message().replace('\n', " ").trim().to_string(),
@@ -467,6 +476,17 @@ impl Plan {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        Plan::build(args, file)
+    }
+
+    /// The plan from config file contents `text` (as if read from `path`,
+    /// which only names the file in errors) and the flags; `args.config`
+    /// is not read.
+    pub fn from_config_text(args: &RunArgs, path: &Path, text: &str) -> Result<Plan, ConfigError> {
+        Plan::build(args, parse_file(path, text)?)
+    }
+
+    fn build(args: &RunArgs, file: FileConfig) -> Result<Plan, ConfigError> {
         let mut stages: Vec<StageSpec> = file
             .stage
             .into_iter()

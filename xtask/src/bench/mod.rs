@@ -5,6 +5,7 @@ mod agent;
 mod alert;
 mod memory;
 mod overhead;
+mod soak;
 
 use std::fs::File;
 use std::path::Path;
@@ -71,6 +72,26 @@ pub enum Bench {
         #[arg(long, default_value_t = 300_000)]
         calls: u64,
     },
+    /// The demo pipeline at its highest rate traced for `--minutes` by one
+    /// agent (spans included): exact counts (span lines == summary spans ==
+    /// the fixture's calls, per stage; 0 drops), a flat agent RSS after the
+    /// first minute, its peak, and the slowdown against the untraced demo
+    /// run before and after. Root.
+    Soak {
+        /// How long to trace (at least 2).
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        /// The largest agent RSS slope after the first minute that counts
+        /// as flat, in MB/min.
+        #[arg(long, default_value_t = 0.25)]
+        max_slope: f64,
+        /// Seconds between RSS samples.
+        #[arg(long, default_value_t = 5)]
+        sample_secs: u64,
+        /// Seconds of each untraced baseline run (before and after).
+        #[arg(long, default_value_t = 30)]
+        baseline_secs: u64,
+    },
     /// Seconds from a latency step to the alert firing, beyond the rule's
     /// `for` duration (goal <= 2 s), and to resolving. Root.
     Alert {
@@ -95,6 +116,17 @@ pub fn run(what: Bench) -> Result<i32> {
         }
         Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
+        Bench::Soak {
+            minutes,
+            sample_secs,
+            baseline_secs,
+            max_slope,
+        } => soak::soak(
+            minutes.max(2),
+            sample_secs.max(1),
+            baseline_secs.max(1),
+            max_slope,
+        ),
     }
 }
 
