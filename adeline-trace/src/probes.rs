@@ -181,7 +181,7 @@ impl Probes {
             for site in sites.iter().filter(|s| s.kind == kind) {
                 for scope in &scopes {
                     let point = UProbeAttachPoint {
-                        location: site.offset.into(),
+                        location: site.probe_offset().into(),
                         cookie: Some(site.cookie),
                     };
                     prog.attach(point, &site.path, *scope)

@@ -1,16 +1,15 @@
 //! Plan stages and gauges -> concrete probe sites (file + offset) using target/.
-use std::{
-    collections::HashMap,
-    fs::File,
-    os::unix::fs::FileExt,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, path::PathBuf};
 
 use adeline_trace_common::gauge_cookie;
 
 use crate::{
     config::{GaugeSource, GaugeSpec, StageSpec},
-    target::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
+    target::{
+        elf::ElfFile,
+        placement::{place_symbol, Needs, Placement},
+        process, TargetError,
+    },
 };
 
 /// What a site measures, which decides the programs attached to it.
@@ -44,6 +43,15 @@ pub struct ProbeSite {
     pub symbol: String,
     /// Offset of the function in the file.
     pub offset: u64,
+    /// Where its probes sit, from the function's entry.
+    pub placement: Placement,
+}
+
+impl ProbeSite {
+    /// The file offset the kernel probes: the function plus its placement.
+    pub fn probe_offset(&self) -> u64 {
+        self.offset + self.placement.offset
+    }
 }
 
 /// Probe sites, and warnings about glob matches that had to be skipped.
@@ -68,14 +76,20 @@ pub fn resolve(
         out: Resolved::default(),
     };
     for (id, s) in stages.iter().enumerate() {
-        resolver.add(SiteKind::Stage, &s.name, id as u64, &s.target, &s.symbol)?;
+        let site = (SiteKind::Stage, Needs::CALL, id as u64);
+        resolver.add(site, &s.name, &s.target, &s.symbol)?;
     }
     for (id, g) in gauges.iter().enumerate() {
-        let (kind, cookie) = match g.source {
-            GaugeSource::Arg(n) => (SiteKind::GaugeArg, gauge_cookie(id as u32, n)),
-            GaugeSource::Ret => (SiteKind::GaugeRet, id as u64),
+        // An argument gauge's probe must come before its register changes.
+        let site = match g.source {
+            GaugeSource::Arg(n) => (
+                SiteKind::GaugeArg,
+                Needs::arg(n),
+                gauge_cookie(id as u32, n),
+            ),
+            GaugeSource::Ret => (SiteKind::GaugeRet, Needs::CALL, id as u64),
         };
-        resolver.add(kind, &g.name, cookie, &g.target, &g.symbol)?;
+        resolver.add(site, &g.name, &g.target, &g.symbol)?;
     }
     Ok(resolver.out)
 }
@@ -89,9 +103,8 @@ struct Resolver<'a> {
 impl Resolver<'_> {
     fn add(
         &mut self,
-        kind: SiteKind,
+        (kind, needs, cookie): (SiteKind, Needs, u64),
         name: &str,
-        cookie: u64,
         target: &str,
         symbol: &str,
     ) -> Result<(), TargetError> {
@@ -103,17 +116,20 @@ impl Resolver<'_> {
         let mut refused = None;
         let before = self.out.sites.len();
         for f in elf.matching(symbol)? {
-            if let Some(reason) = first_bytes(&path, f.file_offset).and_then(|c| uprobe_refusal(&c))
-            {
-                let err = TargetError::Unprobeable {
-                    symbol: f.demangled.clone(),
-                    path: path.clone(),
-                    reason,
-                };
-                self.out.warnings.push(format!("'{name}': skipping: {err}"));
-                refused.get_or_insert(err);
-                continue;
-            }
+            let placement = match place_symbol(&path, elf, f, &needs)? {
+                Ok(p) => p,
+                Err(refusal) => {
+                    let reason = refusal.0;
+                    let err = TargetError::Unprobeable {
+                        symbol: f.demangled.clone(),
+                        path: path.clone(),
+                        reason,
+                    };
+                    self.out.warnings.push(format!("'{name}': skipping: {err}"));
+                    refused.get_or_insert(err);
+                    continue;
+                }
+            };
             self.out.sites.push(ProbeSite {
                 kind,
                 stage: name.to_string(),
@@ -121,6 +137,7 @@ impl Resolver<'_> {
                 path: path.clone(),
                 symbol: f.demangled.clone(),
                 offset: f.file_offset,
+                placement,
             });
         }
         match refused {
@@ -128,12 +145,4 @@ impl Resolver<'_> {
             _ => Ok(()),
         }
     }
-}
-
-/// The first bytes of the function at `offset` (None if unreadable).
-pub fn first_bytes(path: &Path, offset: u64) -> Option<[u8; 16]> {
-    let mut buf = [0u8; 16];
-    let file = File::open(path).ok()?;
-    let n = file.read_at(&mut buf, offset).ok()?;
-    (n > 0).then_some(buf)
 }

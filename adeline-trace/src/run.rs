@@ -26,7 +26,7 @@ use crate::{
     sinks::{
         api::serve,
         history::HistoryStore,
-        jsonl::{JsonlSink, ProbeInfo, Record},
+        jsonl::{JsonlSink, PlacementInfo, ProbeInfo, Record},
         trace_out::TraceOut,
     },
     state::{LiveOptions, LiveState},
@@ -245,6 +245,13 @@ fn write_start(
             target: s.path.display().to_string(),
             symbol: &s.symbol,
             offset: s.offset,
+            placement: PlacementInfo {
+                offset: s.placement.offset,
+                address: s.probe_offset(),
+                insn: &s.placement.insn,
+                emulated: s.placement.emulated,
+                reason: s.placement.reason.to_string(),
+            },
         })
         .collect();
     sink.write(&Record::Start {

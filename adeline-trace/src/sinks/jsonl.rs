@@ -20,6 +20,23 @@ pub struct ProbeInfo<'a> {
     pub target: String,
     pub symbol: &'a str,
     pub offset: u64,
+    /// Where the probes sit, and why.
+    pub placement: PlacementInfo<'a>,
+}
+
+/// Where a function's probes sit (docs/events.md, `start`).
+#[derive(Serialize)]
+pub struct PlacementInfo<'a> {
+    /// Bytes from the function's entry.
+    pub offset: u64,
+    /// File offset probed (`offset` of the function + this `offset`).
+    pub address: u64,
+    /// The probed instruction, Intel syntax.
+    pub insn: &'a str,
+    /// The kernel emulates it (false: single-stepped, one more trap).
+    pub emulated: bool,
+    /// Why this instruction.
+    pub reason: String,
 }
 
 #[derive(Serialize)]
