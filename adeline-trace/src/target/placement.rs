@@ -415,6 +415,7 @@ fn formatter() -> IntelFormatter {
     o.set_branch_leading_zeros(false);
     o.set_show_branch_size(false);
     o.set_space_after_operand_separator(true);
+    o.set_rip_relative_addresses(true);
     f
 }
 
