@@ -3,6 +3,7 @@
 
 mod agent;
 mod alert;
+mod emulation;
 mod memory;
 mod overhead;
 
@@ -28,6 +29,14 @@ pub enum Bench {
         /// 150000 for bench_mov, about 0.5-1 s traced each).
         #[arg(long)]
         calls: Option<u64>,
+    },
+    /// Which x86-64 instructions the kernel emulates at a uprobe and which
+    /// it single-steps or refuses: tracefs uprobes on one tiny function per
+    /// instruction, CPU ns per call with and without. Root.
+    Emulation {
+        /// Interleaved runs per instruction; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Agent CPU per event (decode + aggregate) at the highest event rate a
     /// 2-thread demo pipeline produces, and drops. Root.
@@ -82,6 +91,7 @@ pub enum Bench {
 pub fn run(what: Bench) -> Result<i32> {
     match what {
         Bench::Overhead { runs, calls } => overhead::overhead(runs.max(1), calls),
+        Bench::Emulation { runs } => emulation::emulation(runs.max(1)),
         Bench::Agent { runs, frames } => agent::agent(runs.max(1), frames),
         Bench::Memory {
             runs,
