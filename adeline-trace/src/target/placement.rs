@@ -37,10 +37,25 @@
 //!    program reads (argument registers for gauges and the allocator probes).
 //!
 //! [`place`] picks the first emulated instruction that satisfies them, and
-//! otherwise the entry itself. [`place_in_file`] does the same for code in
-//! a file: any function, or any code address inside a larger range (the
-//! Python handler probes place their sites inside the interpreter loop this
-//! way, with `needs.stack == false`).
+//! otherwise the entry itself. [`place_symbol`] does it for a function of an
+//! ELF file (what stages, gauges and alloc mode use); [`place_in_file`] for
+//! any code address inside any range of a file. The Python handler probes
+//! place a site inside the interpreter loop this way: for a handler label
+//! at file offset `label` inside `_PyEval_EvalFrameDefault` (file offset
+//! `eval`, `size` bytes from its symbol), an entry-only probe that reads
+//! the frame from `rbx`:
+//!
+//! ```no_run
+//! # use adeline_trace::target::placement::{place_in_file, Needs, Register};
+//! # let (path, eval, size, label) = (std::path::Path::new("libpython3.12.so"), 0, 0, 0);
+//! let needs = Needs { stack: false, registers: &[Register::RBX] };
+//! let site = place_in_file(path, eval, size, label, &[], &needs)?.expect("refused");
+//! let probe_at = label + site.offset; // site.insn, site.reason say why
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! (`stack: false` because a mid-function entry probe has no return address
+//! to protect; every branch of the whole range counts for rule 3.)
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
@@ -50,9 +65,12 @@ use std::path::Path;
 
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
-    IntelFormatter, OpAccess, OpKind, Register,
+    IntelFormatter, OpAccess, OpKind,
 };
 use serde::Serialize;
+
+/// x86 registers, for [`Needs::registers`].
+pub use iced_x86::Register;
 
 /// What the programs attached at a site need to find there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,14 +19,15 @@ use crate::{root_dir, status};
 
 #[derive(Subcommand)]
 pub enum Bench {
-    /// ns per traced call of an empty function (push- and mov-first), for
-    /// untraced, the empty-probe floor, adeline-trace and bpftrace. Root.
+    /// ns per traced call of a tiny function (push- and mov-first, and
+    /// CET-built endbr64-first ones), for untraced, adeline-trace and a
+    /// bpftrace timing script. Root.
     Overhead {
         /// Runs per configuration (interleaved); the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Calls per run for every function (default: 500000 for bench_push,
-        /// 150000 for bench_mov, about 0.5-1 s traced each).
+        /// Calls per run for every function (default: 300000 for bench_push,
+        /// 100000 for the others, about 0.5-2 s traced each).
         #[arg(long)]
         calls: Option<u64>,
     },
@@ -172,13 +173,20 @@ pub(crate) fn fmt_ns(ns: f64) -> String {
 
 /// Compiles xtask/bench/`name`.c with `gcc -O2` into `out`.
 pub(crate) fn build_c_fixture(name: &str, out: &Path) -> Result<()> {
+    build_c_fixture_with(name, out, &[])
+}
+
+/// Compiles xtask/bench/`name`.c with `gcc -O2` and `flags` into `out`.
+pub(crate) fn build_c_fixture_with(name: &str, out: &Path, flags: &[&str]) -> Result<()> {
     let src = root_dir()
         .join("xtask")
         .join("bench")
         .join(format!("{name}.c"));
     let ok = status(
         Command::new("gcc")
-            .args(["-O2", "-Wall", "-Wextra", "-o"])
+            .args(["-O2", "-Wall", "-Wextra"])
+            .args(flags)
+            .arg("-o")
             .arg(out)
             .arg(&src),
     )?;
