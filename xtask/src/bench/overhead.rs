@@ -194,7 +194,13 @@ fn first_instructions(bin: &Path, func: &str) -> Result<String> {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_once(':'))
         .map(|(_, i)| {
-            let i = i.split('#').next().unwrap_or(i).split('<').next().unwrap_or(i);
+            let i = i
+                .split('#')
+                .next()
+                .unwrap_or(i)
+                .split('<')
+                .next()
+                .unwrap_or(i);
             i.split_whitespace().collect::<Vec<_>>().join(" ")
         })
         .take(2)
@@ -288,7 +294,12 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
 fn start_placement(line: &str) -> Option<(u64, String, bool)> {
     let p = &line[line.find("\"placement\":")?..];
     let offset = json_number(p, "offset")? as u64;
-    let insn = p.split("\"insn\":\"").nth(1)?.split('"').next()?.to_string();
+    let insn = p
+        .split("\"insn\":\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .to_string();
     let emulated = p.contains("\"emulated\":true");
     Some((offset, insn, emulated))
 }
