@@ -44,7 +44,8 @@ fn fixture() -> &'static PathBuf {
 /// `extra` arguments.
 fn trace(extra: &[&str]) -> AgentOutput {
     let bin = fixture().display().to_string();
-    let mut args: Vec<String> = vec!["run".into()];
+    // No API: the default port may be taken by another agent on the machine.
+    let mut args: Vec<String> = vec!["run".into(), "--no-api".into()];
     for f in FUNCTIONS {
         args.extend(["--stage".into(), format!("{f}={bin}:{f}")]);
     }
