@@ -1,5 +1,8 @@
 //! Plan stages and gauges -> concrete probe sites (file + offset) using target/.
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use adeline_trace_common::gauge_cookie;
 
@@ -79,6 +82,7 @@ pub fn resolve(
         let site = (SiteKind::Stage, Needs::CALL, id as u64);
         resolver.add(site, &s.name, &s.target, &s.symbol)?;
     }
+    check_overlaps(&resolver.out.sites)?;
     for (id, g) in gauges.iter().enumerate() {
         // An argument gauge's probe must come before its register changes.
         let site = match g.source {
@@ -92,6 +96,37 @@ pub fn resolve(
         resolver.add(site, &g.name, &g.target, &g.symbol)?;
     }
     Ok(resolver.out)
+}
+
+/// Refuses two stages on one function. Both would push an open call at
+/// entry and one return would unwind the other's, so one stage would lose
+/// every call; a function belongs to one stage.
+fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
+    use std::os::unix::fs::MetadataExt;
+    // The same file can be reached by several paths (symlinks, /proc/PID/root).
+    let file_id = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or_default()
+    };
+    let mut owner: HashMap<((u64, u64), u64), &ProbeSite> = HashMap::new();
+    for site in sites.iter().filter(|s| s.kind == SiteKind::Stage) {
+        let key = (file_id(&site.path), site.offset);
+        match owner.get(&key) {
+            Some(first) if first.stage != site.stage => {
+                return Err(TargetError::OverlappingStages {
+                    first: first.stage.clone(),
+                    second: site.stage.clone(),
+                    symbol: site.symbol.clone(),
+                    path: site.path.clone(),
+                })
+            }
+            _ => {
+                owner.insert(key, site);
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Resolver<'a> {
@@ -116,15 +151,21 @@ impl Resolver<'_> {
         let mut refused = None;
         let before = self.out.sites.len();
         for f in elf.matching(symbol)? {
-            let placement = match place_symbol(&path, elf, f, &needs)? {
+            let placement = if f.ifunc {
+                Err(TargetError::Ifunc {
+                    symbol: f.demangled.clone(),
+                    path: path.clone(),
+                })
+            } else {
+                place_symbol(&path, elf, f, &needs)?.map_err(|refusal| TargetError::Unprobeable {
+                    symbol: f.demangled.clone(),
+                    path: path.clone(),
+                    reason: refusal.0,
+                })
+            };
+            let placement = match placement {
                 Ok(p) => p,
-                Err(refusal) => {
-                    let reason = refusal.0;
-                    let err = TargetError::Unprobeable {
-                        symbol: f.demangled.clone(),
-                        path: path.clone(),
-                        reason,
-                    };
+                Err(err) => {
                     self.out.warnings.push(format!("'{name}': skipping: {err}"));
                     refused.get_or_insert(err);
                     continue;

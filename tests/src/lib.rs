@@ -9,6 +9,12 @@
 //! - [`Pipeline`] runs a fixture pipeline held at `--go-file` until
 //!   [`Pipeline::go`], so a tracer can attach by pid first.
 //! - [`adeline_bpf_programs`]: our BPF programs still loaded in the kernel.
+//! - Python fixtures (module `python`, re-exported): [`python_matrix`] /
+//!   [`pipeline_matrix`] (the interpreters and their venvs, from
+//!   [`python_env`]), [`PyFixture`] (a fixture held at its go file, its
+//!   real pid, stdout and JSON report), [`Mosquitto`] (a private broker on a
+//!   free loopback port) and [`MqttSubscriber`]. See
+//!   tests/fixtures/python/README.md.
 //!
 //! Binaries are built with the same profile and into the same target
 //! directory as the running test executable (`<target>/<profile>/deps/...`),
@@ -24,6 +30,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod python;
+pub mod python_env;
+pub use python::*;
 
 /// How long [`Agent::stop`] and [`Pipeline::wait`] wait before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -344,6 +354,76 @@ fn build_cpp_fixture() -> CppFixture {
     }
     std::fs::write(&stamp_path, stamp).unwrap_or_else(|e| panic!("writing {stamp_path:?}: {e}"));
     fx
+}
+
+/// Builds the one-file fixture `tests/fixtures/{src}` with `compiler` and
+/// `flags` into `<target>/fixtures/{name}` (rebuilt when the source or the
+/// command changed; renamed into place so a running copy is never
+/// rewritten). Panics with the compiler's output on failure.
+pub fn small_fixture(name: &str, src: &str, compiler: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(src);
+    let dir = target_dir().join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {dir:?}: {e}"));
+    let out = dir.join(name);
+    let stamp_path = dir.join(format!("{name}.cmd"));
+    let mut cmd: Vec<String> = vec![compiler.to_string()];
+    cmd.extend(flags.iter().map(|f| f.to_string()));
+    let tmp = out.with_extension("tmp");
+    cmd.extend([
+        "-o".to_string(),
+        tmp.display().to_string(),
+        src.display().to_string(),
+    ]);
+    let stamp = cmd.join(" ");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let src_time = mtime(&src).unwrap_or_else(|| panic!("missing fixture source {src:?}"));
+    if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
+        && mtime(&out).is_some_and(|t| t >= src_time)
+    {
+        return out;
+    }
+    let res = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {compiler} (install it: cargo xtask setup): {e}"));
+    assert!(
+        res.status.success(),
+        "building fixture {name} failed:\n$ {stamp}\n{}{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    std::fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("renaming to {out:?}: {e}"));
+    std::fs::write(&stamp_path, stamp).unwrap_or_else(|e| panic!("writing {stamp_path:?}: {e}"));
+    out
+}
+
+/// Runs `cmd` to completion; its exit status, stdout and stderr.
+pub fn run_captured(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = r.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_timeout(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{cmd:?} did not finish within {timeout:?}")
+    });
+    (
+        status,
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
 }
 
 // ---------------------------------------------------------------------------

@@ -24,6 +24,9 @@ pub struct FunctionSymbol {
     pub size: u64,
     /// Offset in the file, as uprobes expect it.
     pub file_offset: u64,
+    /// An `STT_GNU_IFUNC` symbol: its code is the resolver that picks an
+    /// implementation at load time, not the function callers run.
+    pub ifunc: bool,
 }
 
 /// The functions of one ELF executable or shared library.
@@ -37,6 +40,10 @@ pub struct ElfFile {
     pub stripped: bool,
     /// Every name (canonical and aliases) pointing into `functions`.
     names: Vec<NameEntry>,
+    /// GCC's split fragments (`f.cold`, `f.part.0`): (raw name, file
+    /// offset, size). Not functions, but their branches can jump back into
+    /// their function's body (probe placement scans them).
+    pub fragments: Vec<(String, u64, u64)>,
 }
 
 /// A name a function can be found by.
@@ -123,6 +130,15 @@ pub(crate) fn parse_elf<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<
     let obj = object::File::parse(data).map_err(|e| not_elf(path, &e.to_string()))?;
     if obj.format() != object::BinaryFormat::Elf {
         return Err(not_elf(path, "not an ELF file"));
+    }
+    // The uprobe offsets and the instruction checks are x86-64's; another
+    // machine's code would be probed at meaningless places.
+    if obj.architecture() != object::Architecture::X86_64 || !obj.is_64() {
+        return Err(TargetError::WrongMachine {
+            path: path.to_path_buf(),
+            machine: format!("{:?}", obj.architecture()).to_lowercase(),
+            bits: if obj.is_64() { 64 } else { 32 },
+        });
     }
     match obj.kind() {
         ObjectKind::Executable | ObjectKind::Dynamic => Ok(obj),
@@ -229,6 +245,7 @@ struct RawSymbol {
     size: u64,
     /// 0 = global, 1 = weak, 2 = local.
     binding_rank: u8,
+    ifunc: bool,
 }
 
 impl RawSymbol {
@@ -257,9 +274,13 @@ fn raw_symbol<'d>(sym: &impl ObjectSymbol<'d>) -> Option<RawSymbol> {
         Some(at) if at > 0 => &name[..at],
         _ => name,
     };
-    if name.is_empty() {
+    if name.is_empty() || is_split_fragment(name) {
         return None;
     }
+    let ifunc = matches!(
+        sym.flags(),
+        object::SymbolFlags::Elf { st_info, .. } if st_info & 0xf == object::elf::STT_GNU_IFUNC
+    );
     let binding_rank = if sym.is_weak() {
         1
     } else if sym.is_global() {
@@ -272,7 +293,20 @@ fn raw_symbol<'d>(sym: &impl ObjectSymbol<'d>) -> Option<RawSymbol> {
         address: sym.address(),
         size: sym.size(),
         binding_rank,
+        ifunc,
     })
+}
+
+/// Whether `name` is a part of a function that GCC split off its body
+/// (`f.cold`, `f.cold.3`, `f.part.0`, and the mangled forms
+/// `_ZN3app4workEi.cold`): it is jumped into or called from inside the
+/// function, so it is not where the function's calls enter. A return probe
+/// placed in a `.cold` fragment would overwrite a live stack slot (it is
+/// entered by a jump, with no return address on top of the stack).
+fn is_split_fragment(name: &str) -> bool {
+    name.split('.')
+        .skip(1)
+        .any(|part| part == "cold" || part == "part")
 }
 
 fn collect_symbols(obj: &object::File<'_>) -> Vec<RawSymbol> {
@@ -331,6 +365,7 @@ fn build_tables(
             address: sym.address,
             size: sym.size,
             file_offset,
+            ifunc: sym.ifunc,
         });
         names.push(entry);
     }
@@ -380,11 +415,21 @@ impl ElfFile {
         let segments = load_segments(&obj);
         let stripped = obj.section_by_name(".symtab").is_none();
         let (functions, names) = build_tables(collect_symbols(&obj), &segments);
+        let fragments = obj
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .filter_map(|s| {
+                let name = s.name().ok()?;
+                let offset = vaddr_to_offset(&segments, s.address())?;
+                is_split_fragment(name).then(|| (name.to_string(), offset, s.size()))
+            })
+            .collect();
         Ok(ElfFile {
             path: path.to_path_buf(),
             functions,
             stripped,
             names,
+            fragments,
         })
     }
 
@@ -578,6 +623,27 @@ int main(int argc, char **argv) { return stage_one(argc) + stage_two(argc); }
 
     fn demangled(found: &[&FunctionSymbol]) -> Vec<String> {
         found.iter().map(|f| f.demangled.clone()).collect()
+    }
+
+    #[test]
+    fn split_fragments_are_recognised() {
+        for name in [
+            "work.cold",
+            "work.cold.3",
+            "_ZN3app4workEi.cold",
+            "f.part.0",
+        ] {
+            assert!(is_split_fragment(name), "{name}");
+        }
+        for name in [
+            "work",
+            "f.isra.0",
+            "f.constprop.1",
+            "coldstart",
+            "_ZN4cold4partEv",
+        ] {
+            assert!(!is_split_fragment(name), "{name}");
+        }
     }
 
     #[test]

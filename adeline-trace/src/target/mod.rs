@@ -44,6 +44,17 @@ pub enum TargetError {
         error: io::Error,
     },
 
+    /// The file is an ELF for another machine (aarch64, i386, ...).
+    #[error("{} is built for {machine} ({bits}-bit); adeline-trace probes x86-64 code only", path.display())]
+    WrongMachine {
+        /// The offending file.
+        path: PathBuf,
+        /// The ELF machine, as `object` names it.
+        machine: String,
+        /// 32 or 64.
+        bits: u8,
+    },
+
     /// A function pattern matched nothing.
     #[error("{}", no_match_message(pattern, path, candidates, *stripped, *probeable))]
     NoMatch {
@@ -105,6 +116,29 @@ pub enum TargetError {
         path: PathBuf,
         /// What is wrong with its first instruction.
         reason: &'static str,
+    },
+
+    /// Two stages resolve to one function.
+    #[error("stages '{first}' and '{second}' both probe {symbol} in {}: a function can be timed by one stage only; remove it from one of them", path.display())]
+    OverlappingStages {
+        /// The stage that claimed the function first.
+        first: String,
+        /// The other stage.
+        second: String,
+        /// Demangled name of the function.
+        symbol: String,
+        /// File that holds it.
+        path: PathBuf,
+    },
+
+    /// The symbol is an IFUNC: its address holds the resolver, which runs
+    /// once at load time, not the implementation callers run.
+    #[error("cannot probe {symbol} in {}: it is an IFUNC (its symbol is the resolver that picks an implementation when the library loads, so a probe there would never see a call); probe a function that calls it instead", path.display())]
+    Ifunc {
+        /// Name of the symbol.
+        symbol: String,
+        /// File that holds it.
+        path: PathBuf,
     },
 }
 

@@ -529,7 +529,8 @@ fn first_insn_text(code: &[u8], ip: u64) -> String {
 }
 
 /// Places the probes of `func`, a function of `elf` (read from `path`, the
-/// file attached to), counting the branches of its `.cold` part too.
+/// file attached to), counting the branches of its split fragments
+/// (`.cold`, `.part.N`) too.
 /// `Ok(Err)` when the kernel would refuse a probe at its entry.
 pub fn place_symbol(
     path: &Path,
@@ -537,12 +538,12 @@ pub fn place_symbol(
     func: &super::FunctionSymbol,
     needs: &Needs,
 ) -> Result<Result<Placement, Refusal>, super::TargetError> {
-    let cold = format!("{}.cold", func.raw);
+    let prefix = format!("{}.", func.raw);
     let others: Vec<(u64, u64)> = elf
-        .functions
+        .fragments
         .iter()
-        .filter(|g| g.raw == cold && g.size > 0)
-        .map(|g| (g.file_offset, g.size))
+        .filter(|(name, _, _)| name.starts_with(&prefix))
+        .map(|&(_, offset, size)| (offset, size))
         .collect();
     place_in_file(
         path,
@@ -583,6 +584,9 @@ long spin(volatile long *p) { while (*p == 0) {} return *p; }
 /* endbr64; L: mov rax,[rdi]; test; je L: the back edge targets +4 */
 __attribute__((optimize("align-loops=1")))
 long spin_tight(volatile long *p) { while (*p == 0) {} return *p; }
+/* a call to a cold function goes to the split fragment cold_user.cold */
+extern void fail(long) __attribute__((cold, noreturn));
+long cold_user(long x) { if (x == 42) fail(x); return x * 3; }
 "#;
 
     struct Fixture {
@@ -749,6 +753,21 @@ long spin_tight(volatile long *p) { while (*p == 0) {} return *p; }
             (p.short(), p.reason),
             ("+4 nop [rax]".to_string(), Reason::Emulated(Emulation::Nop))
         );
+    }
+
+    #[test]
+    fn split_fragments_are_scanned_with_their_function() {
+        let fx = cet();
+        let cold = fx
+            .elf
+            .fragments
+            .iter()
+            .find(|(name, _, _)| name == "cold_user.cold")
+            .unwrap_or_else(|| panic!("no cold_user.cold in {:?}", fx.elf.fragments));
+        assert!(cold.2 > 0);
+        // Its branches are read (none jumps back into the entry block).
+        let p = fx.place("cold_user", &Needs::CALL);
+        assert!(p.emulated && p.offset > 0, "{p:?}");
     }
 
     #[test]
