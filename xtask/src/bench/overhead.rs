@@ -224,7 +224,8 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
         }
         Config::Adeline => {
             let mut c = Command::new(&paths.agent);
-            c.args(["run", "--stage", &stage, "-o"]);
+            // No API: the default port may be taken by another agent.
+            c.args(["run", "--no-api", "--stage", &stage, "-o"]);
             let _ = std::fs::remove_file(&spans_file);
             c.arg(&spans_file);
             c.arg("--")
@@ -400,7 +401,7 @@ fn report(
         out,
         "\nCommands (BIN = the fixture, FN = the function, N = calls/run):\n\n\
          - untraced: `BIN FN N`\n\
-         - adeline-trace: `adeline-trace run --stage FN=BIN:FN -o target/bench/adeline-FN.jsonl -- BIN FN N`\n\
+         - adeline-trace: `adeline-trace run --no-api --stage FN=BIN:FN -o target/bench/adeline-FN.jsonl -- BIN FN N`\n\
          - bpftrace (hist): `bpftrace -e 'uprobe:BIN:FN {{ @s[tid] = nsecs; }} \
          uretprobe:BIN:FN /@s[tid]/ {{ @h = hist(nsecs - @s[tid]); delete(@s[tid]); }}' -c 'BIN FN N'`"
     );
