@@ -19,7 +19,7 @@ use crate::{
         check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
         Probes,
     },
-    sinks::{self, api::serve, OpenContext, ProbeInfo, Sink, Start},
+    sinks::{self, api::serve, OpenContext, PlacementInfo, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
     symbols::process,
     tracer::{Tracer, Until, DRAIN_EVERY},
@@ -203,6 +203,13 @@ fn probe_infos(sites: &[ProbeSite]) -> Vec<ProbeInfo> {
             target: s.path.display().to_string(),
             symbol: s.symbol.clone(),
             offset: s.offset,
+            placement: PlacementInfo {
+                offset: s.placement.offset,
+                address: s.probe_offset(),
+                insn: s.placement.insn.clone(),
+                emulated: s.placement.emulated,
+                reason: s.placement.reason.to_string(),
+            },
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 //! and the argument index. Kernel side: adeline-trace-ebpf/src/gauge.rs.
 use adeline_trace_common::gauge_cookie;
 
-use crate::symbols::TargetError;
+use crate::symbols::{placement::Needs, TargetError};
 
 use super::{
     resolve::Resolver,
@@ -37,9 +37,11 @@ pub fn sites(
     id: u32,
     gauge: &GaugeSpec,
 ) -> Result<Vec<ProbeSite>, TargetError> {
-    let (programs, cookie) = match gauge.source {
-        GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n)),
-        GaugeSource::Ret => (RET, u64::from(id)),
+    // An argument gauge's probe must come before its register changes.
+    let (programs, cookie, needs) = match gauge.source {
+        GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n), Needs::arg(n)),
+        GaugeSource::Ret => (RET, u64::from(id), Needs::CALL),
     };
-    resolver.functions(&gauge.name, cookie, &gauge.target, &gauge.symbol, programs)
+    let (name, target, symbol) = (&gauge.name, &gauge.target, &gauge.symbol);
+    resolver.functions(name, cookie, target, symbol, programs, &needs)
 }

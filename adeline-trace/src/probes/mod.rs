@@ -226,7 +226,7 @@ impl Probes {
             for site in sites.iter().filter(|s| s.programs.contains(&program)) {
                 for scope in &scopes {
                     let point = UProbeAttachPoint {
-                        location: site.offset.into(),
+                        location: site.probe_offset().into(),
                         cookie: Some(site.cookie),
                     };
                     prog.attach(point, &site.path, *scope)

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::symbols::placement::Placement;
+
 /// A kernel program of the object, and whether it runs at a return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Program {
@@ -53,10 +55,19 @@ pub struct ProbeSite {
     pub path: PathBuf,
     /// Demangled name of the function.
     pub symbol: String,
-    /// File offset of the probe.
+    /// File offset of the function.
     pub offset: u64,
+    /// Where its probes sit, from the function's entry.
+    pub placement: Placement,
     /// Programs attached here, in attach order.
     pub programs: &'static [Program],
+}
+
+impl ProbeSite {
+    /// The file offset the kernel probes: the function plus its placement.
+    pub fn probe_offset(&self) -> u64 {
+        self.offset + self.placement.offset
+    }
 }
 
 #[derive(Debug, Error)]

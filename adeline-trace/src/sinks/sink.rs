@@ -53,6 +53,23 @@ pub struct ProbeInfo {
     pub target: String,
     pub symbol: String,
     pub offset: u64,
+    /// Where the probes sit, and why.
+    pub placement: PlacementInfo,
+}
+
+/// Where a function's probes sit (docs/events.md, `start`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementInfo {
+    /// Bytes from the function's entry.
+    pub offset: u64,
+    /// File offset probed (`offset` of the function + this `offset`).
+    pub address: u64,
+    /// The probed instruction, Intel syntax.
+    pub insn: String,
+    /// The kernel emulates it (false: single-stepped, one more trap).
+    pub emulated: bool,
+    /// Why this instruction.
+    pub reason: String,
 }
 
 /// Tracing starts: every probe is attached.

@@ -8,7 +8,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod elf;
-pub mod insn;
+pub mod placement;
 pub mod process;
 pub mod symbolize;
 pub mod usdt;
@@ -108,7 +108,7 @@ pub enum TargetError {
         /// Human-readable list of the places searched.
         searched: String,
     },
-    /// The kernel would accept the probe but never fire it (see insn.rs).
+    /// The kernel would accept the probe but never fire it (see placement.rs).
     #[error("cannot probe {symbol} in {}: {reason}, which the kernel's x86 uprobes refuse (the probe would never fire); probe its caller or a function it calls", path.display())]
     Unprobeable {
         /// Demangled name of the function.

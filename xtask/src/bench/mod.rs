@@ -3,6 +3,7 @@
 
 mod agent;
 mod alert;
+mod emulation;
 mod memory;
 mod overhead;
 
@@ -18,17 +19,25 @@ use crate::{root_dir, status};
 
 #[derive(Subcommand)]
 pub enum Bench {
-    /// ns per traced call of an empty function (push- and mov-first), for
-    /// untraced, adeline-trace, bpftrace and bpftrace with empty programs
-    /// (the floor of a probe pair). Root.
+    /// ns per traced call of a tiny function (push- and mov-first, and
+    /// CET-built endbr64-first ones), for untraced, adeline-trace and a
+    /// bpftrace timing script. Root.
     Overhead {
         /// Runs per configuration (interleaved); the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Calls per run for every function (default: 500000 for bench_push,
-        /// 150000 for bench_mov, about 0.5-1 s traced each).
+        /// Calls per run for every function (default: 300000 for bench_push,
+        /// 100000 for the others, about 0.5-2 s traced each).
         #[arg(long)]
         calls: Option<u64>,
+    },
+    /// Which x86-64 instructions the kernel emulates at a uprobe and which
+    /// it single-steps or refuses: tracefs uprobes on one tiny function per
+    /// instruction, CPU ns per call with and without. Root.
+    Emulation {
+        /// Interleaved runs per instruction; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Agent CPU per event (decode + aggregate) at the highest event rate a
     /// 2-thread demo pipeline produces, and drops. Root.
@@ -83,6 +92,7 @@ pub enum Bench {
 pub fn run(what: Bench) -> Result<i32> {
     match what {
         Bench::Overhead { runs, calls } => overhead::overhead(runs.max(1), calls),
+        Bench::Emulation { runs } => emulation::emulation(runs.max(1)),
         Bench::Agent { runs, frames } => agent::agent(runs.max(1), frames),
         Bench::Memory {
             runs,
@@ -163,13 +173,20 @@ pub(crate) fn fmt_ns(ns: f64) -> String {
 
 /// Compiles xtask/bench/`name`.c with `gcc -O2` into `out`.
 pub(crate) fn build_c_fixture(name: &str, out: &Path) -> Result<()> {
+    build_c_fixture_with(name, out, &[])
+}
+
+/// Compiles xtask/bench/`name`.c with `gcc -O2` and `flags` into `out`.
+pub(crate) fn build_c_fixture_with(name: &str, out: &Path, flags: &[&str]) -> Result<()> {
     let src = root_dir()
         .join("xtask")
         .join("bench")
         .join(format!("{name}.c"));
     let ok = status(
         Command::new("gcc")
-            .args(["-O2", "-Wall", "-Wextra", "-o"])
+            .args(["-O2", "-Wall", "-Wextra"])
+            .args(flags)
+            .arg("-o")
             .arg(out)
             .arg(&src),
     )?;
