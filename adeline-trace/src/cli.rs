@@ -189,6 +189,15 @@ pub struct RunArgs {
     /// Benchmark only: attach empty programs (the cost floor of a probe pair).
     #[arg(long, hide = true)]
     pub probe_floor: bool,
+    /// Refuse to attach to more functions than this in one run (default
+    /// 1000; every match of every stage and gauge counts once).
+    #[arg(long, value_name = "N")]
+    pub max_probes: Option<usize>,
+    /// Benchmarks and tests: attach uprobes through `multi` (uprobe-multi
+    /// links, Linux 6.6+) or `perf` (a perf event per probe). Default: multi
+    /// when the kernel has it.
+    #[arg(long, value_name = "multi|perf", value_enum, hide = true)]
+    pub attach: Option<crate::attach::AttachMode>,
     /// Launch this command, trace only it, and stop when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

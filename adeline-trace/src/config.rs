@@ -10,6 +10,7 @@ use crate::{
         spec::{AllocFlags, FileAlloc},
         AllocSpec,
     },
+    attach::AttachMode,
     cli::{MemoryMode, RunArgs},
 };
 
@@ -135,7 +136,14 @@ pub struct Plan {
     pub alloc: Option<AllocSpec>,
     /// Which kernel memory tracepoints to attach (`--memory`).
     pub memory: MemoryMode,
+    /// At most this many probe sites (functions) per run (`--max-probes`).
+    pub max_probes: usize,
+    /// How to attach uprobes (`--attach`; None: detect).
+    pub attach: Option<AttachMode>,
 }
+
+/// Default of `--max-probes`.
+pub const DEFAULT_MAX_PROBES: usize = 1000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -192,6 +200,8 @@ pub enum ConfigError {
     AllocNeedsPids,
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
+    #[error("--max-probes must be at least 1")]
+    MaxProbesZero,
 }
 
 /// The TOML file's shape. Unknown keys are errors (catches typos).
@@ -221,6 +231,7 @@ struct FileConfig {
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
+    max_probes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -521,6 +532,13 @@ impl Plan {
         if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
             return Err(ConfigError::AllocNeedsPids);
         }
+        let max_probes = args
+            .max_probes
+            .or(file.max_probes)
+            .unwrap_or(DEFAULT_MAX_PROBES);
+        if max_probes == 0 {
+            return Err(ConfigError::MaxProbesZero);
+        }
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -548,6 +566,8 @@ impl Plan {
             probe_floor: args.probe_floor,
             alloc,
             memory: args.memory,
+            max_probes,
+            attach: args.attach,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! adeline-trace agent: Plan -> probes -> ring buffer -> events -> metrics -> sinks.
 pub mod alerts;
 pub mod alloc;
+pub mod attach;
 pub mod cli;
 pub mod compare;
 pub mod config;

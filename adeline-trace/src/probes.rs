@@ -1,23 +1,24 @@
 //! Loads the BPF object, configures its maps, attaches every resolved probe
 //! with cookie = stage id, and owns the links: dropping [`Probes`] detaches
 //! everything.
-use std::{num::NonZeroU32, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use adeline_trace_common::{
     stage_slots, RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE,
 };
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{
-        uprobe::{UProbeAttachPoint, UProbeScope},
-        TracePoint, UProbe,
-    },
+    programs::TracePoint,
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
 
 use crate::{
     alloc::{maps::AllocMaps, AllocSpec},
+    attach::{AttachError, AttachMode, Detached, LinkSet, ProgramLoader, UprobeSpec},
     cli::MemoryMode,
     resolve::{ProbeSite, SiteKind},
 };
@@ -39,6 +40,8 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
+    /// How to attach uprobes (None: uprobe-multi when the kernel has it).
+    pub attach: Option<AttachMode>,
 }
 
 /// Kernel programs in attach order: every return probe before any entry
@@ -100,9 +103,13 @@ pub struct Probes {
     // Field order matters for drop: links (inside `ebpf`) go last.
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    // Owns the programs and their links: dropping it detaches everything.
+    /// The uprobe links (dropped before the programs and maps in `ebpf`).
+    uprobes: LinkSet,
+    // Owns the programs, the maps and the tracepoint links.
     ebpf: Ebpf,
     attached: usize,
+    mode: AttachMode,
+    attach_time: Duration,
     /// Why memory mappings are not traced, if they are not.
     pub memory_untraced: Option<String>,
     /// Alloc mode's maps (None without --alloc).
@@ -159,42 +166,34 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
-        let scopes: Vec<UProbeScope> = if pids.is_empty() {
-            vec![UProbeScope::AllProcesses]
-        } else {
-            pids.iter()
-                .filter_map(|&p| NonZeroU32::new(p))
-                .map(UProbeScope::OneProcess)
-                .collect()
+        let started = Instant::now();
+        let mode = opts.attach.unwrap_or_else(AttachMode::detect);
+        let loader =
+            ProgramLoader::new(mode, OBJECT, &ebpf).map_err(|e| ProbeError::Load(chain(&e)))?;
+        let scopes: Vec<Option<u32>> = match pids.is_empty() {
+            true => vec![None],
+            false => pids.iter().map(|&p| Some(p)).collect(),
         };
-        let mut attached = 0;
+        let mut uprobes = LinkSet::default();
         for (name, kind) in programs_for(opts.floor) {
             if !sites.iter().any(|s| s.kind == kind) {
                 continue;
             }
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| load_err(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| ProbeError::Load(chain(&e)))?;
-            prog.load().map_err(|e| ProbeError::Load(chain(&e)))?;
-            for site in sites.iter().filter(|s| s.kind == kind) {
-                for scope in &scopes {
-                    let point = UProbeAttachPoint {
-                        location: site.offset.into(),
-                        cookie: Some(site.cookie),
-                    };
-                    prog.attach(point, &site.path, *scope)
-                        .map_err(|e| ProbeError::Attach {
-                            stage: site.stage.clone(),
-                            symbol: site.symbol.clone(),
-                            path: site.path.display().to_string(),
-                            reason: chain(&e),
-                        })?;
-                    attached += 1;
+            let prog = loader
+                .load(&mut ebpf, name)
+                .map_err(|e| ProbeError::Load(chain(&e)))?;
+            for (path, group) in group_by_path(sites, kind) {
+                let specs: Vec<UprobeSpec> = group.iter().map(|s| s.spec()).collect();
+                for &pid in &scopes {
+                    let link = prog
+                        .attach(path, &specs, pid)
+                        .map_err(|e| attach_error(&group, &e))?;
+                    uprobes.push(link);
                 }
             }
         }
+        let mut attached = uprobes.probes();
+        let attach_time = started.elapsed();
         // Memory mappings: syscall tracepoints fire for every process, so
         // they are attached only when the kernel pid filter is on.
         let memory_untraced = if opts.memory == MemoryMode::Off {
@@ -230,16 +229,30 @@ impl Probes {
         Ok(Probes {
             ring,
             counters,
-            alloc,
+            uprobes,
             ebpf,
             attached,
+            mode,
+            attach_time,
             memory_untraced,
+            alloc,
         })
     }
 
     /// Number of kernel attachments (entry and exit count separately).
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// How the uprobes were attached, and how long it took.
+    pub fn attach_mode(&self) -> (AttachMode, Duration) {
+        (self.mode, self.attach_time)
+    }
+
+    /// Detaches every uprobe now (dropping [`Probes`] does it too); how
+    /// many and how long it took.
+    pub fn detach_uprobes(&mut self) -> Detached {
+        self.uprobes.detach()
     }
 
     /// The resident set of `pid` as `kmem:rss_stat` last reported it (None
@@ -289,6 +302,34 @@ impl Probes {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// Sites of one kind grouped by file, in first-seen order: one link each
+/// (per pid scope).
+fn group_by_path(sites: &[ProbeSite], kind: SiteKind) -> Vec<(&Path, Vec<&ProbeSite>)> {
+    let mut groups: Vec<(&Path, Vec<&ProbeSite>)> = Vec::new();
+    for site in sites.iter().filter(|s| s.kind == kind) {
+        match groups.iter_mut().find(|(p, _)| *p == site.path.as_path()) {
+            Some((_, g)) => g.push(site),
+            None => groups.push((&site.path, vec![site])),
+        }
+    }
+    groups
+}
+
+/// An attach error naming the stages and the function (or how many).
+fn attach_error(group: &[&ProbeSite], e: &AttachError) -> ProbeError {
+    let mut stages: Vec<&str> = group.iter().map(|s| s.stage.as_str()).collect();
+    stages.dedup();
+    ProbeError::Attach {
+        stage: stages.join("', '"),
+        symbol: match group {
+            [one] => one.symbol.clone(),
+            many => format!("{} functions", many.len()),
+        },
+        path: group[0].path.display().to_string(),
+        reason: chain(e),
     }
 }
 

@@ -9,6 +9,7 @@ use std::{
 use adeline_trace_common::gauge_cookie;
 
 use crate::{
+    attach::UprobeSpec,
     config::{GaugeSource, GaugeSpec, StageSpec},
     target::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
 };
@@ -44,6 +45,20 @@ pub struct ProbeSite {
     pub symbol: String,
     /// Offset of the function in the file.
     pub offset: u64,
+    /// File offset of the USDT semaphore the kernel raises while the probe
+    /// is attached (0: none).
+    pub ref_ctr_offset: u64,
+}
+
+impl ProbeSite {
+    /// What the attach module needs of the site.
+    pub fn spec(&self) -> UprobeSpec {
+        UprobeSpec {
+            offset: self.offset,
+            cookie: self.cookie,
+            ref_ctr_offset: self.ref_ctr_offset,
+        }
+    }
 }
 
 /// Probe sites, and warnings about glob matches that had to be skipped.
@@ -56,14 +71,17 @@ pub struct Resolved {
 /// Resolves every stage's and gauge's target and symbol. Every glob match
 /// joins its stage; no match is an error naming close candidates. A
 /// function the kernel cannot probe is an error when named exactly, and is
-/// skipped with a warning when a glob matched it among others.
+/// skipped with a warning when a glob matched it among others. More than
+/// `max_probes` sites in all is an error naming the stage that went over.
 pub fn resolve(
     stages: &[StageSpec],
     gauges: &[GaugeSpec],
     pids: &[u32],
+    max_probes: usize,
 ) -> Result<Resolved, TargetError> {
     let mut resolver = Resolver {
         pids,
+        max_probes,
         files: HashMap::new(),
         out: Resolved::default(),
     };
@@ -114,6 +132,7 @@ fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
 
 struct Resolver<'a> {
     pids: &'a [u32],
+    max_probes: usize,
     files: HashMap<PathBuf, ElfFile>,
     out: Resolved,
 }
@@ -161,10 +180,25 @@ impl Resolver<'_> {
                 path: path.clone(),
                 symbol: f.demangled.clone(),
                 offset: f.file_offset,
+                ref_ctr_offset: 0,
+            });
+        }
+        let total = self.out.sites.len();
+        if total > self.max_probes {
+            return Err(TargetError::TooManyProbes {
+                what: match kind {
+                    SiteKind::Stage => "stage",
+                    _ => "gauge",
+                },
+                name: name.to_string(),
+                pattern: format!("{target}:{symbol}"),
+                matches: total - before,
+                total,
+                max: self.max_probes,
             });
         }
         match refused {
-            Some(err) if self.out.sites.len() == before => Err(err),
+            Some(err) if total == before => Err(err),
             _ => Ok(()),
         }
     }

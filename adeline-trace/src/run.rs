@@ -68,7 +68,7 @@ pub fn run(plan: Plan) -> Result<()> {
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
-    let resolved = resolve(&plan.stages, &plan.gauges, &plan.pids)?;
+    let resolved = resolve(&plan.stages, &plan.gauges, &plan.pids, plan.max_probes)?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
@@ -108,6 +108,7 @@ pub fn run(plan: Plan) -> Result<()> {
         floor: plan.probe_floor,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
+        attach: plan.attach,
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
@@ -143,11 +144,13 @@ pub fn run(plan: Plan) -> Result<()> {
         None => None,
     };
     write_start(&mut sink, &clock, &pids, &sites)?;
+    let (mode, attach_time) = probes.attach_mode();
     eprintln!(
-        "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+        "adeline-trace: {} probes on {} functions in {} stages ({mode}, attached in {} ms); {}{}; Ctrl-C to stop",
         probes.attached(),
         sites.len(),
         plan.stages.len(),
+        attach_time.as_millis(),
         match (&child, pids.is_empty()) {
             (Some(c), _) => format!("tracing command pid {}", c.pid()),
             (None, true) => "tracing every process".to_string(),

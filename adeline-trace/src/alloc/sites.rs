@@ -85,6 +85,7 @@ fn sites_in(libc: &Path) -> Result<Vec<ProbeSite>, AllocSiteError> {
                 path: libc.to_path_buf(),
                 symbol: symbol.into(),
                 offset,
+                ref_ctr_offset: 0,
             });
         }
         true
