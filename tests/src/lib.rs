@@ -892,9 +892,42 @@ impl Drop for Pipeline {
 // Kernel state
 
 /// Names of the loaded BPF programs whose (15-character, truncated) name
-/// starts with `stage_` (`stage_entry`, `stage_exit`), from
-/// `bpftool prog show --json`. Needs root and bpftool.
+/// starts with `stage_` (`stage_entry`, `stage_exit`) and that no live
+/// process holds (an agent's leftovers: a program lives only as long as a
+/// descriptor or link refers to it, so one held by a running process is
+/// that process's, e.g. another agent on a shared machine). Waits up to 2
+/// s for the list to empty: the kernel frees a closed uprobe-multi link's
+/// program only after RCU grace periods. Needs root and bpftool.
 pub fn adeline_bpf_programs() -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let held = held_prog_ids();
+        let left: Vec<String> = loaded_programs()
+            .into_iter()
+            .filter(|(id, name)| name.starts_with("stage_") && !held.contains(id))
+            .map(|(_, name)| name)
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Names of the BPF programs `pid` holds (see [`bpf_prog_ids_of`]), sorted.
+pub fn bpf_prog_names_of(pid: u32) -> Vec<String> {
+    let ids = bpf_prog_ids_of(pid);
+    let mut names: Vec<String> = loaded_programs()
+        .into_iter()
+        .filter(|(id, _)| ids.contains(id))
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// (id, name) of every loaded BPF program, from `bpftool prog show --json`.
+fn loaded_programs() -> Vec<(u32, String)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -910,12 +943,24 @@ pub fn adeline_bpf_programs() -> Vec<String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|p| p["name"].as_str())
-                .filter(|n| n.starts_with("stage_"))
-                .map(str::to_string)
+                .filter_map(|p| Some((p["id"].as_u64()? as u32, p["name"].as_str()?.to_string())))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Ids of the BPF programs every live process holds (see [`bpf_prog_ids_of`]).
+fn held_prog_ids() -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .flat_map(bpf_prog_ids_of)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Ids of the BPF programs `pid` holds, directly or through its links

@@ -168,12 +168,16 @@ fn too_many_message(
     total: usize,
     max: usize,
 ) -> String {
+    let functions = match matches {
+        1 => "function",
+        _ => "functions",
+    };
     let with_others = match total > matches {
         true => format!(" ({total} with the stages and gauges before it)"),
         false => String::new(),
     };
     format!(
-        "{what} '{name}' pattern '{pattern}' matches {matches} functions{with_others}, over the limit of {max} probes per run; narrow the pattern, or raise the limit with --max-probes {total} (config: max_probes = {total})"
+        "{what} '{name}' pattern '{pattern}' matches {matches} {functions}{with_others}, over the limit of {max} probed functions per run; narrow the pattern, or raise the limit with --max-probes {total} (config: max_probes = {total})"
     )
 }
 
