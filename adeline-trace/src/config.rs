@@ -699,6 +699,36 @@ mod tests {
     }
 
     #[test]
+    fn max_probes_and_attach_mode() {
+        let plan = Plan::from_args(&args(&["--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, DEFAULT_MAX_PROBES);
+        assert_eq!(plan.attach, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "max_probes = 5000\n").unwrap();
+        let config = path.to_str().unwrap();
+        let plan = Plan::from_args(&args(&["--config", config, "--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, 5000);
+        let plan = Plan::from_args(&args(&[
+            "--config",
+            config,
+            "--stage",
+            "a=/x:f",
+            "--max-probes",
+            "20",
+            "--attach",
+            "perf",
+        ]))
+        .unwrap();
+        assert_eq!(plan.max_probes, 20);
+        assert_eq!(plan.attach, Some(AttachMode::Perf));
+        assert_eq!(
+            Plan::from_args(&args(&["--stage", "a=/x:f", "--max-probes", "0"])).unwrap_err(),
+            ConfigError::MaxProbesZero
+        );
+    }
+
+    #[test]
     fn toml_stages_and_flags_combine() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");

@@ -1,10 +1,7 @@
 //! Loads the BPF object, configures its maps, attaches every resolved probe
 //! with cookie = stage id, and owns the links: dropping [`Probes`] detaches
 //! everything.
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use adeline_trace_common::{
     stage_slots, RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE,
@@ -18,7 +15,9 @@ use thiserror::Error;
 
 use crate::{
     alloc::{maps::AllocMaps, AllocSpec},
-    attach::{AttachError, AttachMode, Detached, LinkSet, ProgramLoader, UprobeSpec},
+    attach::{
+        group_by_path, AttachError, AttachMode, Detached, LinkSet, ProgramLoader, UprobeSpec,
+    },
     cli::MemoryMode,
     resolve::{ProbeSite, SiteKind},
 };
@@ -182,7 +181,8 @@ impl Probes {
             let prog = loader
                 .load(&mut ebpf, name)
                 .map_err(|e| ProbeError::Load(chain(&e)))?;
-            for (path, group) in group_by_path(sites, kind) {
+            let of_kind = sites.iter().filter(|s| s.kind == kind);
+            for (path, group) in group_by_path(of_kind, |s| &s.path) {
                 let specs: Vec<UprobeSpec> = group.iter().map(|s| s.spec()).collect();
                 for &pid in &scopes {
                     let link = prog
@@ -303,19 +303,6 @@ impl Probes {
         }
         Ok(out)
     }
-}
-
-/// Sites of one kind grouped by file, in first-seen order: one link each
-/// (per pid scope).
-fn group_by_path(sites: &[ProbeSite], kind: SiteKind) -> Vec<(&Path, Vec<&ProbeSite>)> {
-    let mut groups: Vec<(&Path, Vec<&ProbeSite>)> = Vec::new();
-    for site in sites.iter().filter(|s| s.kind == kind) {
-        match groups.iter_mut().find(|(p, _)| *p == site.path.as_path()) {
-            Some((_, g)) => g.push(site),
-            None => groups.push((&site.path, vec![site])),
-        }
-    }
-    groups
 }
 
 /// An attach error naming the stages and the function (or how many).

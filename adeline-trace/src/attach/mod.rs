@@ -256,6 +256,23 @@ fn errno_hint(e: &io::Error) -> String {
     format!("{e}{hint}")
 }
 
+/// Items grouped by the file they attach to, files in first-seen order and
+/// items in their order: one link per group (and pid scope).
+pub fn group_by_path<'a, T>(
+    items: impl IntoIterator<Item = &'a T>,
+    path_of: impl Fn(&'a T) -> &'a Path,
+) -> Vec<(&'a Path, Vec<&'a T>)> {
+    let mut groups: Vec<(&Path, Vec<&T>)> = Vec::new();
+    for item in items {
+        let path = path_of(item);
+        match groups.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, g)) => g.push(item),
+            None => groups.push((path, vec![item])),
+        }
+    }
+    groups
+}
+
 /// Largest count the kernel accepts in one uprobe-multi link
 /// (MAX_UPROBE_MULTI_CNT).
 const MAX_MULTI: usize = 1 << 20;
@@ -510,4 +527,42 @@ fn close_parallel(fds: Vec<OwnedFd>) {
                 .spawn_scoped(scope, move || drop(share));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_by_file_in_first_seen_order() {
+        let items = [("/a", 1), ("/b", 2), ("/a", 3), ("/c", 4), ("/b", 5)];
+        let groups = group_by_path(&items, |(p, _)| Path::new(*p));
+        let flat: Vec<(&Path, Vec<i32>)> = groups
+            .into_iter()
+            .map(|(p, g)| (p, g.iter().map(|(_, n)| *n).collect()))
+            .collect();
+        assert_eq!(
+            flat,
+            [
+                (Path::new("/a"), vec![1, 3]),
+                (Path::new("/b"), vec![2, 5]),
+                (Path::new("/c"), vec![4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_say_what_to_do() {
+        let e = AttachError::Link {
+            mode: AttachMode::Multi,
+            path: "/opt/app/pipeline".into(),
+            probes: 12,
+            source: io::Error::from_raw_os_error(libc::ESRCH),
+        };
+        assert_eq!(
+            e.to_string(),
+            "uprobe-multi attach of 12 probe(s) in /opt/app/pipeline failed: No such process (os error 3); the process has exited"
+        );
+        assert_eq!(AttachMode::Perf.to_string(), "perf-event");
+    }
 }
