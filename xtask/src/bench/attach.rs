@@ -277,7 +277,7 @@ fn run_agent(
     std::fs::write(&go, "go")?;
     let fx_exit = wait_child(&mut fx, "the fixture")?;
     let agent_exit = wait_child(&mut child, "the agent")?;
-    let (_, line) = wait_line(&rx, "detached", &mut seen)?;
+    let (_, line) = wait_line(&rx, "adeline-trace: detached ", &mut seen)?;
     let detach_ms = number_before(&line, " ms (programs off").context("no detach time")?;
     Ok(Sample {
         attach_ms,
