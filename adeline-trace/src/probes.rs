@@ -229,13 +229,13 @@ impl Probes {
         Ok(Probes {
             ring,
             counters,
+            alloc,
             uprobes,
             ebpf,
             attached,
             mode,
             attach_time,
             memory_untraced,
-            alloc,
         })
     }
 
