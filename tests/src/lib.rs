@@ -435,7 +435,7 @@ pub fn run_captured(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String
 pub const MANY_FUNCTIONS: usize = 5000;
 
 /// The many-functions fixture (tests/fixtures/many/many.c), built once per
-/// test process with gcc into `<target>/fixtures/many/many-funcs`:
+/// test process with gcc into `<target>/fixtures/many-funcs`:
 /// `many-funcs STRIDE [GO_FILE]` calls every function whose index is a
 /// multiple of STRIDE, function i `1 + i / 1000` times (see
 /// [`many_expected_calls`]); `many-funcs usdt GO DONE` fires the USDT probe
