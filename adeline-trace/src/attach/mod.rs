@@ -7,13 +7,22 @@
 //!   of them with one wait for the kernel's grace periods. The program must
 //!   be loaded with that expected attach type: [`MultiLoader`].
 //! - **perf-event** (any kernel with attach cookies, 5.15+): one uprobe perf
-//!   event plus one BPF link per site, semaphore in `config[63:32]`. Each
-//!   close waits for grace periods (~110 ms here), so [`LinkSet`] closes
-//!   them from many threads at once.
+//!   event plus one BPF link per site, semaphore in `config[63:32]`. The
+//!   kernel removes such probes one at a time (event_mutex is held across
+//!   each removal's grace-period wait: ~85 ms each on 6.18), so
+//!   [`LinkSet`] closes every BPF link first (the programs stop at once),
+//!   then the perf events from many threads (which helps only on kernels
+//!   that do not serialize them), and says on stderr that it is waiting.
 //!
 //! [`AttachMode::detect`] picks the first the kernel supports, once.
 //! `bpf_get_attach_cookie` returns the per-site cookie under both: the
 //! kernel picks the helper's implementation from the program's attach type.
+//!
+//! API: [`ProgramLoader`] loads a program of an aya-loaded object for a
+//! mode; [`LoadedUprobe::attach`] (or [`attach`] with any program fd) takes
+//! a path, [`UprobeSpec`]s (offset, cookie, ref_ctr_offset), an optional
+//! pid and gives an [`UprobeLink`]; dropping it, or the [`LinkSet`] holding
+//! it, detaches.
 mod load;
 mod sys;
 
