@@ -179,6 +179,15 @@ pub struct RunArgs {
     /// Alloc mode: how many allocation sites to report (default 10).
     #[arg(long, value_name = "N", requires = "alloc")]
     pub alloc_top: Option<usize>,
+    /// Refuse to attach to more functions than this in one run (default
+    /// 1000; every match of every stage and gauge counts once).
+    #[arg(long, value_name = "N")]
+    pub max_probes: Option<usize>,
+    /// Benchmarks and tests: attach uprobes through `multi` (uprobe-multi
+    /// links, Linux 6.6+) or `perf` (a perf event per probe). Default: multi
+    /// when the kernel has it.
+    #[arg(long, value_name = "multi|perf", value_enum, hide = true)]
+    pub attach: Option<crate::probes::attach::AttachMode>,
     /// Launch this command, trace only it, and stop when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -10,6 +10,7 @@ use crate::{
     cli::RunArgs,
     probes::{
         alloc::{AllocSpec, DEFAULT_MIN_AGE, DEFAULT_TOP},
+        attach::AttachMode,
         gauge::{GaugeSource, GaugeSpec},
         memory::MemoryMode,
         Location, StageSpec,
@@ -74,7 +75,14 @@ pub struct Plan {
     pub memory: MemoryMode,
     /// Where results go (the sinks).
     pub outputs: Outputs,
+    /// At most this many probe sites (functions) per run (`--max-probes`).
+    pub max_probes: usize,
+    /// How to attach uprobes (`--attach`; None: detect).
+    pub attach: Option<AttachMode>,
 }
+
+/// Default of `--max-probes`.
+pub const DEFAULT_MAX_PROBES: usize = 1000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -131,6 +139,8 @@ pub enum ConfigError {
     AllocNeedsPids,
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
+    #[error("--max-probes must be at least 1")]
+    MaxProbesZero,
 }
 
 /// The TOML file's shape. Unknown keys are errors (catches typos).
@@ -160,6 +170,7 @@ struct FileConfig {
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
+    max_probes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -519,6 +530,13 @@ impl Plan {
         if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
             return Err(ConfigError::AllocNeedsPids);
         }
+        let max_probes = args
+            .max_probes
+            .or(file.max_probes)
+            .unwrap_or(DEFAULT_MAX_PROBES);
+        if max_probes == 0 {
+            return Err(ConfigError::MaxProbesZero);
+        }
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -547,6 +565,8 @@ impl Plan {
                 history,
                 summary_out,
             },
+            max_probes,
+            attach: args.attach,
         })
     }
 }
@@ -679,6 +699,36 @@ mod tests {
         assert_eq!(
             Plan::from_args(&args(&["--stage", "a=/x:f", "--alloc"])).unwrap_err(),
             ConfigError::AllocNeedsPids
+        );
+    }
+
+    #[test]
+    fn max_probes_and_attach_mode() {
+        let plan = Plan::from_args(&args(&["--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, DEFAULT_MAX_PROBES);
+        assert_eq!(plan.attach, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "max_probes = 5000\n").unwrap();
+        let config = path.to_str().unwrap();
+        let plan = Plan::from_args(&args(&["--config", config, "--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, 5000);
+        let plan = Plan::from_args(&args(&[
+            "--config",
+            config,
+            "--stage",
+            "a=/x:f",
+            "--max-probes",
+            "20",
+            "--attach",
+            "perf",
+        ]))
+        .unwrap();
+        assert_eq!(plan.max_probes, 20);
+        assert_eq!(plan.attach, Some(AttachMode::Perf));
+        assert_eq!(
+            Plan::from_args(&args(&["--stage", "a=/x:f", "--max-probes", "0"])).unwrap_err(),
+            ConfigError::MaxProbesZero
         );
     }
 

@@ -432,6 +432,13 @@ impl Tracer {
             );
         }
         self.alerting.finish();
+        let detached = self.probes.detach_uprobes();
+        eprintln!(
+            "adeline-trace: detached {} uprobes in {} ms (programs off after {} ms)",
+            detached.probes,
+            detached.elapsed.as_millis(),
+            detached.unhooked.as_millis()
+        );
         Ok(())
     }
 }

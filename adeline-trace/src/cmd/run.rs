@@ -52,6 +52,7 @@ pub fn run(plan: Plan) -> Result<()> {
         gauges: &plan.gauges,
         pids: &plan.pids,
         alloc: plan.alloc.as_ref(),
+        max_probes: plan.max_probes,
     })?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
@@ -85,6 +86,7 @@ pub fn run(plan: Plan) -> Result<()> {
         frame_stage,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
+        attach: plan.attach,
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
@@ -123,11 +125,13 @@ pub fn run(plan: Plan) -> Result<()> {
         pids: &pids,
         probes: &probe_infos(&sites),
     })?;
+    let (mode, attach_time) = probes.attach_mode();
     eprintln!(
-        "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+        "adeline-trace: {} probes on {} functions in {} stages ({mode}, attached in {} ms); {}{}; Ctrl-C to stop",
         probes.attached(),
         sites.len(),
         plan.stages.len(),
+        attach_time.as_millis(),
         match (&child, pids.is_empty()) {
             (Some(c), _) => format!("tracing command pid {}", c.pid()),
             (None, true) => "tracing every process".to_string(),

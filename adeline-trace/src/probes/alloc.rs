@@ -114,6 +114,7 @@ fn sites_in(resolver: &mut Resolver<'_>, libc: &Path) -> Result<Vec<ProbeSite>, 
                 symbol: symbol.into(),
                 offset: f.file_offset,
                 placement,
+                ref_ctr_offset: 0,
                 programs,
             });
             Ok::<bool, TargetError>(true)

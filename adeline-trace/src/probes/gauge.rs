@@ -28,8 +28,10 @@ pub enum GaugeSource {
     Ret,
 }
 
-const ARG: &[Program] = &[Program::entry("gauge_arg")];
-const RET: &[Program] = &[Program::ret("gauge_ret")];
+/// An argument gauge's program (at entry).
+pub const ARG: &[Program] = &[Program::entry("gauge_arg")];
+/// A return-value gauge's program.
+pub const RET: &[Program] = &[Program::ret("gauge_ret")];
 
 /// Sites of gauge `id`: every function its target and symbol match.
 pub fn sites(

@@ -10,23 +10,22 @@
 //! [`resolve`] is what they share (files, symbols, the kernel's refusals);
 //! [`resolve_plan`] is the one place that lists the kinds. [`Probes::attach`]
 //! loads the object with the filter configuration, attaches every site's
-//! programs with cookie = stage id and the kinds' tracepoints, and owns the
+//! programs with cookie = stage id through [`attach`] (uprobe-multi links,
+//! or one perf event per site) and the kinds' tracepoints, and owns the
 //! links: dropping [`Probes`] detaches everything.
 //!
 //! A new kind that times stages (USDT, Python functions) is one file here
 //! and one variant of [`Location`] (with its arm in [`resolve_plan`]).
-use std::{num::NonZeroU32, time::Duration};
+use std::time::{Duration, Instant};
 
 use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        uprobe::{UProbeAttachPoint, UProbeScope},
-        TracePoint, UProbe,
-    },
+    programs::TracePoint,
     Ebpf, EbpfLoader,
 };
 pub mod alloc;
+pub mod attach;
 pub mod function;
 pub mod gauge;
 pub mod memory;
@@ -34,6 +33,9 @@ pub mod resolve;
 pub mod site;
 
 use alloc::{AllocMaps, AllocSiteError, AllocSpec};
+use attach::{
+    group_by_path, AttachError, AttachMode, Detached, LinkSet, ProgramLoader, UprobeSpec,
+};
 use site::chain;
 pub use site::{ProbeError, ProbeSite, Program, Tracepoint};
 use thiserror::Error;
@@ -67,6 +69,8 @@ pub struct ProbePlan<'a> {
     /// Processes to resolve targets for (empty: the host's files).
     pub pids: &'a [u32],
     pub alloc: Option<&'a AllocSpec>,
+    /// At most this many stage and gauge sites (functions) in all.
+    pub max_probes: usize,
 }
 
 /// Probe sites, and warnings about glob matches that had to be skipped.
@@ -93,16 +97,24 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
     let mut sites = Vec::new();
     for (id, stage) in plan.stages.iter().enumerate() {
         let id = id as u32;
-        sites.extend(match &stage.location {
-            Location::Function { target, symbol } => {
-                function::sites(&mut resolver, id, &stage.name, target, symbol)?
-            }
-        });
+        let (found, pattern) = match &stage.location {
+            Location::Function { target, symbol } => (
+                function::sites(&mut resolver, id, &stage.name, target, symbol)?,
+                format!("{target}:{symbol}"),
+            ),
+        };
+        let counts = (sites.len() + found.len(), found.len());
+        sites.extend(found);
+        resolve::check_max_probes(counts, plan.max_probes, "stage", &stage.name, &pattern)?;
     }
     // Stage sites so far: a function is timed by one stage only.
     resolve::check_overlaps(&sites)?;
     for (id, g) in plan.gauges.iter().enumerate() {
-        sites.extend(gauge::sites(&mut resolver, id as u32, g)?);
+        let found = gauge::sites(&mut resolver, id as u32, g)?;
+        let counts = (sites.len() + found.len(), found.len());
+        sites.extend(found);
+        let pattern = format!("{}:{}", g.target, g.symbol);
+        resolve::check_max_probes(counts, plan.max_probes, "gauge", &g.name, &pattern)?;
     }
     if plan.alloc.is_some() {
         sites.extend(alloc::sites(&mut resolver)?);
@@ -126,6 +138,8 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
+    /// How to attach uprobes (None: uprobe-multi when the kernel has it).
+    pub attach: Option<AttachMode>,
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -152,9 +166,13 @@ pub struct Probes {
     // Field order matters for drop: links (inside `ebpf`) go last.
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    // Owns the programs and their links: dropping it detaches everything.
+    /// The uprobe links (dropped before the programs and maps in `ebpf`).
+    uprobes: LinkSet,
+    // Owns the programs, the maps and the tracepoint links.
     ebpf: Ebpf,
     attached: usize,
+    mode: AttachMode,
+    attach_time: Duration,
     /// Why memory mappings are not traced, if they are not.
     pub memory_untraced: Option<String>,
     /// Alloc mode's maps (None without --alloc).
@@ -206,40 +224,32 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
-        let scopes: Vec<UProbeScope> = if pids.is_empty() {
-            vec![UProbeScope::AllProcesses]
-        } else {
-            pids.iter()
-                .filter_map(|&p| NonZeroU32::new(p))
-                .map(UProbeScope::OneProcess)
-                .collect()
+        let started = Instant::now();
+        let mode = opts.attach.unwrap_or_else(AttachMode::detect);
+        let loader =
+            ProgramLoader::new(mode, OBJECT, &ebpf).map_err(|e| ProbeError::Load(chain(&e)))?;
+        let scopes: Vec<Option<u32>> = match pids.is_empty() {
+            true => vec![None],
+            false => pids.iter().map(|&p| Some(p)).collect(),
         };
-        let mut attached = 0;
+        let mut uprobes = LinkSet::default();
         for program in attach_order(sites) {
-            let name = program.name;
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| load_err(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| ProbeError::Load(chain(&e)))?;
-            prog.load().map_err(|e| ProbeError::Load(chain(&e)))?;
-            for site in sites.iter().filter(|s| s.programs.contains(&program)) {
-                for scope in &scopes {
-                    let point = UProbeAttachPoint {
-                        location: site.probe_offset().into(),
-                        cookie: Some(site.cookie),
-                    };
-                    prog.attach(point, &site.path, *scope)
-                        .map_err(|e| ProbeError::Attach {
-                            stage: site.stage.clone(),
-                            symbol: site.symbol.clone(),
-                            path: site.path.display().to_string(),
-                            reason: chain(&e),
-                        })?;
-                    attached += 1;
+            let prog = loader
+                .load(&mut ebpf, program.name)
+                .map_err(|e| ProbeError::Load(chain(&e)))?;
+            let of_program = sites.iter().filter(|s| s.programs.contains(&program));
+            for (path, group) in group_by_path(of_program, |s| &s.path) {
+                let specs: Vec<UprobeSpec> = group.iter().map(|s| s.spec()).collect();
+                for &pid in &scopes {
+                    let link = prog
+                        .attach(path, &specs, pid)
+                        .map_err(|e| attach_error(&group, &e))?;
+                    uprobes.push(link);
                 }
             }
         }
+        let mut attached = uprobes.probes();
+        let attach_time = started.elapsed();
         let memory_untraced = match memory::tracepoints(opts.memory, pids)
             .and_then(|points| attach_tracepoints(&mut ebpf, points))
         {
@@ -267,8 +277,11 @@ impl Probes {
             ring,
             counters,
             alloc,
+            uprobes,
             ebpf,
             attached,
+            mode,
+            attach_time,
             memory_untraced,
         })
     }
@@ -276,6 +289,17 @@ impl Probes {
     /// Number of kernel attachments (entry and exit count separately).
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// How the uprobes were attached, and how long it took.
+    pub fn attach_mode(&self) -> (AttachMode, Duration) {
+        (self.mode, self.attach_time)
+    }
+
+    /// Detaches every uprobe now (dropping [`Probes`] does it too); how
+    /// many and how long it took.
+    pub fn detach_uprobes(&mut self) -> Detached {
+        self.uprobes.detach()
     }
 
     /// The resident set of `pid` as `kmem:rss_stat` last reported it (None
@@ -304,6 +328,21 @@ impl Probes {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// An attach error naming the stages and the function (or how many).
+fn attach_error(group: &[&ProbeSite], e: &AttachError) -> ProbeError {
+    let mut stages: Vec<&str> = group.iter().map(|s| s.stage.as_str()).collect();
+    stages.dedup();
+    ProbeError::Attach {
+        stage: stages.join("', '"),
+        symbol: match group {
+            [one] => one.symbol.clone(),
+            many => format!("{} functions", many.len()),
+        },
+        path: group[0].path.display().to_string(),
+        reason: chain(e),
     }
 }
 

@@ -96,6 +96,7 @@ impl<'a> Resolver<'a> {
                 symbol: f.demangled,
                 offset: f.file_offset,
                 placement,
+                ref_ctr_offset: 0,
                 programs,
             });
         }
@@ -104,6 +105,29 @@ impl<'a> Resolver<'a> {
             _ => Ok(sites),
         }
     }
+}
+
+/// Refuses more than `max` stage and gauge sites (functions) in all:
+/// `total` so far, the last `matches` of them from stage or gauge `name`
+/// (`what`) with TARGET:SYMBOL `pattern`.
+pub fn check_max_probes(
+    (total, matches): (usize, usize),
+    max: usize,
+    what: &'static str,
+    name: &str,
+    pattern: &str,
+) -> Result<(), TargetError> {
+    if total <= max {
+        return Ok(());
+    }
+    Err(TargetError::TooManyProbes {
+        what,
+        name: name.to_string(),
+        pattern: pattern.to_string(),
+        matches,
+        total,
+        max,
+    })
 }
 
 /// Refuses two stages on one function. Both would push an open call at

@@ -7,6 +7,8 @@ use thiserror::Error;
 
 use crate::symbols::placement::Placement;
 
+use super::attach::UprobeSpec;
+
 /// A kernel program of the object, and whether it runs at a return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Program {
@@ -59,6 +61,9 @@ pub struct ProbeSite {
     pub offset: u64,
     /// Where its probes sit, from the function's entry.
     pub placement: Placement,
+    /// File offset of the USDT semaphore the kernel raises while the probe
+    /// is attached (0: none).
+    pub ref_ctr_offset: u64,
     /// Programs attached here, in attach order.
     pub programs: &'static [Program],
 }
@@ -67,6 +72,15 @@ impl ProbeSite {
     /// The file offset the kernel probes: the function plus its placement.
     pub fn probe_offset(&self) -> u64 {
         self.offset + self.placement.offset
+    }
+
+    /// What the attach module needs of the site.
+    pub fn spec(&self) -> UprobeSpec {
+        UprobeSpec {
+            offset: self.probe_offset(),
+            cookie: self.cookie,
+            ref_ctr_offset: self.ref_ctr_offset,
+        }
     }
 }
 

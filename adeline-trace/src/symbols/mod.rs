@@ -141,6 +141,45 @@ pub enum TargetError {
         /// File that holds it.
         path: PathBuf,
     },
+
+    /// The stages' and gauges' patterns match more functions than the
+    /// per-run limit (`--max-probes`).
+    #[error("{}", too_many_message(what, name, pattern, *matches, *total, *max))]
+    TooManyProbes {
+        /// "stage" or "gauge".
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// TARGET:SYMBOL as the user gave it.
+        pattern: String,
+        /// Functions this stage's pattern matched.
+        matches: usize,
+        /// Functions matched so far, this stage included.
+        total: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+fn too_many_message(
+    what: &str,
+    name: &str,
+    pattern: &str,
+    matches: usize,
+    total: usize,
+    max: usize,
+) -> String {
+    let functions = match matches {
+        1 => "function",
+        _ => "functions",
+    };
+    let with_others = match total > matches {
+        true => format!(" ({total} with the stages and gauges before it)"),
+        false => String::new(),
+    };
+    format!(
+        "{what} '{name}' pattern '{pattern}' matches {matches} {functions}{with_others}, over the limit of {max} probed functions per run; narrow the pattern, or raise the limit with --max-probes {total} (config: max_probes = {total})"
+    )
 }
 
 impl TargetError {

@@ -3,6 +3,7 @@
 
 mod agent;
 mod alert;
+mod attach;
 mod emulation;
 mod memory;
 mod overhead;
@@ -80,6 +81,25 @@ pub enum Bench {
         #[arg(long, default_value_t = 300_000)]
         calls: u64,
     },
+    /// Attach and detach time of N uprobes through uprobe-multi links, the
+    /// perf-event fallback and bpftrace (5,000-function fixture). Root.
+    /// The perf-event path takes ~85 ms per probe to detach here: the
+    /// default sizes take ~15 minutes, most of it in perf-event detaches.
+    Attach {
+        /// Numbers of probes (entry + return on N/2 functions), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+        sizes: Vec<usize>,
+        /// Runs per size and tracer; the median is reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Only sizes up to this many probes for the perf-event path and
+        /// bpftrace (their detach is ~85 ms per probe here).
+        #[arg(long, default_value_t = 5000)]
+        perf_max: usize,
+        /// Skip bpftrace.
+        #[arg(long)]
+        no_bpftrace: bool,
+    },
     /// Seconds from a latency step to the alert firing, beyond the rule's
     /// `for` duration (goal <= 2 s), and to resolving. Root.
     Alert {
@@ -105,6 +125,12 @@ pub fn run(what: Bench) -> Result<i32> {
         }
         Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
+        Bench::Attach {
+            sizes,
+            runs,
+            perf_max,
+            no_bpftrace,
+        } => attach::attach(&sizes, runs.max(1), perf_max, !no_bpftrace),
     }
 }
 
