@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Version of the kernel/agent record layout. Bump on any layout change.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
@@ -97,8 +97,15 @@ pub const COUNTER_OTHER_RING_FULL: u32 = 4;
 pub const COUNTER_ALLOC_MAP_FULL: u32 = 5;
 /// Alloc mode: the user stack of an allocation could not be collected.
 pub const COUNTER_ALLOC_NO_STACK: u32 = 6;
+/// Unwind support: a traced call was unwound by an exception (its span is
+/// marked `SPAN_FLAG_EXCEPTION`; counted even when filtered or lost).
+pub const COUNTER_UNWOUND: u32 = 7;
+/// Unwind support: a return address that could not be put back (or the
+/// trampoline re-armed) because the slot, the kernel's record of the call
+/// or a memory access did not check out; nothing was written.
+pub const COUNTER_UNWIND_SKIPPED: u32 = 8;
 /// Number of counters.
-pub const COUNTERS: u32 = 7;
+pub const COUNTERS: u32 = 9;
 
 /// One completed call of a traced stage function.
 #[repr(C)]
@@ -124,8 +131,14 @@ pub struct SpanRecord {
     pub frame_ns: u64,
     /// Number of traced calls open on this thread below this one.
     pub depth: u32,
-    pub _pad: u32,
+    /// `SPAN_FLAG_*` bits.
+    pub flags: u32,
 }
+
+/// `SpanRecord::flags`: the call did not return; an exception (C++ throw,
+/// Rust panic, or a thread's forced unwind) unwound it. `dur_ns` runs to
+/// the catch (or the thread's exit for a forced unwind).
+pub const SPAN_FLAG_EXCEPTION: u32 = 1;
 
 /// One integer sampled by a gauge probe.
 #[repr(C)]
@@ -239,11 +252,24 @@ pub struct AllocStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenCall {
     pub stage: u32,
-    pub _pad: u32,
+    /// `OPEN_*` bits (unwind support).
+    pub flags: u32,
     pub start_ns: u64,
     /// Summed durations of the traced calls returned directly inside this one.
     pub child_ns: u64,
+    /// Address of the call's return-address slot: the stack pointer at the
+    /// entry probe, which sits before the stack pointer moves (the kernel's
+    /// `return_instance::stack` for the same call).
+    pub slot: u64,
+    /// The original return address, written back into `slot` while an
+    /// exception unwinds (valid with `OPEN_RESTORED`).
+    pub orig: u64,
 }
+
+/// `OpenCall::flags`: the return-address slot holds the original return
+/// address that the unwinder put back (`orig`), not the kernel's uretprobe
+/// trampoline; the catch puts the trampoline back if the call is alive.
+pub const OPEN_RESTORED: u32 = 1;
 
 /// The traced calls open on one thread, innermost last.
 #[repr(C)]
@@ -255,6 +281,10 @@ pub struct ThreadCalls {
     /// Entry time of that frame-root call.
     pub frame_ns: u64,
     pub calls: [OpenCall; MAX_DEPTH],
+    /// Non-zero once a forced unwind (pthread_exit, pthread_cancel) started
+    /// on the thread: its open calls end as unwound when it exits.
+    pub forced_unwind: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -33,9 +33,15 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     if depth < MAX_DEPTH {
         calls.calls[depth] = OpenCall {
             stage,
-            _pad: 0,
+            flags: 0,
             start_ns: now,
             child_ns: 0,
+            // Unwind support (unwind.rs): the probe sits before the stack
+            // pointer moves, so this is the return-address slot. A register
+            // read, no user memory access.
+            // SAFETY: reading the probe's own register context.
+            slot: unsafe { (*ctx.regs).rsp },
+            orig: 0,
         };
         if stage == frame_stage() && calls.frame_level == 0 {
             calls.frame_level = depth as u32 + 1;
@@ -88,6 +94,24 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
             return 0;
         }
     }
+    close_call(calls, found, now, stage, pid_tgid, 0);
+    0
+}
+
+/// Ends the open call at index `found` (and drops any above it) at `now`:
+/// adds its duration to its parent's child time, updates the frame state,
+/// and sends its span (`flags`: `SPAN_FLAG_*`) unless it is shorter than
+/// the minimum duration. Shared by the return probe and unwind support.
+#[inline(always)]
+pub fn close_call(
+    calls: &mut ThreadCalls,
+    found: usize,
+    now: u64,
+    stage: u32,
+    pid_tgid: u64,
+    flags: u32,
+) {
+    let found = found & (MAX_DEPTH - 1);
     let start_ns = calls.calls[found].start_ns;
     let child_ns = calls.calls[found].child_ns;
     calls.depth = found as u32;
@@ -109,7 +133,7 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     }
     if dur_ns < min_duration() {
         bump(COUNTER_FILTERED_SHORT);
-        return 0;
+        return;
     }
     match EVENTS.reserve::<SpanRecord>(0) {
         Some(mut entry) => {
@@ -123,13 +147,12 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
                 self_ns: dur_ns.saturating_sub(child_ns),
                 frame_ns,
                 depth: found as u32,
-                _pad: 0,
+                flags,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
         None => bump(COUNTER_RING_FULL),
     }
-    0
 }
 
 /// The innermost traced stage open on this thread and its frame start.

@@ -18,3 +18,4 @@ pub mod state;
 pub mod summary;
 pub mod target;
 pub mod tracer;
+pub mod unwind;

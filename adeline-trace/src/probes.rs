@@ -39,16 +39,22 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
+    /// Unwind support: the kernel offsets its programs read (set when
+    /// there are `UnwindRaise`/`UnwindCatch` sites; see unwind/).
+    pub unwind: Option<crate::unwind::KernelOffsets>,
 }
 
-/// Kernel programs in attach order: every return probe before any entry
-/// probe, so no entry is recorded without its return being watched.
-fn programs_for(floor: bool) -> [(&'static str, SiteKind); 7] {
+/// Kernel programs in attach order: unwind support first (before any return
+/// probe can replace a return address), then every return probe before any
+/// entry probe, so no entry is recorded without its return being watched.
+fn programs_for(floor: bool) -> [(&'static str, SiteKind); 9] {
     let (exit, entry) = match floor {
         true => ("floor_exit", "floor_entry"),
         false => ("stage_exit", "stage_entry"),
     };
     [
+        ("unwind_raise", SiteKind::UnwindRaise),
+        ("unwind_catch", SiteKind::UnwindCatch),
         (exit, SiteKind::Stage),
         ("gauge_ret", SiteKind::GaugeRet),
         ("alloc_exit", SiteKind::AllocExit),
@@ -145,7 +151,13 @@ impl Probes {
             Some(a) => (a.min_bytes, a.sample, MAX_ALLOCS, MAX_ALLOC_STACKS),
             None => (0, 1, 1, 1),
         };
-        let mut ebpf = EbpfLoader::new()
+        // Unwind support: kernel structure offsets (zero = off).
+        let offsets = opts.unwind.map(|o| o.globals()).unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        for (name, value) in &offsets {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader
             // THREADS is a task-storage map, which aya creates but has no type for.
             .allow_unsupported_maps()
             .override_global("FILTER_PIDS", &filter_pids, true)
@@ -194,6 +206,11 @@ impl Probes {
                     attached += 1;
                 }
             }
+        }
+        // Unwind support: a forced unwind ends at the thread's exit.
+        if opts.unwind.is_some() && sites.iter().any(|s| s.kind == SiteKind::UnwindRaise) {
+            attached += attach_tracepoint(&mut ebpf, "unwind_thread_exit", "sched", "sched_process_exit")
+                .map_err(|e| load_err(format!("unwind support: {e}")))?;
         }
         // Memory mappings: syscall tracepoints fire for every process, so
         // they are attached only when the kernel pid filter is on.
@@ -317,6 +334,18 @@ fn attach_memory(ebpf: &mut Ebpf, mode: MemoryMode) -> Result<usize, String> {
         prog.attach(category, event).map_err(|e| chain(&e))?;
     }
     Ok(events.len())
+}
+
+/// Loads and attaches one tracepoint program.
+fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<usize, String> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+    prog.load().map_err(|e| chain(&e))?;
+    prog.attach(category, event).map_err(|e| chain(&e))?;
+    Ok(1)
 }
 
 /// Takes alloc mode's maps out of the object.

@@ -28,6 +28,10 @@ pub enum SiteKind {
     AllocExit,
     /// Alloc mode: `free`/`munmap` (entry only).
     Free,
+    /// Unwind support (unwind/): an unwinder entry point ...
+    UnwindRaise,
+    /// ... and a catch (entry only; cookie unused).
+    UnwindCatch,
 }
 
 /// One function to attach to, for one stage or gauge.

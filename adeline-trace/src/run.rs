@@ -73,6 +73,13 @@ pub fn run(plan: Plan) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let mut sites = resolved.sites;
+    // Unwind support: hooks on the unwinder and the catches of the traced
+    // processes, so exceptions can cross traced functions (unwind/).
+    let unwind = crate::unwind::plan(&sites, &plan.pids);
+    for w in &unwind.warnings {
+        eprintln!("warning: {w}");
+    }
+    sites.extend(unwind.sites.iter().cloned());
     if plan.alloc.is_some() {
         sites.extend(crate::alloc::sites::alloc_sites(&plan.pids)?);
     }
@@ -108,6 +115,7 @@ pub fn run(plan: Plan) -> Result<()> {
         floor: plan.probe_floor,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
+        unwind: unwind.offsets,
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
@@ -142,7 +150,7 @@ pub fn run(plan: Plan) -> Result<()> {
         }))?),
         None => None,
     };
-    write_start(&mut sink, &clock, &pids, &sites)?;
+    write_start(&mut sink, &clock, &pids, &sites, &unwind.warnings)?;
     eprintln!(
         "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
         probes.attached(),
@@ -237,9 +245,22 @@ fn write_start(
     clock: &WallClock,
     pids: &[u32],
     sites: &[ProbeSite],
+    unwind_warnings: &[String],
 ) -> Result<()> {
+    use crate::resolve::SiteKind;
+    let is_unwind = |s: &&ProbeSite| matches!(s.kind, SiteKind::UnwindRaise | SiteKind::UnwindCatch);
+    fn info(s: &ProbeSite) -> ProbeInfo<'_> {
+        ProbeInfo {
+            stage: &s.stage,
+            target: s.path.display().to_string(),
+            symbol: &s.symbol,
+            offset: s.offset,
+        }
+    }
+    let unwind = sites.iter().filter(is_unwind).map(info).collect();
     let probes = sites
         .iter()
+        .filter(|s| !is_unwind(s))
         .map(|s| ProbeInfo {
             stage: &s.stage,
             target: s.path.display().to_string(),
@@ -251,6 +272,8 @@ fn write_start(
         ts_ns: clock.wall_ns(monotonic_ns()),
         pids,
         probes,
+        unwind,
+        unwind_warnings,
     })?;
     sink.flush()?;
     Ok(())

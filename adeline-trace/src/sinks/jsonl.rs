@@ -29,6 +29,11 @@ pub enum Record<'a> {
         ts_ns: u64,
         pids: &'a [u32],
         probes: Vec<ProbeInfo<'a>>,
+        /// Unwind support: the unwinder and catch hooks attached ...
+        unwind: Vec<ProbeInfo<'a>>,
+        /// ... and why exceptions may still terminate a traced process.
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        unwind_warnings: &'a [String],
     },
     Span {
         ts_ns: u64,
@@ -42,6 +47,9 @@ pub enum Record<'a> {
         /// Wall-clock start of the frame this call belongs to (absent outside frames).
         #[serde(skip_serializing_if = "Option::is_none")]
         frame_ts_ns: Option<u64>,
+        /// The call did not return: an exception unwound it (present only then).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        exception: bool,
     },
     /// Memory every stats interval: the traced processes' RSS and growth
     /// (10 s) and CPU use, per-stage mmap/munmap bytes (whole run), and the
@@ -83,6 +91,10 @@ pub enum Record<'a> {
         unmatched_total: u64,
         depth_overflow_total: u64,
         filtered_total: u64,
+        /// Traced calls ended by an exception, and return addresses the
+        /// unwind support left alone because they did not check out.
+        unwound_total: u64,
+        unwind_skipped_total: u64,
     },
     Summary {
         ts_ns: u64,
@@ -204,6 +216,7 @@ mod tests {
             self_ns: 3,
             depth: 0,
             frame_ts_ns: None,
+            exception: false,
         })
         .unwrap();
         sink.flush().unwrap();
@@ -212,6 +225,21 @@ mod tests {
             text,
             "{\"v\":1,\"type\":\"span\",\"ts_ns\":1,\"pid\":2,\"tid\":3,\"stage\":\"infer\",\"dur_ns\":4,\"self_ns\":3,\"depth\":0}\n"
         );
+        sink.write(&Record::Span {
+            ts_ns: 1,
+            pid: 2,
+            tid: 3,
+            stage: "infer",
+            dur_ns: 4,
+            self_ns: 3,
+            depth: 0,
+            frame_ts_ns: None,
+            exception: true,
+        })
+        .unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(text.ends_with(",\"depth\":0,\"exception\":true}\n"), "{text}");
     }
 
     #[test]
@@ -228,6 +256,7 @@ mod tests {
                 self_ns: 4,
                 depth: 0,
                 frame_ts_ns: Some(1),
+                exception: false,
             })
             .unwrap();
         }
