@@ -100,10 +100,10 @@ pub const COUNTER_ALLOC_NO_STACK: u32 = 6;
 /// Unwind support: a traced call was unwound by an exception (its span is
 /// marked `SPAN_FLAG_EXCEPTION`; counted even when filtered or lost).
 pub const COUNTER_UNWOUND: u32 = 7;
-/// Unwind support: a return address that could not be put back (or the
-/// trampoline re-armed) because the slot, the kernel's record of the call
-/// or a memory access did not check out; nothing was written.
-pub const COUNTER_UNWIND_SKIPPED: u32 = 8;
+/// An open call dropped at the entry of a later call made from the same
+/// or an outer frame: it left without a return the probes saw (longjmp,
+/// an exit instruction not probed).
+pub const COUNTER_ABANDONED: u32 = 8;
 /// Number of counters.
 pub const COUNTERS: u32 = 9;
 
@@ -252,24 +252,18 @@ pub struct AllocStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenCall {
     pub stage: u32,
-    /// `OPEN_*` bits (unwind support).
-    pub flags: u32,
+    pub _pad: u32,
     pub start_ns: u64,
     /// Summed durations of the traced calls returned directly inside this one.
     pub child_ns: u64,
     /// Address of the call's return-address slot: the stack pointer at the
-    /// entry probe, which sits before the stack pointer moves (the kernel's
-    /// `return_instance::stack` for the same call).
+    /// entry probe, which sits before the stack pointer moves. Exit
+    /// instructions find their call by it; a catch tells unwound calls by it.
     pub slot: u64,
-    /// The original return address, written back into `slot` while an
-    /// exception unwinds (valid with `OPEN_RESTORED`).
+    /// The return address in `slot` at entry (0 if unreadable): a slot that
+    /// no longer holds it belongs to a frame that is gone.
     pub orig: u64,
 }
-
-/// `OpenCall::flags`: the return-address slot holds the original return
-/// address that the unwinder put back (`orig`), not the kernel's uretprobe
-/// trampoline; the catch puts the trampoline back if the call is alive.
-pub const OPEN_RESTORED: u32 = 1;
 
 /// The traced calls open on one thread, innermost last.
 #[repr(C)]

@@ -1,12 +1,15 @@
 //! Generic stage timing: one entry and one exit program serve every stage;
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
-    OpenCall, SpanRecord, ThreadCalls, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT,
-    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH, NO_STAGE,
+    OpenCall, SpanRecord, ThreadCalls, COUNTER_ABANDONED, COUNTER_DEPTH_OVERFLOW,
+    COUNTER_FILTERED_SHORT, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
+    NO_STAGE,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
@@ -29,19 +32,37 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
+    // Exit instructions and unwind support (unwind.rs) find a call by its
+    // return-address slot: the probe sits before the stack pointer moves.
+    // SAFETY: reading the probe's own register context.
+    let rsp = unsafe { (*ctx.regs).rsp };
+    // Open calls whose slot is below this one's belong to frames that are
+    // gone (longjmp, an exit not probed): drop them, counted, so they are
+    // neither matched nor taken for unwound ones later. (An equal slot is
+    // a uretprobe's chained tail call, alive.)
+    for _ in 0..MAX_DEPTH {
+        let d = calls.depth as usize;
+        if d == 0 || d > MAX_DEPTH || calls.calls[(d - 1) & (MAX_DEPTH - 1)].slot >= rsp {
+            break;
+        }
+        calls.depth -= 1;
+        if calls.frame_level as usize >= d {
+            calls.frame_level = 0;
+        }
+        bump(COUNTER_ABANDONED);
+    }
     let depth = calls.depth as usize;
     if depth < MAX_DEPTH {
         calls.calls[depth] = OpenCall {
             stage,
-            flags: 0,
+            _pad: 0,
             start_ns: now,
             child_ns: 0,
-            // Unwind support (unwind.rs): the probe sits before the stack
-            // pointer moves, so this is the return-address slot. A register
-            // read, no user memory access.
-            // SAFETY: reading the probe's own register context.
-            slot: unsafe { (*ctx.regs).rsp },
-            orig: 0,
+            slot: rsp,
+            // The one user-memory read of the normal path: the return
+            // address, which tells a catch whether this frame is gone.
+            // SAFETY: bpf_probe_read_user checks the address.
+            orig: unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
         };
         if stage == frame_stage() && calls.frame_level == 0 {
             calls.frame_level = depth as u32 + 1;
@@ -118,8 +139,14 @@ pub fn close_call(
     let dur_ns = now.wrapping_sub(start_ns);
     // This call is part of its parent's child time (filtered or not).
     if found > 0 {
-        let parent = &mut calls.calls[(found - 1) & (MAX_DEPTH - 1)];
-        parent.child_ns = parent.child_ns.wrapping_add(dur_ns);
+        // A fresh bounded index: inlined into a loop, the compiler would
+        // otherwise address the parent as "this call - 1", a pointer offset
+        // the verifier cannot bound.
+        // SAFETY: a volatile read of a local.
+        let pidx = unsafe { core::ptr::read_volatile(&((found - 1) & (MAX_DEPTH - 1))) };
+        if let Some(parent) = calls.calls.get_mut(pidx) {
+            parent.child_ns = parent.child_ns.wrapping_add(dur_ns);
+        }
     }
     let level = calls.frame_level as usize;
     let frame_ns = if level != 0 && found + 1 >= level {

@@ -135,6 +135,8 @@ pub struct Plan {
     pub alloc: Option<AllocSpec>,
     /// Which kernel memory tracepoints to attach (`--memory`).
     pub memory: MemoryMode,
+    /// How stage returns are observed (`--exit-probes`, unwind/).
+    pub exit_probes: crate::unwind::ExitProbes,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -548,6 +550,7 @@ impl Plan {
             probe_floor: args.probe_floor,
             alloc,
             memory: args.memory,
+            exit_probes: args.exit_probes,
         })
     }
 }

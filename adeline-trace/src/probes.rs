@@ -39,26 +39,25 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
-    /// Unwind support: the kernel offsets its programs read (set when
-    /// there are `UnwindRaise`/`UnwindCatch` sites; see unwind/).
-    pub unwind: Option<crate::unwind::KernelOffsets>,
 }
 
-/// Kernel programs in attach order: unwind support first (before any return
-/// probe can replace a return address), then every return probe before any
-/// entry probe, so no entry is recorded without its return being watched.
-fn programs_for(floor: bool) -> [(&'static str, SiteKind); 9] {
+/// Kernel programs in attach order: the unwind hooks, then every return
+/// probe before any entry probe, so no entry is recorded without its
+/// return being watched (and no call an exception unwinds is left open).
+fn programs_for(floor: bool) -> [(&'static str, SiteKind); 11] {
     let (exit, entry) = match floor {
         true => ("floor_exit", "floor_entry"),
         false => ("stage_exit", "stage_entry"),
     };
     [
-        ("unwind_raise", SiteKind::UnwindRaise),
         ("unwind_catch", SiteKind::UnwindCatch),
+        ("unwind_forced", SiteKind::UnwindForced),
         (exit, SiteKind::Stage),
+        ("stage_ret", SiteKind::StageRet),
         ("gauge_ret", SiteKind::GaugeRet),
         ("alloc_exit", SiteKind::AllocExit),
         (entry, SiteKind::Stage),
+        ("stage_entry", SiteKind::StageEntry),
         ("gauge_arg", SiteKind::GaugeArg),
         ("alloc_enter", SiteKind::AllocEnter),
         ("free_enter", SiteKind::Free),
@@ -151,13 +150,7 @@ impl Probes {
             Some(a) => (a.min_bytes, a.sample, MAX_ALLOCS, MAX_ALLOC_STACKS),
             None => (0, 1, 1, 1),
         };
-        // Unwind support: kernel structure offsets (zero = off).
-        let offsets = opts.unwind.map(|o| o.globals()).unwrap_or_default();
-        let mut loader = EbpfLoader::new();
-        for (name, value) in &offsets {
-            loader.override_global(name, value, true);
-        }
-        let mut ebpf = loader
+        let mut ebpf = EbpfLoader::new()
             // THREADS is a task-storage map, which aya creates but has no type for.
             .allow_unsupported_maps()
             .override_global("FILTER_PIDS", &filter_pids, true)
@@ -189,7 +182,11 @@ impl Probes {
                 .ok_or_else(|| load_err(format!("program {name} missing from the object")))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| ProbeError::Load(chain(&e)))?;
-            prog.load().map_err(|e| ProbeError::Load(chain(&e)))?;
+            // stage_entry serves two kinds (Stage, StageEntry): load it once.
+            match prog.load() {
+                Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => {}
+                Err(e) => return Err(ProbeError::Load(chain(&e))),
+            }
             for site in sites.iter().filter(|s| s.kind == kind) {
                 for scope in &scopes {
                     let point = UProbeAttachPoint {
@@ -208,9 +205,14 @@ impl Probes {
             }
         }
         // Unwind support: a forced unwind ends at the thread's exit.
-        if opts.unwind.is_some() && sites.iter().any(|s| s.kind == SiteKind::UnwindRaise) {
-            attached += attach_tracepoint(&mut ebpf, "unwind_thread_exit", "sched", "sched_process_exit")
-                .map_err(|e| load_err(format!("unwind support: {e}")))?;
+        if sites.iter().any(|s| s.kind == SiteKind::UnwindForced) {
+            attached += attach_tracepoint(
+                &mut ebpf,
+                "unwind_thread_exit",
+                "sched",
+                "sched_process_exit",
+            )
+            .map_err(|e| load_err(format!("unwind support: {e}")))?;
         }
         // Memory mappings: syscall tracepoints fire for every process, so
         // they are attached only when the kernel pid filter is on.
@@ -337,7 +339,12 @@ fn attach_memory(ebpf: &mut Ebpf, mode: MemoryMode) -> Result<usize, String> {
 }
 
 /// Loads and attaches one tracepoint program.
-fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<usize, String> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &str,
+    category: &str,
+    event: &str,
+) -> Result<usize, String> {
     let prog: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("program {name} missing"))?

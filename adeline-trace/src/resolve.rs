@@ -28,10 +28,14 @@ pub enum SiteKind {
     AllocExit,
     /// Alloc mode: `free`/`munmap` (entry only).
     Free,
-    /// Unwind support (unwind/): an unwinder entry point ...
-    UnwindRaise,
-    /// ... and a catch (entry only; cookie unused).
+    /// A stage timed at its exit instructions (unwind/): the entry ...
+    StageEntry,
+    /// ... and each exit instruction (cookie = stage id).
+    StageRet,
+    /// Unwind support: a catch (`__cxa_begin_catch`, `__rust_panic_cleanup`) ...
     UnwindCatch,
+    /// ... and `_Unwind_ForcedUnwind` (entry only; cookie unused).
+    UnwindForced,
 }
 
 /// One function to attach to, for one stage or gauge.

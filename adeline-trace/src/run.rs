@@ -73,13 +73,17 @@ pub fn run(plan: Plan) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let mut sites = resolved.sites;
-    // Unwind support: hooks on the unwinder and the catches of the traced
-    // processes, so exceptions can cross traced functions (unwind/).
-    let unwind = crate::unwind::plan(&sites, &plan.pids);
-    for w in &unwind.warnings {
+    // Exceptions through traced functions (unwind/): stages timed at their
+    // exit instructions, and the catch hooks. The floor benchmark keeps
+    // uretprobes (its empty programs serve Stage sites only).
+    let exit_probes = match plan.probe_floor {
+        true => crate::unwind::ExitProbes::Uretprobe,
+        false => plan.exit_probes,
+    };
+    let unwind_warnings = crate::unwind::plan(&mut sites, exit_probes, &plan.pids);
+    for w in &unwind_warnings {
         eprintln!("warning: {w}");
     }
-    sites.extend(unwind.sites.iter().cloned());
     if plan.alloc.is_some() {
         sites.extend(crate::alloc::sites::alloc_sites(&plan.pids)?);
     }
@@ -115,7 +119,6 @@ pub fn run(plan: Plan) -> Result<()> {
         floor: plan.probe_floor,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
-        unwind: unwind.offsets,
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
@@ -150,11 +153,22 @@ pub fn run(plan: Plan) -> Result<()> {
         }))?),
         None => None,
     };
-    write_start(&mut sink, &clock, &pids, &sites, &unwind.warnings)?;
+    write_start(&mut sink, &clock, &pids, &sites, &unwind_warnings)?;
     eprintln!(
         "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
         probes.attached(),
-        sites.len(),
+        // Functions: the exit-instruction and unwind hooks are not counted.
+        sites
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.kind,
+                    crate::resolve::SiteKind::StageRet
+                        | crate::resolve::SiteKind::UnwindCatch
+                        | crate::resolve::SiteKind::UnwindForced
+                )
+            })
+            .count(),
         plan.stages.len(),
         match (&child, pids.is_empty()) {
             (Some(c), _) => format!("tracing command pid {}", c.pid()),
@@ -248,7 +262,8 @@ fn write_start(
     unwind_warnings: &[String],
 ) -> Result<()> {
     use crate::resolve::SiteKind;
-    let is_unwind = |s: &&ProbeSite| matches!(s.kind, SiteKind::UnwindRaise | SiteKind::UnwindCatch);
+    let is_unwind =
+        |s: &&ProbeSite| matches!(s.kind, SiteKind::UnwindCatch | SiteKind::UnwindForced);
     fn info(s: &ProbeSite) -> ProbeInfo<'_> {
         ProbeInfo {
             stage: &s.stage,
@@ -258,9 +273,14 @@ fn write_start(
         }
     }
     let unwind = sites.iter().filter(is_unwind).map(info).collect();
+    let exits = sites
+        .iter()
+        .filter(|s| s.kind == SiteKind::StageRet)
+        .map(info)
+        .collect();
     let probes = sites
         .iter()
-        .filter(|s| !is_unwind(s))
+        .filter(|s| !is_unwind(s) && s.kind != SiteKind::StageRet)
         .map(|s| ProbeInfo {
             stage: &s.stage,
             target: s.path.display().to_string(),
@@ -272,6 +292,7 @@ fn write_start(
         ts_ns: clock.wall_ns(monotonic_ns()),
         pids,
         probes,
+        exits,
         unwind,
         unwind_warnings,
     })?;

@@ -8,9 +8,9 @@ use std::{
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW,
-    COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
-    COUNTER_UNWIND_SKIPPED, COUNTER_UNWOUND, SPAN_FLAG_EXCEPTION,
+    COUNTERS, COUNTER_ABANDONED, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK,
+    COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL,
+    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND, SPAN_FLAG_EXCEPTION,
 };
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -274,7 +274,7 @@ impl Tracer {
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
             unwound_total: now[COUNTER_UNWOUND as usize],
-            unwind_skipped_total: now[COUNTER_UNWIND_SKIPPED as usize],
+            abandoned_total: now[COUNTER_ABANDONED as usize],
         })?;
         self.sink.flush()?;
         self.last_counters = now;

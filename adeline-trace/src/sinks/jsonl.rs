@@ -29,7 +29,13 @@ pub enum Record<'a> {
         ts_ns: u64,
         pids: &'a [u32],
         probes: Vec<ProbeInfo<'a>>,
-        /// Unwind support: the unwinder and catch hooks attached ...
+        /// Stages timed at their exit instructions (`--exit-probes`): one
+        /// entry per exit instruction (absent when none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        exits: Vec<ProbeInfo<'a>>,
+        /// The catch and forced-unwind hooks that end calls an exception
+        /// unwound (absent when none) ...
+        #[serde(skip_serializing_if = "Vec::is_empty")]
         unwind: Vec<ProbeInfo<'a>>,
         /// ... and why exceptions may still terminate a traced process.
         #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -91,10 +97,10 @@ pub enum Record<'a> {
         unmatched_total: u64,
         depth_overflow_total: u64,
         filtered_total: u64,
-        /// Traced calls ended by an exception, and return addresses the
-        /// unwind support left alone because they did not check out.
+        /// Traced calls ended by an exception, and open calls dropped
+        /// without a return (longjmp, an exit that was not probed).
         unwound_total: u64,
-        unwind_skipped_total: u64,
+        abandoned_total: u64,
     },
     Summary {
         ts_ns: u64,
@@ -239,7 +245,10 @@ mod tests {
         .unwrap();
         sink.flush().unwrap();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(text.ends_with(",\"depth\":0,\"exception\":true}\n"), "{text}");
+        assert!(
+            text.ends_with(",\"depth\":0,\"exception\":true}\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,60 +1,52 @@
-//! Unwind support: keep an exception (C++ throw, Rust panic, a thread's
-//! forced unwind) that crosses a traced function from meeting the kernel's
-//! uretprobe trampoline, which has no unwind info and makes the unwinder
-//! terminate the process. The kernel side is adeline-trace-ebpf/src/unwind.rs;
-//! docs/unwind.md explains the mechanism and its limits.
+//! Exceptions through traced functions (docs/unwind.md).
 //!
-//! This module decides where those programs attach: the unwinder's entry
-//! points (`_Unwind_RaiseException`, `_Unwind_Resume_or_Rethrow`,
-//! `_Unwind_ForcedUnwind`) and the catches (`__cxa_begin_catch`, Rust's
-//! `__rust_panic_cleanup`), in the traced files themselves (static
-//! unwinder, Rust's std) and in the shared libgcc_s / libstdc++ of the
-//! traced processes (their mappings with `-p`, else the linker cache).
-pub mod btf;
+//! A uretprobe replaces the function's return address on the stack with
+//! the kernel's trampoline, which has no unwind info: a C++ exception, a
+//! Rust panic or a thread's forced unwind (pthread_exit, pthread_cancel)
+//! that crosses the function makes the unwinder give up and the process
+//! terminate. BPF cannot put the address back where the kernel is locked
+//! down (`bpf_probe_write_user` is refused), so instead stages are timed
+//! with uprobes on their exit instructions ([`exits`]), which leave the
+//! stack untouched, and read-only hooks end the calls an exception
+//! unwound: at the catch (`__cxa_begin_catch`, Rust's
+//! `__rust_panic_cleanup`) and, after a forced unwind, at the thread's
+//! exit. Kernel side: adeline-trace-ebpf/src/unwind.rs.
+pub mod exits;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectSymbol};
+use object::Object;
 
 use crate::{
     resolve::{first_bytes, ProbeSite, SiteKind},
     target::{elf::ElfFile, insn::uprobe_refusal, process},
 };
 
-pub use btf::KernelOffsets;
+use exits::ExitFinder;
 
-/// Attach cookie of `unwind_raise` at the forced-unwind entry point (the
-/// thread's open calls end when it exits).
-pub const COOKIE_FORCED: u64 = 1;
+/// How stage returns are observed (`--exit-probes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExitProbes {
+    /// `ret` for functions in files with exception tables (C++, Rust),
+    /// `uretprobe` for the others.
+    #[default]
+    Auto,
+    /// Uprobes on the exit instructions: exceptions, panics and thread
+    /// cancellation pass through safely; a single-stepped trap per return.
+    Ret,
+    /// The kernel's return trampoline: cheapest, but an exception that
+    /// unwinds through the function terminates the process.
+    Uretprobe,
+}
 
-/// Stage name shown for unwind hooks.
+/// Stage name shown for the unwind hooks.
 pub const UNWIND_STAGE: &str = "(unwind)";
-
-/// Unwinder entry points: the unwinder reads return addresses only after one
-/// of these was called (`_Unwind_Resume` continues an unwind one of them
-/// started; `_Unwind_Backtrace` walks without unwinding, see docs/unwind.md).
-const RAISE: [(&str, u64); 3] = [
-    ("_Unwind_RaiseException", 0),
-    ("_Unwind_Resume_or_Rethrow", 0),
-    ("_Unwind_ForcedUnwind", COOKIE_FORCED),
-];
 
 /// Shared libraries that hold the unwinder and the C++ catch.
 const LIBRARIES: [&str; 2] = ["libgcc_s.so.1", "libstdc++.so.6"];
-
-/// Where unwind support attaches, or why it is missing.
-#[derive(Debug, Default)]
-pub struct UnwindPlan {
-    /// `UnwindRaise` and `UnwindCatch` sites.
-    pub sites: Vec<ProbeSite>,
-    /// The kernel offsets the programs need (None: support is off).
-    pub offsets: Option<KernelOffsets>,
-    /// One line each, for stderr and the start event.
-    pub warnings: Vec<String>,
-}
 
 /// Whether a raw symbol name is a catch: C++'s `__cxa_begin_catch`, or
 /// Rust's `__rust_panic_cleanup` (plain, or `__rustc::` mangled by newer
@@ -63,32 +55,110 @@ fn is_catch(raw: &str) -> bool {
     raw == "__cxa_begin_catch" || raw.contains("__rust_panic_cleanup")
 }
 
-/// Plans the unwind hooks for the stage sites (any with a return probe).
-pub fn plan(sites: &[ProbeSite], pids: &[u32]) -> UnwindPlan {
-    let stage_files: Vec<&Path> = {
-        let mut seen = HashSet::new();
-        sites
-            .iter()
-            .filter(|s| s.kind == SiteKind::Stage)
-            .map(|s| s.path.as_path())
-            .filter(|p| seen.insert(p.to_path_buf()))
-            .collect()
-    };
-    let mut out = UnwindPlan::default();
-    if stage_files.is_empty() {
-        return out;
+/// Whether the file has C++/Rust exception tables (landing pads).
+fn has_exception_tables(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|d| {
+            object::File::parse(&*d)
+                .ok()
+                .map(|o| o.section_by_name(".gcc_except_table").is_some())
+        })
+        .unwrap_or(false)
+}
+
+/// Rewrites the stage sites for `mode`: a stage function timed at its exit
+/// instructions becomes a `StageEntry` site plus one `StageRet` site per
+/// exit; the others keep their uretprobe (`Stage`). Adds the catch and
+/// forced-unwind hooks when any function is timed at its exits. Returns
+/// warnings, one line each.
+pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if mode == ExitProbes::Uretprobe || !sites.iter().any(|s| s.kind == SiteKind::Stage) {
+        return warnings;
     }
-    match KernelOffsets::kernel() {
-        Ok(o) => out.offsets = Some(o),
-        Err(e) => {
-            out.warnings.push(format!(
-                "exceptions are not supported through traced functions ({e}): \
-                 an exception that unwinds through one will terminate the process"
-            ));
-            return out;
+    let mut elfs: HashMap<PathBuf, Option<(ElfFile, ExitFinder, bool)>> = HashMap::new();
+    let mut added = Vec::new();
+    let mut kept_uretprobe = Vec::new();
+    for site in sites.iter_mut().filter(|s| s.kind == SiteKind::Stage) {
+        let file = elfs.entry(site.path.clone()).or_insert_with(|| {
+            Some((
+                ElfFile::open(&site.path).ok()?,
+                ExitFinder::open(&site.path)?,
+                has_exception_tables(&site.path),
+            ))
+        });
+        let Some((elf, finder, unwinds)) = file else {
+            continue;
+        };
+        if mode == ExitProbes::Auto && !*unwinds {
+            continue;
+        }
+        let func = elf.functions.iter().find(|f| f.file_offset == site.offset);
+        let exits = match func {
+            Some(f) => finder
+                .exits(&f.raw, f.address, f.size)
+                .map_err(|e| e.to_string()),
+            None => Err("its symbol is gone".to_string()),
+        }
+        .and_then(|exits| {
+            match exits
+                .iter()
+                .find_map(|&o| first_bytes(&site.path, o).and_then(|c| uprobe_refusal(&c)))
+            {
+                Some(why) => Err(format!("an exit instruction cannot be probed: {why}")),
+                None => Ok(exits),
+            }
+        });
+        match exits {
+            Ok(exits) => {
+                site.kind = SiteKind::StageEntry;
+                added.extend(exits.into_iter().map(|offset| ProbeSite {
+                    kind: SiteKind::StageRet,
+                    offset,
+                    ..site.clone()
+                }));
+            }
+            Err(why) => kept_uretprobe.push(format!("{} ({why})", site.symbol)),
         }
     }
-    let mut files: Vec<PathBuf> = stage_files.iter().map(|p| p.to_path_buf()).collect();
+    if !kept_uretprobe.is_empty() {
+        warnings.push(format!(
+            "timed with a uretprobe, as exits could not be found: {}; an exception that \
+             unwinds through one will terminate the process",
+            kept_uretprobe.join(", ")
+        ));
+    }
+    if added.is_empty() {
+        return warnings;
+    }
+    let stage_files: Vec<PathBuf> = {
+        let mut seen = HashSet::new();
+        added
+            .iter()
+            .map(|s| s.path.clone())
+            .filter(|p| seen.insert(p.clone()))
+            .collect()
+    };
+    sites.extend(added);
+    let hooks = unwind_hooks(&stage_files, pids);
+    if !hooks.iter().any(|s| s.kind == SiteKind::UnwindCatch) {
+        warnings.push(
+            "no catch entry point (__cxa_begin_catch, __rust_panic_cleanup) found: calls \
+             unwound by an exception end without a span"
+                .to_string(),
+        );
+    }
+    sites.extend(hooks);
+    warnings
+}
+
+/// The catch and forced-unwind hooks: in the traced files themselves
+/// (Rust's std, a static libstdc++/libgcc) and in the shared libgcc_s and
+/// libstdc++ of the traced processes (their mappings with `-p`, else the
+/// linker cache).
+fn unwind_hooks(stage_files: &[PathBuf], pids: &[u32]) -> Vec<ProbeSite> {
+    let mut files: Vec<PathBuf> = stage_files.to_vec();
     for lib in LIBRARIES {
         if let Ok(p) = process::resolve_target(lib, pids) {
             if !files.contains(&p) {
@@ -96,16 +166,19 @@ pub fn plan(sites: &[ProbeSite], pids: &[u32]) -> UnwindPlan {
             }
         }
     }
+    let mut out = Vec::new();
     let mut seen = HashSet::new();
     for path in &files {
         let Ok(elf) = ElfFile::open(path) else {
             continue;
         };
         for f in elf.functions.iter().filter(|f| !f.ifunc) {
-            let (kind, cookie) = match RAISE.iter().find(|(n, _)| *n == f.raw) {
-                Some(&(_, cookie)) => (SiteKind::UnwindRaise, cookie),
-                None if is_catch(&f.raw) => (SiteKind::UnwindCatch, 0),
-                None => continue,
+            let kind = if f.raw == "_Unwind_ForcedUnwind" {
+                SiteKind::UnwindForced
+            } else if is_catch(&f.raw) {
+                SiteKind::UnwindCatch
+            } else {
+                continue;
             };
             if first_bytes(path, f.file_offset)
                 .and_then(|c| uprobe_refusal(&c))
@@ -114,67 +187,17 @@ pub fn plan(sites: &[ProbeSite], pids: &[u32]) -> UnwindPlan {
             {
                 continue;
             }
-            out.sites.push(ProbeSite {
+            out.push(ProbeSite {
                 kind,
                 stage: UNWIND_STAGE.to_string(),
-                cookie,
+                cookie: 0,
                 path: path.clone(),
                 symbol: f.raw.clone(),
                 offset: f.file_offset,
             });
         }
     }
-    let has = |k: SiteKind| out.sites.iter().any(|s| s.kind == k);
-    if !has(SiteKind::UnwindRaise) {
-        out.warnings.push(
-            "no exception unwinder (_Unwind_RaiseException) found in the traced files or \
-             libgcc_s.so.1: an exception that unwinds through a traced function will \
-             terminate the process"
-                .to_string(),
-        );
-    } else if !has(SiteKind::UnwindCatch) {
-        out.warnings.push(
-            "no catch entry point (__cxa_begin_catch, __rust_panic_cleanup) found: calls \
-             unwound by an exception produce no span and the traced calls around the catch \
-             lose theirs"
-                .to_string(),
-        );
-    }
-    for path in stage_files {
-        if hidden_unwinder(path) {
-            out.warnings.push(format!(
-                "{}: has exception handling but its unwinder is linked in without symbols \
-                 (static libgcc): an exception raised inside it that unwinds through a \
-                 traced function will terminate the process",
-                path.display()
-            ));
-        }
-    }
     out
-}
-
-/// A file with C++/Rust exception tables that neither imports the shared
-/// unwinder nor names its own copy: it unwinds with a private, hidden one.
-fn hidden_unwinder(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let Ok(obj) = object::File::parse(&*data) else {
-        return false;
-    };
-    if obj.section_by_name(".gcc_except_table").is_none() {
-        return false;
-    }
-    let unwinder = |n: &[u8]| n == b"_Unwind_RaiseException" || n == b"_Unwind_Resume";
-    let imports = obj
-        .imports()
-        .map(|v| v.iter().any(|i| unwinder(i.name())))
-        .unwrap_or(false);
-    let defines = obj
-        .symbols()
-        .chain(obj.dynamic_symbols())
-        .any(|s| s.is_definition() && s.name_bytes().is_ok_and(unwinder));
-    !imports && !defines
 }
 
 #[cfg(test)]
@@ -185,14 +208,17 @@ mod tests {
     fn catch_names() {
         assert!(is_catch("__cxa_begin_catch"));
         assert!(is_catch("__rust_panic_cleanup"));
-        assert!(is_catch("_RNvCsfLfy6EI15iL_7___rustc20___rust_panic_cleanup"));
+        assert!(is_catch(
+            "_RNvCsfLfy6EI15iL_7___rustc20___rust_panic_cleanup"
+        ));
         assert!(!is_catch("__cxa_end_catch"));
         assert!(!is_catch("_Unwind_RaiseException"));
     }
 
     #[test]
     fn nothing_without_stage_sites() {
-        let p = plan(&[], &[]);
-        assert!(p.sites.is_empty() && p.warnings.is_empty() && p.offsets.is_none());
+        let mut sites = Vec::new();
+        assert!(plan(&mut sites, ExitProbes::Ret, &[]).is_empty());
+        assert!(sites.is_empty());
     }
 }
