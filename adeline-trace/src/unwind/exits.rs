@@ -21,8 +21,6 @@ pub enum ExitError {
     NoSize,
     /// The bytes do not decode as x86-64 code.
     Undecodable { at: u64 },
-    /// No exit instruction (a function that never returns).
-    NoExit,
     /// The file's code is not where its symbols say.
     NotInFile,
 }
@@ -32,7 +30,6 @@ impl std::fmt::Display for ExitError {
         match self {
             ExitError::NoSize => write!(f, "its symbol has no size"),
             ExitError::Undecodable { at } => write!(f, "its code does not decode at {at:#x}"),
-            ExitError::NoExit => write!(f, "it has no return instruction"),
             ExitError::NotInFile => write!(f, "its code is not in the file"),
         }
     }
@@ -110,7 +107,8 @@ impl ExitFinder {
     }
 
     /// File offsets of the exit instructions of the function `raw` at
-    /// `addr` with `size` bytes.
+    /// `addr` with `size` bytes. None for a function that never returns
+    /// (it calls a noreturn function, or loops): only an unwind ends it.
     pub fn exits(&self, raw: &str, addr: u64, size: u64) -> Result<Vec<u64>, ExitError> {
         if size == 0 {
             return Err(ExitError::NoSize);
@@ -131,9 +129,6 @@ impl ExitFinder {
                     .into_iter()
                     .map(|a| a - r.addr + r.offset),
             );
-        }
-        if out.is_empty() {
-            return Err(ExitError::NoExit);
         }
         out.sort_unstable();
         out.dedup();

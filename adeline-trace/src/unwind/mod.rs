@@ -79,6 +79,7 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
     }
     let mut elfs: HashMap<PathBuf, Option<(ElfFile, ExitFinder, bool)>> = HashMap::new();
     let mut added = Vec::new();
+    let mut converted: Vec<PathBuf> = Vec::new();
     let mut kept_uretprobe = Vec::new();
     for site in sites.iter_mut().filter(|s| s.kind == SiteKind::Stage) {
         let file = elfs.entry(site.path.clone()).or_insert_with(|| {
@@ -112,7 +113,12 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
         });
         match exits {
             Ok(exits) => {
+                // No exit at all (noreturn): the entry probe alone; only an
+                // unwind (or nothing) ends the call.
                 site.kind = SiteKind::StageEntry;
+                if !converted.contains(&site.path) {
+                    converted.push(site.path.clone());
+                }
                 added.extend(exits.into_iter().map(|offset| ProbeSite {
                     kind: SiteKind::StageRet,
                     offset,
@@ -129,19 +135,11 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
             kept_uretprobe.join(", ")
         ));
     }
-    if added.is_empty() {
+    if converted.is_empty() {
         return warnings;
     }
-    let stage_files: Vec<PathBuf> = {
-        let mut seen = HashSet::new();
-        added
-            .iter()
-            .map(|s| s.path.clone())
-            .filter(|p| seen.insert(p.clone()))
-            .collect()
-    };
     sites.extend(added);
-    let hooks = unwind_hooks(&stage_files, pids);
+    let hooks = unwind_hooks(&converted, pids);
     if !hooks.iter().any(|s| s.kind == SiteKind::UnwindCatch) {
         warnings.push(
             "no catch entry point (__cxa_begin_catch, __rust_panic_cleanup) found: calls \
