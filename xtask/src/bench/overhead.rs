@@ -35,15 +35,19 @@ enum Config {
     Untraced,
     Floor,
     Adeline,
+    /// adeline-trace with `--exit-probes ret`: exit-instruction probes
+    /// (exception-safe) instead of the uretprobe trampoline.
+    AdelineRet,
     Bpftrace,
     BpftraceEmpty,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::Untraced,
         Config::Floor,
         Config::Adeline,
+        Config::AdelineRet,
         Config::Bpftrace,
         Config::BpftraceEmpty,
     ];
@@ -53,9 +57,15 @@ impl Config {
             Config::Untraced => "untraced",
             Config::Floor => "floor (empty progs, adeline)",
             Config::Adeline => "adeline-trace",
+            Config::AdelineRet => "adeline-trace --exit-probes ret",
             Config::Bpftrace => "bpftrace (hist)",
             Config::BpftraceEmpty => "bpftrace empty",
         }
+    }
+
+    /// Runs the agent and checks its spans.
+    fn is_adeline(self) -> bool {
+        matches!(self, Config::Adeline | Config::AdelineRet)
     }
 
     fn uses_bpftrace(self) -> bool {
@@ -145,14 +155,17 @@ pub(crate) fn overhead(runs: usize, calls: Option<u64>) -> Result<i32> {
     println!("{report}");
 
     // Every adeline-trace run must have produced one span per call, no drops.
-    let ai = configs.iter().position(|&c| c == Config::Adeline);
-    let complete = ai.is_none_or(|ai| {
-        samples.iter().zip(&n_calls).all(|(per_cfg, &n)| {
-            per_cfg[ai]
-                .iter()
-                .all(|s| s.spans == Some(n) && s.drops == Some(0))
-        })
-    });
+    let complete = configs
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_adeline())
+        .all(|(ai, _)| {
+            samples.iter().zip(&n_calls).all(|(per_cfg, &n)| {
+                per_cfg[ai]
+                    .iter()
+                    .all(|s| s.spans == Some(n) && s.drops == Some(0))
+            })
+        });
     if !complete {
         eprintln!("bench: an adeline-trace run lost spans (see the spans/drops column)");
         return Ok(1);
@@ -195,11 +208,14 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
             c.arg(func).arg(calls.to_string());
             c
         }
-        Config::Floor | Config::Adeline => {
+        Config::Floor | Config::Adeline | Config::AdelineRet => {
             let mut c = Command::new(&paths.agent);
             c.arg("run");
             if config == Config::Floor {
                 c.arg("--probe-floor");
+            }
+            if config == Config::AdelineRet {
+                c.args(["--exit-probes", "ret"]);
             }
             c.args(["--stage", &stage, "-o"]);
             if config == Config::Floor {
@@ -245,7 +261,7 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
         (config != Config::Untraced).then(|| (run.tree_cpu_ns - fixture_cpu_ns).max(0.0));
 
     let (mut spans, mut drops) = (None, None);
-    if config == Config::Adeline {
+    if config.is_adeline() {
         let text = std::fs::read_to_string(&spans_file)
             .with_context(|| format!("reading {}", spans_file.display()))?;
         spans = Some(
@@ -306,7 +322,7 @@ fn report(
                 cpu_medians[fi][ci] = c;
                 format!("{:.0}", c / 1e6)
             };
-            let check = if config == Config::Adeline {
+            let check = if config.is_adeline() {
                 let spans_ok = ss.iter().all(|s| s.spans == Some(n_calls[fi]));
                 let max_drops = ss.iter().filter_map(|s| s.drops).max();
                 format!(
