@@ -15,7 +15,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::maps::{bump, frame_stage, min_duration, pid_allowed, EVENTS, THREADS};
+use crate::maps::{
+    bump, frame_stage, min_duration, pid_allowed, read_return_address, EVENTS, THREADS,
+};
 
 #[uprobe]
 pub fn stage_entry(ctx: ProbeContext) -> u32 {
@@ -59,10 +61,13 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
             start_ns: now,
             child_ns: 0,
             slot: rsp,
-            // The one user-memory read of the normal path: the return
-            // address, which tells a catch whether this frame is gone.
-            // SAFETY: bpf_probe_read_user checks the address.
-            orig: unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
+            // The return address, which tells a catch whether this frame is
+            // gone: read only when catch hooks are attached (~100 ns).
+            orig: match read_return_address() {
+                // SAFETY: bpf_probe_read_user checks the address.
+                true => unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
+                false => 0,
+            },
         };
         if stage == frame_stage() && calls.frame_level == 0 {
             calls.frame_level = depth as u32 + 1;

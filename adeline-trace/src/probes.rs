@@ -144,6 +144,8 @@ impl Probes {
         let pids = &opts.pids;
         let filter_pids = u32::from(!pids.is_empty());
         let min_dur_ns = u64::try_from(opts.min_duration.as_nanos()).unwrap_or(u64::MAX);
+        // Unwind support: entries record return addresses for the catch hooks.
+        let read_return = u32::from(sites.iter().any(|s| s.kind == SiteKind::UnwindCatch));
         let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
         // Without alloc mode its big maps are created with one entry.
         let (min_bytes, sample, allocs_max, stacks_max) = match &opts.alloc {
@@ -155,6 +157,7 @@ impl Probes {
             .allow_unsupported_maps()
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
+            .override_global("READ_RETURN_ADDRESS", &read_return, true)
             .override_global("FRAME_STAGE", &frame_stage, true)
             .override_global("ALLOC_MIN_BYTES", &min_bytes, true)
             .override_global("ALLOC_SAMPLE", &sample, true)
