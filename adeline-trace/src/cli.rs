@@ -171,15 +171,15 @@ pub struct RunArgs {
     /// How stage returns are observed: `ret` puts uprobes on the function's
     /// exit instructions, so C++ exceptions, Rust panics and thread
     /// cancellation can cross it (a single-stepped trap per return);
-    /// `uretprobe` uses the kernel's return trampoline (cheaper, but an
+    /// `uretprobe` (default) uses the kernel's return trampoline (cheaper, but an
     /// exception that unwinds through the function terminates the
-    /// process); `auto` (default): `ret` in files with exception tables
+    /// process); `auto`: `ret` in files with exception tables
     /// (C++, Rust), else `uretprobe`. See docs/unwind.md.
     #[arg(
         long,
         value_name = "auto|ret|uretprobe",
         value_enum,
-        default_value = "auto"
+        default_value = "uretprobe"
     )]
     pub exit_probes: crate::unwind::ExitProbes,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,

@@ -79,7 +79,7 @@ fn untraced(exe: &Path, args: &[&str]) -> String {
 /// SLEEP_NS and MAX_NS; the kernel counters agree.
 fn check(exe: &Path, stages: &[(&str, &str)], args: &[&str], expected: &[(&str, usize, usize)]) {
     let want = untraced(exe, args);
-    let got = trace(exe, stages, args, &[]);
+    let got = trace(exe, stages, args, &["--exit-probes", "auto"]);
     assert_eq!(got.stdout, want, "{args:?}: traced output differs");
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for s in &got.spans {

@@ -5,8 +5,9 @@
 //! Rust panic or a thread's forced unwind (pthread_exit, pthread_cancel)
 //! that crosses the function makes the unwinder give up and the process
 //! terminate. BPF cannot put the address back where the kernel is locked
-//! down (`bpf_probe_write_user` is refused), so instead stages are timed
-//! with uprobes on their exit instructions ([`exits`]), which leave the
+//! down (`bpf_probe_write_user` is refused), so instead (`--exit-probes
+//! auto|ret`) stages are timed with uprobes on their exit instructions
+//! ([`exits`]), which leave the
 //! stack untouched, and read-only hooks end the calls an exception
 //! unwound: at the catch (`__cxa_begin_catch`, Rust's
 //! `__rust_panic_cleanup`) and, after a forced unwind, at the thread's
@@ -27,18 +28,20 @@ use crate::{
 
 use exits::ExitFinder;
 
-/// How stage returns are observed (`--exit-probes`).
+/// How stage returns are observed (`--exit-probes`). The default stays
+/// `uretprobe` for now: `auto` shifts the memory/alloc per-stage
+/// attribution of the demo pipeline in two suites (see docs/unwind.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ExitProbes {
     /// `ret` for functions in files with exception tables (C++, Rust),
     /// `uretprobe` for the others.
-    #[default]
     Auto,
     /// Uprobes on the exit instructions: exceptions, panics and thread
     /// cancellation pass through safely; a single-stepped trap per return.
     Ret,
     /// The kernel's return trampoline: cheapest, but an exception that
     /// unwinds through the function terminates the process.
+    #[default]
     Uretprobe,
 }
 
