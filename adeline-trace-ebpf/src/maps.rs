@@ -23,8 +23,9 @@ static FILTER_PIDS: u32 = 0;
 #[no_mangle]
 static FRAME_STAGE: u32 = adeline_trace_common::NO_FRAME_STAGE;
 
-/// Non-zero when catch hooks are attached (unwind.rs): the entry probe
-/// then reads each call's return address, which they compare against.
+/// Non-zero when catch hooks are attached (unwind.rs, exit-instruction
+/// mode): the entry probe then reads each call's return address, which
+/// they compare against, and drops calls of frames that are gone.
 #[no_mangle]
 static READ_RETURN_ADDRESS: u32 = 0;
 

@@ -38,11 +38,17 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     // return-address slot: the probe sits before the stack pointer moves.
     // SAFETY: reading the probe's own register context.
     let rsp = unsafe { (*ctx.regs).rsp };
-    // Open calls whose slot is below this one's belong to frames that are
-    // gone (longjmp, an exit not probed): drop them, counted, so they are
-    // neither matched nor taken for unwound ones later. (An equal slot is
-    // a uretprobe's chained tail call, alive.)
+    // Exit-instruction mode (catch hooks attached): open calls whose slot
+    // is below this one's belong to frames that are gone (longjmp, an exit
+    // not probed): drop them, counted, so they are neither matched nor
+    // taken for unwound ones by a catch. (An equal slot is a uretprobe's
+    // chained tail call, alive.) Uretprobe mode keeps its old behaviour:
+    // a program that switches stacks (fibers, sigaltstack) is unaffected.
+    let unwind_mode = read_return_address();
     for _ in 0..MAX_DEPTH {
+        if !unwind_mode {
+            break;
+        }
         let d = calls.depth as usize;
         if d == 0 || d > MAX_DEPTH || calls.calls[(d - 1) & (MAX_DEPTH - 1)].slot >= rsp {
             break;
@@ -63,7 +69,7 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
             slot: rsp,
             // The return address, which tells a catch whether this frame is
             // gone: read only when catch hooks are attached (~100 ns).
-            orig: match read_return_address() {
+            orig: match unwind_mode {
                 // SAFETY: bpf_probe_read_user checks the address.
                 true => unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
                 false => 0,
