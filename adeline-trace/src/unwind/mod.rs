@@ -29,8 +29,8 @@ use crate::{
 use exits::ExitFinder;
 
 /// How stage returns are observed (`--exit-probes`). The default stays
-/// `uretprobe` for now: `auto` shifts the memory/alloc per-stage
-/// attribution of the demo pipeline in two suites (see docs/unwind.md).
+/// `uretprobe` for now: see docs/unwind.md for the open question (alloc
+/// mode's attribution of an arena heap under `auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ExitProbes {
     /// `ret` for functions in files with exception tables (C++, Rust),
