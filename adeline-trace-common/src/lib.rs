@@ -94,8 +94,15 @@ pub const COUNTER_OTHER_RING_FULL: u32 = 4;
 pub const COUNTER_ALLOC_MAP_FULL: u32 = 5;
 /// Alloc mode: the user stack of an allocation could not be collected.
 pub const COUNTER_ALLOC_NO_STACK: u32 = 6;
+/// Unwind support: a traced call was unwound by an exception (its span is
+/// marked `SPAN_FLAG_EXCEPTION`; counted even when filtered or lost).
+pub const COUNTER_UNWOUND: u32 = 7;
+/// An open call dropped at the entry of a later call made from the same
+/// or an outer frame: it left without a return the probes saw (longjmp,
+/// an exit instruction not probed).
+pub const COUNTER_ABANDONED: u32 = 8;
 /// Number of counters.
-pub const COUNTERS: u32 = 7;
+pub const COUNTERS: u32 = 9;
 
 /// One completed call of a traced stage function.
 #[repr(C)]
@@ -121,8 +128,14 @@ pub struct SpanRecord {
     pub frame_ns: u64,
     /// Number of traced calls open on this thread below this one.
     pub depth: u32,
-    pub _pad: u32,
+    /// `SPAN_FLAG_*` bits.
+    pub flags: u32,
 }
+
+/// `SpanRecord::flags`: the call did not return; an exception (C++ throw,
+/// Rust panic, or a thread's forced unwind) unwound it. `dur_ns` runs to
+/// the catch (or the thread's exit for a forced unwind).
+pub const SPAN_FLAG_EXCEPTION: u32 = 1;
 
 /// One integer sampled by a gauge probe.
 #[repr(C)]
@@ -240,6 +253,13 @@ pub struct OpenCall {
     pub start_ns: u64,
     /// Summed durations of the traced calls returned directly inside this one.
     pub child_ns: u64,
+    /// Address of the call's return-address slot: the stack pointer at the
+    /// entry probe, which sits before the stack pointer moves. Exit
+    /// instructions find their call by it; a catch tells unwound calls by it.
+    pub slot: u64,
+    /// The return address in `slot` at entry (0 if unreadable): a slot that
+    /// no longer holds it belongs to a frame that is gone.
+    pub orig: u64,
 }
 
 /// The traced calls open on one thread, innermost last.
@@ -252,6 +272,10 @@ pub struct ThreadCalls {
     /// Entry time of that frame-root call.
     pub frame_ns: u64,
     pub calls: [OpenCall; MAX_DEPTH],
+    /// Non-zero once a forced unwind (pthread_exit, pthread_cancel) started
+    /// on the thread: its open calls end as unwound when it exits.
+    pub forced_unwind: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -7,6 +7,7 @@ mod gauge;
 mod maps;
 mod memory;
 mod stage;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -161,6 +161,20 @@ pub struct RunArgs {
     /// bytes per stage) or `off` (RSS from procfs only).
     #[arg(long, value_name = "full|maps|off", value_enum, default_value = "full")]
     pub memory: MemoryMode,
+    /// How stage returns are observed: `ret` puts uprobes on the function's
+    /// exit instructions, so C++ exceptions, Rust panics and thread
+    /// cancellation can cross it (a single-stepped trap per return);
+    /// `uretprobe` (default) uses the kernel's return trampoline (cheaper, but an
+    /// exception that unwinds through the function terminates the
+    /// process); `auto`: `ret` in files with exception tables
+    /// (C++, Rust), else `uretprobe`. See docs/unwind.md.
+    #[arg(
+        long,
+        value_name = "auto|ret|uretprobe",
+        value_enum,
+        default_value = "uretprobe"
+    )]
+    pub exit_probes: crate::probes::unwind::ExitProbes,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
     /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
     /// of the traced process: allocations per stage, outstanding bytes and

@@ -79,6 +79,8 @@ pub struct Plan {
     pub max_probes: usize,
     /// How to attach uprobes (`--attach`; None: detect).
     pub attach: Option<AttachMode>,
+    /// How stage returns are observed (`--exit-probes`, probes/unwind.rs).
+    pub exit_probes: crate::probes::unwind::ExitProbes,
 }
 
 /// Default of `--max-probes`.
@@ -567,6 +569,7 @@ impl Plan {
             },
             max_probes,
             attach: args.attach,
+            exit_probes: args.exit_probes,
         })
     }
 }

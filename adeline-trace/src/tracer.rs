@@ -10,8 +10,9 @@ use std::{
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW,
-    COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
+    COUNTERS, COUNTER_ABANDONED, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK,
+    COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL,
+    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND,
 };
 use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
@@ -282,6 +283,8 @@ impl Tracer {
             unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
+            unwound_total: now[COUNTER_UNWOUND as usize],
+            abandoned_total: now[COUNTER_ABANDONED as usize],
             interval: &interval,
         })?;
         self.counts.last_counters = now;

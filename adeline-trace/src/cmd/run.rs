@@ -16,8 +16,8 @@ use crate::{
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
     probes::{
-        check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
-        Probes,
+        check_privileges, memory::MemoryMode, resolve_plan, unwind, ProbeOptions, ProbePlan,
+        ProbeSite, Probes,
     },
     sinks::{self, api::serve, OpenContext, PlacementInfo, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
@@ -53,11 +53,12 @@ pub fn run(plan: Plan) -> Result<()> {
         pids: &plan.pids,
         alloc: plan.alloc.as_ref(),
         max_probes: plan.max_probes,
+        exit_probes: plan.exit_probes,
     })?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
-    let sites = resolved.sites;
+    let (sites, unwind_warnings) = (resolved.sites, resolved.unwind_warnings);
     check_privileges()?;
     let mut sinks = sinks::open(
         &plan.outputs,
@@ -123,13 +124,24 @@ pub fn run(plan: Plan) -> Result<()> {
     sinks.start(&Start {
         ts_ns: live.wall_ns(monotonic_ns()),
         pids: &pids,
-        probes: &probe_infos(&sites),
+        probes: &probe_infos(
+            sites
+                .iter()
+                .filter(|s| !unwind::is_exit(s) && !unwind::is_hook(s)),
+        ),
+        exits: &probe_infos(sites.iter().filter(|s| unwind::is_exit(s))),
+        unwind: &probe_infos(sites.iter().filter(|s| unwind::is_hook(s))),
+        unwind_warnings: &unwind_warnings,
     })?;
     let (mode, attach_time) = probes.attach_mode();
     eprintln!(
         "adeline-trace: {} probes on {} functions in {} stages ({mode}, attached in {} ms); {}{}; Ctrl-C to stop",
         probes.attached(),
-        sites.len(),
+        // Functions: the exit-instruction and unwind hooks are not counted.
+        sites
+            .iter()
+            .filter(|s| !unwind::is_exit(s) && !unwind::is_hook(s))
+            .count(),
         plan.stages.len(),
         attach_time.as_millis(),
         match (&child, pids.is_empty()) {
@@ -199,9 +211,8 @@ fn load_baseline(path: &std::path::Path) -> Result<Snapshot> {
 }
 
 /// The `start` record's list: one entry per function attached.
-fn probe_infos(sites: &[ProbeSite]) -> Vec<ProbeInfo> {
+fn probe_infos<'a>(sites: impl Iterator<Item = &'a ProbeSite>) -> Vec<ProbeInfo> {
     sites
-        .iter()
         .map(|s| ProbeInfo {
             stage: s.stage.clone(),
             target: s.path.display().to_string(),

@@ -5,7 +5,10 @@
 //! - [`function`]: a stage timed at functions' entry and return;
 //! - [`gauge`]: an integer argument or the return value of functions;
 //! - [`alloc`]: alloc mode's allocator functions in the C library;
-//! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat).
+//! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat);
+//! - [`unwind`]: stages timed at their exit instructions, and the catch
+//!   and forced-unwind hooks that end calls an exception unwound
+//!   (`--exit-probes`; it rewrites the [`function`] kind's sites).
 //!
 //! [`resolve`] is what they share (files, symbols, the kernel's refusals);
 //! [`resolve_plan`] is the one place that lists the kinds. [`Probes::attach`]
@@ -31,6 +34,7 @@ pub mod gauge;
 pub mod memory;
 pub mod resolve;
 pub mod site;
+pub mod unwind;
 
 use alloc::{AllocMaps, AllocSiteError, AllocSpec};
 use attach::{
@@ -71,6 +75,8 @@ pub struct ProbePlan<'a> {
     pub alloc: Option<&'a AllocSpec>,
     /// At most this many stage and gauge sites (functions) in all.
     pub max_probes: usize,
+    /// How stage returns are observed (`--exit-probes`, [`unwind`]).
+    pub exit_probes: unwind::ExitProbes,
 }
 
 /// Probe sites, and warnings about glob matches that had to be skipped.
@@ -78,6 +84,9 @@ pub struct ProbePlan<'a> {
 pub struct Resolved {
     pub sites: Vec<ProbeSite>,
     pub warnings: Vec<String>,
+    /// Why an exception could still terminate a traced process (also in
+    /// `warnings`; the `start` record lists them).
+    pub unwind_warnings: Vec<String>,
 }
 
 /// Why the plan's probes cannot be placed (a user error, before anything
@@ -109,6 +118,7 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
     }
     // Stage sites so far: a function is timed by one stage only.
     resolve::check_overlaps(&sites)?;
+    let unwind_warnings = unwind::plan(&mut sites, plan.exit_probes, plan.pids);
     for (id, g) in plan.gauges.iter().enumerate() {
         let found = gauge::sites(&mut resolver, id as u32, g)?;
         let counts = (sites.len() + found.len(), found.len());
@@ -119,9 +129,12 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
     if plan.alloc.is_some() {
         sites.extend(alloc::sites(&mut resolver)?);
     }
+    let mut warnings = resolver.warnings;
+    warnings.extend(unwind_warnings.iter().cloned());
     Ok(Resolved {
         sites,
-        warnings: resolver.warnings,
+        warnings,
+        unwind_warnings,
     })
 }
 
@@ -210,6 +223,8 @@ impl Probes {
         let filter_pids = u32::from(!pids.is_empty());
         let min_dur_ns = u64::try_from(opts.min_duration.as_nanos()).unwrap_or(u64::MAX);
         let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
+        // Unwind support: entries record return addresses for the catch hooks.
+        let read_return = u32::from(sites.iter().any(unwind::is_hook));
         let alloc_globals = alloc::Globals::new(opts.alloc.as_ref());
         let mut loader = EbpfLoader::new();
         // THREADS is a task-storage map, which aya creates but has no type for.
@@ -218,6 +233,7 @@ impl Probes {
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
             .override_global("FRAME_STAGE", &frame_stage, true)
+            .override_global("READ_RETURN_ADDRESS", &read_return, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
         alloc_globals.configure(&mut loader);
         let mut ebpf = loader
@@ -249,6 +265,11 @@ impl Probes {
             }
         }
         let mut attached = uprobes.probes();
+        // Unwind support: a forced unwind ends at the thread's exit.
+        if sites.iter().any(|s| s.programs == unwind::FORCED) {
+            attached += attach_tracepoints(&mut ebpf, &[unwind::THREAD_EXIT])
+                .map_err(|e| load_err(format!("unwind support: {e}")))?;
+        }
         let attach_time = started.elapsed();
         let memory_untraced = match memory::tracepoints(opts.memory, pids)
             .and_then(|points| attach_tracepoints(&mut ebpf, points))

@@ -9,11 +9,13 @@ use crate::symbols::placement::Placement;
 
 use super::attach::UprobeSpec;
 
-/// A kernel program of the object, and whether it runs at a return.
+/// A kernel program of the object, and whether it ends calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Program {
     pub name: &'static str,
-    /// A uretprobe (attached before every entry program).
+    /// It ends calls: a uretprobe, a probe on an exit instruction or an
+    /// unwind hook. Attached before every entry program, so no entry is
+    /// recorded without its end being watched.
     pub ret: bool,
 }
 
@@ -22,7 +24,13 @@ impl Program {
         Program { name, ret: false }
     }
 
+    /// A uretprobe.
     pub const fn ret(name: &'static str) -> Program {
+        Program { name, ret: true }
+    }
+
+    /// A uprobe that ends calls (exit instructions, unwind hooks).
+    pub const fn exit(name: &'static str) -> Program {
         Program { name, ret: true }
     }
 }

@@ -78,6 +78,17 @@ pub struct Start<'a> {
     pub ts_ns: u64,
     pub pids: &'a [u32],
     pub probes: &'a [ProbeInfo],
+    /// Stages timed at their exit instructions (`--exit-probes`): one
+    /// entry per exit instruction (absent when none).
+    #[serde(skip_serializing_if = "<[ProbeInfo]>::is_empty")]
+    pub exits: &'a [ProbeInfo],
+    /// The catch and forced-unwind hooks that end calls an exception
+    /// unwound (absent when none) ...
+    #[serde(skip_serializing_if = "<[ProbeInfo]>::is_empty")]
+    pub unwind: &'a [ProbeInfo],
+    /// ... and why exceptions may still terminate a traced process.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub unwind_warnings: &'a [String],
 }
 
 /// One completed call.
@@ -115,6 +126,10 @@ pub struct Stats<'a> {
     pub unmatched_total: u64,
     pub depth_overflow_total: u64,
     pub filtered_total: u64,
+    /// Traced calls ended by an exception, and open calls dropped
+    /// without a return (longjmp, an exit that was not probed).
+    pub unwound_total: u64,
+    pub abandoned_total: u64,
     /// Each stage's calls completed in the interval.
     #[serde(skip)]
     pub interval: &'a [(String, Percentiles)],

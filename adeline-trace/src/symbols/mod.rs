@@ -8,6 +8,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod elf;
+pub mod exits;
 pub mod placement;
 pub mod process;
 pub mod symbolize;

@@ -148,6 +148,9 @@ pub enum Reason {
     Emulated(Emulation),
     /// No usable emulated instruction: the probe stays at the entry.
     Fallback(Fallback),
+    /// An exit instruction of the function (`ret`, a tail-call jump),
+    /// probed where the function's frame is gone (probes/unwind.rs).
+    Exit,
 }
 
 /// How the kernel runs an instruction it does not single-step.
@@ -190,6 +193,7 @@ impl fmt::Display for Reason {
             Reason::Emulated(Emulation::Branch) => write!(f, "emulated branch"),
             Reason::Emulated(Emulation::Nop) => write!(f, "emulated nop"),
             Reason::Fallback(why) => write!(f, "entry (single-stepped): {why}"),
+            Reason::Exit => write!(f, "exit instruction"),
         }
     }
 }
@@ -520,6 +524,28 @@ pub fn place_in_file(
         &others,
         needs,
     ))
+}
+
+/// The placement of a probe on the instruction at file offset `at` of
+/// `path` itself (an exit instruction: [`Reason::Exit`]), or why the kernel
+/// refuses it.
+pub fn exit_at(path: &Path, at: u64) -> io::Result<Result<Placement, Refusal>> {
+    let code = read_code(path, at, 16)?;
+    let mut decoder = Decoder::with_ip(64, &code.bytes, at, DecoderOptions::NONE);
+    let insn = decoder.decode();
+    let len = if insn.is_invalid() {
+        code.bytes.len().min(15)
+    } else {
+        insn.len()
+    };
+    Ok(
+        kernel_handling(&code.bytes[..len]).map(|emulation| Placement {
+            offset: 0,
+            insn: format_insn(&mut formatter(), &insn),
+            emulated: emulation.is_some(),
+            reason: Reason::Exit,
+        }),
+    )
 }
 
 fn first_insn_text(code: &[u8], ip: u64) -> String {

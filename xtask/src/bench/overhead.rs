@@ -52,18 +52,32 @@ const GOAL_ELSEWHERE: f64 = 1.05;
 enum Config {
     Untraced,
     Adeline,
+    /// adeline-trace with `--exit-probes ret`: exit-instruction probes
+    /// (exception-safe) instead of the uretprobe trampoline.
+    AdelineRet,
     Bpftrace,
 }
 
 impl Config {
-    const ALL: [Config; 3] = [Config::Untraced, Config::Adeline, Config::Bpftrace];
+    const ALL: [Config; 4] = [
+        Config::Untraced,
+        Config::Adeline,
+        Config::AdelineRet,
+        Config::Bpftrace,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
             Config::Adeline => "adeline-trace",
+            Config::AdelineRet => "adeline-trace --exit-probes ret",
             Config::Bpftrace => "bpftrace (hist)",
         }
+    }
+
+    /// Runs the agent and checks its spans.
+    fn is_adeline(self) -> bool {
+        matches!(self, Config::Adeline | Config::AdelineRet)
     }
 
     fn uses_bpftrace(self) -> bool {
@@ -159,14 +173,17 @@ pub(crate) fn overhead(runs: usize, calls: Option<u64>) -> Result<i32> {
     println!("{report}");
 
     // Every adeline-trace run must have produced one span per call, no drops.
-    let ai = configs.iter().position(|&c| c == Config::Adeline);
-    let complete = ai.is_none_or(|ai| {
-        samples.iter().zip(&n_calls).all(|(per_cfg, &n)| {
-            per_cfg[ai]
-                .iter()
-                .all(|s| s.spans == Some(n) && s.drops == Some(0))
-        })
-    });
+    let complete = configs
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_adeline())
+        .all(|(ai, _)| {
+            samples.iter().zip(&n_calls).all(|(per_cfg, &n)| {
+                per_cfg[ai]
+                    .iter()
+                    .all(|s| s.spans == Some(n) && s.drops == Some(0))
+            })
+        });
     if !complete {
         eprintln!("bench: an adeline-trace run lost spans (see the spans/drops column)");
         return Ok(1);
@@ -222,10 +239,14 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
             c.arg(func).arg(calls.to_string());
             c
         }
-        Config::Adeline => {
+        Config::Adeline | Config::AdelineRet => {
             let mut c = Command::new(&paths.agent);
             // No API: the default port may be taken by another agent.
-            c.args(["run", "--no-api", "--stage", &stage, "-o"]);
+            c.args(["run", "--no-api"]);
+            if config == Config::AdelineRet {
+                c.args(["--exit-probes", "ret"]);
+            }
+            c.args(["--stage", &stage, "-o"]);
             let _ = std::fs::remove_file(&spans_file);
             c.arg(&spans_file);
             c.arg("--")
@@ -261,7 +282,7 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
         (config != Config::Untraced).then(|| (run.tree_cpu_ns - fixture_cpu_ns).max(0.0));
 
     let (mut spans, mut drops, mut placement) = (None, None, None);
-    if config == Config::Adeline {
+    if config.is_adeline() {
         let text = std::fs::read_to_string(&spans_file)
             .with_context(|| format!("reading {}", spans_file.display()))?;
         spans = Some(
@@ -363,7 +384,7 @@ fn report(
                 let c = median(ss.iter().filter_map(|s| s.tracer_cpu_ns).collect());
                 format!("{:.0}", c / 1e6)
             };
-            let check = if config == Config::Adeline {
+            let check = if config.is_adeline() {
                 let spans_ok = ss.iter().all(|s| s.spans == Some(n_calls[fi]));
                 let max_drops = ss.iter().filter_map(|s| s.drops).max();
                 format!(
