@@ -5,8 +5,10 @@
 //! `#[repr(C)]`, fixed size and free of implicit padding.
 #![no_std]
 
+pub mod python;
+
 /// Version of the kernel/agent record layout. Bump on any layout change.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
@@ -124,7 +126,8 @@ pub struct SpanRecord {
     pub frame_ns: u64,
     /// Number of traced calls open on this thread below this one.
     pub depth: u32,
-    pub _pad: u32,
+    /// `python::SPAN_*` bits (exception, generator).
+    pub flags: u32,
 }
 
 /// One integer sampled by a gauge probe.
@@ -239,10 +242,14 @@ pub struct AllocStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenCall {
     pub stage: u32,
-    pub _pad: u32,
+    /// `python::OPEN_*` bits; 0 for a native call.
+    pub flags: u32,
     pub start_ns: u64,
     /// Summed durations of the traced calls returned directly inside this one.
     pub child_ns: u64,
+    /// Python calls: the frame address and window epoch that pair the
+    /// entry with its exit; 0 for a native call.
+    pub key: u64,
 }
 
 /// The traced calls open on one thread, innermost last.
@@ -270,4 +277,9 @@ mod pod {
     unsafe impl aya::Pod for AllocInfo {}
     unsafe impl aya::Pod for AllocStats {}
     unsafe impl aya::Pod for RssState {}
+    unsafe impl aya::Pod for python::PySite {}
+    unsafe impl aya::Pod for python::PyPattern {}
+    unsafe impl aya::Pod for python::PyObjKey {}
+    unsafe impl aya::Pod for python::PyCodeInfo {}
+    unsafe impl aya::Pod for python::PyGenState {}
 }

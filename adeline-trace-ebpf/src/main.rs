@@ -7,6 +7,7 @@ mod floor;
 mod gauge;
 mod maps;
 mod memory;
+mod python;
 mod stage;
 
 #[cfg(not(test))]

@@ -33,9 +33,10 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     if depth < MAX_DEPTH {
         calls.calls[depth] = OpenCall {
             stage,
-            _pad: 0,
+            flags: 0,
             start_ns: now,
             child_ns: 0,
+            key: 0,
         };
         if stage == frame_stage() && calls.frame_level == 0 {
             calls.frame_level = depth as u32 + 1;
@@ -123,7 +124,7 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
                 self_ns: dur_ns.saturating_sub(child_ns),
                 frame_ns,
                 depth: found as u32,
-                _pad: 0,
+                flags: 0,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }

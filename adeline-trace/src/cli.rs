@@ -168,6 +168,11 @@ pub struct RunArgs {
     /// bytes per stage) or `off` (RSS from procfs only).
     #[arg(long, value_name = "full|maps|off", value_enum, default_value = "full")]
     pub memory: MemoryMode,
+    /// Python stages: attach the interpreter probes for WINDOW every
+    /// PERIOD (e.g. 1s/10s: exact spans inside each window, no cost
+    /// between), or `always` (every call; see docs/python.md for the cost).
+    #[arg(long, value_name = "WINDOW/PERIOD|always")]
+    pub python_window: Option<String>,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
     /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
     /// of the traced process: allocations per stage, outstanding bytes and

@@ -20,12 +20,22 @@ pub enum Output {
     File(PathBuf),
 }
 
-/// One stage as the user named it: NAME=TARGET:SYMBOL.
+/// One stage as the user named it: NAME=TARGET:SYMBOL, or
+/// NAME=python:INTERPRETER:PATTERN (`symbol` holds the pattern).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageSpec {
     pub name: String,
     pub target: String,
     pub symbol: String,
+    pub kind: StageKind,
+}
+
+/// What a stage times: a native function, or Python functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StageKind {
+    #[default]
+    Native,
+    Python,
 }
 
 /// Where a gauge's value comes from.
@@ -135,6 +145,8 @@ pub struct Plan {
     pub alloc: Option<AllocSpec>,
     /// Which kernel memory tracepoints to attach (`--memory`).
     pub memory: MemoryMode,
+    /// Python stages: probes attached for `.0` every `.1` (None: always).
+    pub python_window: Option<(Duration, Duration)>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -192,6 +204,10 @@ pub enum ConfigError {
     AllocNeedsPids,
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
+    #[error("invalid --python-window '{value}': {reason} (form WINDOW/PERIOD, e.g. 1s/10s, or 'always')")]
+    PythonWindow { value: String, reason: String },
+    #[error("stage '{name}': unknown kind '{kind}' (use \"native\" or \"python\")")]
+    StageKindUnknown { name: String, kind: String },
 }
 
 /// The TOML file's shape. Unknown keys are errors (catches typos).
@@ -221,6 +237,7 @@ struct FileConfig {
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
+    python_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,7 +261,11 @@ struct FileAlert {
 #[serde(deny_unknown_fields)]
 struct FileStage {
     name: String,
+    /// "native" (default) or "python".
+    kind: Option<String>,
     target: String,
+    /// The function: a symbol, or for Python a [FILE:|MODULE:]QUALNAME pattern.
+    #[serde(alias = "function")]
     symbol: String,
 }
 
@@ -268,10 +289,22 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     if symbol.trim().is_empty() {
         return Err(bad("empty SYMBOL"));
     }
+    let (kind, target, symbol) = if target.trim() == "python" {
+        let (interp, pattern) = symbol
+            .split_once(':')
+            .ok_or_else(|| bad("python stages are NAME=python:INTERPRETER:PATTERN"))?;
+        if interp.trim().is_empty() || pattern.trim().is_empty() {
+            return Err(bad("empty INTERPRETER or PATTERN after python:"));
+        }
+        (StageKind::Python, interp, pattern)
+    } else {
+        (StageKind::Native, target, symbol)
+    };
     let stage = StageSpec {
         name: name.trim().to_string(),
         target: target.trim().to_string(),
         symbol: symbol.trim().to_string(),
+        kind,
     };
     check_stage_name(&stage.name)?;
     Ok(stage)
@@ -374,10 +407,21 @@ impl Plan {
             .into_iter()
             .map(|s| {
                 check_stage_name(&s.name)?;
+                let kind = match s.kind.as_deref() {
+                    None | Some("native") => StageKind::Native,
+                    Some("python") => StageKind::Python,
+                    Some(other) => {
+                        return Err(ConfigError::StageKindUnknown {
+                            name: s.name,
+                            kind: other.to_string(),
+                        })
+                    }
+                };
                 Ok(StageSpec {
                     name: s.name,
                     target: s.target,
                     symbol: s.symbol,
+                    kind,
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
@@ -521,6 +565,10 @@ impl Plan {
         if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
             return Err(ConfigError::AllocNeedsPids);
         }
+        let python_window = crate::python::window::parse(
+            pick(&args.python_window, file.python_window).as_deref(),
+            stages.iter().any(|s| s.kind == StageKind::Python),
+        )?;
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -548,6 +596,7 @@ impl Plan {
             probe_floor: args.probe_floor,
             alloc,
             memory: args.memory,
+            python_window,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod list;
 pub mod memory;
 pub mod metrics;
 pub mod probes;
+pub mod python;
 pub mod resolve;
 pub mod run;
 pub mod sinks;

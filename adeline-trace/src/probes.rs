@@ -4,6 +4,7 @@
 use std::{num::NonZeroU32, time::Duration};
 
 use adeline_trace_common::{
+    python::{PyPattern, PySite},
     stage_slots, RssState, COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, NO_FRAME_STAGE,
 };
 use aya::{
@@ -22,7 +23,8 @@ use crate::{
     resolve::{ProbeSite, SiteKind},
 };
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
 
 /// How to load and attach the programs.
 #[derive(Debug, Clone, Default)]
@@ -39,11 +41,13 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
+    /// Python stages: the site table and compiled patterns.
+    pub python: Option<(Vec<PySite>, Vec<PyPattern>)>,
 }
 
 /// Kernel programs in attach order: every return probe before any entry
 /// probe, so no entry is recorded without its return being watched.
-fn programs_for(floor: bool) -> [(&'static str, SiteKind); 7] {
+fn programs_for(floor: bool) -> [(&'static str, SiteKind); 9] {
     let (exit, entry) = match floor {
         true => ("floor_exit", "floor_entry"),
         false => ("stage_exit", "stage_entry"),
@@ -52,7 +56,9 @@ fn programs_for(floor: bool) -> [(&'static str, SiteKind); 7] {
         (exit, SiteKind::Stage),
         ("gauge_ret", SiteKind::GaugeRet),
         ("alloc_exit", SiteKind::AllocExit),
+        ("py_exit", SiteKind::PyExit),
         (entry, SiteKind::Stage),
+        ("py_entry", SiteKind::PyEntry),
         ("gauge_arg", SiteKind::GaugeArg),
         ("alloc_enter", SiteKind::AllocEnter),
         ("free_enter", SiteKind::Free),
@@ -145,6 +151,7 @@ impl Probes {
             Some(a) => (a.min_bytes, a.sample, MAX_ALLOCS, MAX_ALLOC_STACKS),
             None => (0, 1, 1, 1),
         };
+        let py_npatterns = opts.python.as_ref().map_or(0u32, |p| p.1.len() as u32);
         let mut ebpf = EbpfLoader::new()
             // THREADS is a task-storage map, which aya creates but has no type for.
             .allow_unsupported_maps()
@@ -153,12 +160,16 @@ impl Probes {
             .override_global("FRAME_STAGE", &frame_stage, true)
             .override_global("ALLOC_MIN_BYTES", &min_bytes, true)
             .override_global("ALLOC_SAMPLE", &sample, true)
+            .override_global("PY_NPATTERNS", &py_npatterns, true)
             .map_max_entries("ALLOCS", allocs_max)
             .map_max_entries("ALLOC_STACKS", stacks_max)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
+        if let Some((sites, patterns)) = &opts.python {
+            crate::python::fill_maps(&mut ebpf, sites, patterns).map_err(ProbeError::Load)?;
+        }
         let scopes: Vec<UProbeScope> = if pids.is_empty() {
             vec![UProbeScope::AllProcesses]
         } else {

@@ -9,7 +9,7 @@ use std::{
 use adeline_trace_common::gauge_cookie;
 
 use crate::{
-    config::{GaugeSource, GaugeSpec, StageSpec},
+    config::{GaugeSource, GaugeSpec, StageKind, StageSpec},
     target::{elf::ElfFile, insn::uprobe_refusal, process, TargetError},
 };
 
@@ -28,6 +28,10 @@ pub enum SiteKind {
     AllocExit,
     /// Alloc mode: `free`/`munmap` (entry only).
     Free,
+    /// Python stages: a frame starts/resumes in the eval loop ...
+    PyEntry,
+    /// ... or leaves it (return, exception, yield); cookie = site index.
+    PyExit,
 }
 
 /// One function to attach to, for one stage or gauge.
@@ -68,6 +72,9 @@ pub fn resolve(
         out: Resolved::default(),
     };
     for (id, s) in stages.iter().enumerate() {
+        if s.kind == StageKind::Python {
+            continue; // python::resolve
+        }
         resolver.add(SiteKind::Stage, &s.name, id as u64, &s.target, &s.symbol)?;
     }
     for (id, g) in gauges.iter().enumerate() {

@@ -73,6 +73,11 @@ pub fn run(plan: Plan) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let mut sites = resolved.sites;
+    let python = crate::python::resolve_plan(&plan, &plan.pids)?;
+    for w in &python.warnings {
+        eprintln!("warning: {w}");
+    }
+    sites.extend(python.sites.iter().cloned());
     if plan.alloc.is_some() {
         sites.extend(crate::alloc::sites::alloc_sites(&plan.pids)?);
     }
@@ -108,6 +113,8 @@ pub fn run(plan: Plan) -> Result<()> {
         floor: plan.probe_floor,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
+        python: (!python.site_info.is_empty())
+            .then(|| (python.site_info.clone(), python.patterns.clone())),
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
