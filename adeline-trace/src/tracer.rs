@@ -8,6 +8,7 @@ use std::{
 };
 
 use adeline_trace_common::{
+    python::{SPAN_ERROR, SPAN_GENERATOR},
     COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW,
     COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
@@ -215,6 +216,8 @@ impl Tracer {
                             depth: span.depth,
                             frame_ts_ns: (span.frame_ns != 0)
                                 .then(|| self.clock.wall_ns(span.frame_ns)),
+                            error: span.flags & SPAN_ERROR != 0,
+                            generator: span.flags & SPAN_GENERATOR != 0,
                         })?;
                         wrote = true;
                     }

@@ -42,6 +42,13 @@ pub enum Record<'a> {
         /// Wall-clock start of the frame this call belongs to (absent outside frames).
         #[serde(skip_serializing_if = "Option::is_none")]
         frame_ts_ns: Option<u64>,
+        /// Python stages: the call ended with an exception.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        error: bool,
+        /// Python stages: a generator or coroutine (start to final return;
+        /// self_ns = its active time minus its children).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        generator: bool,
     },
     /// Memory every stats interval: the traced processes' RSS and growth
     /// (10 s) and CPU use, per-stage mmap/munmap bytes (whole run), and the
@@ -204,6 +211,8 @@ mod tests {
             self_ns: 3,
             depth: 0,
             frame_ts_ns: None,
+            error: false,
+            generator: false,
         })
         .unwrap();
         sink.flush().unwrap();
@@ -228,6 +237,8 @@ mod tests {
                 self_ns: 4,
                 depth: 0,
                 frame_ts_ns: Some(1),
+                error: false,
+                generator: false,
             })
             .unwrap();
         }
