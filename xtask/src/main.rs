@@ -1,7 +1,7 @@
 //! Developer tasks for adeline-trace: `cargo xtask <command>` (alias in
 //! .cargo/config.toml). No product logic lives here.
 //!
-//!   cargo xtask setup [--rebuild-bpf-linker]   toolchain, packages, tracefs
+//!   cargo xtask setup [--rebuild-bpf-linker]   toolchain, packages, tracefs, Python venvs
 //!   cargo xtask test [-- TEST-ARGS...]        setup, build, run every test serially
 //!   cargo xtask demo [--seconds S]            trace the demo pipeline live (root)
 //!   cargo xtask bench overhead [--runs R]     ns per traced call vs floor and bpftrace (root)
@@ -10,6 +10,9 @@
 
 mod bench;
 mod demo;
+// The Python fixtures' interpreter matrix, shared with the test harness.
+#[path = "../../tests/src/python_env.rs"]
+mod python_env;
 mod setup;
 mod test;
 
@@ -30,7 +33,7 @@ struct Cli {
 enum Cmd {
     /// Check and install what builds and tests need (idempotent, fast when
     /// all is present): rust-src, bpf-linker 0.13.0 against the toolchain's
-    /// LLVM, Debian packages, tracefs.
+    /// LLVM, Debian packages, tracefs, mosquitto, the Python fixtures' venvs.
     Setup {
         /// Rebuild bpf-linker even if the installed one works.
         #[arg(long)]

@@ -14,15 +14,26 @@
 //!    not run, is another version, or needs another libLLVM than the
 //!    toolchain's (toolchain updated).
 //! 4. tracefs mounted at /sys/kernel/tracing.
+//! 5. mosquitto (the MQTT broker the Python pipeline fixture publishes to):
+//!    the Debian package only; no system service is left running (the
+//!    tests start their own broker on a free loopback port).
+//! 6. One Python venv per interpreter of the fixtures' matrix (pyenv
+//!    CPython 3.10-3.13 and Debian's python3.11, see
+//!    tests/src/python_env.rs) with the exact pins of
+//!    tests/fixtures/python/requirements.txt, from PyPI wheels only. An
+//!    interpreter that is not on the machine, or a package without a wheel
+//!    for one, is one clear line (`NOT AVAILABLE` / `partial`), recorded in
+//!    the venv's status file, and does not fail setup: the Python tests say
+//!    what they skip (and fail under CI=true). A pip or venv error does.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::{cargo, is_root, status};
+use crate::{cargo, is_root, python_env, root_dir, status};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const PACKAGES: [&str; 8] = [
+const PACKAGES: [&str; 11] = [
     "bpftrace",
     "bpftool",
     "systemtap-sdt-dev",
@@ -32,6 +43,11 @@ const PACKAGES: [&str; 8] = [
     "chromium",
     "chromium-driver",
     "prometheus", // promtool and the server, for tests/suite/prometheus.rs
+    // The Python fixtures (tests/suite/python_fixture.rs): the broker,
+    // mosquitto_sub/_pub, and ensurepip for Debian's python3.11 venvs.
+    "mosquitto",
+    "mosquitto-clients",
+    "python3.11-venv",
 ];
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -52,6 +68,18 @@ pub fn run(rebuild_bpf_linker: bool) -> Result<()> {
         bpf_linker(rebuild_bpf_linker),
     );
     item("tracefs", tracefs());
+    item("mosquitto", mosquitto());
+    for slot in &python_env::MATRIX {
+        match python_env::find(slot) {
+            Ok(interp) => item(&format!("python {}", slot.label), python_venv(&interp)),
+            // Not installable from here (pyenv builds from source): say so,
+            // the Python tests skip it (and fail under CI=true).
+            Err(why) => println!(
+                "setup: python {}: NOT AVAILABLE: {why}; Python fixture tests skip it",
+                slot.label
+            ),
+        }
+    }
     if failed.is_empty() {
         Ok(())
     } else {
@@ -336,6 +364,281 @@ fn tracefs() -> Result<String> {
     Ok(format!("mounted at {TRACEFS}"))
 }
 
+// ---------------------------------------------------------------------------
+
+/// Debian's init script and the package's config use this pid file.
+const MOSQUITTO_PIDFILE: &str = "/run/mosquitto/mosquitto.pid";
+
+/// The running system broker's pid, if any (from its pid file).
+fn system_mosquitto_pid() -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(MOSQUITTO_PIDFILE)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "mosquitto").then_some(pid)
+}
+
+fn mosquitto() -> Result<String> {
+    for bin in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto_sub",
+        "/usr/bin/mosquitto_pub",
+    ] {
+        if !Path::new(bin).is_file() {
+            bail!("{bin} is missing after the package step (apt-get install mosquitto mosquitto-clients)");
+        }
+    }
+    // The package may start and enable its service (where policy-rc.d
+    // allows it); the tests start their own broker and need no other.
+    let Some(pid) = system_mosquitto_pid() else {
+        return Ok("ok (/usr/sbin/mosquitto; no system service running)".into());
+    };
+    if !is_root() {
+        bail!("the system mosquitto service (pid {pid}) is running: stop it as root (systemctl disable --now mosquitto)");
+    }
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    if systemd {
+        let _ = output(Command::new("systemctl").args(["disable", "--now", "mosquitto"]));
+    } else {
+        let _ = output(Command::new("/etc/init.d/mosquitto").arg("stop"));
+        let _ = output(Command::new("update-rc.d").args(["mosquitto", "disable"]));
+    }
+    for _ in 0..50 {
+        if system_mosquitto_pid().is_none() {
+            return Ok(format!(
+                "stopped and disabled the system service (pid {pid}; {})",
+                if systemd { "systemctl" } else { "init.d" }
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("the system mosquitto service (pid {pid}) is still running after stopping it")
+}
+
+// ---------------------------------------------------------------------------
+
+/// The fixtures' pinned requirements, relative to the workspace root.
+const PY_REQUIREMENTS: &str = "tests/fixtures/python/requirements.txt";
+
+/// `name==version` lines of a requirements file (comments dropped).
+fn requirement_pins(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// pip's words for "no distribution of this pin can be installed here".
+fn pip_no_wheel(stderr: &str) -> bool {
+    stderr.contains("No matching distribution found")
+        || stderr.contains("Could not find a version that satisfies")
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Holds an exclusive flock on `path` while alive (setups of several
+/// worktrees of one machine share the venvs).
+struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    fn acquire(path: &Path, what: &str) -> Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            println!(
+                "setup: {what}: waiting for another setup holding {} ...",
+                path.display()
+            );
+            // SAFETY: as above; blocking.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!(
+                    "flock {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(FileLock { _file: f })
+    }
+}
+
+/// Whether `venv`'s `bin/python` is a link to `exe` (the same file).
+fn venv_uses(venv_python: &Path, exe: &Path) -> bool {
+    match (
+        std::fs::canonicalize(venv_python),
+        std::fs::canonicalize(exe),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Makes the venv of one interpreter match the requirements file.
+fn python_venv(interp: &python_env::Interpreter) -> Result<String> {
+    let what = format!("python {}", interp.label);
+    let req_path = root_dir().join(PY_REQUIREMENTS);
+    let req =
+        std::fs::read(&req_path).with_context(|| format!("reading {}", req_path.display()))?;
+    let hash = python_env::fnv1a_hex(&req);
+    let pins = requirement_pins(&String::from_utf8_lossy(&req));
+    let venv = interp.venv();
+    let py = interp.venv_python();
+    let exe = interp.exe.display().to_string();
+
+    let up_to_date = |st: &python_env::VenvStatus| {
+        st.interpreter == exe
+            && st.version == interp.version
+            && st.requirements == hash
+            && venv_uses(&py, &interp.exe)
+    };
+    let summary = |st: &python_env::VenvStatus| {
+        let mut msg = format!(
+            "{} {} -> {}",
+            interp.exe.display(),
+            interp.version,
+            venv.display()
+        );
+        if st.missing.is_empty() {
+            msg.push_str(&format!(" ({} pins)", st.installed.len()));
+        } else {
+            msg = format!(
+                "partial: {msg}: {} pins installed; NOT INSTALLABLE HERE: {}",
+                st.installed.len(),
+                st.missing.join("; ")
+            );
+        }
+        msg
+    };
+    if let Some(st) = python_env::VenvStatus::read(&venv).filter(|st| up_to_date(st)) {
+        return Ok(format!("ok ({})", summary(&st)));
+    }
+
+    let dir = python_env::venvs_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = FileLock::acquire(&dir.join(format!("{}.lock", interp.key)), &what)?;
+    // Another setup may have finished it while we waited.
+    if let Some(st) = python_env::VenvStatus::read(&venv).filter(|st| up_to_date(st)) {
+        return Ok(format!("ok ({})", summary(&st)));
+    }
+    let _ = std::fs::remove_file(venv.join(python_env::STATUS_FILE));
+    let started = std::time::Instant::now();
+    println!(
+        "setup: {what}: creating {} from {} {} and installing {} pinned packages from PyPI \
+         (the first time downloads ~250 MB of wheels) ...",
+        venv.display(),
+        interp.exe.display(),
+        interp.version,
+        pins.len()
+    );
+    // A fresh venv every time the pins or the interpreter change: nothing
+    // stale stays installed.
+    output(
+        Command::new(&interp.exe)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .with_context(|| {
+        format!(
+            "creating the venv (Debian's interpreter needs python3.{}-venv)",
+            interp.version.split('.').nth(1).unwrap_or("X")
+        )
+    })?;
+    if !venv_uses(&py, &interp.exe) {
+        bail!("{} does not lead to {}", py.display(), interp.exe.display());
+    }
+    let pip = |args: &[&str]| {
+        let mut cmd = Command::new(&py);
+        cmd.args(["-m", "pip", "install", "--no-deps", "--only-binary=:all:"])
+            .args(["--disable-pip-version-check", "--no-input", "--no-compile", "-q"])
+            .args(args)
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+        cmd.output().context("cannot run pip")
+    };
+    let req_arg = req_path.display().to_string();
+    let all = pip(&["-r", &req_arg])?;
+    let mut installed = Vec::new();
+    let mut missing = Vec::new();
+    if all.status.success() {
+        installed = pins.clone();
+    } else {
+        let err = String::from_utf8_lossy(&all.stderr);
+        if !pip_no_wheel(&err) {
+            bail!(
+                "pip install -r {PY_REQUIREMENTS} failed ({}):\n{}",
+                all.status,
+                tail(&err, 15)
+            );
+        }
+        // Some pin has no wheel for this interpreter: install the others one
+        // by one and record exactly which are missing.
+        for pin in &pins {
+            let one = pip(&[pin])?;
+            let err = String::from_utf8_lossy(&one.stderr);
+            if one.status.success() {
+                installed.push(pin.clone());
+            } else if pip_no_wheel(&err) {
+                missing.push(format!(
+                    "{pin}: no wheel for CPython {} ({})",
+                    interp.version,
+                    interp.exe.display()
+                ));
+            } else {
+                bail!(
+                    "pip install {pin} failed ({}):\n{}",
+                    one.status,
+                    tail(&err, 15)
+                );
+            }
+        }
+    }
+    if missing.is_empty() {
+        output(Command::new(&py).args(["-m", "pip", "check"]))
+            .with_context(|| format!("{PY_REQUIREMENTS} does not pin every dependency"))?;
+    }
+    // What the fixture imports must import.
+    let st = python_env::VenvStatus {
+        interpreter: exe.clone(),
+        version: interp.version.clone(),
+        requirements: hash,
+        installed,
+        missing,
+    };
+    for (pkg, module) in python_env::PIPELINE_PACKAGES {
+        if !st.is_missing(pkg) {
+            output(Command::new(&py).args(["-c", &format!("import {module}")])).with_context(
+                || {
+                    format!(
+                        "{pkg} is installed in {} but `import {module}` fails",
+                        venv.display()
+                    )
+                },
+            )?;
+        }
+    }
+    let status_path = venv.join(python_env::STATUS_FILE);
+    std::fs::write(&status_path, st.render())
+        .with_context(|| format!("writing {}", status_path.display()))?;
+    Ok(format!(
+        "installed in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        summary(&st)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +651,33 @@ mod tests {
         );
         assert_eq!(llvm_major("libLLVM.so.23-rust-1.99.0-nightly").unwrap(), 23);
         assert!(llvm_major("libLLVM.so.x").is_err());
+    }
+
+    #[test]
+    fn requirements_file_is_fully_pinned() {
+        let text = std::fs::read_to_string(root_dir().join(PY_REQUIREMENTS)).unwrap();
+        let pins = requirement_pins(&text);
+        assert!(pins.len() >= python_env::PIPELINE_PACKAGES.len());
+        for pin in &pins {
+            let (name, version) = pin
+                .split_once("==")
+                .unwrap_or_else(|| panic!("not pinned: {pin}"));
+            assert!(
+                !name.is_empty() && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+                "{pin}"
+            );
+        }
+        for (pkg, _) in python_env::PIPELINE_PACKAGES {
+            assert!(
+                pins.iter().any(|p| p.starts_with(&format!("{pkg}=="))),
+                "{pkg} not pinned"
+            );
+        }
+        assert!(pip_no_wheel(
+            "ERROR: No matching distribution found for onnxruntime==1.23.2"
+        ));
+        assert!(!pip_no_wheel(
+            "ERROR: Could not install packages due to an OSError"
+        ));
     }
 }
