@@ -55,7 +55,7 @@ pub const fn gauge_cookie(gauge: u32, arg: u8) -> u64 {
 
 /// Deepest nesting of traced calls tracked per thread. Deeper calls are
 /// counted in `COUNTER_DEPTH_OVERFLOW` and produce no span.
-pub const MAX_DEPTH: usize = 16;
+pub const MAX_DEPTH: usize = 32;
 
 /// Most stages one agent can trace (stage ids are `0..MAX_STAGES`).
 pub const MAX_STAGES: u32 = 1024;

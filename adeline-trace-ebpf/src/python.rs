@@ -217,7 +217,7 @@ fn try_entry(ctx: &ProbeContext) -> Option<()> {
     let mut call_start = now;
     if info.flags & CO_GENERATOR_LIKE != 0 {
         flags |= OPEN_GENERATOR;
-        call_start = generator_start(tgid, frame, code, ep, now, site)?;
+        call_start = generator_start(tgid, frame, code, ep, now, site, info.stage)?;
     }
     calls.calls[depth] = OpenCall {
         stage: info.stage,
@@ -245,6 +245,7 @@ fn generator_start(
     ep: u64,
     now: u64,
     site: &PySite,
+    stage: u32,
 ) -> Option<u64> {
     let l = &site.layout;
     let gkey = PyObjKey {
@@ -294,7 +295,7 @@ fn generator_start(
         }
     }
     let state = PyGenState {
-        stage: 0,
+        stage,
         _pad: 0,
         code,
         epoch: ep,
@@ -554,16 +555,17 @@ fn try_exit(ctx: &ProbeContext) -> Option<()> {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // Nothing open on this thread: not a stage's exit (the common case).
+    // Nothing open on this thread: not a stage's exit (the common case),
+    // unless an exception ends a suspended generator thrown into.
     let calls = THREADS.current(false);
     if calls.is_null() {
-        return None;
+        return unwound_generator(ctx, now, pid_tgid, 0);
     }
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls: &mut ThreadCalls = unsafe { &mut *calls };
     let depth = calls.depth as usize;
     if depth == 0 || depth > MAX_DEPTH {
-        return None;
+        return unwound_generator(ctx, now, pid_tgid, depth as u32);
     }
     if !pid_allowed(tgid) {
         return None;
@@ -614,18 +616,10 @@ fn try_exit(ctx: &ProbeContext) -> Option<()> {
         }
     }
     if found >= MAX_DEPTH {
-        return None;
+        return unwound_generator(ctx, now, pid_tgid, depth as u32);
     }
     let role = match site.role {
-        PY_ROLE_POP => {
-            let ret = read_u64(rsp).unwrap_or(0);
-            let delta = ret.wrapping_sub(ip) as i64;
-            if delta != 0 && (delta == site.unwind_ret[0] || delta == site.unwind_ret[1]) {
-                PY_ROLE_UNWIND
-            } else {
-                PY_ROLE_RETURN
-            }
-        }
+        PY_ROLE_POP => pop_role(site, ip, rsp),
         PY_ROLE_EXIT_310 => {
             // SAFETY: checked user read.
             let state: i8 =
@@ -640,6 +634,73 @@ fn try_exit(ctx: &ProbeContext) -> Option<()> {
         r => r,
     };
     close(calls, found, now, role, pid_tgid, frame);
+    Some(())
+}
+
+/// Whether the frame pop at `ip` was called from the exception path
+/// (its return address, relative to `ip`, is one the agent found).
+#[inline(always)]
+fn pop_role(site: &PySite, ip: u64, rsp: u64) -> u32 {
+    let ret = read_u64(rsp).unwrap_or(0);
+    let delta = ret.wrapping_sub(ip) as i64;
+    if delta != 0 && (delta == site.unwind_ret[0] || delta == site.unwind_ret[1]) {
+        PY_ROLE_UNWIND
+    } else {
+        PY_ROLE_RETURN
+    }
+}
+
+/// An exception exit of a frame with no open call: a suspended generator
+/// or coroutine that `throw()`/`close()` ended without resuming it (no
+/// RESUME runs). Its call, if traced, ends here with an error span.
+#[inline(never)]
+fn unwound_generator(ctx: &ProbeContext, now: u64, pid_tgid: u64, depth: u32) -> Option<()> {
+    let tgid = (pid_tgid >> 32) as u32;
+    let site = site_of(ctx)?;
+    // SAFETY: ctx.regs points at the probe's pt_regs.
+    let (ip, rsi, rsp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsi, (*ctx.regs).rsp) };
+    let frame = match site.role {
+        PY_ROLE_UNWIND if site.frame_src == PY_FRAME_CHAIN => chain_frame(ip, site)?,
+        PY_ROLE_POP if pop_role(site, ip, rsp) == PY_ROLE_UNWIND => rsi,
+        _ => return None,
+    };
+    if !pid_allowed(tgid) {
+        return None;
+    }
+    let gkey = PyObjKey {
+        tgid,
+        _pad: 0,
+        addr: frame,
+    };
+    // SAFETY: value copied out at once.
+    let g = *unsafe { PY_GENS.get(&gkey) }?;
+    let _ = PY_GENS.remove(&gkey);
+    if g.epoch != epoch() {
+        return None;
+    }
+    let total = now.wrapping_sub(g.start_ns);
+    if total < min_duration() {
+        bump(COUNTER_FILTERED_SHORT);
+        return None;
+    }
+    match EVENTS.reserve::<SpanRecord>(0) {
+        Some(mut entry) => {
+            entry.write(SpanRecord {
+                kind: KIND_SPAN,
+                stage: g.stage,
+                pid: tgid,
+                tid: pid_tgid as u32,
+                start_ns: g.start_ns,
+                dur_ns: total,
+                self_ns: g.active_ns.saturating_sub(g.child_ns),
+                frame_ns: 0,
+                depth: depth.min(MAX_DEPTH as u32),
+                flags: SPAN_GENERATOR | SPAN_ERROR,
+            });
+            entry.submit(BPF_RB_NO_WAKEUP as u64);
+        }
+        None => bump(COUNTER_RING_FULL),
+    }
     Some(())
 }
 

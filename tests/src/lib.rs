@@ -14,6 +14,8 @@
 //! directory as the running test executable (`<target>/<profile>/deps/...`),
 //! so `cargo test` and `cargo test --release` each find their own.
 
+pub mod python_env;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -563,7 +563,12 @@ fn python_venv(interp: &python_env::Interpreter) -> Result<String> {
     let pip = |args: &[&str]| {
         let mut cmd = Command::new(&py);
         cmd.args(["-m", "pip", "install", "--no-deps", "--only-binary=:all:"])
-            .args(["--disable-pip-version-check", "--no-input", "--no-compile", "-q"])
+            .args([
+                "--disable-pip-version-check",
+                "--no-input",
+                "--no-compile",
+                "-q",
+            ])
             .args(args)
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
         cmd.output().context("cannot run pip")
