@@ -113,6 +113,8 @@ pub struct Probes {
     pub memory_untraced: Option<String>,
     /// Alloc mode's maps (None without --alloc).
     pub alloc: Option<AllocMaps>,
+    /// The Python sites' links (windowed mode detaches and re-attaches them).
+    python: crate::python::window::Links,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -179,6 +181,15 @@ impl Probes {
                 .collect()
         };
         let mut attached = 0;
+        let mut python = crate::python::window::Links {
+            sites: sites
+                .iter()
+                .filter(|s| matches!(s.kind, SiteKind::PyEntry | SiteKind::PyExit))
+                .cloned()
+                .collect(),
+            scopes: scopes.clone(),
+            ..Default::default()
+        };
         for (name, kind) in programs_for(opts.floor) {
             if !sites.iter().any(|s| s.kind == kind) {
                 continue;
@@ -195,13 +206,17 @@ impl Probes {
                         location: site.offset.into(),
                         cookie: Some(site.cookie),
                     };
-                    prog.attach(point, &site.path, *scope)
-                        .map_err(|e| ProbeError::Attach {
-                            stage: site.stage.clone(),
-                            symbol: site.symbol.clone(),
-                            path: site.path.display().to_string(),
-                            reason: chain(&e),
-                        })?;
+                    let link =
+                        prog.attach(point, &site.path, *scope)
+                            .map_err(|e| ProbeError::Attach {
+                                stage: site.stage.clone(),
+                                symbol: site.symbol.clone(),
+                                path: site.path.display().to_string(),
+                                reason: chain(&e),
+                            })?;
+                    if matches!(kind, SiteKind::PyEntry | SiteKind::PyExit) {
+                        python.links.push((name, link));
+                    }
                     attached += 1;
                 }
             }
@@ -245,7 +260,19 @@ impl Probes {
             ebpf,
             attached,
             memory_untraced,
+            python,
         })
+    }
+
+    /// Whether Python probes are attached (or were, in windowed mode).
+    pub fn has_python(&self) -> bool {
+        !self.python.sites.is_empty()
+    }
+
+    /// Windowed Python mode: attaches (`on`) or detaches the Python probes.
+    pub fn python_window(&mut self, on: bool) -> Result<(), ProbeError> {
+        crate::python::window::toggle(&mut self.ebpf, &mut self.python, on)
+            .map_err(ProbeError::Load)
     }
 
     /// Number of kernel attachments (entry and exit count separately).

@@ -159,8 +159,19 @@ impl Tracer {
             .unwrap_or(Duration::from_secs(3600));
         let mut history = tokio::time::interval(history_every);
         history.tick().await;
+        let mut py_window = plan
+            .python_window
+            .filter(|_| self.probes.has_python())
+            .map(|(w, p)| crate::python::window::Schedule::new(w, p));
         let stop = loop {
+            let py_next = py_window.as_ref().map(|w| w.next());
             tokio::select! {
+                _ = async { tokio::time::sleep_until(py_next.unwrap()).await }, if py_next.is_some() => {
+                    if let Some(w) = py_window.as_mut() {
+                        let on = w.toggle();
+                        self.probes.python_window(on)?;
+                    }
+                }
                 _ = sigint.recv() => break Stop::Signal,
                 _ = sigterm.recv() => break Stop::Signal,
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,

@@ -58,3 +58,110 @@ mod tests {
         }
     }
 }
+
+/// The Python probes' links and what re-attaches them.
+#[derive(Default)]
+pub struct Links {
+    pub sites: Vec<crate::resolve::ProbeSite>,
+    pub scopes: Vec<aya::programs::uprobe::UProbeScope>,
+    pub links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
+    /// Window epoch (the kernel's `PY_EPOCH`).
+    pub epoch: u64,
+}
+
+/// Detaches (`on == false`) or re-attaches every Python probe; a new
+/// window gets a new epoch first, so calls left open by the previous
+/// window never pair with this window's exits.
+pub fn toggle(ebpf: &mut aya::Ebpf, links: &mut Links, on: bool) -> Result<(), String> {
+    use aya::programs::{uprobe::UProbeAttachPoint, UProbe};
+    if !on {
+        for (name, id) in links.links.drain(..) {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing"))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            prog.detach(id).map_err(|e| e.to_string())?;
+        }
+        return Ok(());
+    }
+    if !links.links.is_empty() {
+        return Ok(());
+    }
+    links.epoch += 1;
+    {
+        let map = ebpf.map_mut("PY_EPOCH").ok_or("no PY_EPOCH map")?;
+        let mut a: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(map).map_err(|e| e.to_string())?;
+        a.set(0, links.epoch & 0xffff, 0)
+            .map_err(|e| e.to_string())?;
+    }
+    // Exits before entries, as at the first attach.
+    for kind in [
+        crate::resolve::SiteKind::PyExit,
+        crate::resolve::SiteKind::PyEntry,
+    ] {
+        let name = if kind == crate::resolve::SiteKind::PyExit {
+            "py_exit"
+        } else {
+            "py_entry"
+        };
+        let prog: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing"))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        for site in links.sites.iter().filter(|s| s.kind == kind) {
+            for scope in &links.scopes {
+                let point = UProbeAttachPoint {
+                    location: site.offset.into(),
+                    cookie: Some(site.cookie),
+                };
+                let id = prog
+                    .attach(point, &site.path, *scope)
+                    .map_err(|e| format!("re-attaching {}: {e}", site.symbol))?;
+                links.links.push((name, id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When the windowed mode toggles next.
+pub struct Schedule {
+    pub window: Duration,
+    pub period: Duration,
+    pub open: bool,
+    pub opened_at: tokio::time::Instant,
+}
+
+impl Schedule {
+    /// Starts with the window open (probes attached at start).
+    pub fn new(window: Duration, period: Duration) -> Schedule {
+        Schedule {
+            window,
+            period,
+            open: true,
+            opened_at: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn next(&self) -> tokio::time::Instant {
+        if self.open {
+            self.opened_at + self.window
+        } else {
+            self.opened_at + self.period
+        }
+    }
+
+    /// Toggles: returns whether the probes must now be attached.
+    pub fn toggle(&mut self) -> bool {
+        if self.open {
+            self.open = false;
+        } else {
+            self.open = true;
+            self.opened_at = tokio::time::Instant::now();
+        }
+        self.open
+    }
+}

@@ -5,6 +5,7 @@ mod agent;
 mod alert;
 mod memory;
 mod overhead;
+mod python;
 
 use std::fs::File;
 use std::path::Path;
@@ -77,6 +78,19 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// Python stages: ns per Python call (stage and non-stage) untraced and
+    /// traced, and the fixture pipeline's slowdown per mode. Root.
+    Python {
+        /// Runs per configuration (interleaved); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Calls per run of each function in pycalls.py.
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+        /// Frames of the fixture pipeline per run.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+    },
 }
 
 pub fn run(what: Bench) -> Result<i32> {
@@ -94,6 +108,11 @@ pub fn run(what: Bench) -> Result<i32> {
         }
         Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
+        Bench::Python {
+            runs,
+            calls,
+            frames,
+        } => python::python(runs.max(1), calls.max(1), frames.max(1)),
     }
 }
 
