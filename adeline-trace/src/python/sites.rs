@@ -118,12 +118,18 @@ pub fn resume_ops(v: Version) -> u32 {
 /// single-stepping it: direct `call`/`jmp`/`jcc` without prefixes, `push`
 /// of a register, and `nop`s.
 pub fn is_emulated(bytes: &[u8]) -> bool {
-    match bytes {
-        [0xe8 | 0xe9 | 0xeb, ..] | [0x70..=0x7f, ..] | [0x0f, 0x80..=0x8f, ..] => true,
-        [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..] => true,
-        [0x90, ..] | [0x66, 0x90, ..] | [0x0f, 0x1f, ..] | [0x66, 0x0f, 0x1f, ..] => true,
-        _ => false,
-    }
+    matches!(
+        bytes,
+        [0xe8 | 0xe9 | 0xeb, ..]
+            | [0x70..=0x7f, ..]
+            | [0x0f, 0x80..=0x8f, ..]
+            | [0x50..=0x57, ..]
+            | [0x41, 0x50..=0x57, ..]
+            | [0x90, ..]
+            | [0x66, 0x90, ..]
+            | [0x0f, 0x1f, ..]
+            | [0x66, 0x0f, 0x1f, ..]
+    )
 }
 
 /// The decoded eval function.
@@ -148,7 +154,7 @@ impl<'a> Eval<'a> {
                 FlowControl::UnconditionalBranch
                     | FlowControl::ConditionalBranch
                     | FlowControl::Call
-            ) && insn.is_ip_rel_memory_operand() == false
+            ) && !insn.is_ip_rel_memory_operand()
             {
                 let t = insn.near_branch_target();
                 if t != 0 {
