@@ -100,6 +100,8 @@ fn trace(interp: &python_env::Interpreter, extra: &[String]) -> Run {
         "--no-api".into(),
         "--memory".into(),
         "off".into(),
+        "--python-window".into(),
+        "always".into(),
         "-o".into(),
         events.display().to_string(),
     ];
