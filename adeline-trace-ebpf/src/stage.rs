@@ -3,7 +3,7 @@
 use adeline_trace_common::{
     OpenCall, SpanRecord, ThreadCalls, COUNTER_ABANDONED, COUNTER_DEPTH_OVERFLOW,
     COUNTER_FILTERED_SHORT, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
-    NO_STAGE,
+    NO_STAGE, OPEN_PYTHON,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -35,7 +35,7 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
     // Exit instructions and unwind support (unwind.rs) find a call by its
-    // return-address slot: the probe sits before the stack pointer moves.
+    // return-address slot (`OpenCall::key`): the probe sits before the stack pointer moves.
     // SAFETY: reading the probe's own register context.
     let rsp = unsafe { (*ctx.regs).rsp };
     // Exit-instruction mode (catch hooks attached): open calls whose slot
@@ -50,7 +50,12 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
             break;
         }
         let d = calls.depth as usize;
-        if d == 0 || d > MAX_DEPTH || calls.calls[(d - 1) & (MAX_DEPTH - 1)].slot >= rsp {
+        if d == 0 || d > MAX_DEPTH {
+            break;
+        }
+        // A Python call's key is its frame, not a stack slot: it stays.
+        let top = &calls.calls[(d - 1) & (MAX_DEPTH - 1)];
+        if top.flags & OPEN_PYTHON != 0 || top.key >= rsp {
             break;
         }
         calls.depth -= 1;
@@ -63,10 +68,10 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     if depth < MAX_DEPTH {
         calls.calls[depth] = OpenCall {
             stage,
-            _pad: 0,
+            flags: 0,
             start_ns: now,
             child_ns: 0,
-            slot: rsp,
+            key: rsp,
             // The return address, which tells a catch whether this frame is
             // gone: read only when catch hooks are attached (~100 ns).
             orig: match unwind_mode {
@@ -130,25 +135,15 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Ends the open call at index `found` (and drops any above it) at `now`:
-/// adds its duration to its parent's child time, updates the frame state,
-/// and sends its span (`flags`: `SPAN_FLAG_*`) unless it is shorter than
-/// the minimum duration. Shared by the return probe and unwind support.
+/// Pops the open call at index `found` (and any above it) that lasted
+/// `dur_ns`: adds it to its parent's child time (filtered or not) and
+/// updates the frame state. Returns the start of the frame it belongs to
+/// (0: none). Shared by every kind that ends calls (stage_exit, stage_ret,
+/// the unwind hooks, py_exit).
 #[inline(always)]
-pub fn close_call(
-    calls: &mut ThreadCalls,
-    found: usize,
-    now: u64,
-    stage: u32,
-    pid_tgid: u64,
-    flags: u32,
-) {
+pub fn pop_call(calls: &mut ThreadCalls, found: usize, dur_ns: u64) -> u64 {
     let found = found & (MAX_DEPTH - 1);
-    let start_ns = calls.calls[found].start_ns;
-    let child_ns = calls.calls[found].child_ns;
     calls.depth = found as u32;
-    let dur_ns = now.wrapping_sub(start_ns);
-    // This call is part of its parent's child time (filtered or not).
     if found > 0 {
         // A fresh bounded index: inlined into a loop, the compiler would
         // otherwise address the parent as "this call - 1", a pointer offset
@@ -169,6 +164,27 @@ pub fn close_call(
         // The frame root itself returned (or was unwound past).
         calls.frame_level = 0;
     }
+    frame_ns
+}
+
+/// Ends the open call at index `found` (and drops any above it) at `now`:
+/// adds its duration to its parent's child time, updates the frame state,
+/// and sends its span (`flags`: `SPAN_FLAG_*`) unless it is shorter than
+/// the minimum duration. Shared by the return probe and unwind support.
+#[inline(always)]
+pub fn close_call(
+    calls: &mut ThreadCalls,
+    found: usize,
+    now: u64,
+    stage: u32,
+    pid_tgid: u64,
+    flags: u32,
+) {
+    let found = found & (MAX_DEPTH - 1);
+    let start_ns = calls.calls[found].start_ns;
+    let child_ns = calls.calls[found].child_ns;
+    let dur_ns = now.wrapping_sub(start_ns);
+    let frame_ns = pop_call(calls, found, dur_ns);
     if dur_ns < min_duration() {
         bump(COUNTER_FILTERED_SHORT);
         return;

@@ -15,7 +15,7 @@
 //! of a thread whose forced unwind (`unwind_forced`, at
 //! `_Unwind_ForcedUnwind`) ends with its exit.
 use adeline_trace_common::{
-    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND, MAX_DEPTH, SPAN_FLAG_EXCEPTION,
+    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND, MAX_DEPTH, OPEN_PYTHON, SPAN_FLAG_EXCEPTION,
 };
 use aya_ebpf::{
     helpers::{
@@ -70,11 +70,16 @@ pub fn stage_ret(ctx: ProbeContext) -> u32 {
         }
         let idx = (depth - 1 - i) & (MAX_DEPTH - 1);
         let call = &calls.calls[idx];
-        if call.slot == rsp && call.stage == stage {
+        if call.flags & OPEN_PYTHON != 0 {
+            // A Python call (left open by a window's end, say): its key is
+            // a frame, not a slot; the native call may be below it.
+            continue;
+        }
+        if call.key == rsp && call.stage == stage {
             close_call(calls, idx, now, stage, pid_tgid, 0);
             return 0;
         }
-        if call.slot > rsp {
+        if call.key > rsp {
             // Outer frames only from here on: this exit has no entry.
             break;
         }
@@ -123,7 +128,9 @@ pub fn unwind_catch(ctx: ProbeContext) -> u32 {
         }
         let idx = (depth - 1) & (MAX_DEPTH - 1);
         let call = calls.calls[idx];
-        if !unwound(call.slot, call.orig, rsp) {
+        // A native exception never crosses an open Python frame (the
+        // interpreter is C): the Python call and those below it stay.
+        if call.flags & OPEN_PYTHON != 0 || !unwound(call.key, call.orig, rsp) {
             break;
         }
         bump(COUNTER_UNWOUND);

@@ -175,6 +175,11 @@ pub struct RunArgs {
         default_value = "uretprobe"
     )]
     pub exit_probes: crate::probes::unwind::ExitProbes,
+    /// Python stages: attach the interpreter probes for WINDOW every
+    /// PERIOD (e.g. 1s/10s: exact spans inside each window, no cost
+    /// between), or `always` (every call; see docs/python.md for the cost).
+    #[arg(long, value_name = "WINDOW/PERIOD|always")]
+    pub python_window: Option<String>,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
     /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
     /// of the traced process: allocations per stage, outstanding bytes and

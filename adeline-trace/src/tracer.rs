@@ -176,7 +176,11 @@ impl Tracer {
                 .sinks
                 .next_tick()
                 .unwrap_or_else(|| Instant::now() + NO_TICK);
+            let py_next = self.probes.python_next();
             tokio::select! {
+                _ = async { tokio::time::sleep_until(py_next.unwrap()).await }, if py_next.is_some() => {
+                    self.probes.python_toggle()?;
+                }
                 _ = sigint.recv() => break Stop::Signal,
                 _ = sigterm.recv() => break Stop::Signal,
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,

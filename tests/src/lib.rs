@@ -22,6 +22,8 @@
 //! directory as the running test executable (`<target>/<profile>/deps/...`),
 //! so `cargo test` and `cargo test --release` each find their own.
 
+pub mod python_env;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -34,7 +36,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod python;
-pub mod python_env;
 pub use python::*;
 
 /// How long [`Agent::stop`] and [`Pipeline::wait`] wait before SIGKILL.

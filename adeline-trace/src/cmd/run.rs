@@ -88,6 +88,8 @@ pub fn run(plan: Plan) -> Result<()> {
         alloc: plan.alloc.clone(),
         memory: plan.memory,
         attach: plan.attach,
+        python: resolved.python.clone(),
+        python_window: plan.python_window,
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {

@@ -6,6 +6,8 @@
 //! - [`gauge`]: an integer argument or the return value of functions;
 //! - [`alloc`]: alloc mode's allocator functions in the C library;
 //! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat);
+//! - [`python`]: Python stages (interpreter handler sites, in-kernel
+//!   pattern match; CPython introspection is python/), windowed mode;
 //! - [`unwind`]: stages timed at their exit instructions, and the catch
 //!   and forced-unwind hooks that end calls an exception unwound
 //!   (`--exit-probes`; it rewrites the [`function`] kind's sites).
@@ -17,8 +19,8 @@
 //! or one perf event per site) and the kinds' tracepoints, and owns the
 //! links: dropping [`Probes`] detaches everything.
 //!
-//! A new kind that times stages (USDT, Python functions) is one file here
-//! and one variant of [`Location`] (with its arm in [`resolve_plan`]).
+//! A new kind that times stages (USDT next) is one file here and one
+//! variant of [`Location`] (with its arm in [`resolve_plan`]).
 use std::time::{Duration, Instant};
 
 use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
@@ -32,6 +34,7 @@ pub mod attach;
 pub mod function;
 pub mod gauge;
 pub mod memory;
+pub mod python;
 pub mod resolve;
 pub mod site;
 pub mod unwind;
@@ -63,6 +66,13 @@ pub enum Location {
     /// The entry and return of every function of `target` (a path or a
     /// bare library name) matching `symbol` (exact or glob): [`function`].
     Function { target: String, symbol: String },
+    /// Python functions whose qualified name matches `pattern`
+    /// (`[FILE.py:|MODULE:]QUALNAME` glob) in the CPython `interpreter`
+    /// runs (an executable, a venv's python, a libpython): [`python`].
+    Python {
+        interpreter: String,
+        pattern: String,
+    },
 }
 
 /// What the plan asks to probe.
@@ -87,6 +97,8 @@ pub struct Resolved {
     /// Why an exception could still terminate a traced process (also in
     /// `warnings`; the `start` record lists them).
     pub unwind_warnings: Vec<String>,
+    /// The kernel's Python tables (None without Python stages).
+    pub python: Option<python::PythonTables>,
 }
 
 /// Why the plan's probes cannot be placed (a user error, before anything
@@ -97,6 +109,8 @@ pub enum ResolveError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Alloc(#[from] AllocSiteError),
+    #[error(transparent)]
+    Python(#[from] crate::python::PythonError),
 }
 
 /// Resolves every probe of the plan, kind by kind (stage ids and gauge
@@ -104,6 +118,7 @@ pub enum ResolveError {
 pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
     let mut resolver = resolve::Resolver::new(plan.pids);
     let mut sites = Vec::new();
+    let mut py_stages = Vec::new();
     for (id, stage) in plan.stages.iter().enumerate() {
         let id = id as u32;
         let (found, pattern) = match &stage.location {
@@ -111,6 +126,19 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
                 function::sites(&mut resolver, id, &stage.name, target, symbol)?,
                 format!("{target}:{symbol}"),
             ),
+            // All Python stages together: they share interpreter sites.
+            Location::Python {
+                interpreter,
+                pattern,
+            } => {
+                py_stages.push(python::PyStage {
+                    id,
+                    name: &stage.name,
+                    interpreter,
+                    pattern,
+                });
+                continue;
+            }
         };
         let counts = (sites.len() + found.len(), found.len());
         sites.extend(found);
@@ -119,6 +147,8 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
     // Stage sites so far: a function is timed by one stage only.
     resolve::check_overlaps(&sites)?;
     let unwind_warnings = unwind::plan(&mut sites, plan.exit_probes, plan.pids);
+    let py = python::sites(&py_stages, plan.pids)?;
+    sites.extend(py.sites);
     for (id, g) in plan.gauges.iter().enumerate() {
         let found = gauge::sites(&mut resolver, id as u32, g)?;
         let counts = (sites.len() + found.len(), found.len());
@@ -130,11 +160,13 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
         sites.extend(alloc::sites(&mut resolver)?);
     }
     let mut warnings = resolver.warnings;
+    warnings.extend(py.warnings);
     warnings.extend(unwind_warnings.iter().cloned());
     Ok(Resolved {
         sites,
         warnings,
         unwind_warnings,
+        python: (!py_stages.is_empty()).then_some(py.tables),
     })
 }
 
@@ -153,6 +185,11 @@ pub struct ProbeOptions {
     pub memory: MemoryMode,
     /// How to attach uprobes (None: uprobe-multi when the kernel has it).
     pub attach: Option<AttachMode>,
+    /// Python stages: the kernel tables ...
+    pub python: Option<python::PythonTables>,
+    /// ... and the window: probes attached for `.0` every `.1` (None:
+    /// always).
+    pub python_window: Option<(Duration, Duration)>,
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -190,6 +227,8 @@ pub struct Probes {
     pub memory_untraced: Option<String>,
     /// Alloc mode's maps (None without --alloc).
     pub alloc: Option<AllocMaps>,
+    /// Windowed Python mode: the Python probes' own links.
+    python: Option<python::Windows>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -225,6 +264,10 @@ impl Probes {
         let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
         // Unwind support: entries record return addresses for the catch hooks.
         let read_return = u32::from(sites.iter().any(unwind::is_hook));
+        let py_npatterns = opts
+            .python
+            .as_ref()
+            .map_or(0u32, |p| p.patterns.len() as u32);
         let alloc_globals = alloc::Globals::new(opts.alloc.as_ref());
         let mut loader = EbpfLoader::new();
         // THREADS is a task-storage map, which aya creates but has no type for.
@@ -234,12 +277,16 @@ impl Probes {
             .override_global("MIN_DUR_NS", &min_dur_ns, true)
             .override_global("FRAME_STAGE", &frame_stage, true)
             .override_global("READ_RETURN_ADDRESS", &read_return, true)
+            .override_global("PY_NPATTERNS", &py_npatterns, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
         alloc_globals.configure(&mut loader);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
+        if let Some(tables) = &opts.python {
+            python::fill_maps(&mut ebpf, tables)?;
+        }
         let started = Instant::now();
         let mode = opts.attach.unwrap_or_else(AttachMode::detect);
         let loader =
@@ -249,22 +296,44 @@ impl Probes {
             false => pids.iter().map(|&p| Some(p)).collect(),
         };
         let mut uprobes = LinkSet::default();
+        // Windowed Python mode: the Python probes get links of their own
+        // and keep their loaded programs to attach again.
+        let windowed = opts.python_window.is_some();
+        let (mut py_links, mut py_programs) = (LinkSet::default(), Vec::new());
         for program in attach_order(sites) {
             let prog = loader
                 .load(&mut ebpf, program.name)
                 .map_err(|e| ProbeError::Load(chain(&e)))?;
             let of_program = sites.iter().filter(|s| s.programs.contains(&program));
+            let python = windowed && of_program.clone().any(python::is_python);
             for (path, group) in group_by_path(of_program, |s| &s.path) {
                 let specs: Vec<UprobeSpec> = group.iter().map(|s| s.spec()).collect();
                 for &pid in &scopes {
                     let link = prog
                         .attach(path, &specs, pid)
                         .map_err(|e| attach_error(&group, &e))?;
-                    uprobes.push(link);
+                    match python {
+                        true => py_links.push(link),
+                        false => uprobes.push(link),
+                    }
                 }
             }
+            if python {
+                let programs = match program.ret {
+                    true => python::EXIT,
+                    false => python::ENTRY,
+                };
+                py_programs.push((programs, prog));
+            }
         }
-        let mut attached = uprobes.probes();
+        let mut attached = uprobes.probes() + py_links.probes();
+        let python = opts
+            .python_window
+            .filter(|_| !py_programs.is_empty())
+            .map(|w| {
+                let py_sites = sites.iter().filter(|s| python::is_python(s)).cloned();
+                python::Windows::new(w, py_programs, py_sites.collect(), scopes.clone(), py_links)
+            });
         // Unwind support: a forced unwind ends at the thread's exit.
         if sites.iter().any(|s| s.programs == unwind::FORCED) {
             attached += attach_tracepoints(&mut ebpf, &[unwind::THREAD_EXIT])
@@ -304,12 +373,27 @@ impl Probes {
             mode,
             attach_time,
             memory_untraced,
+            python,
         })
     }
 
     /// Number of kernel attachments (entry and exit count separately).
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// Windowed Python mode: when the window opens or closes next (None:
+    /// no Python stages, or always attached).
+    pub fn python_next(&self) -> Option<tokio::time::Instant> {
+        self.python.as_ref().map(|w| w.next())
+    }
+
+    /// Windowed Python mode: opens or closes the window.
+    pub fn python_toggle(&mut self) -> Result<(), ProbeError> {
+        match self.python.as_mut() {
+            Some(w) => w.toggle(&mut self.ebpf),
+            None => Ok(()),
+        }
     }
 
     /// How the uprobes were attached, and how long it took.

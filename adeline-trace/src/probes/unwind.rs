@@ -23,7 +23,7 @@ use object::Object;
 use crate::symbols::{
     elf::ElfFile,
     exits::ExitFinder,
-    placement::{exit_at, place_symbol, Needs},
+    placement::{on_instruction, place_symbol, Needs, Reason},
     process,
 };
 
@@ -139,7 +139,7 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
         .and_then(|exits| {
             exits
                 .into_iter()
-                .map(|o| match exit_at(&site.path, o) {
+                .map(|o| match on_instruction(&site.path, o, Reason::Exit) {
                     Ok(Ok(p)) => Ok((o, p)),
                     Ok(Err(why)) => Err(format!("an exit instruction cannot be probed: {}", why.0)),
                     Err(e) => Err(e.to_string()),

@@ -2,7 +2,7 @@
 //! [`SCHEMA_VERSION`]): one object per record, written whole lines at a time.
 use std::{fs::File, io::Write, os::fd::AsFd, path::PathBuf};
 
-use adeline_trace_common::SPAN_FLAG_EXCEPTION;
+use adeline_trace_common::{SPAN_FLAG_ERROR, SPAN_FLAG_EXCEPTION, SPAN_FLAG_GENERATOR};
 use serde::Serialize;
 
 use super::{
@@ -38,6 +38,13 @@ enum Record<'a> {
         /// The call did not return: an exception unwound it (present only then).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         exception: bool,
+        /// Python stages: the call ended with an exception.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        error: bool,
+        /// Python stages: a generator or coroutine (start to final return;
+        /// self_ns = its active time minus its children).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        generator: bool,
     },
     /// Memory every stats interval: the traced processes' RSS and growth
     /// (10 s) and CPU use, per-stage mmap/munmap bytes (whole run), and the
@@ -175,6 +182,8 @@ impl Sink for JsonlSink {
             depth: r.depth,
             frame_ts_ns: span.frame_ts_ns,
             exception: r.flags & SPAN_FLAG_EXCEPTION != 0,
+            error: r.flags & SPAN_FLAG_ERROR != 0,
+            generator: r.flags & SPAN_FLAG_GENERATOR != 0,
         })
     }
 
@@ -251,6 +260,8 @@ mod tests {
             depth: 0,
             frame_ts_ns: None,
             exception: false,
+            error: false,
+            generator: false,
         })
         .unwrap();
         sink.flush().unwrap();
@@ -269,6 +280,8 @@ mod tests {
             depth: 0,
             frame_ts_ns: None,
             exception: true,
+            error: false,
+            generator: false,
         })
         .unwrap();
         sink.flush().unwrap();
@@ -294,6 +307,8 @@ mod tests {
                 depth: 0,
                 frame_ts_ns: Some(1),
                 exception: false,
+                error: false,
+                generator: false,
             })
             .unwrap();
         }

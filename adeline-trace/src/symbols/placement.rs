@@ -151,6 +151,9 @@ pub enum Reason {
     /// An exit instruction of the function (`ret`, a tail-call jump),
     /// probed where the function's frame is gone (probes/unwind.rs).
     Exit,
+    /// A site inside an interpreter's eval loop (python/sites.rs picks the
+    /// first emulated instruction of a handler by the same rules).
+    Interpreter,
 }
 
 /// How the kernel runs an instruction it does not single-step.
@@ -194,6 +197,7 @@ impl fmt::Display for Reason {
             Reason::Emulated(Emulation::Nop) => write!(f, "emulated nop"),
             Reason::Fallback(why) => write!(f, "entry (single-stepped): {why}"),
             Reason::Exit => write!(f, "exit instruction"),
+            Reason::Interpreter => write!(f, "interpreter site"),
         }
     }
 }
@@ -527,9 +531,13 @@ pub fn place_in_file(
 }
 
 /// The placement of a probe on the instruction at file offset `at` of
-/// `path` itself (an exit instruction: [`Reason::Exit`]), or why the kernel
-/// refuses it.
-pub fn exit_at(path: &Path, at: u64) -> io::Result<Result<Placement, Refusal>> {
+/// `path` itself, chosen for `reason` (an exit instruction, an interpreter
+/// site), or why the kernel refuses it.
+pub fn on_instruction(
+    path: &Path,
+    at: u64,
+    reason: Reason,
+) -> io::Result<Result<Placement, Refusal>> {
     let code = read_code(path, at, 16)?;
     let mut decoder = Decoder::with_ip(64, &code.bytes, at, DecoderOptions::NONE);
     let insn = decoder.decode();
@@ -543,7 +551,7 @@ pub fn exit_at(path: &Path, at: u64) -> io::Result<Result<Placement, Refusal>> {
             offset: 0,
             insn: format_insn(&mut formatter(), &insn),
             emulated: emulation.is_some(),
-            reason: Reason::Exit,
+            reason,
         }),
     )
 }

@@ -7,6 +7,7 @@ mod attach;
 mod emulation;
 mod memory;
 mod overhead;
+mod python;
 
 use std::fs::File;
 use std::path::Path;
@@ -107,6 +108,19 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// Python stages: ns per Python call (stage and non-stage) untraced and
+    /// traced, and the fixture pipeline's slowdown per mode. Root.
+    Python {
+        /// Runs per configuration (interleaved); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Calls per run of each function in pycalls.py.
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+        /// Frames of the fixture pipeline per run.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+    },
 }
 
 pub fn run(what: Bench) -> Result<i32> {
@@ -131,6 +145,11 @@ pub fn run(what: Bench) -> Result<i32> {
             perf_max,
             no_bpftrace,
         } => attach::attach(&sizes, runs.max(1), perf_max, !no_bpftrace),
+        Bench::Python {
+            runs,
+            calls,
+            frames,
+        } => python::python(runs.max(1), calls.max(1), frames.max(1)),
     }
 }
 

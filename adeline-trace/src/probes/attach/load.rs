@@ -17,13 +17,13 @@ use std::{
 
 use aya::{maps::Map, Ebpf};
 use aya_obj::{
-    btf::Btf,
+    btf::{Btf, BtfFeatures},
     generated::{bpf_attach_type, bpf_prog_type},
     Object, ProgramSection,
 };
 
 use super::{
-    sys::{self, ProgLoad},
+    sys::{self, BtfInfo, ProgLoad},
     AttachError, Direction,
 };
 
@@ -31,6 +31,9 @@ use super::{
 /// ready to load its uprobe programs for uprobe-multi links.
 pub struct MultiLoader {
     obj: Object,
+    /// The object's BTF, loaded into the kernel (None: the object has none,
+    /// or the kernel refused it; programs without subprograms load without).
+    btf: Option<OwnedFd>,
 }
 
 fn load_err(program: &str, reason: impl std::fmt::Display) -> AttachError {
@@ -63,7 +66,15 @@ impl MultiLoader {
         obj.relocate_maps(with_fds.into_iter(), &text_sections)
             .map_err(|e| err(&e))?;
         obj.relocate_calls(&text_sections).map_err(|e| err(&e))?;
-        Ok(MultiLoader { obj })
+        // A program with BPF-to-BPF calls or callbacks (bpf_loop) needs
+        // its BTF func_info, and so the object's BTF loaded, as aya does
+        // (every BTF feature: the kernels with uprobe-multi have them all).
+        let features = BtfFeatures::new(true, true, true, true, true, true, true, true);
+        let btf = match obj.fixup_and_sanitize_btf(&features) {
+            Ok(Some(btf)) => sys::btf_load(&btf.to_bytes()).ok(),
+            _ => None,
+        };
+        Ok(MultiLoader { obj, btf })
     }
 
     /// Loads program `name` (a `uprobe` or `uretprobe` section) for
@@ -84,12 +95,24 @@ impl MultiLoader {
             .functions
             .get(&prog.function_key())
             .ok_or_else(|| load_err(name, "its code is missing from the object"))?;
+        let (func_info, line_info) = (
+            func.func_info.func_info_bytes(),
+            func.line_info.line_info_bytes(),
+        );
+        let btf = self.btf.as_ref().map(|fd| BtfInfo {
+            fd: fd.as_fd(),
+            func_info: &func_info,
+            func_info_rec_size: func.func_info_rec_size as u32,
+            line_info: &line_info,
+            line_info_rec_size: func.line_info_rec_size as u32,
+        });
         let fd = sys::prog_load(&ProgLoad {
             name,
             prog_type: bpf_prog_type::BPF_PROG_TYPE_KPROBE,
             expected_attach_type: Some(bpf_attach_type::BPF_TRACE_UPROBE_MULTI),
             insns: &func.instructions,
             license: &prog.license,
+            btf,
         })
         .map_err(|f| {
             load_err(

@@ -98,6 +98,7 @@ fn probe_multi() -> bool {
         expected_attach_type: Some(bpf_attach_type::BPF_TRACE_UPROBE_MULTI),
         insns: &insns,
         license: c"GPL",
+        btf: None,
     }) else {
         return false;
     };

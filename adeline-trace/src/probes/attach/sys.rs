@@ -47,6 +47,30 @@ pub struct ProgLoad<'a> {
     pub expected_attach_type: Option<bpf_attach_type>,
     pub insns: &'a [bpf_insn],
     pub license: &'a CStr,
+    /// The object's BTF and the program's function and line info (needed
+    /// by a program with BPF-to-BPF calls or callbacks, e.g. `bpf_loop`).
+    pub btf: Option<BtfInfo<'a>>,
+}
+
+/// The BTF a program is loaded with: the loaded BTF object, and the
+/// program's `bpf_func_info` / `bpf_line_info` records.
+pub struct BtfInfo<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub func_info: &'a [u8],
+    pub func_info_rec_size: u32,
+    pub line_info: &'a [u8],
+    pub line_info_rec_size: u32,
+}
+
+/// Loads raw BTF (`BPF_BTF_LOAD`).
+pub fn btf_load(raw: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: bpf_attr is plain old data; all-zero is its documented default.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    // SAFETY: writing the fields of the BPF_BTF_LOAD member of the union.
+    let u = unsafe { &mut attr.__bindgen_anon_7 };
+    u.btf = raw.as_ptr() as u64;
+    u.btf_size = raw.len() as u32;
+    bpf_fd(bpf_cmd::BPF_BTF_LOAD, &mut attr)
 }
 
 /// A failed `BPF_PROG_LOAD`: the error and the end of the verifier log.
@@ -96,6 +120,19 @@ fn prog_load_with_log(p: &ProgLoad<'_>, log: Option<&mut [u8]>) -> io::Result<Ow
             .take(15),
     ) {
         *dst = src as libc::c_char;
+    }
+    if let Some(btf) = &p.btf {
+        load.prog_btf_fd = btf.fd.as_raw_fd() as u32;
+        if let Some(n) = (btf.func_info.len() as u32).checked_div(btf.func_info_rec_size) {
+            load.func_info = btf.func_info.as_ptr() as u64;
+            load.func_info_cnt = n;
+            load.func_info_rec_size = btf.func_info_rec_size;
+        }
+        if let Some(n) = (btf.line_info.len() as u32).checked_div(btf.line_info_rec_size) {
+            load.line_info = btf.line_info.as_ptr() as u64;
+            load.line_info_cnt = n;
+            load.line_info_rec_size = btf.line_info_rec_size;
+        }
     }
     if let Some(buf) = log {
         load.log_level = 1;
