@@ -6,7 +6,9 @@ mod alloc;
 mod gauge;
 mod maps;
 mod memory;
+mod python;
 mod stage;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -187,6 +187,26 @@ pub struct RunArgs {
     /// bytes per stage) or `off` (RSS from procfs only).
     #[arg(long, value_name = "full|maps|off", value_enum, default_value = "full")]
     pub memory: MemoryMode,
+    /// How stage returns are observed: `ret` puts uprobes on the function's
+    /// exit instructions, so C++ exceptions, Rust panics and thread
+    /// cancellation can cross it (a single-stepped trap per return);
+    /// `uretprobe` uses the kernel's return trampoline (cheaper, but an
+    /// exception that unwinds through the function terminates the
+    /// process); `auto` (default): `ret` for functions in files with
+    /// exception tables (C++, Rust) that call anything, else `uretprobe`.
+    /// See docs/unwind.md.
+    #[arg(
+        long,
+        value_name = "auto|ret|uretprobe",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub exit_probes: crate::probes::unwind::ExitProbes,
+    /// Python stages: attach the interpreter probes for WINDOW every
+    /// PERIOD (e.g. 1s/10s: exact spans inside each window, no cost
+    /// between), or `always` (every call; see docs/python.md for the cost).
+    #[arg(long, value_name = "WINDOW/PERIOD|always")]
+    pub python_window: Option<String>,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
     /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
     /// of the traced process: allocations per stage, outstanding bytes and
@@ -205,6 +225,15 @@ pub struct RunArgs {
     /// Alloc mode: how many allocation sites to report (default 10).
     #[arg(long, value_name = "N", requires = "alloc")]
     pub alloc_top: Option<usize>,
+    /// Refuse to attach to more functions than this in one run (default
+    /// 1000; every match of every stage and gauge counts once).
+    #[arg(long, value_name = "N")]
+    pub max_probes: Option<usize>,
+    /// Benchmarks and tests: attach uprobes through `multi` (uprobe-multi
+    /// links, Linux 6.6+) or `perf` (a perf event per probe). Default: multi
+    /// when the kernel has it.
+    #[arg(long, value_name = "multi|perf", value_enum, hide = true)]
+    pub attach: Option<crate::probes::attach::AttachMode>,
     /// Send the per-stage metrics to an OpenTelemetry collector over OTLP
     /// HTTP/protobuf, e.g. http://127.0.0.1:4318 (/v1/metrics and
     /// /v1/traces are added).

@@ -16,9 +16,10 @@ use crate::{
     format::one_line,
     probes::{
         alloc::{AllocSpec, DEFAULT_MIN_AGE, DEFAULT_TOP},
+        attach::AttachMode,
         gauge::{GaugeSource, GaugeSpec},
         memory::MemoryMode,
-        Location, StageSpec,
+        python, Location, StageSpec,
     },
     sinks::{
         api::{ApiSpec, DEFAULT_API_PORT},
@@ -45,6 +46,14 @@ const ECHO_CHARS: usize = 80;
 /// `text` as quoted in a one-line error.
 fn echo(text: &str) -> String {
     one_line(text, ECHO_CHARS)
+}
+
+/// What a stage's TARGET:SYMBOL names: a native function, or Python
+/// functions (`python:INTERPRETER:PATTERN`, TOML `kind = "python"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageKind {
+    Native,
+    Python,
 }
 
 /// Default Prometheus histogram bounds, seconds.
@@ -98,9 +107,20 @@ pub struct Plan {
     pub memory: MemoryMode,
     /// Where results go (the sinks).
     pub outputs: Outputs,
+    /// At most this many probe sites (functions) per run (`--max-probes`).
+    pub max_probes: usize,
+    /// How to attach uprobes (`--attach`; None: detect).
+    pub attach: Option<AttachMode>,
+    /// How stage returns are observed (`--exit-probes`, probes/unwind.rs).
+    pub exit_probes: crate::probes::unwind::ExitProbes,
+    /// Python stages: probes attached for `.0` every `.1` (None: always).
+    pub python_window: Option<(Duration, Duration)>,
     /// The kubelet's pod log directory (None: the default).
     pub kubelet_pods_dir: Option<PathBuf>,
 }
+
+/// Default of `--max-probes`.
+pub const DEFAULT_MAX_PROBES: usize = 1000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -195,6 +215,12 @@ pub enum ConfigError {
     OtlpWithoutEndpoint(&'static str),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
+    #[error("--max-probes must be at least 1")]
+    MaxProbesZero,
+    #[error("invalid --python-window '{value}': {reason} (form WINDOW/PERIOD, e.g. 1s/10s, or 'always')")]
+    PythonWindow { value: String, reason: String },
+    #[error("stage '{name}': unknown kind '{kind}' (use \"native\" or \"python\")")]
+    StageKindUnknown { name: String, kind: String },
 }
 
 /// The TOML file's shape. Unknown keys are errors (catches typos).
@@ -224,6 +250,8 @@ struct FileConfig {
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
+    max_probes: Option<usize>,
+    python_window: Option<String>,
     otlp: Option<FileOtlp>,
     kubelet_pods_dir: Option<PathBuf>,
 }
@@ -260,7 +288,11 @@ struct FileAlert {
 #[serde(deny_unknown_fields)]
 struct FileStage {
     name: String,
+    /// "native" (default) or "python".
+    kind: Option<String>,
     target: String,
+    /// The function: a symbol, or for Python a [FILE:|MODULE:]QUALNAME pattern.
+    #[serde(alias = "function")]
     symbol: String,
 }
 
@@ -339,11 +371,29 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     if symbol.trim().is_empty() {
         return Err(bad("empty SYMBOL"));
     }
+    let (kind, target, symbol) = if target.trim() == "python" {
+        let (interp, pattern) = symbol
+            .split_once(':')
+            .ok_or_else(|| bad("python stages are NAME=python:INTERPRETER:PATTERN"))?;
+        if interp.trim().is_empty() || pattern.trim().is_empty() {
+            return Err(bad("empty INTERPRETER or PATTERN after python:"));
+        }
+        (StageKind::Python, interp, pattern)
+    } else {
+        (StageKind::Native, target, symbol)
+    };
     let stage = StageSpec {
         name: name.trim().to_string(),
-        location: Location::Function {
-            target: target.trim().to_string(),
-            symbol: symbol.trim().to_string(),
+        location: if kind == StageKind::Python {
+            Location::Python {
+                interpreter: target.trim().to_string(),
+                pattern: symbol.trim().to_string(),
+            }
+        } else {
+            Location::Function {
+                target: target.trim().to_string(),
+                symbol: symbol.trim().to_string(),
+            }
         },
     };
     check_name("stage", &stage.name)?;
@@ -492,11 +542,27 @@ impl Plan {
             .into_iter()
             .map(|s| {
                 check_name("stage", &s.name)?;
+                let kind = match s.kind.as_deref() {
+                    None | Some("native") => StageKind::Native,
+                    Some("python") => StageKind::Python,
+                    Some(other) => {
+                        return Err(ConfigError::StageKindUnknown {
+                            name: s.name,
+                            kind: other.to_string(),
+                        })
+                    }
+                };
                 Ok(StageSpec {
                     name: s.name,
-                    location: Location::Function {
-                        target: s.target,
-                        symbol: s.symbol,
+                    location: match kind {
+                        StageKind::Python => Location::Python {
+                            interpreter: s.target,
+                            pattern: s.symbol,
+                        },
+                        StageKind::Native => Location::Function {
+                            target: s.target,
+                            symbol: s.symbol,
+                        },
                     },
                 })
             })
@@ -640,6 +706,20 @@ impl Plan {
         if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
             return Err(ConfigError::AllocNeedsPids);
         }
+        let max_probes = args
+            .max_probes
+            .or(file.max_probes)
+            .unwrap_or(DEFAULT_MAX_PROBES);
+        if max_probes == 0 {
+            return Err(ConfigError::MaxProbesZero);
+        }
+        let python_window = python::parse_window(
+            pick(&args.python_window, file.python_window).as_deref(),
+            stages
+                .iter()
+                .any(|s| matches!(s.location, Location::Python { .. })),
+        )
+        .map_err(|(value, reason)| ConfigError::PythonWindow { value, reason })?;
         let otlp = otlp_spec(args, file.otlp, &prom_buckets_ns)?;
         if otlp.as_ref().is_some_and(|o| o.traces.is_some()) && frame_stage.is_none() {
             return Err(ConfigError::OtlpTracesNeedFrame);
@@ -673,6 +753,10 @@ impl Plan {
                 summary_out,
                 otlp,
             },
+            max_probes,
+            attach: args.attach,
+            exit_probes: args.exit_probes,
+            python_window,
             kubelet_pods_dir: args.kubelet_pods_dir.clone().or(file.kubelet_pods_dir),
         })
     }
@@ -964,6 +1048,36 @@ mod tests {
         assert_eq!(
             Plan::from_args(&args(&["--stage", "a=/x:f", "--alloc"])).unwrap_err(),
             ConfigError::AllocNeedsPids
+        );
+    }
+
+    #[test]
+    fn max_probes_and_attach_mode() {
+        let plan = Plan::from_args(&args(&["--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, DEFAULT_MAX_PROBES);
+        assert_eq!(plan.attach, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "max_probes = 5000\n").unwrap();
+        let config = path.to_str().unwrap();
+        let plan = Plan::from_args(&args(&["--config", config, "--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, 5000);
+        let plan = Plan::from_args(&args(&[
+            "--config",
+            config,
+            "--stage",
+            "a=/x:f",
+            "--max-probes",
+            "20",
+            "--attach",
+            "perf",
+        ]))
+        .unwrap();
+        assert_eq!(plan.max_probes, 20);
+        assert_eq!(plan.attach, Some(AttachMode::Perf));
+        assert_eq!(
+            Plan::from_args(&args(&["--stage", "a=/x:f", "--max-probes", "0"])).unwrap_err(),
+            ConfigError::MaxProbesZero
         );
     }
 

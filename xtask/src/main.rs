@@ -9,6 +9,7 @@
 //!   cargo xtask bench alert [--steps N]       alert detection delay after a latency step (root)
 //!   cargo xtask bench soak [--minutes M]      the demo traced at its highest rate for M minutes (root)
 //!   cargo xtask fuzz [--seconds N] [TARGET..] build the cargo-fuzz targets, run each N s
+//!   cargo xtask bench attach [--sizes N,..]   attach/detach time of N uprobes: multi, perf, bpftrace (root)
 //!   cargo xtask deb [--binary PATH]           the Debian package (service, config, man, completions)
 
 mod bench;
@@ -44,8 +45,9 @@ enum Cmd {
         #[arg(long)]
         rebuild_bpf_linker: bool,
     },
-    /// setup, `cargo build --workspace`, then `cargo test --workspace --
-    /// --test-threads=1 TEST-ARGS...` (serial: the tests measure timing),
+    /// setup, `cargo build --workspace`, then `cargo test --workspace
+    /// --no-fail-fast -- --test-threads=1 TEST-ARGS...` (serial: the tests
+    /// measure timing; every suite runs even after a failure),
     /// both excluding adeline-trace-ebpf (BPF target only).
     Test {
         /// Passed to the test binaries (a name filter, --nocapture, ...).

@@ -521,6 +521,9 @@ fn the_sink_writes_the_last_partial_interval_at_the_end_of_the_run() {
         pids: &[],
         processes: &[],
         probes: &[],
+        exits: &[],
+        unwind: &[],
+        unwind_warnings: &[],
     })
     .unwrap();
     assert!(sink.next_tick().is_some());
