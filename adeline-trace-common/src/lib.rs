@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod python;
+pub mod usdt;
 
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
@@ -318,4 +319,5 @@ mod pod {
     unsafe impl aya::Pod for python::PyObjKey {}
     unsafe impl aya::Pod for python::PyCodeInfo {}
     unsafe impl aya::Pod for python::PyGenState {}
+    unsafe impl aya::Pod for usdt::UsdtArgSpec {}
 }

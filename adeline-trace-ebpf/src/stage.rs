@@ -97,21 +97,29 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    end_stage(stage, now, pid_tgid);
+    0
+}
+
+/// Ends the innermost open call of `stage` on this thread at `now`. Shared
+/// by the uretprobe and USDT return probes (usdt.rs).
+#[inline(always)]
+pub fn end_stage(stage: u32, now: u64, pid_tgid: u64) {
     let calls = THREADS.current(false);
     if calls.is_null() {
         bump(COUNTER_UNMATCHED_EXIT);
-        return 0;
+        return;
     }
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
     let depth = calls.depth as usize;
     if depth == 0 {
         bump(COUNTER_UNMATCHED_EXIT);
-        return 0;
+        return;
     }
     if depth > MAX_DEPTH {
         calls.depth -= 1;
-        return 0;
+        return;
     }
     // The innermost open call of this stage: normally the top of the stack.
     // Calls above it were left without a return (exception, longjmp): drop
@@ -128,11 +136,10 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         }
         if found >= MAX_DEPTH {
             bump(COUNTER_UNMATCHED_EXIT);
-            return 0;
+            return;
         }
     }
     close_call(calls, found, now, stage, pid_tgid, 0);
-    0
 }
 
 /// Pops the open call at index `found` (and any above it) that lasted
