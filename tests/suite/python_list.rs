@@ -9,10 +9,12 @@ use adeline_trace_tests::*;
 use serde_json::Value;
 
 fn list_json(args: &[&str]) -> Value {
-    let out = Agent::run(args, Duration::from_secs(60));
-    assert!(out.status.success(), "list {args:?}: {}", out.stderr);
-    assert_eq!(out.lines.len(), 1, "one JSON document: {:?}", out.non_json);
-    out.lines[0].clone()
+    let (status, stdout, stderr) = run_captured(
+        std::process::Command::new(agent_bin()).args(args),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "list {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 #[test]
