@@ -54,6 +54,13 @@ fn pairs_arguments_events_and_semaphores() {
     if !require_bpf() {
         return;
     }
+    // Both attach paths carry the semaphores (ref_ctr_offset).
+    for mode in ["multi", "perf"] {
+        pairs_arguments_events_and_semaphores_with(mode);
+    }
+}
+
+fn pairs_arguments_events_and_semaphores_with(mode: &str) {
     let fx = usdt_fixture();
     let dir = scratch_dir("usdt");
     let (go, done) = (dir.join("go"), dir.join("done"));
@@ -82,9 +89,11 @@ fn pairs_arguments_events_and_semaphores() {
         ("--gauge", format!("ticks=usdt:{f}:fx:tick")),
         ("--gauge", format!("guarded=usdt:{f}:fx:guarded:hits")),
     ];
-    let mut args: Vec<String> = ["run", "--no-api", "--memory", "off", "-p", &pid]
-        .map(String::from)
-        .into();
+    let mut args: Vec<String> = [
+        "run", "--no-api", "--memory", "off", "--attach", mode, "-p", &pid,
+    ]
+    .map(String::from)
+    .into();
     for (flag, spec) in &specs {
         args.push(flag.to_string());
         args.push(spec.clone());
@@ -97,13 +106,13 @@ fn pairs_arguments_events_and_semaphores() {
     assert_eq!(probes.len(), 2 + 8, "{start}");
     std::fs::write(&go, "go").unwrap();
     let run = next_phase(&mut lines, "run");
-    assert_eq!(run["semaphore"], 1, "raised while attached: {run}");
+    assert_eq!(run["semaphore"], 1, "{mode}: raised while attached: {run}");
     assert_eq!(run["guarded"], GUARDED, "{run}");
     let out = agent.output();
     assert!(out.status.success(), "{}", out.stderr);
     std::fs::write(&done, "done").unwrap();
     let after = next_phase(&mut lines, "after");
-    assert_eq!(after["semaphore"], 0, "lowered on detach: {after}");
+    assert_eq!(after["semaphore"], 0, "{mode}: lowered on detach: {after}");
     assert_eq!(after["guarded"], 0, "{after}");
     let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("fixture exits");
     assert!(status.success());
