@@ -30,6 +30,32 @@ pub enum Command {
     Compare(CompareArgs),
     /// Per-stage trends from the history database a `run --history` keeps.
     History(HistoryArgs),
+    /// Print a shell completion script on stdout (bash, zsh or fish).
+    Completions(CompletionsArgs),
+    /// Write the man pages (adeline-trace.1, adeline-trace-run.1, ...) into DIR.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. `adeline-trace completions bash > /etc/bash_completion.d/adeline-trace`.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells completion scripts are made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// The directory to write them to (created if missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +239,25 @@ pub struct RunArgs {
     /// when the kernel has it.
     #[arg(long, value_name = "multi|perf", value_enum, hide = true)]
     pub attach: Option<crate::probes::attach::AttachMode>,
+    /// Send the per-stage metrics to an OpenTelemetry collector over OTLP
+    /// HTTP/protobuf, e.g. http://127.0.0.1:4318 (/v1/metrics and
+    /// /v1/traces are added).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub otlp: Option<String>,
+    /// OTLP metric export interval (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_interval: Option<String>,
+    /// Also send frames as OTLP traces (the frame root a span, one child
+    /// span per stage call), this share of them: 0 to 1.
+    #[arg(long, value_name = "RATIO")]
+    pub otlp_traces: Option<f64>,
+    /// OTLP `service.name` (default: $OTEL_SERVICE_NAME, else adeline-trace).
+    #[arg(long, value_name = "NAME")]
+    pub otlp_service_name: Option<String>,
+    /// The kubelet's pod log directory, where pod namespaces and names are
+    /// found by pod UID (default /var/log/pods).
+    #[arg(long, value_name = "DIR")]
+    pub kubelet_pods_dir: Option<PathBuf>,
     /// Launch this command, trace only it, and stop when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

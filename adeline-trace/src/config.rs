@@ -21,6 +21,7 @@ use crate::{
         api::{ApiSpec, DEFAULT_API_PORT},
         history::HistorySpec,
         jsonl::Output,
+        otlp::{self, OtlpSpec, SampleRatio},
         Outputs,
     },
     units::parse_size,
@@ -96,6 +97,8 @@ pub struct Plan {
     pub exit_probes: crate::probes::unwind::ExitProbes,
     /// Python stages: probes attached for `.0` every `.1` (None: always).
     pub python_window: Option<(Duration, Duration)>,
+    /// The kubelet's pod log directory (None: the default).
+    pub kubelet_pods_dir: Option<PathBuf>,
 }
 
 /// Default of `--max-probes`.
@@ -154,6 +157,19 @@ pub enum ConfigError {
     AllocSample,
     #[error("--alloc needs -p PID or a command to launch (after --): the allocator of every process is not traced")]
     AllocNeedsPids,
+    #[error("invalid --otlp endpoint '{endpoint}': {reason}")]
+    OtlpEndpoint {
+        endpoint: String,
+        reason: &'static str,
+    },
+    #[error("--otlp-traces must be a share between 0 and 1, e.g. 0.1, not {0}")]
+    OtlpTraces(String),
+    #[error(
+        "--otlp-traces sends frames: give a frame stage (--frame-stage NAME or frame = \"NAME\")"
+    )]
+    OtlpTracesNeedFrame,
+    #[error("{0} needs an endpoint: --otlp http://HOST:4318 or endpoint = \"...\" in the config's [otlp] table")]
+    OtlpWithoutEndpoint(&'static str),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
     #[error("--max-probes must be at least 1")]
@@ -195,6 +211,19 @@ struct FileConfig {
     alloc: Option<FileAlloc>,
     max_probes: Option<usize>,
     python_window: Option<String>,
+    otlp: Option<FileOtlp>,
+    kubelet_pods_dir: Option<PathBuf>,
+}
+
+/// The `[otlp]` table of a config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOtlp {
+    endpoint: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    traces: Option<f64>,
+    service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -700,6 +729,10 @@ impl Plan {
                 .any(|s| matches!(s.location, Location::Python { .. })),
         )
         .map_err(|(value, reason)| ConfigError::PythonWindow { value, reason })?;
+        let otlp = otlp_spec(args, file.otlp, &prom_buckets_ns)?;
+        if otlp.as_ref().is_some_and(|o| o.traces.is_some()) && frame_stage.is_none() {
+            return Err(ConfigError::OtlpTracesNeedFrame);
+        }
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -727,13 +760,77 @@ impl Plan {
                 trace_out,
                 history,
                 summary_out,
+                otlp,
             },
             max_probes,
             attach: args.attach,
             exit_probes: args.exit_probes,
             python_window,
+            kubelet_pods_dir: args.kubelet_pods_dir.clone().or(file.kubelet_pods_dir),
         })
     }
+}
+
+/// OTLP export from its flags and the file's `[otlp]` table (flags win);
+/// None without an endpoint.
+fn otlp_spec(
+    args: &RunArgs,
+    file: Option<FileOtlp>,
+    bounds_ns: &[u64],
+) -> Result<Option<OtlpSpec>, ConfigError> {
+    let file = file.unwrap_or_default();
+    let Some(endpoint) = args.otlp.clone().or(file.endpoint) else {
+        let given = [
+            (args.otlp_interval.is_some(), "--otlp-interval"),
+            (args.otlp_traces.is_some(), "--otlp-traces"),
+            (args.otlp_service_name.is_some(), "--otlp-service-name"),
+        ];
+        return match given.iter().find(|(on, _)| *on) {
+            Some((_, flag)) => Err(ConfigError::OtlpWithoutEndpoint(flag)),
+            None => Ok(None),
+        };
+    };
+    if let Some(reason) = otlp::check_endpoint(&endpoint) {
+        return Err(ConfigError::OtlpEndpoint { endpoint, reason });
+    }
+    let interval = match args.otlp_interval.clone().or(file.interval) {
+        None => otlp::DEFAULT_INTERVAL,
+        Some(text) => {
+            let d = parse_duration("--otlp-interval", &text)?;
+            if d < std::time::Duration::from_millis(100) {
+                return Err(ConfigError::Duration {
+                    what: "--otlp-interval",
+                    value: text,
+                    reason: "at least 100ms".to_string(),
+                });
+            }
+            d
+        }
+    };
+    let timeout = match file.timeout {
+        None => otlp::DEFAULT_TIMEOUT,
+        Some(text) => parse_duration("[otlp] timeout", &text)?,
+    };
+    let traces = match args.otlp_traces.or(file.traces) {
+        None => None,
+        Some(r) if (0.0..=1.0).contains(&r) => Some(SampleRatio(r)),
+        Some(r) => return Err(ConfigError::OtlpTraces(r.to_string())),
+    };
+    let service_name = args
+        .otlp_service_name
+        .clone()
+        .or(file.service_name)
+        .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "adeline-trace".to_string());
+    Ok(Some(OtlpSpec {
+        endpoint,
+        interval,
+        timeout,
+        traces,
+        service_name,
+        bounds_ns: bounds_ns.to_vec(),
+    }))
 }
 
 #[cfg(test)]
@@ -1152,5 +1249,73 @@ symbol = "python:gc__start"
             ..AllocFlags::default()
         };
         assert_eq!(alloc_spec(zero, None), Err(ConfigError::AllocSample));
+    }
+
+    #[test]
+    fn otlp_from_flags_and_the_config_table() {
+        let stage = ["--stage", "a=/bin/true:main"];
+        assert_eq!(Plan::from_args(&args(&stage)).unwrap().outputs.otlp, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "prom_buckets = \"0.001,0.01\"\nkubelet_pods_dir = \"/host/var/log/pods\"\n\
+             [otlp]\nendpoint = \"http://collector:4318/\"\ninterval = \"2s\"\n\
+             timeout = \"1s\"\ntraces = 0.5\nservice_name = \"vision\"\n",
+        )
+        .unwrap();
+        let mut argv = stage.to_vec();
+        argv.extend(["--config", path.to_str().unwrap()]);
+        assert_eq!(
+            Plan::from_args(&args(&argv)).unwrap_err(),
+            ConfigError::OtlpTracesNeedFrame
+        );
+        argv.extend(["--frame-stage", "a"]);
+        let plan = Plan::from_args(&args(&argv)).unwrap();
+        assert_eq!(
+            plan.outputs.otlp,
+            Some(OtlpSpec {
+                endpoint: "http://collector:4318/".into(),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                traces: Some(SampleRatio(0.5)),
+                service_name: "vision".into(),
+                bounds_ns: vec![1_000_000, 10_000_000],
+            })
+        );
+        assert_eq!(plan.kubelet_pods_dir, Some("/host/var/log/pods".into()));
+        // Flags win.
+        argv.extend([
+            "--otlp",
+            "http://127.0.0.1:4318",
+            "--otlp-traces",
+            "1",
+            "--otlp-interval",
+            "500ms",
+            "--otlp-service-name",
+            "cam-3",
+        ]);
+        let spec = Plan::from_args(&args(&argv)).unwrap().outputs.otlp.unwrap();
+        assert_eq!(spec.endpoint, "http://127.0.0.1:4318");
+        assert_eq!(spec.traces, Some(SampleRatio(1.0)));
+        assert_eq!(spec.interval, Duration::from_millis(500));
+        assert_eq!(spec.service_name, "cam-3");
+
+        let err = |extra: &[&str]| {
+            let mut a = stage.to_vec();
+            a.extend(["--frame-stage", "a"]);
+            a.extend_from_slice(extra);
+            Plan::from_args(&args(&a)).unwrap_err().to_string()
+        };
+        assert!(err(&["--otlp", "https://x:4318"]).contains("https is not supported"));
+        assert!(err(&["--otlp", "x:4318"]).contains("must start with http://"));
+        assert!(err(&["--otlp", "http://x:4318/v1/metrics"]).contains("base URL only"));
+        assert!(err(&["--otlp", "http://"]).contains("no host"));
+        assert!(err(&["--otlp", "http://x", "--otlp-traces", "1.5"]).contains("between 0 and 1"));
+        assert!(err(&["--otlp", "http://x", "--otlp-interval", "1ms"]).contains("at least 100ms"));
+        assert_eq!(
+            err(&["--otlp-traces", "0.1"]),
+            "--otlp-traces needs an endpoint: --otlp http://HOST:4318 or endpoint = \"...\" in the config's [otlp] table"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{
 
 use crate::{
     alerts::AlertEvent,
+    container::{kubelet, ProcessInfo, ProcessTable},
     events::{monotonic_ns, WallClock},
     metrics::{
         buckets::Cumulative,
@@ -15,7 +16,7 @@ use crate::{
         snapshot::{AllocReport, HostStats, ProcessMemory, Snapshot, StageMemory, Window},
         Metrics,
     },
-    sinks::SnapshotSource,
+    sinks::{OutputHealth, SnapshotSource},
 };
 
 /// Settings of the running agent that readers need.
@@ -30,6 +31,9 @@ pub struct LiveOptions {
     pub rules: Vec<String>,
     /// Alloc mode, when on.
     pub alloc: Option<crate::probes::alloc::AllocSpec>,
+    /// The kubelet's pod log directory (pod namespaces and names); None:
+    /// the default, /var/log/pods.
+    pub kubelet_pods_dir: Option<std::path::PathBuf>,
 }
 
 /// The running tracer's shared state: metrics (written by the drain loop),
@@ -44,6 +48,11 @@ pub struct LiveState {
     memory: Mutex<MemorySampler>,
     stage_memory: Mutex<StageMemoryState>,
     host: Mutex<HostSampler>,
+    /// Every process seen, and the pids traced now (the given ones, or
+    /// the ones sampled last).
+    processes: Mutex<(ProcessTable, Vec<u32>)>,
+    /// What the outputs that may lose records delivered and lost.
+    outputs: Mutex<Vec<OutputHealth>>,
     events: AtomicU64,
     drops: AtomicU64,
 }
@@ -58,6 +67,16 @@ impl LiveState {
             memory: Mutex::new(MemorySampler::new()),
             stage_memory: Mutex::new(StageMemoryState::new(options.alloc.as_ref())),
             host: Mutex::new(HostSampler::new()),
+            processes: Mutex::new((
+                ProcessTable::new(
+                    options
+                        .kubelet_pods_dir
+                        .clone()
+                        .unwrap_or_else(|| kubelet::DEFAULT_PODS_DIR.into()),
+                ),
+                Vec::new(),
+            )),
+            outputs: Mutex::new(Vec::new()),
             events: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             options,
@@ -78,6 +97,7 @@ impl LiveState {
         kernel_rss: &dyn Fn(u32) -> Option<u64>,
     ) {
         let pids: Vec<u32> = pids.into_iter().collect();
+        self.set_processes(&pids);
         self.memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -86,6 +106,37 @@ impl LiveState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .sample(pids);
+    }
+
+    /// The processes traced now: `pids` (host pids).
+    pub fn set_processes(&self, pids: &[u32]) {
+        let mut p = self
+            .processes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        p.0.lookup(pids);
+        p.1 = pids.to_vec();
+    }
+
+    /// Reads what procfs says about `pid` now (its labels are kept for
+    /// when it is traced).
+    pub fn note_process(&self, pid: u32) {
+        let mut p = self
+            .processes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        p.0.lookup(&[pid]);
+    }
+
+    /// What is known of the processes traced now (pid namespace, cgroup,
+    /// container, pod).
+    pub fn traced_processes(&self) -> Vec<ProcessInfo> {
+        let mut p = self
+            .processes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (table, pids) = &mut *p;
+        table.lookup(pids)
     }
 
     /// Per-stage memory state (resident bytes charged, alloc mode totals).
@@ -100,6 +151,7 @@ impl LiveState {
     fn fill_memory(&self, snapshot: &mut Snapshot, window: Window, now: u64) {
         snapshot.memory = self.memory_report(window, now);
         snapshot.host = self.host_report();
+        snapshot.processes = self.traced_processes();
         let (names, frames) = self.names_and_frames();
         self.stage_memory()
             .fill(snapshot, window, now, &names, frames);
@@ -127,6 +179,12 @@ impl LiveState {
     /// Wall-clock nanoseconds for a monotonic timestamp.
     pub fn wall_ns(&self, mono_ns: u64) -> u64 {
         self.clock.wall_ns(mono_ns)
+    }
+
+    /// What the outputs that may lose records delivered and lost (each
+    /// stats interval).
+    pub fn set_outputs(&self, outputs: Vec<OutputHealth>) {
+        *self.outputs.lock().unwrap_or_else(PoisonError::into_inner) = outputs;
     }
 
     /// Updates the run-wide record counters.
@@ -186,6 +244,17 @@ impl SnapshotSource for LiveState {
         );
         self.fill_memory(&mut snapshot, window, now);
         snapshot
+    }
+
+    fn processes(&self) -> Vec<ProcessInfo> {
+        self.traced_processes()
+    }
+
+    fn outputs(&self) -> Vec<OutputHealth> {
+        self.outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn alerts(&self) -> Vec<AlertEvent> {

@@ -20,6 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     alerts::alerting::Alerting,
     events::{decode, monotonic_ns, Event},
+    journal::{self, Priority},
     launch::Launched,
     metrics::{
         memory::alloc::name_sites,
@@ -98,9 +99,11 @@ struct Counts {
 struct SeenPids(Option<HashMap<u32, u64>>);
 
 impl SeenPids {
-    fn saw(&mut self, pid: u32, ts_ns: u64) {
-        if let Some(seen) = self.0.as_mut() {
-            seen.insert(pid, ts_ns);
+    /// Notes a record of `pid`; true when the pid is new.
+    fn saw(&mut self, pid: u32, ts_ns: u64) -> bool {
+        match self.0.as_mut() {
+            Some(seen) => seen.insert(pid, ts_ns).is_none(),
+            None => false,
         }
     }
 
@@ -230,7 +233,10 @@ impl Tracer {
                 Ok(Event::Span(record)) => {
                     self.counts.spans += 1;
                     metrics.record_span(&record);
-                    self.seen.saw(record.pid, record.start_ns);
+                    if self.seen.saw(record.pid, record.start_ns) {
+                        // Read while it runs: it may be gone at the next sample.
+                        self.live.note_process(record.pid);
+                    }
                     if let Some(stage) = metrics.stage_name(record.stage) {
                         self.sinks.span(&Span {
                             record: &record,
@@ -245,7 +251,9 @@ impl Tracer {
                 }
                 Ok(Event::Gauge(record)) => {
                     metrics.record_gauge(&record);
-                    self.seen.saw(record.pid, record.ts_ns);
+                    if self.seen.saw(record.pid, record.ts_ns) {
+                        self.live.note_process(record.pid);
+                    }
                     if let Some(gauge) = metrics.gauge_name(record.gauge) {
                         self.sinks.gauge(&Gauge {
                             record: &record,
@@ -277,6 +285,9 @@ impl Tracer {
         let now = self.read_counters()?;
         let drops = all_drops(&now) - all_drops(&self.counts.last_counters);
         let interval = self.live.metrics().take_interval();
+        let processes = self.live.traced_processes();
+        let outputs = self.sinks.health();
+        self.live.set_outputs(outputs.clone());
         self.sinks.stats(&Stats {
             ts_ns: self.live.wall_ns(monotonic_ns()),
             interval_ns: self.stats_interval.as_nanos() as u64,
@@ -289,6 +300,8 @@ impl Tracer {
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
             unwound_total: now[COUNTER_UNWOUND as usize],
             abandoned_total: now[COUNTER_ABANDONED as usize],
+            processes: &processes,
+            outputs: &outputs,
             interval: &interval,
         })?;
         self.counts.last_counters = now;
@@ -425,16 +438,32 @@ impl Tracer {
             self.live.as_ref(),
         )?;
         eprintln!(
-            "adeline-trace: stopped ({}) after {:.1}s: {} events, {} dropped, {} unmatched returns",
+            "{}adeline-trace: stopped ({}) after {:.1}s: {} events, {} dropped, {} unmatched returns",
+            journal::prefix(Priority::Info),
             stop.as_str(),
             elapsed.as_secs_f64(),
             self.counts.records,
             all_drops(&counters),
             counters[COUNTER_UNMATCHED_EXIT as usize],
         );
+        for o in self.sinks.health() {
+            eprintln!(
+                "{}adeline-trace: {}: {} exported, {} dropped, {} failed exports",
+                journal::prefix(if o.dropped > 0 {
+                    Priority::Warning
+                } else {
+                    Priority::Info
+                }),
+                o.output,
+                o.exported,
+                o.dropped,
+                o.failed_exports
+            );
+        }
         if self.counts.decode_errors > 0 {
             eprintln!(
-                "adeline-trace: {} records could not be decoded",
+                "{}adeline-trace: {} records could not be decoded",
+                journal::prefix(Priority::Warning),
                 self.counts.decode_errors
             );
         }

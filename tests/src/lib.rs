@@ -11,6 +11,9 @@
 //!   [`Pipeline::go`], so a tracer can attach by pid first.
 //! - [`adeline_bpf_programs`]: our BPF programs still loaded in the kernel;
 //!   [`bpf_link_types`]: the BPF links a process holds.
+//! - [`cgroup`]: real cgroups named as container runtimes name theirs;
+//!   [`otlp`]: an OTLP/HTTP receiver decoding with the upstream protobuf
+//!   definitions.
 //! - Python fixtures (module `python`, re-exported): [`python_matrix`] /
 //!   [`pipeline_matrix`] (the interpreters and their venvs, from
 //!   [`python_env`]), [`PyFixture`] (a fixture held at its go file, its
@@ -35,6 +38,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cgroup;
+pub mod namespaces;
+pub mod otlp;
 mod python;
 pub use python::*;
 

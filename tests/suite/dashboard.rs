@@ -568,14 +568,17 @@ fn live_page_follows_the_agent_and_shows_an_alert() {
     // The memory tile shows the traced process's RSS (sampled each second).
     let rss = b.text("#memory-rss").unwrap_or_default();
     assert!(rss.ends_with(" MB"), "memory tile RSS {rss:?}");
-    // Its pid, or, once the agent has two samples of the demo's leak, the
-    // stage that grows (track), with the pid in the tooltip.
+    // Its pid, or, once the agent has two samples, the stage that grows
+    // most, with the pid in the tooltip. Right after start that can be
+    // "(no stage)": the demo's start-up faults (libraries, first buffers)
+    // happen outside every stage and stay in the 10 s growth fit until they
+    // age out of it; from then on the demo's leak makes it track.
     let pids = b.text("#memory-pids").unwrap_or_default();
     assert!(
-        pids.starts_with("pid ") || pids.starts_with("track +"),
+        pids.starts_with("pid ") || pids.ends_with(" MB/min"),
         "memory tile pids {pids:?}"
     );
-    let growing = poll(Duration::from_secs(15), || {
+    let growing = poll(Duration::from_secs(25), || {
         let t = b.text("#memory-pids").unwrap_or_default();
         (t.starts_with("track +") && t.ends_with(" MB/min")).then_some(t)
     });

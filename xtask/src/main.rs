@@ -8,8 +8,10 @@
 //!   cargo xtask bench agent [--runs R]        agent CPU per event at the highest rate (root)
 //!   cargo xtask bench alert [--steps N]       alert detection delay after a latency step (root)
 //!   cargo xtask bench attach [--sizes N,..]   attach/detach time of N uprobes: multi, perf, bpftrace (root)
+//!   cargo xtask deb [--binary PATH]           the Debian package (service, config, man, completions)
 
 mod bench;
+mod deb;
 mod demo;
 // The Python fixtures' interpreter matrix, shared with the test harness.
 #[path = "../../tests/src/python_env.rs"]
@@ -61,6 +63,9 @@ enum Cmd {
         #[command(subcommand)]
         what: bench::Bench,
     },
+    /// Build the Debian package (release binary, systemd unit, default
+    /// config, man pages, completions) into target/deb with dpkg-deb.
+    Deb(deb::DebArgs),
 }
 
 fn main() {
@@ -70,6 +75,7 @@ fn main() {
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { seconds } => demo::run(seconds),
         Cmd::Bench { what } => bench::run(what),
+        Cmd::Deb(args) => deb::run(&args),
     };
     match result {
         Ok(code) => std::process::exit(code),

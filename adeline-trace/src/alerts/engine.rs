@@ -326,6 +326,7 @@ mod tests {
             stage_memory: Vec::new(),
             alloc: None,
             host: None,
+            processes: Vec::new(),
         }
     }
 

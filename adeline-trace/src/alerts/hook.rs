@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::AlertEvent;
-use crate::events::SCHEMA_VERSION;
+use crate::{
+    events::SCHEMA_VERSION,
+    journal::{self, Priority},
+};
 
 /// How long a hook may run before it is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,7 +250,10 @@ fn warn(exec: &str, outcome: &HookOutcome) {
         HookOutcome::Error(e) => e.clone(),
         HookOutcome::Skipped => format!("was skipped: {MAX_RUNNING_HOOKS} hooks are still running"),
     };
-    eprintln!("warning: alert hook {exec:?} {what}");
+    eprintln!(
+        "{}warning: alert hook {exec:?} {what}",
+        journal::prefix(Priority::Warning)
+    );
 }
 
 #[cfg(test)]

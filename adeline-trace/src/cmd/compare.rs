@@ -354,6 +354,7 @@ mod tests {
             stage_memory: vec![],
             alloc: None,
             host: None,
+            processes: Vec::new(),
         })
         .unwrap()
     }

@@ -12,7 +12,9 @@ use anyhow::{Context as _, Result};
 use crate::{
     alerts::{alerting::Alerting, engine::AlertEngine},
     config::Plan,
+    container,
     events::{monotonic_ns, WallClock},
+    journal::{self, Priority},
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
     probes::{
@@ -44,6 +46,12 @@ pub fn run(plan: Plan) -> Result<()> {
         .as_deref()
         .map(load_baseline)
         .transpose()?;
+    // The kernel programs report host pids, and -p takes them.
+    if !container::in_host_pid_namespace().unwrap_or(true) {
+        anyhow::bail!(
+            "adeline-trace runs in a pid namespace of its own, where procfs pids are not the host pids its probes report: run it in the host's (docker --pid=host, Kubernetes hostPID: true)"
+        );
+    }
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
     }
@@ -56,7 +64,7 @@ pub fn run(plan: Plan) -> Result<()> {
         exit_probes: plan.exit_probes,
     })?;
     for w in &resolved.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("{}warning: {w}", journal::prefix(Priority::Warning));
     }
     let (sites, unwind_warnings) = (resolved.sites, resolved.unwind_warnings);
     check_privileges()?;
@@ -95,7 +103,10 @@ pub fn run(plan: Plan) -> Result<()> {
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
-            eprintln!("warning: memory mappings are not traced: {why}");
+            eprintln!(
+                "{}warning: memory mappings are not traced: {why}",
+                journal::prefix(Priority::Warning)
+            );
         }
     }
     let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
@@ -111,6 +122,7 @@ pub fn run(plan: Plan) -> Result<()> {
             history_db: plan.outputs.history.as_ref().map(|h| h.path.clone()),
             rules: plan.alerts.iter().map(|a| a.rule.clone()).collect(),
             alloc: plan.alloc.clone(),
+            kubelet_pods_dir: plan.kubelet_pods_dir.clone(),
         },
     ));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -124,9 +136,11 @@ pub fn run(plan: Plan) -> Result<()> {
         }))?),
         None => None,
     };
+    live.set_processes(&pids);
     sinks.start(&Start {
         ts_ns: live.wall_ns(monotonic_ns()),
         pids: &pids,
+        processes: &live.traced_processes(),
         probes: &probe_infos(
             sites
                 .iter()
@@ -138,7 +152,8 @@ pub fn run(plan: Plan) -> Result<()> {
     })?;
     let (mode, attach_time) = probes.attach_mode();
     eprintln!(
-        "adeline-trace: {} probes on {} functions in {} stages ({mode}, attached in {} ms); {}{}; Ctrl-C to stop",
+        "{}adeline-trace: {} probes on {} functions in {} stages ({mode}, attached in {} ms); {}{}; Ctrl-C to stop",
+        journal::prefix(Priority::Info),
         probes.attached(),
         // Functions: the exit-instruction and unwind hooks are not counted.
         sites
@@ -184,7 +199,10 @@ pub fn run(plan: Plan) -> Result<()> {
             std::thread::sleep(DRAIN_EVERY / 2);
         }
         if let Some(code) = c.terminate(Duration::ZERO) {
-            eprintln!("adeline-trace: command exited with status {code}");
+            eprintln!(
+                "{}adeline-trace: command exited with status {code}",
+                journal::prefix(Priority::Info)
+            );
         }
     }
     tracer.drain()?;

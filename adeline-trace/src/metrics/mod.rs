@@ -367,6 +367,7 @@ impl Metrics {
             stage_memory: self.stage_memory(),
             alloc: None,
             host: None,
+            processes: Vec::new(),
         }
     }
 

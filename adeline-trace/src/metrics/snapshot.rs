@@ -3,6 +3,8 @@
 //! as JSON (schema version [`SNAPSHOT_VERSION`], docs/api.md).
 use serde::{Deserialize, Serialize};
 
+use crate::container::ProcessInfo;
+
 /// Version of the snapshot JSON schema.
 pub const SNAPSHOT_VERSION: u32 = 1;
 
@@ -310,6 +312,11 @@ pub struct Snapshot {
     /// nothing, and in files written before it existed).
     #[serde(default)]
     pub host: Option<HostStats>,
+    /// The traced processes: host pid, pid in their own namespace, cgroup,
+    /// container and pod (empty when the source tracks none, and in files
+    /// written before it existed).
+    #[serde(default)]
+    pub processes: Vec<ProcessInfo>,
 }
 
 /// One traced process's memory (see memory/ and docs/api.md).

@@ -22,7 +22,7 @@ use object::Object;
 
 use crate::symbols::{
     elf::ElfFile,
-    exits::ExitFinder,
+    exits::function_exits,
     placement::{on_instruction, place_symbol, Needs, Reason},
     process,
 };
@@ -108,7 +108,7 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
     if mode == ExitProbes::Uretprobe || !sites.iter().any(|s| s.programs == function::PROGRAMS) {
         return warnings;
     }
-    let mut elfs: HashMap<PathBuf, Option<(ElfFile, ExitFinder, bool)>> = HashMap::new();
+    let mut elfs: HashMap<PathBuf, Option<(ElfFile, bool)>> = HashMap::new();
     let mut added = Vec::new();
     let mut converted: Vec<PathBuf> = Vec::new();
     let mut kept_uretprobe = Vec::new();
@@ -119,11 +119,10 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
         let file = elfs.entry(site.path.clone()).or_insert_with(|| {
             Some((
                 ElfFile::open(&site.path).ok()?,
-                ExitFinder::open(&site.path)?,
                 has_exception_tables(&site.path),
             ))
         });
-        let Some((elf, finder, unwinds)) = file else {
+        let Some((elf, unwinds)) = file else {
             continue;
         };
         if mode == ExitProbes::Auto && !*unwinds {
@@ -131,8 +130,8 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
         }
         let func = elf.functions.iter().find(|f| f.file_offset == site.offset);
         let exits = match func {
-            Some(f) => finder
-                .exits(&f.raw, f.address, f.size)
+            Some(f) => function_exits(&site.path, elf, f)
+                .map(|e| e.offsets)
                 .map_err(|e| e.to_string()),
             None => Err("its symbol is gone".to_string()),
         }

@@ -4,10 +4,10 @@
 //! `opcode_targets`, and a handler's probe goes on the first instruction
 //! the kernel emulates on its straight-line path ("site rule", below).
 //!
-//! This is the one place that picks emulated instructions for the Python
-//! probes; the decoder-based placement of function probes (issue 12)
-//! applies the same rule to a function's entry and should share
-//! [`is_emulated`] and [`site_rule`] once it lands.
+//! The decoding, the kernel's emulation table and the site rule itself
+//! are shared with function probes: symbols/x86.rs and
+//! symbols/placement.rs (`place_among`, with the handlers added to the
+//! branch targets the decoder sees).
 use std::collections::HashSet;
 
 use adeline_trace_common::python::{
@@ -15,7 +15,12 @@ use adeline_trace_common::python::{
     PY_ROLE_ENTRY_310, PY_ROLE_EXIT_310, PY_ROLE_POP, PY_ROLE_RETURN, PY_ROLE_UNWIND,
     PY_ROLE_YIELD,
 };
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction};
+use iced_x86::{Code, FlowControl, Instruction};
+
+use crate::symbols::{
+    placement::{place_among, Needs, Reason},
+    x86::{self, branch_targets, decode_at, instructions},
+};
 
 use super::{image::Image, PythonError, Version};
 
@@ -114,22 +119,10 @@ pub fn resume_ops(v: Version) -> u32 {
         .fold(0u32, |acc, (i, &op)| acc | (u32::from(op) << (8 * i)))
 }
 
-/// Whether the kernel's x86-64 uprobes emulate this instruction instead of
-/// single-stepping it: direct `call`/`jmp`/`jcc` without prefixes, `push`
-/// of a register, and `nop`s.
+/// Whether the kernel's x86-64 uprobes emulate this instruction (exactly
+/// its bytes) instead of single-stepping it (symbols/x86.rs).
 pub fn is_emulated(bytes: &[u8]) -> bool {
-    matches!(
-        bytes,
-        [0xe8 | 0xe9 | 0xeb, ..]
-            | [0x70..=0x7f, ..]
-            | [0x0f, 0x80..=0x8f, ..]
-            | [0x50..=0x57, ..]
-            | [0x41, 0x50..=0x57, ..]
-            | [0x90, ..]
-            | [0x66, 0x90, ..]
-            | [0x0f, 0x1f, ..]
-            | [0x66, 0x0f, 0x1f, ..]
-    )
+    x86::is_emulated(bytes)
 }
 
 /// The decoded eval function.
@@ -144,24 +137,9 @@ pub struct Eval<'a> {
 impl<'a> Eval<'a> {
     pub fn new(image: &'a Image, start: u64, size: u64, handlers: &[u64]) -> Option<Eval<'a>> {
         let bytes = image.bytes(start, size as usize)?;
-        let mut targets: HashSet<u64> = handlers.iter().copied().collect();
-        let mut dec = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
-        let mut insn = Instruction::default();
-        while dec.can_decode() {
-            dec.decode_out(&mut insn);
-            if matches!(
-                insn.flow_control(),
-                FlowControl::UnconditionalBranch
-                    | FlowControl::ConditionalBranch
-                    | FlowControl::Call
-            ) && !insn.is_ip_rel_memory_operand()
-            {
-                let t = insn.near_branch_target();
-                if t != 0 {
-                    targets.insert(t);
-                }
-            }
-        }
+        let mut targets = branch_targets(std::iter::once(x86::Code { ip: start, bytes }));
+        // The computed-goto handlers are targets the decoder cannot see.
+        targets.extend(handlers.iter().copied());
         Some(Eval {
             image,
             start,
@@ -170,34 +148,35 @@ impl<'a> Eval<'a> {
         })
     }
 
+    /// The eval function's code.
+    fn code(&self) -> x86::Code<'a> {
+        x86::Code {
+            ip: self.start,
+            bytes: self
+                .image
+                .bytes(self.start, (self.end - self.start) as usize)
+                .unwrap_or(&[]),
+        }
+    }
+
+    /// The instruction at `at`, anywhere in the image (the frame pop
+    /// function lies outside eval).
     fn decode_at(&self, at: u64) -> Option<(Instruction, &'a [u8])> {
         let bytes = self.image.bytes(at, 16)?;
-        let mut dec = Decoder::with_ip(64, bytes, at, DecoderOptions::NONE);
-        let insn = dec.decode();
-        if insn.is_invalid() {
-            return None;
-        }
-        Some((insn, &bytes[..insn.len()]))
+        decode_at(x86::Code { ip: at, bytes }, at)
     }
 
     /// Site rule: the first emulated instruction on the straight-line path
-    /// from `label`, with no branch target between the label and it.
+    /// from `label`, with no branch target between the label and it: the
+    /// placement rule of function probes (symbols/placement.rs) without a
+    /// stack or register to protect.
     pub fn site_rule(&self, label: u64) -> Option<u64> {
-        let mut at = label;
-        for _ in 0..64 {
-            if at != label && self.targets.contains(&at) {
-                return None;
-            }
-            let (insn, bytes) = self.decode_at(at)?;
-            if is_emulated(bytes) {
-                return Some(at);
-            }
-            match insn.flow_control() {
-                FlowControl::Next => at = insn.next_ip(),
-                _ => return None,
-            }
-        }
-        None
+        let needs = Needs {
+            stack: false,
+            registers: &[],
+        };
+        let p = place_among(self.code(), label, &self.targets, &needs).ok()?;
+        matches!(p.reason, Reason::Emulated(_)).then_some(label + p.offset)
     }
 
     /// Walks the path from `label` (following jumps, falling through
@@ -286,20 +265,7 @@ impl<'a> Eval<'a> {
 
     /// Every instruction of the function, in address order.
     fn instructions(&self) -> Vec<(Instruction, &'a [u8])> {
-        let Some(bytes) = self
-            .image
-            .bytes(self.start, (self.end - self.start) as usize)
-        else {
-            return Vec::new();
-        };
-        let mut dec = Decoder::with_ip(64, bytes, self.start, DecoderOptions::NONE);
-        let mut out = Vec::new();
-        while dec.can_decode() {
-            let pos = dec.position();
-            let insn = dec.decode();
-            out.push((insn, &bytes[pos..pos + insn.len()]));
-        }
-        out
+        instructions(self.code()).collect()
     }
 }
 

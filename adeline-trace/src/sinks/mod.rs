@@ -9,7 +9,8 @@
 //! - [`trace_out`]: a Chrome trace-event timeline (`--trace-out`);
 //! - [`history`]: one SQLite row per stage per interval (`--history`);
 //! - [`table`]: the tables and alert lines on stderr (`--live`);
-//! - [`summary_out`]: the whole-run snapshot on exit (`--summary-out`).
+//! - [`summary_out`]: the whole-run snapshot on exit (`--summary-out`);
+//! - [`otlp`]: OpenTelemetry metrics and frame traces to a collector (`--otlp`).
 //!
 //! The HTTP server ([`api`], with [`dashboard`], [`prometheus`] and the
 //! history endpoint) is no sink: it reads the running agent through
@@ -22,6 +23,7 @@ pub mod api;
 pub mod dashboard;
 pub mod history;
 pub mod jsonl;
+pub mod otlp;
 pub mod prometheus;
 pub mod sink;
 pub mod source;
@@ -33,7 +35,7 @@ pub use sink::{
     Finish, Gauge, Memory, PlacementInfo, ProbeInfo, RankedSite, Sink, SinkError, Span, StageTotal,
     Start, Stats,
 };
-pub use source::SnapshotSource;
+pub use source::{OutputHealth, SnapshotSource};
 
 /// The outputs the plan asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct Outputs {
     pub history: Option<history::HistorySpec>,
     /// The whole-run snapshot, written on exit.
     pub summary_out: Option<PathBuf>,
+    /// OpenTelemetry export.
+    pub otlp: Option<otlp::OtlpSpec>,
 }
 
 /// Every output of a run, in the order they receive each record.
@@ -86,6 +90,9 @@ impl Sink for Sinks {
     }
     fn flush(&mut self) -> Result<(), SinkError> {
         self.0.iter_mut().try_for_each(|s| s.flush())
+    }
+    fn health(&self) -> Vec<OutputHealth> {
+        self.0.iter().flat_map(|s| s.health()).collect()
     }
     fn next_tick(&self) -> Option<Instant> {
         self.0.iter().filter_map(|s| s.next_tick()).min()
@@ -128,6 +135,9 @@ pub fn open(outputs: &Outputs, ctx: OpenContext) -> Result<Sinks, SinkError> {
     }
     if let Some(spec) = &outputs.history {
         sinks.push(history::HistorySink::open(spec)?);
+    }
+    if let Some(spec) = &outputs.otlp {
+        sinks.push(otlp::OtlpSink::open(spec)?);
     }
     Ok(sinks)
 }

@@ -6,9 +6,13 @@ use adeline_trace_common::{GaugeRecord, SpanRecord};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::{history::HistoryError, source::SnapshotSource};
+use super::{
+    history::HistoryError,
+    source::{OutputHealth, SnapshotSource},
+};
 use crate::{
     alerts::AlertEvent,
+    container::ProcessInfo,
     metrics::snapshot::{
         AllocReport, AllocSite, HostStats, Percentiles, ProcessMemory, StageMemory,
     },
@@ -37,6 +41,8 @@ pub enum SinkError {
     },
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error("{0}")]
+    Otlp(String),
 }
 
 impl SinkError {
@@ -76,7 +82,10 @@ pub struct PlacementInfo {
 #[derive(Debug, Serialize)]
 pub struct Start<'a> {
     pub ts_ns: u64,
+    /// Host pids (empty: every process running the targets).
     pub pids: &'a [u32],
+    /// What is known of each of `pids`: pid namespace, cgroup, container.
+    pub processes: &'a [ProcessInfo],
     pub probes: &'a [ProbeInfo],
     /// Stages timed at their exit instructions (`--exit-probes`): one
     /// entry per exit instruction (absent when none).
@@ -130,6 +139,11 @@ pub struct Stats<'a> {
     /// without a return (longjmp, an exit that was not probed).
     pub unwound_total: u64,
     pub abandoned_total: u64,
+    /// The processes traced now (given, or seen recently).
+    pub processes: &'a [ProcessInfo],
+    /// Outputs that send records elsewhere and may lose them (OTLP).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub outputs: &'a [OutputHealth],
     /// Each stage's calls completed in the interval.
     #[serde(skip)]
     pub interval: &'a [(String, Percentiles)],
@@ -215,6 +229,11 @@ pub trait Sink {
     /// The end of a batch of records: write out what is buffered.
     fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+    /// What this output delivered and lost so far, when it sends records
+    /// elsewhere and may lose them (reported in `stats` and `/metrics`).
+    fn health(&self) -> Vec<OutputHealth> {
+        Vec::new()
     }
     /// When this sink next wants [`Sink::tick`] (periodic outputs).
     fn next_tick(&self) -> Option<Instant> {

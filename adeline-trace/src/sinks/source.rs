@@ -5,8 +5,11 @@
 //! reach back upstream.
 use std::{path::Path, sync::Arc};
 
+use serde::Serialize;
+
 use crate::{
     alerts::{AlertEvent, AlertState},
+    container::ProcessInfo,
     metrics::{
         buckets::Cumulative,
         snapshot::{Snapshot, Window},
@@ -38,6 +41,17 @@ pub trait SnapshotSource: Send + Sync {
         None
     }
 
+    /// The processes traced now (pid namespace, cgroup, container, pod).
+    fn processes(&self) -> Vec<ProcessInfo> {
+        Vec::new()
+    }
+
+    /// What the outputs that send records elsewhere (OTLP) delivered and
+    /// lost, as of the last stats interval.
+    fn outputs(&self) -> Vec<OutputHealth> {
+        Vec::new()
+    }
+
     /// Each known alert rule and whether it is firing, in first-seen order
     /// (by default: the rules of [`Self::alerts`], by their newest state).
     fn alert_states(&self) -> Vec<(String, bool)> {
@@ -51,6 +65,21 @@ pub trait SnapshotSource: Send + Sync {
         }
         states
     }
+}
+
+/// What an output that sends records elsewhere has delivered and lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutputHealth {
+    /// `otlp_metrics`, `otlp_traces`.
+    pub output: &'static str,
+    /// Items delivered (metric data points, spans).
+    pub exported: u64,
+    /// Items lost: the queue was full, or every retry of their export failed.
+    pub dropped: u64,
+    /// Export requests that failed (each retried with backoff first).
+    pub failed_exports: u64,
+    /// Items waiting in the queue now.
+    pub queued: u64,
 }
 
 /// Request text echoed in an HTTP error body is cut to this many characters.

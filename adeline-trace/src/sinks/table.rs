@@ -9,6 +9,7 @@ use super::{
 use crate::{
     alerts::{rule::value_formatter, AlertEvent, AlertState},
     format,
+    journal::{self, Priority},
     metrics::snapshot::Percentiles,
 };
 
@@ -35,7 +36,11 @@ impl Sink for Console {
     }
 
     fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
-        eprintln!("adeline-trace: {}", describe(event));
+        eprintln!(
+            "{}adeline-trace: {}",
+            journal::prefix(Priority::Warning),
+            describe(event)
+        );
         Ok(())
     }
 

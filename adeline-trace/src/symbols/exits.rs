@@ -1,7 +1,8 @@
-//! The exit instructions of a function: where its frame is torn down and
-//! control leaves it, so the stack pointer is its return-address slot.
-//! Decoded linearly over the function's symbol extent and its GCC `.cold`
-//! fragments (entered by a jump, they return for the function).
+//! What leaves a function: its exit instructions, where its frame is torn
+//! down and control leaves it (so the stack pointer is its return-address
+//! slot), and whether anything it runs could throw through it. Decoded
+//! linearly (symbols/x86.rs) over the function's symbol extent and its GCC
+//! `.cold` fragments (entered by a jump, they return for the function).
 //!
 //! Exits: `ret` (any prefix, `ret imm16`), a direct `jmp` whose target is
 //! outside the function and its fragments (a tail call), and `jmp` through
@@ -9,10 +10,19 @@
 //! vtable). Not exits: `jmp` through a register or an indexed table (a
 //! switch), and conditional jumps (a conditional tail call leaves the call
 //! open; the agent counts it as abandoned at the next call at that level).
-use std::collections::HashMap;
+//!
+//! A leaf runs no `call` (direct or indirect), no indirect `jmp`, no tail
+//! call and no `syscall`/`sysenter`/`int`: no exception or forced unwind
+//! can start below it, so none can cross it (probes/unwind.rs keeps such
+//! a function on its cheap uretprobe under `--exit-probes auto`).
+use std::path::Path;
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use iced_x86::{FlowControl, Mnemonic, OpKind, Register};
+
+use super::{
+    elf::{ElfFile, FunctionSymbol},
+    x86::{fragments, instructions, read_code, Code},
+};
 
 /// Why a function's exits cannot be found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,114 +45,64 @@ impl std::fmt::Display for ExitError {
     }
 }
 
-/// A code range: virtual address, size, file offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Range {
-    addr: u64,
-    size: u64,
-    offset: u64,
+/// A function's exit instructions (file offsets, sorted; empty for a
+/// function that never returns: it calls a noreturn function, or loops)
+/// and whether it is a leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exits {
+    pub offsets: Vec<u64>,
+    pub leaf: bool,
 }
 
-/// One ELF file's code, for finding exits of its functions.
-pub struct ExitFinder {
-    data: Vec<u8>,
-    /// (vaddr, filesz, file offset) of PT_LOAD segments.
-    segments: Vec<(u64, u64, u64)>,
-    /// `.cold` fragments by the raw name of their function.
-    fragments: HashMap<String, Vec<(u64, u64)>>,
-}
-
-/// The function a GCC fragment belongs to (`f.cold`, `f.cold.3`).
-fn fragment_of(name: &str) -> Option<&str> {
-    let (base, rest) = name.split_once(".cold")?;
-    (rest.is_empty()
-        || rest
-            .strip_prefix('.')
-            .is_some_and(|n| n.parse::<u32>().is_ok()))
-    .then_some(base)
-}
-
-impl ExitFinder {
-    pub fn open(path: &std::path::Path) -> Option<ExitFinder> {
-        let data = std::fs::read(path).ok()?;
-        let (segments, fragments) = {
-            let obj = object::File::parse(&*data).ok()?;
-            let segments = obj
-                .segments()
-                .map(|s| {
-                    let (off, size) = s.file_range();
-                    (s.address(), size, off)
-                })
-                .collect();
-            let mut fragments: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-            for sym in obj.symbols().chain(obj.dynamic_symbols()) {
-                if sym.kind() != SymbolKind::Text || sym.size() == 0 {
-                    continue;
-                }
-                if let Some(base) = sym.name().ok().and_then(fragment_of) {
-                    let v = fragments.entry(base.to_string()).or_default();
-                    if !v.contains(&(sym.address(), sym.size())) {
-                        v.push((sym.address(), sym.size()));
-                    }
-                }
-            }
-            (segments, fragments)
-        };
-        Some(ExitFinder {
-            data,
-            segments,
-            fragments,
-        })
+/// The exits of `func`, a function of `elf` read from `path`.
+pub fn function_exits(
+    path: &Path,
+    elf: &ElfFile,
+    func: &FunctionSymbol,
+) -> Result<Exits, ExitError> {
+    if func.size == 0 {
+        return Err(ExitError::NoSize);
     }
-
-    fn range(&self, addr: u64, size: u64) -> Option<Range> {
-        self.segments
-            .iter()
-            .find(|&&(va, filesz, _)| addr >= va && addr + size <= va + filesz)
-            .map(|&(va, _, off)| Range {
-                addr,
-                size,
-                offset: off + (addr - va),
-            })
+    let mut ranges = vec![(func.file_offset, func.size)];
+    ranges.extend(fragments(elf, func, true));
+    let mut code = Vec::new();
+    for &(offset, size) in &ranges {
+        let c = read_code(path, offset, size).map_err(|_| ExitError::NotInFile)?;
+        if c.bytes.len() as u64 != size {
+            return Err(ExitError::NotInFile);
+        }
+        code.push(c);
     }
-
-    /// File offsets of the exit instructions of the function `raw` at
-    /// `addr` with `size` bytes. None for a function that never returns
-    /// (it calls a noreturn function, or loops): only an unwind ends it.
-    pub fn exits(&self, raw: &str, addr: u64, size: u64) -> Result<Vec<u64>, ExitError> {
-        if size == 0 {
-            return Err(ExitError::NoSize);
-        }
-        let mut ranges = vec![self.range(addr, size).ok_or(ExitError::NotInFile)?];
-        for &(a, s) in self.fragments.get(raw).into_iter().flatten() {
-            ranges.push(self.range(a, s).ok_or(ExitError::NotInFile)?);
-        }
-        let inside = |t: u64| ranges.iter().any(|r| t >= r.addr && t < r.addr + r.size);
-        let mut out = Vec::new();
-        for r in &ranges {
-            let code = self
-                .data
-                .get(r.offset as usize..(r.offset + r.size) as usize)
-                .ok_or(ExitError::NotInFile)?;
-            out.extend(
-                exits_in(code, r.addr, &inside)?
-                    .into_iter()
-                    .map(|a| a - r.addr + r.offset),
-            );
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+    let inside = |t: u64| ranges.iter().any(|&(o, s)| t >= o && t < o + s);
+    let mut out = Exits {
+        offsets: Vec::new(),
+        leaf: true,
+    };
+    for c in &code {
+        let found = exits_in(
+            Code {
+                ip: c.offset,
+                bytes: &c.bytes,
+            },
+            &inside,
+        )?;
+        out.offsets.extend(found.offsets);
+        out.leaf &= found.leaf;
     }
+    out.offsets.sort_unstable();
+    out.offsets.dedup();
+    Ok(out)
 }
 
-/// Addresses of the exit instructions in `code` loaded at `addr`.
-fn exits_in(code: &[u8], addr: u64, inside: &dyn Fn(u64) -> bool) -> Result<Vec<u64>, ExitError> {
-    let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
-    let mut out = Vec::new();
+/// The exit instructions in `code` (addresses in its `ip` space), and
+/// whether it is a leaf; `inside` tells the function's own addresses.
+fn exits_in(code: Code<'_>, inside: &dyn Fn(u64) -> bool) -> Result<Exits, ExitError> {
+    let mut out = Exits {
+        offsets: Vec::new(),
+        leaf: true,
+    };
     let mut trailing_padding = false;
-    while decoder.can_decode() {
-        let insn = decoder.decode();
+    for (insn, _) in instructions(code) {
         if insn.is_invalid() {
             // Padding after the last instruction (int3, zeros) is not code.
             if trailing_padding {
@@ -150,20 +110,33 @@ fn exits_in(code: &[u8], addr: u64, inside: &dyn Fn(u64) -> bool) -> Result<Vec<
             }
             return Err(ExitError::Undecodable { at: insn.ip() });
         }
+        let direct = matches!(
+            insn.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        );
         let exit = match insn.mnemonic() {
             Mnemonic::Ret => true,
-            Mnemonic::Jmp => match insn.op0_kind() {
-                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
-                    !inside(insn.near_branch_target())
-                }
-                OpKind::Memory => insn.memory_index() == Register::None,
-                _ => false,
-            },
+            Mnemonic::Jmp if direct => !inside(insn.near_branch_target()),
+            Mnemonic::Jmp => {
+                insn.op0_kind() == OpKind::Memory && insn.memory_index() == Register::None
+            }
             _ => false,
         };
         if exit {
-            out.push(insn.ip());
+            out.offsets.push(insn.ip());
         }
+        let calls_out = match insn.flow_control() {
+            FlowControl::Call | FlowControl::IndirectCall | FlowControl::IndirectBranch => true,
+            FlowControl::Interrupt => true,
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+                direct && !inside(insn.near_branch_target())
+            }
+            _ => matches!(
+                insn.mnemonic(),
+                Mnemonic::Syscall | Mnemonic::Sysenter | Mnemonic::Int
+            ),
+        };
+        out.leaf &= !calls_out;
         trailing_padding = matches!(
             insn.flow_control(),
             FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
@@ -178,9 +151,15 @@ mod tests {
     use super::*;
 
     fn exits(code: &[u8], size_inside: u64) -> Result<Vec<u64>, ExitError> {
-        exits_in(code, 0x1000, &|t| {
-            (0x1000..0x1000 + size_inside).contains(&t)
-        })
+        leaf_and_exits(code, size_inside).map(|e| e.offsets)
+    }
+
+    fn leaf_and_exits(code: &[u8], size_inside: u64) -> Result<Exits, ExitError> {
+        let code = Code {
+            ip: 0x1000,
+            bytes: code,
+        };
+        exits_in(code, &|t| (0x1000..0x1000 + size_inside).contains(&t))
     }
 
     #[test]
@@ -223,10 +202,22 @@ mod tests {
     }
 
     #[test]
-    fn fragment_names() {
-        assert_eq!(fragment_of("_ZN3app4workEi.cold"), Some("_ZN3app4workEi"));
-        assert_eq!(fragment_of("work.cold.3"), Some("work"));
-        assert_eq!(fragment_of("coldstart"), None);
-        assert_eq!(fragment_of("work.colder"), None);
+    fn leaves_call_nothing() {
+        // lea (%rdi,%rdi,2),%rax; test; je +1; ret; ret: a leaf
+        let leaf = [0x48, 0x8d, 0x04, 0x7f, 0x85, 0xff, 0x74, 0x01, 0xc3, 0xc3];
+        assert!(leaf_and_exits(&leaf, 10).unwrap().leaf);
+        // call rel32; ret
+        assert!(!leaf_and_exits(&[0xe8, 0, 0, 0, 0, 0xc3], 6).unwrap().leaf);
+        // call *%rax; ret
+        assert!(!leaf_and_exits(&[0xff, 0xd0, 0xc3], 3).unwrap().leaf);
+        // jmp *%rax (a switch: conservatively not a leaf)
+        assert!(!leaf_and_exits(&[0xff, 0xe0], 2).unwrap().leaf);
+        // syscall; ret
+        assert!(!leaf_and_exits(&[0x0f, 0x05, 0xc3], 3).unwrap().leaf);
+        // a tail call: jmp rel32 outside
+        assert!(!leaf_and_exits(&[0xe9, 0, 0x10, 0, 0], 5).unwrap().leaf);
+        // a conditional tail call: jne rel32 outside; ret
+        let cond = [0x0f, 0x85, 0, 0x10, 0, 0, 0xc3];
+        assert!(!leaf_and_exits(&cond, 7).unwrap().leaf);
     }
 }

@@ -13,6 +13,7 @@ pub mod placement;
 pub mod process;
 pub mod symbolize;
 pub mod usdt;
+pub mod x86;
 
 pub use elf::{ElfFile, FunctionSymbol};
 pub use process::{ensure_running, exe_path, mapped_files, resolve_target};

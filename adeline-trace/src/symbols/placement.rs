@@ -58,16 +58,18 @@
 //! to protect; every branch of the whole range counts for rule 3.)
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use iced_x86::{
-    Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
-    IntelFormatter, OpAccess, OpKind,
+    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess,
 };
 use serde::Serialize;
+
+use super::x86::{
+    branch_targets, format_insn, formatter, fragments, kernel_handling, read_code, FileCode,
+};
+pub use super::x86::{Code, Emulation, Refusal};
 
 /// x86 registers, for [`Needs::registers`].
 pub use iced_x86::Register;
@@ -156,17 +158,6 @@ pub enum Reason {
     Interpreter,
 }
 
-/// How the kernel runs an instruction it does not single-step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Emulation {
-    /// `push reg` (push_setup_xol_ops).
-    Push,
-    /// `jmp`, `jcc`, `call rel32` (branch_setup_xol_ops).
-    Branch,
-    /// A nop form the kernel skips (branch_setup_xol_ops).
-    Nop,
-}
-
 /// Why the entry itself was kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fallback {
@@ -229,98 +220,6 @@ fn as_text<S: serde::Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(r)
 }
 
-/// Why the kernel would accept a probe at the entry but never fire it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal(pub &'static str);
-
-/// A stretch of code and the address (file offset) of its first byte.
-#[derive(Debug, Clone, Copy)]
-pub struct Code<'a> {
-    pub ip: u64,
-    pub bytes: &'a [u8],
-}
-
-/// How the kernel would treat the instruction `raw`: emulated, single-
-/// stepped (`Ok(None)`), or refused. `raw` holds exactly its bytes.
-pub fn kernel_handling(raw: &[u8]) -> Result<Option<Emulation>, Refusal> {
-    let mut i = 0;
-    let (mut opsize, mut rex) = (false, 0u8);
-    while let Some(&b) = raw.get(i) {
-        match b {
-            0xf0 => return Err(Refusal("its first instruction has a LOCK prefix")),
-            0x26 | 0x2e | 0x36 | 0x3e => {
-                return Err(Refusal(
-                    "its first instruction has a segment-override prefix",
-                ))
-            }
-            0x66 => opsize = true,
-            0x67 | 0xf2 | 0xf3 | 0x64 | 0x65 => {}
-            _ => break,
-        }
-        i += 1;
-    }
-    if let Some(&b @ 0x40..=0x4f) = raw.get(i) {
-        rex = b;
-        i += 1;
-    }
-    let opcode = &raw[i.min(raw.len())..];
-    // The kernel's own nops (x86_nops[len], 64-bit), compared byte for byte.
-    if X86_NOPS.get(raw.len()).is_some_and(|n| *n == raw) {
-        return Ok(Some(Emulation::Nop));
-    }
-    let branch = match opcode {
-        [0x90] => {
-            // "prefix* + nop". With REX.B it is `xchg r8, rax`, which 6.18
-            // would wrongly skip: never call it emulated.
-            return Ok((rex & 1 == 0).then_some(Emulation::Nop));
-        }
-        [0xeb, _] | [0xe9, ..] | [0xe8, ..] | [0x70..=0x7f, _] | [0x0f, 0x80..=0x8f, ..] => true,
-        [0x50..=0x57] => {
-            return Ok(match (i, raw.first()) {
-                (0, _) | (1, Some(0x41)) => Some(Emulation::Push),
-                _ => None,
-            })
-        }
-        _ => false,
-    };
-    if branch {
-        if opsize {
-            return Err(Refusal(
-                "its first instruction is a branch with an operand-size (0x66) prefix",
-            ));
-        }
-        return Ok(Some(Emulation::Branch));
-    }
-    Ok(None)
-}
-
-/// The kernel's `x86_nops` table (arch/x86/include/asm/nops.h, 64-bit),
-/// indexed by length.
-const X86_NOPS: [&[u8]; 9] = [
-    &[],
-    &[0x90],
-    &[0x66, 0x90],
-    &[0x0f, 0x1f, 0x00],
-    &[0x0f, 0x1f, 0x40, 0x00],
-    &[0x0f, 0x1f, 0x44, 0x00, 0x00],
-    &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
-    &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
-    &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
-];
-
-/// Whether the kernel refuses a probe on the first instruction of `code`
-/// (which need not hold more than that instruction).
-pub fn uprobe_refusal(code: &[u8]) -> Option<&'static str> {
-    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
-    let insn = decoder.decode();
-    let len = if insn.is_invalid() {
-        code.len().min(15)
-    } else {
-        insn.len()
-    };
-    kernel_handling(&code[..len]).err().map(|r| r.0)
-}
-
 /// Chooses the probe site for code entered at `entry` (an address inside
 /// `func`): the first instruction the kernel emulates that satisfies the
 /// rules in this module's documentation, or `entry`. `func` is the whole
@@ -333,12 +232,24 @@ pub fn place(
     others: &[Code<'_>],
     needs: &Needs,
 ) -> Result<Placement, Refusal> {
+    let targets = branch_targets(std::iter::once(func).chain(others.iter().copied()));
+    place_among(func, entry, &targets, needs)
+}
+
+/// [`place`] with the branch targets given: computed once for many sites
+/// in one range, plus any the decoder cannot see (the Python eval loop's
+/// computed-goto handlers, python/sites.rs).
+pub fn place_among(
+    func: Code<'_>,
+    entry: u64,
+    targets: &HashSet<u64>,
+    needs: &Needs,
+) -> Result<Placement, Refusal> {
     let start = entry.checked_sub(func.ip).unwrap_or(u64::MAX) as usize;
     let bytes = func.bytes.get(start..).unwrap_or(&[]);
     let mut decoder = Decoder::with_ip(64, bytes, entry, DecoderOptions::NONE);
     let mut formatter = formatter();
     let mut info = InstructionInfoFactory::new();
-    let targets = branch_targets(std::iter::once(func).chain(others.iter().copied()));
     let mut first: Option<(String, bool)> = None;
     let mut insn = Instruction::default();
     let fallback = loop {
@@ -408,73 +319,9 @@ pub fn place_function(code: &[u8], needs: &Needs) -> Result<Placement, Refusal> 
     place(Code { ip: 0, bytes: code }, 0, &[], needs)
 }
 
-/// Addresses that direct branches in `code` jump to (or call).
-fn branch_targets<'a>(code: impl Iterator<Item = Code<'a>>) -> HashSet<u64> {
-    let mut out = HashSet::new();
-    let mut insn = Instruction::default();
-    for c in code {
-        let mut decoder = Decoder::with_ip(64, c.bytes, c.ip, DecoderOptions::NONE);
-        while decoder.can_decode() {
-            decoder.decode_out(&mut insn);
-            if matches!(
-                insn.op0_kind(),
-                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
-            ) {
-                out.insert(insn.near_branch_target());
-            }
-        }
-    }
-    out
-}
-
 /// `movs`, `stos`, `cmps`...: may run long (with `rep`) before the site.
 fn is_string(insn: &Instruction) -> bool {
     insn.is_string_instruction()
-}
-
-fn formatter() -> IntelFormatter {
-    let mut f = IntelFormatter::new();
-    let o = f.options_mut();
-    o.set_hex_prefix("0x");
-    o.set_hex_suffix("");
-    o.set_uppercase_hex(false);
-    o.set_branch_leading_zeros(false);
-    o.set_show_branch_size(false);
-    o.set_space_after_operand_separator(true);
-    o.set_rip_relative_addresses(true);
-    f
-}
-
-fn format_insn(f: &mut IntelFormatter, insn: &Instruction) -> String {
-    let mut s = String::new();
-    f.format(insn, &mut s);
-    s
-}
-
-/// Code read from a file for placement.
-#[derive(Debug)]
-pub struct FileCode {
-    /// File offset of the first byte.
-    pub offset: u64,
-    pub bytes: Vec<u8>,
-}
-
-/// Largest function read for placement (bigger ones are read this far).
-const MAX_FUNCTION_BYTES: u64 = 4 << 20;
-
-/// Reads `len` bytes at `offset` of `path` (fewer at the end of the file).
-pub fn read_code(path: &Path, offset: u64, len: u64) -> io::Result<FileCode> {
-    let file = File::open(path)?;
-    let mut bytes = vec![0u8; len.min(MAX_FUNCTION_BYTES) as usize];
-    let mut got = 0;
-    while got < bytes.len() {
-        match file.read_at(&mut bytes[got..], offset + got as u64)? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    bytes.truncate(got);
-    Ok(FileCode { offset, bytes })
 }
 
 /// Places a probe for the code at file offset `entry` of `path`, inside
@@ -572,13 +419,7 @@ pub fn place_symbol(
     func: &super::FunctionSymbol,
     needs: &Needs,
 ) -> Result<Result<Placement, Refusal>, super::TargetError> {
-    let prefix = format!("{}.", func.raw);
-    let others: Vec<(u64, u64)> = elf
-        .fragments
-        .iter()
-        .filter(|(name, _, _)| name.starts_with(&prefix))
-        .map(|&(_, offset, size)| (offset, size))
-        .collect();
+    let others = fragments(elf, func, false);
     place_in_file(
         path,
         func.file_offset,
@@ -823,63 +664,8 @@ long cold_user(long x) { if (x == 42) fail(x); return x * 3; }
     }
 
     #[test]
-    fn kernel_handling_follows_the_measured_table() {
-        let emulated = |b: &[u8]| kernel_handling(b).unwrap();
-        for nop in &X86_NOPS[1..] {
-            assert_eq!(emulated(nop), Some(Emulation::Nop), "{nop:x?}");
-        }
-        assert_eq!(emulated(&[0xf3, 0x90]), Some(Emulation::Nop)); // pause
-        assert_eq!(emulated(&[0x41, 0x90]), None); // xchg r8d, eax
-        assert_eq!(emulated(&[0x53]), Some(Emulation::Push));
-        assert_eq!(emulated(&[0x41, 0x54]), Some(Emulation::Push));
-        assert_eq!(emulated(&[0x48, 0x53]), None); // REX.W push
-        assert_eq!(emulated(&[0x6a, 0x01]), None); // push imm8
-        assert_eq!(emulated(&[0xeb, 0x00]), Some(Emulation::Branch));
-        assert_eq!(emulated(&[0xe9, 0, 0, 0, 0]), Some(Emulation::Branch));
-        assert_eq!(emulated(&[0xe8, 0, 0, 0, 0]), Some(Emulation::Branch));
-        assert_eq!(emulated(&[0x74, 0x00]), Some(Emulation::Branch));
-        assert_eq!(emulated(&[0x0f, 0x84, 0, 0, 0, 0]), Some(Emulation::Branch));
-        assert_eq!(emulated(&[0xf3, 0x0f, 0x1e, 0xfa]), None); // endbr64
-        assert_eq!(emulated(&[0xc3]), None); // ret
-        assert_eq!(emulated(&[0x0f, 0x1f, 0xc0]), None); // nop eax
-        assert_eq!(emulated(&[0x66, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0]), None);
-        assert!(kernel_handling(&[0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0]).is_err());
-        assert!(kernel_handling(&[0x66, 0xe9, 0, 0]).is_err());
-    }
-
-    #[test]
-    fn accepts_ordinary_first_instructions() {
-        for code in [
-            &[0x55][..],                                 // push %rbp
-            &[0xf3, 0x0f, 0x1e, 0xfa],                   // endbr64
-            &[0x48, 0x89, 0xe5],                         // mov %rsp,%rbp
-            &[0x89, 0xf8],                               // mov %edi,%eax
-            &[0x66, 0x90],                               // xchg %ax,%ax
-            &[0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0], // mov %fs:..,%rax
-        ] {
-            assert_eq!(uprobe_refusal(code), None, "{code:x?}");
-        }
-        assert_eq!(uprobe_refusal(&[]), None);
-    }
-
-    #[test]
-    fn refuses_lock_and_segment_prefixes() {
-        // lock addq $1, x(%rip)
-        assert_eq!(
-            uprobe_refusal(&[0xf0, 0x48, 0x83, 0x05, 0, 0, 0, 0, 1]),
-            Some("its first instruction has a LOCK prefix")
-        );
-        // data16 lock (prefix order varies)
-        assert_eq!(
-            uprobe_refusal(&[0x66, 0xf0, 0xff, 0x07]),
-            Some("its first instruction has a LOCK prefix")
-        );
-        assert_eq!(
-            uprobe_refusal(&[0x2e, 0xff, 0xe0]),
-            Some("its first instruction has a segment-override prefix")
-        );
-        // A refused instruction at the entry refuses the whole placement.
-        let code = [0xf0, 0xff, 0x07, 0xc3];
+    fn a_refused_entry_refuses_the_whole_placement() {
+        let code = [0xf0, 0xff, 0x07, 0xc3]; // lock incl (%rdi); ret
         assert!(place_function(&code, &Needs::CALL).is_err());
     }
 

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 
 use crate::{
     alerts::{AlertEvent, AlertState},
+    container::{Container, ProcessInfo, Runtime},
     metrics::snapshot::{
         Bottleneck, FrameStats, GaugeStats, GrowthOf, Percentiles, ProcessMemory, ShareOf,
         Snapshot, StageStats, Window, SNAPSHOT_VERSION,
@@ -129,6 +130,24 @@ pub fn sample_snapshot(window: Window) -> Snapshot {
         stage_memory: vec![],
         alloc: None,
         host: None,
+        processes: vec![sample_process()],
+    }
+}
+
+/// The fixture's traced process: pid 1 of a Docker container (cgroup v2,
+/// systemd driver).
+pub fn sample_process() -> ProcessInfo {
+    const ID: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904e4b825dc642cb6eb9a060e54";
+    ProcessInfo {
+        pid: 4242,
+        ns_pid: Some(1),
+        cgroup: Some(format!("/system.slice/docker-{ID}.scope")),
+        container: Some(Container {
+            runtime: Runtime::Docker,
+            id: ID.to_string(),
+            name: None,
+            pod: None,
+        }),
     }
 }
 

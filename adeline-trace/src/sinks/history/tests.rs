@@ -85,6 +85,7 @@ fn snapshot(ts_ns: u64, count: u64, frames: bool) -> Snapshot {
         stage_memory: vec![],
         alloc: None,
         host: None,
+        processes: Vec::new(),
     }
 }
 

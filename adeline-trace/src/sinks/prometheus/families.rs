@@ -1,8 +1,11 @@
 //! The agent's metric families: names, types, units, labels and help text
 //! (the list in docs/prometheus.md), rendered from what one scrape read.
-use crate::metrics::{
-    buckets::Cumulative,
-    snapshot::{GpuReport, Snapshot},
+use crate::{
+    metrics::{
+        buckets::Cumulative,
+        snapshot::{GpuReport, Snapshot},
+    },
+    sinks::source::OutputHealth,
 };
 
 use super::{
@@ -28,6 +31,8 @@ pub struct Scrape<'a> {
     pub alerts: &'a [(String, bool)],
     /// The agent's own CPU and memory (None: left out).
     pub agent: Option<AgentUsage>,
+    /// Outputs that send records elsewhere (OTLP): delivered and lost.
+    pub outputs: &'a [OutputHealth],
 }
 
 /// The exposition of `s`. Families without samples are left out.
@@ -75,6 +80,7 @@ pub fn render(s: &Scrape) -> String {
         "Records lost in the kernel because the ring buffer was full; their calls are missing from every other metric.",
         s.whole_run.drops,
     );
+    processes(&mut e, s);
     memory(&mut e, s);
     stage_memory(&mut e, s.last_second);
     cpu(&mut e, s);
@@ -93,6 +99,7 @@ pub fn render(s: &Scrape) -> String {
             );
         }
     }
+    outputs(&mut e, s.outputs);
     if let Some(a) = s.agent {
         e.family(
             "adeline_agent_cpu_seconds_total",
@@ -201,12 +208,12 @@ fn memory(e: &mut Exposition, s: &Scrape) {
         "Resident memory of each traced process (kmem:rss_stat, else /proc/PID/statm; sampled every second).",
     );
     for m in memory {
-        let pid = m.pid.to_string();
-        e.sample(RSS, &[("pid", &pid)], Value::Count(m.rss_bytes));
+        let labels = pid_labels(s, m.pid);
+        e.sample(RSS, &as_refs(&labels), Value::Count(m.rss_bytes));
     }
     let growing: Vec<_> = memory
         .iter()
-        .filter_map(|m| Some((m.pid.to_string(), m.growth_bytes_per_s?)))
+        .filter_map(|m| Some((pid_labels(s, m.pid), m.growth_bytes_per_s?)))
         .collect();
     if growing.is_empty() {
         return;
@@ -216,8 +223,8 @@ fn memory(e: &mut Exposition, s: &Scrape) {
         Kind::Gauge,
         "Growth of each traced process's resident memory: least-squares slope over the last 10 s.",
     );
-    for (pid, g) in growing {
-        e.sample(GROWTH, &[("pid", &pid)], Value::Float(g));
+    for (labels, g) in growing {
+        e.sample(GROWTH, &as_refs(&labels), Value::Float(g));
     }
 }
 
@@ -230,7 +237,7 @@ fn cpu(e: &mut Exposition, s: &Scrape) {
         .last_second
         .memory
         .iter()
-        .filter_map(|m| Some((m.pid.to_string(), m.cpu_percent?)))
+        .filter_map(|m| Some((pid_labels(s, m.pid), m.cpu_percent?)))
         .collect();
     if !processes.is_empty() {
         e.family(
@@ -238,8 +245,8 @@ fn cpu(e: &mut Exposition, s: &Scrape) {
             Kind::Gauge,
             "CPU use of each traced process over the last second, in cores (1.5: one and a half cores busy).",
         );
-        for (pid, percent) in processes {
-            e.sample(PROCESS, &[("pid", &pid)], Value::Float(percent / 100.0));
+        for (labels, percent) in processes {
+            e.sample(PROCESS, &as_refs(&labels), Value::Float(percent / 100.0));
         }
     }
     let Some(host) = &s.last_second.host else {
@@ -285,6 +292,81 @@ fn gpus(e: &mut Exposition, s: &Scrape) {
         e.family(MEMORY, Kind::Gauge, "Memory allocated on each GPU (NVML).");
         for (gpu, bytes) in used {
             e.sample(MEMORY, &[("gpu", &gpu)], Value::Count(bytes));
+        }
+    }
+}
+
+/// `pid` and, when known, the process's namespace pid and its container
+/// and pod labels: every per-process series carries them.
+fn pid_labels(s: &Scrape, pid: u32) -> Vec<(&'static str, String)> {
+    let mut labels = vec![("pid", pid.to_string())];
+    if let Some(p) = s.last_second.processes.iter().find(|p| p.pid == pid) {
+        labels.extend(p.prometheus_labels());
+    }
+    labels
+}
+
+fn as_refs<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// One series per traced process, its labels saying where it runs.
+fn processes(e: &mut Exposition, s: &Scrape) {
+    const INFO: &str = "adeline_process_info";
+    let processes = &s.last_second.processes;
+    if processes.is_empty() {
+        return;
+    }
+    e.family(
+        INFO,
+        Kind::Gauge,
+        "Always 1 per traced process; labels: host pid, pid in its own namespace, cgroup, container and Kubernetes pod.",
+    );
+    for p in processes {
+        let mut labels = pid_labels(s, p.pid);
+        if let Some(cgroup) = &p.cgroup {
+            labels.push(("cgroup", cgroup.clone()));
+        }
+        e.sample(INFO, &as_refs(&labels), Value::Int(1));
+    }
+}
+
+/// What the outputs that send records elsewhere delivered and lost.
+fn outputs(e: &mut Exposition, outputs: &[OutputHealth]) {
+    if outputs.is_empty() {
+        return;
+    }
+    type Field = fn(&OutputHealth) -> u64;
+    let families: [(&str, Kind, &str, Field); 4] = [
+        (
+            "adeline_output_exported_total",
+            Kind::Counter,
+            "Items (metric data points, spans) an output delivered.",
+            |o| o.exported,
+        ),
+        (
+            "adeline_output_dropped_total",
+            Kind::Counter,
+            "Items an output lost: its queue was full, or every retry of their export failed.",
+            |o| o.dropped,
+        ),
+        (
+            "adeline_output_failed_exports_total",
+            Kind::Counter,
+            "Export requests of an output that failed after their retries.",
+            |o| o.failed_exports,
+        ),
+        (
+            "adeline_output_queued",
+            Kind::Gauge,
+            "Items waiting in an output's queue.",
+            |o| o.queued,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        e.family(name, kind, help);
+        for o in outputs {
+            e.sample(name, &[("output", o.output)], Value::Count(field(o)));
         }
     }
 }
@@ -343,6 +425,7 @@ mod tests {
                 cpu_seconds: 0.25,
                 resident_bytes: 8_388_608,
             }),
+            outputs: &[],
         };
         let want = r#"# HELP adeline_agent_info Always 1; the label carries the adeline-trace agent version.
 # TYPE adeline_agent_info gauge
@@ -448,6 +531,7 @@ adeline_agent_resident_memory_bytes 8388608
             whole_run: &last,
             alerts: &[],
             agent: None,
+            outputs: &[],
         });
         for line in [
             "# TYPE adeline_stage_resident_bytes gauge\n",
@@ -494,6 +578,7 @@ adeline_agent_resident_memory_bytes 8388608
             whole_run: &m,
             alerts: &[],
             agent: None,
+            outputs: &[],
         });
         assert!(
             got.contains("# TYPE adeline_process_resident_memory_bytes gauge\n"),
@@ -534,6 +619,7 @@ adeline_agent_resident_memory_bytes 8388608
             whole_run: &snap,
             alerts: &[],
             agent: None,
+            outputs: &[],
         };
         let got = render(&scrape);
         for absent in ["stage", "frame", "fps", "probe_value", "alert", "cpu"] {
@@ -580,6 +666,7 @@ adeline_agent_resident_memory_bytes 8388608
                 whole_run: m,
                 alerts: &[],
                 agent: None,
+                outputs: &[],
             })
         };
         let got = scrape(&m);

@@ -36,6 +36,7 @@ pub fn exposition(source: &dyn SnapshotSource) -> String {
     let last_second = source.snapshot(Window::S1);
     let whole_run = source.snapshot(Window::All);
     let alerts = source.alert_states();
+    let outputs = source.outputs();
     families::render(&families::Scrape {
         version: env!("CARGO_PKG_VERSION"),
         cumulative: cumulative.as_ref(),
@@ -43,6 +44,7 @@ pub fn exposition(source: &dyn SnapshotSource) -> String {
         whole_run: &whole_run,
         alerts: &alerts,
         agent: process::agent_usage(),
+        outputs: &outputs,
     })
 }
 
@@ -122,5 +124,56 @@ mod tests {
             body.contains("adeline_agent_resident_memory_bytes "),
             "{body}"
         );
+        // The traced process's container, on its info series and on every
+        // per-process series.
+        let id = "4b825dc642cb6eb9a060e54bf8d69288fbee4904e4b825dc642cb6eb9a060e54";
+        let labels =
+            format!("pid=\"4242\",ns_pid=\"1\",container_id=\"{id}\",container_runtime=\"docker\"");
+        assert!(
+            body.contains(&format!(
+                "adeline_process_info{{{labels},cgroup=\"/system.slice/docker-{id}.scope\"}} 1\n"
+            )),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!(
+                "adeline_process_resident_memory_bytes{{{labels}}} 104857600\n"
+            )),
+            "{body}"
+        );
+        assert!(!body.contains("adeline_output_"), "{body}");
+    }
+
+    #[test]
+    fn outputs_that_lose_records_are_counted() {
+        use crate::sinks::source::OutputHealth;
+        struct WithOutputs(FakeSource);
+        impl SnapshotSource for WithOutputs {
+            fn snapshot(&self, w: Window) -> crate::metrics::snapshot::Snapshot {
+                self.0.snapshot(w)
+            }
+            fn alerts(&self) -> Vec<AlertEvent> {
+                Vec::new()
+            }
+            fn outputs(&self) -> Vec<OutputHealth> {
+                vec![OutputHealth {
+                    output: "otlp_traces",
+                    exported: 90,
+                    dropped: 7,
+                    failed_exports: 2,
+                    queued: 3,
+                }]
+            }
+        }
+        let body = exposition(&WithOutputs(FakeSource::default()));
+        for line in [
+            "adeline_output_exported_total{output=\"otlp_traces\"} 90\n",
+            "adeline_output_dropped_total{output=\"otlp_traces\"} 7\n",
+            "adeline_output_failed_exports_total{output=\"otlp_traces\"} 2\n",
+            "adeline_output_queued{output=\"otlp_traces\"} 3\n",
+            "# TYPE adeline_output_dropped_total counter\n",
+        ] {
+            assert!(body.contains(line), "{line} not in\n{body}");
+        }
     }
 }
