@@ -196,15 +196,16 @@ pub struct RunArgs {
     /// How stage returns are observed: `ret` puts uprobes on the function's
     /// exit instructions, so C++ exceptions, Rust panics and thread
     /// cancellation can cross it (a single-stepped trap per return);
-    /// `uretprobe` (default) uses the kernel's return trampoline (cheaper, but an
+    /// `uretprobe` uses the kernel's return trampoline (cheaper, but an
     /// exception that unwinds through the function terminates the
-    /// process); `auto`: `ret` in files with exception tables
-    /// (C++, Rust), else `uretprobe`. See docs/unwind.md.
+    /// process); `auto` (default): `ret` for functions in files with
+    /// exception tables (C++, Rust) that call anything, else `uretprobe`.
+    /// See docs/unwind.md.
     #[arg(
         long,
         value_name = "auto|ret|uretprobe",
         value_enum,
-        default_value = "uretprobe"
+        default_value = "auto"
     )]
     pub exit_probes: crate::probes::unwind::ExitProbes,
     /// Python stages: attach the interpreter probes for WINDOW every

@@ -42,8 +42,9 @@ enum Cmd {
         #[arg(long)]
         rebuild_bpf_linker: bool,
     },
-    /// setup, `cargo build --workspace`, then `cargo test --workspace --
-    /// --test-threads=1 TEST-ARGS...` (serial: the tests measure timing),
+    /// setup, `cargo build --workspace`, then `cargo test --workspace
+    /// --no-fail-fast -- --test-threads=1 TEST-ARGS...` (serial: the tests
+    /// measure timing; every suite runs even after a failure),
     /// both excluding adeline-trace-ebpf (BPF target only).
     Test {
         /// Passed to the test binaries (a name filter, --nocapture, ...).

@@ -32,20 +32,20 @@ use super::{
     site::{ProbeSite, Program, Tracepoint},
 };
 
-/// How stage returns are observed (`--exit-probes`). The default stays
-/// `uretprobe` for now: see docs/unwind.md for the open question (alloc
-/// mode's attribution of an arena heap under `auto`).
+/// How stage returns are observed (`--exit-probes`). The default is
+/// `auto`: a process must never be aborted because an exception crossed a
+/// traced function (docs/unwind.md, "Choosing").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ExitProbes {
-    /// `ret` for functions in files with exception tables (C++, Rust),
-    /// `uretprobe` for the others.
+    /// `ret` for functions an exception can unwind through (in files with
+    /// exception tables: C++, Rust; not leaves), `uretprobe` for the others.
+    #[default]
     Auto,
     /// Uprobes on the exit instructions: exceptions, panics and thread
     /// cancellation pass through safely; a single-stepped trap per return.
     Ret,
     /// The kernel's return trampoline: cheapest, but an exception that
     /// unwinds through the function terminates the process.
-    #[default]
     Uretprobe,
 }
 
@@ -130,13 +130,17 @@ pub fn plan(sites: &mut Vec<ProbeSite>, mode: ExitProbes, pids: &[u32]) -> Vec<S
         }
         let func = elf.functions.iter().find(|f| f.file_offset == site.offset);
         let exits = match func {
-            Some(f) => function_exits(&site.path, elf, f)
-                .map(|e| e.offsets)
-                .map_err(|e| e.to_string()),
+            Some(f) => function_exits(&site.path, elf, f).map_err(|e| e.to_string()),
             None => Err("its symbol is gone".to_string()),
+        };
+        // A leaf calls nothing: no exception can start below it, so none
+        // can cross it, and its uretprobe is safe (and cheaper).
+        if mode == ExitProbes::Auto && exits.as_ref().is_ok_and(|e| e.leaf) {
+            continue;
         }
-        .and_then(|exits| {
+        let exits = exits.and_then(|exits| {
             exits
+                .offsets
                 .into_iter()
                 .map(|o| match on_instruction(&site.path, o, Reason::Exit) {
                     Ok(Ok(p)) => Ok((o, p)),
