@@ -1,11 +1,14 @@
 //! USDT probes (probes/usdt.rs): an entry/return pair of probes times a
-//! stage (`stage_entry` at the entry probe, `usdt_return` here at the
-//! return probe), and a single probe feeds a gauge with one decoded
+//! stage (`usdt_entry` at the entry probe, `usdt_return` at the return
+//! probe), and a single probe feeds a gauge with one decoded
 //! argument (`usdt_arg`), or the value 1 per hit (an event).
 //!
 //! The maps of this concern are declared here rather than in maps.rs.
-use adeline_trace_common::usdt::{
-    UsdtArgSpec, MAX_USDT_ARGS, USDT_ARG_CONST, USDT_ARG_DEREF, USDT_ARG_HIT, USDT_ARG_REG,
+use adeline_trace_common::{
+    usdt::{
+        UsdtArgSpec, MAX_USDT_ARGS, USDT_ARG_CONST, USDT_ARG_DEREF, USDT_ARG_HIT, USDT_ARG_REG,
+    },
+    OPEN_USDT,
 };
 use aya_ebpf::{
     helpers::{
@@ -18,7 +21,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::{gauge::emit, stage::end_stage};
+use crate::{
+    gauge::emit,
+    stage::{end_stage, open_stage},
+};
 
 /// How to decode each `usdt_arg` site's argument (index = attach cookie).
 #[map(name = "USDT_ARGS")]
@@ -26,6 +32,12 @@ static USDT_ARGS: Array<UsdtArgSpec> = Array::with_max_entries(MAX_USDT_ARGS, 0)
 
 /// Size of the kernel's x86-64 `struct pt_regs`.
 const PT_REGS_SIZE: u32 = 168;
+
+/// The entry probe of a USDT stage: opens a call, marked `OPEN_USDT`.
+#[uprobe]
+pub fn usdt_entry(ctx: ProbeContext) -> u32 {
+    open_stage(&ctx, OPEN_USDT)
+}
 
 /// The return probe of a USDT stage: ends the innermost open call of the
 /// stage (the cookie) on this thread, as a function's return would.

@@ -1,8 +1,9 @@
 //! Probe kind `usdt`: USDT probes (SystemTap SDT notes, symbols/usdt.rs)
 //! in any binary (docs/usdt.md).
 //!
-//! - A stage is a pair of probes: `stage_entry` at every site of the entry
-//!   probe opens a call, `usdt_return` at every site of the return probe
+//! - A stage is a pair of probes: `usdt_entry` at every site of the entry
+//!   probe opens a call (marked as a USDT call: it may span frames, so the
+//!   exit-instruction mode's abandonment and catches leave it open), `usdt_return` at every site of the return probe
 //!   ends the innermost open call of the stage (cookie = stage id), so a
 //!   pair nests with function and Python stages on the thread's stack.
 //! - A gauge is one probe: `usdt_arg` decodes one argument from the
@@ -36,7 +37,7 @@ use super::{
 };
 
 /// A stage's entry probe opens a call ...
-pub const ENTRY: &[Program] = &[Program::entry("stage_entry")];
+pub const ENTRY: &[Program] = &[Program::entry("usdt_entry")];
 /// ... its return probe ends it (a uprobe that ends calls).
 pub const RETURN: &[Program] = &[Program::exit("usdt_return")];
 /// A gauge's probe.
