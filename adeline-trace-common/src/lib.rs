@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod python;
+pub mod usdt;
 
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
@@ -259,6 +260,11 @@ pub struct AllocStats {
 pub const OPEN_PYTHON: u32 = 1;
 /// `OpenCall::flags`: ... of a generator or coroutine (one activation).
 pub const OPEN_GENERATOR: u32 = 2;
+/// `OpenCall::flags`: a USDT pair's call (`key` = the stack pointer at
+/// its entry probe, not a return-address slot): it may outlive the frame
+/// it started in, so only its return probe ends it (never the exit-
+/// instruction mode's abandonment, a catch, or another stage's exit scan).
+pub const OPEN_USDT: u32 = 4;
 
 /// One open traced call on a thread: native (stage.rs, unwind.rs) and
 /// Python (python.rs) calls share the per-thread stack.
@@ -318,4 +324,5 @@ mod pod {
     unsafe impl aya::Pod for python::PyObjKey {}
     unsafe impl aya::Pod for python::PyCodeInfo {}
     unsafe impl aya::Pod for python::PyGenState {}
+    unsafe impl aya::Pod for usdt::UsdtArgSpec {}
 }

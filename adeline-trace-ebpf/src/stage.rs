@@ -3,7 +3,7 @@
 use adeline_trace_common::{
     OpenCall, SpanRecord, ThreadCalls, COUNTER_ABANDONED, COUNTER_DEPTH_OVERFLOW,
     COUNTER_FILTERED_SHORT, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
-    NO_STAGE, OPEN_PYTHON,
+    NO_STAGE, OPEN_PYTHON, OPEN_USDT,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -21,6 +21,13 @@ use crate::maps::{
 
 #[uprobe]
 pub fn stage_entry(ctx: ProbeContext) -> u32 {
+    open_stage(&ctx, 0)
+}
+
+/// Opens a call of the stage (the cookie) on this thread's stack, with
+/// `OpenCall::flags` = `flags` (0: a native function; `OPEN_USDT`).
+#[inline(always)]
+pub fn open_stage(ctx: &ProbeContext, flags: u32) -> u32 {
     // SAFETY: plain helper calls on the probe's own context.
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -53,9 +60,10 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
         if d == 0 || d > MAX_DEPTH {
             break;
         }
-        // A Python call's key is its frame, not a stack slot: it stays.
+        // A Python call's key is its frame, a USDT call's the stack
+        // pointer at its probe, not a slot: they stay.
         let top = &calls.calls[(d - 1) & (MAX_DEPTH - 1)];
-        if top.flags & OPEN_PYTHON != 0 || top.key >= rsp {
+        if top.flags & (OPEN_PYTHON | OPEN_USDT) != 0 || top.key >= rsp {
             break;
         }
         calls.depth -= 1;
@@ -68,13 +76,13 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     if depth < MAX_DEPTH {
         calls.calls[depth] = OpenCall {
             stage,
-            flags: 0,
+            flags,
             start_ns: now,
             child_ns: 0,
             key: rsp,
             // The return address, which tells a catch whether this frame is
             // gone: read only when catch hooks are attached (~100 ns).
-            orig: match unwind_mode {
+            orig: match unwind_mode && flags == 0 {
                 // SAFETY: bpf_probe_read_user checks the address.
                 true => unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
                 false => 0,
@@ -97,21 +105,29 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    end_stage(stage, now, pid_tgid);
+    0
+}
+
+/// Ends the innermost open call of `stage` on this thread at `now`. Shared
+/// by the uretprobe and USDT return probes (usdt.rs).
+#[inline(always)]
+pub fn end_stage(stage: u32, now: u64, pid_tgid: u64) {
     let calls = THREADS.current(false);
     if calls.is_null() {
         bump(COUNTER_UNMATCHED_EXIT);
-        return 0;
+        return;
     }
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
     let depth = calls.depth as usize;
     if depth == 0 {
         bump(COUNTER_UNMATCHED_EXIT);
-        return 0;
+        return;
     }
     if depth > MAX_DEPTH {
         calls.depth -= 1;
-        return 0;
+        return;
     }
     // The innermost open call of this stage: normally the top of the stack.
     // Calls above it were left without a return (exception, longjmp): drop
@@ -128,11 +144,10 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         }
         if found >= MAX_DEPTH {
             bump(COUNTER_UNMATCHED_EXIT);
-            return 0;
+            return;
         }
     }
     close_call(calls, found, now, stage, pid_tgid, 0);
-    0
 }
 
 /// Pops the open call at index `found` (and any above it) that lasted

@@ -15,7 +15,7 @@
 //! of a thread whose forced unwind (`unwind_forced`, at
 //! `_Unwind_ForcedUnwind`) ends with its exit.
 use adeline_trace_common::{
-    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND, MAX_DEPTH, OPEN_PYTHON, SPAN_FLAG_EXCEPTION,
+    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND, MAX_DEPTH, OPEN_PYTHON, OPEN_USDT, SPAN_FLAG_EXCEPTION,
 };
 use aya_ebpf::{
     helpers::{
@@ -70,9 +70,9 @@ pub fn stage_ret(ctx: ProbeContext) -> u32 {
         }
         let idx = (depth - 1 - i) & (MAX_DEPTH - 1);
         let call = &calls.calls[idx];
-        if call.flags & OPEN_PYTHON != 0 {
-            // A Python call (left open by a window's end, say): its key is
-            // a frame, not a slot; the native call may be below it.
+        if call.flags & (OPEN_PYTHON | OPEN_USDT) != 0 {
+            // A Python call (left open by a window's end, say) or a USDT
+            // pair's: its key is not a slot; the native call may be below it.
             continue;
         }
         if call.key == rsp && call.stage == stage {
@@ -130,7 +130,8 @@ pub fn unwind_catch(ctx: ProbeContext) -> u32 {
         let call = calls.calls[idx];
         // A native exception never crosses an open Python frame (the
         // interpreter is C): the Python call and those below it stay.
-        if call.flags & OPEN_PYTHON != 0 || !unwound(call.key, call.orig, rsp) {
+        // A USDT pair's call may span frames: only its return probe ends it.
+        if call.flags & (OPEN_PYTHON | OPEN_USDT) != 0 || !unwound(call.key, call.orig, rsp) {
             break;
         }
         bump(COUNTER_UNWOUND);

@@ -20,7 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Attach to stage functions and stream their latency as JSON Lines.
     Run(Box<RunArgs>),
-    /// List the functions (and USDT probes) of an executable or library that can be probed.
+    /// List the functions (and USDT probes) of an executable or library that
+    /// can be probed, or with --python -p PID the Python functions a
+    /// process has.
     List(ListArgs),
     /// Ask the running agent for per-stage latency, FPS and frame shares.
     Summary(SummaryArgs),
@@ -111,7 +113,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A stage to time: NAME=TARGET:SYMBOL. TARGET is a path or a bare library
-    /// name; SYMBOL an exact name or a glob over demangled names. Repeatable.
+    /// name; SYMBOL an exact name or a glob over demangled names. Also
+    /// NAME=python:INTERPRETER:PATTERN (docs/python.md) and
+    /// NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (docs/usdt.md). Repeatable.
     #[arg(long = "stage", value_name = "NAME=TARGET:SYMBOL")]
     pub stages: Vec<String>,
     /// Trace only this process (repeatable). Default: every process running the targets.
@@ -133,7 +137,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "STAGE")]
     pub frame_stage: Option<String>,
     /// Record an integer argument or return value on every call:
-    /// NAME=TARGET:SYMBOL:argN|ret (N = 0..5). Repeatable.
+    /// NAME=TARGET:SYMBOL:argN|ret (N = 0..5); or a USDT probe's decoded
+    /// argument, or 1 per hit: NAME=usdt:TARGET:PROVIDER:PROBE[:argN|:hits]
+    /// (docs/usdt.md). Repeatable.
     #[arg(long = "gauge", value_name = "NAME=TARGET:SYMBOL:argN|ret")]
     pub gauges: Vec<String>,
     /// An alert rule, e.g. 'p99(infer) > 50ms for 5s' (repeatable; see docs/alerts.md).
@@ -260,13 +266,20 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Executable or shared library (path or bare library name).
-    pub target: String,
-    /// Only functions whose demangled or raw name matches this glob.
+    /// Executable or shared library (path or bare library name). With
+    /// --python: the interpreter (default with -p: the process's own).
+    pub target: Option<String>,
+    /// Only functions whose demangled or raw name (with --python: the
+    /// qualified name) matches this glob.
     pub glob: Option<String>,
-    /// Resolve a bare library name through this process's mappings.
+    /// Resolve a bare library name through this process's mappings; with
+    /// --python, the process whose Python functions to list.
     #[arg(short = 'p', long = "pid")]
     pub pid: Option<u32>,
+    /// List the Python functions a running interpreter (-p PID) has: every
+    /// live function object and the code on its threads' stacks.
+    #[arg(long)]
+    pub python: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -19,7 +19,9 @@ use crate::{
         attach::AttachMode,
         gauge::{GaugeSource, GaugeSpec},
         memory::MemoryMode,
-        python, Location, StageSpec,
+        python,
+        usdt::{self, UsdtValue},
+        Location, StageSpec,
     },
     sinks::{
         api::{ApiSpec, DEFAULT_API_PORT},
@@ -48,12 +50,15 @@ fn echo(text: &str) -> String {
     one_line(text, ECHO_CHARS)
 }
 
-/// What a stage's TARGET:SYMBOL names: a native function, or Python
-/// functions (`python:INTERPRETER:PATTERN`, TOML `kind = "python"`).
+/// What a stage's TARGET:SYMBOL names: a native function, Python
+/// functions (`python:INTERPRETER:PATTERN`, TOML `kind = "python"`), or a
+/// pair of USDT probes (`usdt:TARGET:PROVIDER:ENTRY,RETURN`, TOML
+/// `kind = "usdt"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StageKind {
     Native,
     Python,
+    Usdt,
 }
 
 /// Default Prometheus histogram bounds, seconds.
@@ -174,7 +179,7 @@ pub enum ConfigError {
     StatsIntervalTooShort,
     #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 16777216")]
     RingBytes(u32),
-    #[error("malformed --gauge '{}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret ({problem})", echo(spec))]
+    #[error("malformed --gauge '{}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret, or NAME=usdt:TARGET:PROVIDER:PROBE[:argN|:hits] ({problem})", echo(spec))]
     MalformedGauge { spec: String, problem: &'static str },
     #[error("frame stage '{}' is not one of the stages ({known})", echo(name))]
     UnknownFrameStage { name: String, known: String },
@@ -219,8 +224,10 @@ pub enum ConfigError {
     MaxProbesZero,
     #[error("invalid --python-window '{value}': {reason} (form WINDOW/PERIOD, e.g. 1s/10s, or 'always')")]
     PythonWindow { value: String, reason: String },
-    #[error("stage '{name}': unknown kind '{kind}' (use \"native\" or \"python\")")]
+    #[error("stage '{name}': unknown kind '{kind}' (use \"native\", \"python\" or \"usdt\")")]
     StageKindUnknown { name: String, kind: String },
+    #[error("gauge '{name}': unknown kind '{kind}' (use \"native\" or \"usdt\")")]
+    GaugeKindUnknown { name: String, kind: String },
 }
 
 /// The TOML file's shape. Unknown keys are errors (catches typos).
@@ -271,10 +278,13 @@ struct FileOtlp {
 #[serde(deny_unknown_fields)]
 struct FileGauge {
     name: String,
+    /// "native" (default) or "usdt".
+    kind: Option<String>,
     target: String,
+    /// The function, or for USDT PROVIDER:PROBE.
     symbol: String,
-    /// "arg0".."arg5" or "ret".
-    value: String,
+    /// "arg0".."arg5" or "ret"; USDT: "argN" or "hits" (the default).
+    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,10 +298,11 @@ struct FileAlert {
 #[serde(deny_unknown_fields)]
 struct FileStage {
     name: String,
-    /// "native" (default) or "python".
+    /// "native" (default), "python" or "usdt".
     kind: Option<String>,
     target: String,
-    /// The function: a symbol, or for Python a [FILE:|MODULE:]QUALNAME pattern.
+    /// The function: a symbol, for Python a [FILE:|MODULE:]QUALNAME
+    /// pattern, for USDT PROVIDER:ENTRY,RETURN.
     #[serde(alias = "function")]
     symbol: String,
 }
@@ -371,6 +382,14 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     if symbol.trim().is_empty() {
         return Err(bad("empty SYMBOL"));
     }
+    if target.trim() == "usdt" {
+        let stage = StageSpec {
+            name: name.trim().to_string(),
+            location: usdt_stage(symbol).map_err(bad)?,
+        };
+        check_name("stage", &stage.name)?;
+        return Ok(stage);
+    }
     let (kind, target, symbol) = if target.trim() == "python" {
         let (interp, pattern) = symbol
             .split_once(':')
@@ -400,8 +419,65 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     Ok(stage)
 }
 
+/// `TARGET:PROVIDER:ENTRY,RETURN` (after `usdt:`): TARGET is everything
+/// before the last two ':'; the return probe has the entry's provider.
+fn usdt_stage(text: &str) -> Result<Location, &'static str> {
+    const FORM: &str =
+        "USDT stages are NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (a single probe is a --gauge)";
+    let mut parts = text.rsplitn(3, ':');
+    let (Some(probes), Some(provider), Some(target)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FORM);
+    };
+    let (entry, ret) = probes.split_once(',').ok_or(FORM)?;
+    let probe = |name: &str| usdt::ProbeName::parse(&format!("{provider}:{name}"));
+    match (target.trim(), probe(entry), probe(ret)) {
+        ("", _, _) => Err("empty TARGET after usdt:"),
+        (target, Some(entry), Some(ret)) => Ok(Location::Usdt {
+            target: target.to_string(),
+            entry,
+            ret,
+        }),
+        _ => Err(FORM),
+    }
+}
+
+/// `usdt:TARGET:PROVIDER:PROBE[:argN|:hits]` after `NAME=`.
+fn usdt_gauge(name: &str, text: &str) -> Result<GaugeSpec, &'static str> {
+    const FORM: &str = "USDT gauges are NAME=usdt:TARGET:PROVIDER:PROBE[:argN|:hits]";
+    let (rest, value) = match text.rsplit_once(':') {
+        Some((rest, "hits")) => (rest, UsdtValue::Hit),
+        Some((rest, last)) if last.starts_with("arg") => {
+            let n: u8 = last[3..]
+                .parse()
+                .map_err(|_| "USDT argument must be arg0..arg11")?;
+            if n > 11 {
+                return Err("USDT argument must be arg0..arg11");
+            }
+            (rest, UsdtValue::Arg(n))
+        }
+        _ => (text, UsdtValue::Hit),
+    };
+    let mut parts = rest.rsplitn(3, ':');
+    let (Some(probe), Some(provider), Some(target)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FORM);
+    };
+    let probe = usdt::ProbeName::parse(&format!("{provider}:{probe}")).ok_or(FORM)?;
+    if target.trim().is_empty() || name.trim().is_empty() {
+        return Err("empty NAME or TARGET");
+    }
+    Ok(GaugeSpec {
+        name: name.trim().to_string(),
+        target: target.trim().to_string(),
+        symbol: probe.to_string(),
+        source: GaugeSource::Usdt(value),
+    })
+}
+
 /// Parses `NAME=TARGET:SYMBOL:argN|ret`; the value source is after the
-/// last ':' so C++ `::` in the symbol is kept.
+/// last ':' so C++ `::` in the symbol is kept. `NAME=usdt:...` is a USDT
+/// gauge ([`usdt_gauge`]).
 pub fn parse_gauge(spec: &str) -> Result<GaugeSpec, ConfigError> {
     let bad = |problem| ConfigError::MalformedGauge {
         spec: spec.to_string(),
@@ -411,6 +487,11 @@ pub fn parse_gauge(spec: &str) -> Result<GaugeSpec, ConfigError> {
     let (target, rest) = rest
         .split_once(':')
         .ok_or_else(|| bad("missing ':' after TARGET"))?;
+    if target.trim() == "usdt" {
+        let gauge = usdt_gauge(name, rest).map_err(bad)?;
+        check_name("gauge", &gauge.name)?;
+        return Ok(gauge);
+    }
     let (symbol, source) = rest
         .rsplit_once(':')
         .ok_or_else(|| bad("missing ':argN' or ':ret' after SYMBOL"))?;
@@ -537,24 +618,23 @@ impl Plan {
     }
 
     fn build(args: &RunArgs, file: FileConfig) -> Result<Plan, ConfigError> {
-        let mut stages: Vec<StageSpec> = file
-            .stage
-            .into_iter()
-            .map(|s| {
-                check_name("stage", &s.name)?;
-                let kind = match s.kind.as_deref() {
-                    None | Some("native") => StageKind::Native,
-                    Some("python") => StageKind::Python,
-                    Some(other) => {
-                        return Err(ConfigError::StageKindUnknown {
-                            name: s.name,
-                            kind: other.to_string(),
-                        })
-                    }
-                };
-                Ok(StageSpec {
-                    name: s.name,
-                    location: match kind {
+        let mut stages: Vec<StageSpec> =
+            file.stage
+                .into_iter()
+                .map(|s| {
+                    check_name("stage", &s.name)?;
+                    let kind = match s.kind.as_deref() {
+                        None | Some("native") => StageKind::Native,
+                        Some("python") => StageKind::Python,
+                        Some("usdt") => StageKind::Usdt,
+                        Some(other) => {
+                            return Err(ConfigError::StageKindUnknown {
+                                name: s.name,
+                                kind: other.to_string(),
+                            })
+                        }
+                    };
+                    let location = match kind {
                         StageKind::Python => Location::Python {
                             interpreter: s.target,
                             pattern: s.symbol,
@@ -563,10 +643,18 @@ impl Plan {
                             target: s.target,
                             symbol: s.symbol,
                         },
-                    },
+                        StageKind::Usdt => usdt_stage(&format!("{}:{}", s.target, s.symbol))
+                            .map_err(|problem| ConfigError::MalformedStage {
+                                spec: format!("{}=usdt:{}:{}", s.name, s.target, s.symbol),
+                                problem,
+                            })?,
+                    };
+                    Ok(StageSpec {
+                        name: s.name,
+                        location,
+                    })
                 })
-            })
-            .collect::<Result<_, ConfigError>>()?;
+                .collect::<Result<_, ConfigError>>()?;
         for spec in &args.stages {
             stages.push(parse_stage(spec)?);
         }
@@ -632,7 +720,20 @@ impl Plan {
         }
         let mut gauges = Vec::new();
         for g in file.gauge {
-            let spec = format!("{}={}:{}:{}", g.name, g.target, g.symbol, g.value);
+            let target = match g.kind.as_deref() {
+                None | Some("native") => g.target,
+                Some("usdt") => format!("usdt:{}", g.target),
+                Some(other) => {
+                    return Err(ConfigError::GaugeKindUnknown {
+                        name: g.name,
+                        kind: other.to_string(),
+                    })
+                }
+            };
+            let spec = match g.value {
+                Some(value) => format!("{}={target}:{}:{value}", g.name, g.symbol),
+                None => format!("{}={target}:{}", g.name, g.symbol),
+            };
             gauges.push(parse_gauge(&spec)?);
         }
         for spec in &args.gauges {
@@ -1223,6 +1324,88 @@ mod tests {
         }
         let ok = Plan::from_args(&args(&["--stage", "a=/x:f", "--ring-bytes", "8192"])).unwrap();
         assert_eq!(ok.ring_bytes, 8192);
+    }
+
+    #[test]
+    fn usdt_stages_and_gauges() {
+        let probe = |p: &str, n: &str| usdt::ProbeName {
+            provider: p.into(),
+            name: n.into(),
+        };
+        let s = parse_stage("gc=usdt:/usr/bin/python3.11:python:gc__start,gc__done").unwrap();
+        assert_eq!(
+            s.location,
+            Location::Usdt {
+                target: "/usr/bin/python3.11".into(),
+                entry: probe("python", "gc__start"),
+                ret: probe("python", "gc__done"),
+            }
+        );
+        for (bad, problem) in [
+            ("gc=usdt:/x:python:gc__start", "USDT stages are NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (a single probe is a --gauge)"),
+            ("gc=usdt:python:a,b", "USDT stages are NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (a single probe is a --gauge)"),
+            ("gc=usdt::python:a,b", "empty TARGET after usdt:"),
+        ] {
+            assert_eq!(
+                parse_stage(bad),
+                Err(ConfigError::MalformedStage {
+                    spec: bad.into(),
+                    problem
+                }),
+                "{bad}"
+            );
+        }
+        let g = parse_gauge("depth=usdt:libq.so:q:push:arg1").unwrap();
+        assert_eq!(
+            (g.target.as_str(), g.symbol.as_str(), g.source),
+            ("libq.so", "q:push", GaugeSource::Usdt(UsdtValue::Arg(1)))
+        );
+        for hits in ["n=usdt:/bin/x:q:push", "n=usdt:/bin/x:q:push:hits"] {
+            let g = parse_gauge(hits).unwrap();
+            assert_eq!(
+                (g.target.as_str(), g.symbol.as_str(), g.source),
+                ("/bin/x", "q:push", GaugeSource::Usdt(UsdtValue::Hit))
+            );
+        }
+        let e = parse_gauge("n=usdt:/bin/x:q:push:arg12").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("(USDT argument must be arg0..arg11)"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().join(format!("adeline-usdt-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("c.toml");
+        std::fs::write(
+            &toml,
+            r#"
+[[stage]]
+name = "gc"
+kind = "usdt"
+target = "/usr/bin/python3.11"
+symbol = "python:gc__start,gc__done"
+
+[[gauge]]
+name = "collected"
+kind = "usdt"
+target = "/usr/bin/python3.11"
+symbol = "python:gc__done"
+value = "arg0"
+
+[[gauge]]
+name = "gcs"
+kind = "usdt"
+target = "/usr/bin/python3.11"
+symbol = "python:gc__start"
+"#,
+        )
+        .unwrap();
+        let plan = Plan::from_args(&args(&["--config", toml.to_str().unwrap()])).unwrap();
+        assert_eq!(plan.stages[0], s);
+        assert_eq!(plan.gauges[0].source, GaugeSource::Usdt(UsdtValue::Arg(0)));
+        assert_eq!(plan.gauges[1].source, GaugeSource::Usdt(UsdtValue::Hit));
+        assert_eq!(plan.gauges[1].symbol, "python:gc__start");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

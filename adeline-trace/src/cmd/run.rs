@@ -112,6 +112,7 @@ pub fn run(plan: Plan) -> Result<()> {
         attach: plan.attach,
         python: resolved.python.clone(),
         python_window: plan.python_window,
+        usdt_args: resolved.usdt_args.clone(),
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {

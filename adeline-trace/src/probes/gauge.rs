@@ -8,9 +8,12 @@ use crate::symbols::{placement::Needs, TargetError};
 use super::{
     resolve::Resolver,
     site::{ProbeSite, Program},
+    usdt::UsdtValue,
 };
 
-/// A gauge: NAME=TARGET:SYMBOL:argN|ret.
+/// A gauge: NAME=TARGET:SYMBOL:argN|ret, or a USDT probe's argument or
+/// hits (NAME=usdt:TARGET:PROVIDER:PROBE[:argN], `symbol` =
+/// PROVIDER:PROBE; see [`super::usdt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GaugeSpec {
     pub name: String,
@@ -26,6 +29,8 @@ pub enum GaugeSource {
     Arg(u8),
     /// Return value.
     Ret,
+    /// A USDT probe's argument, or 1 per hit ([`super::usdt`]).
+    Usdt(UsdtValue),
 }
 
 /// An argument gauge's program (at entry).
@@ -33,7 +38,8 @@ pub const ARG: &[Program] = &[Program::entry("gauge_arg")];
 /// A return-value gauge's program.
 pub const RET: &[Program] = &[Program::ret("gauge_ret")];
 
-/// Sites of gauge `id`: every function its target and symbol match.
+/// Sites of function gauge `id`: every function its target and symbol
+/// match (a USDT gauge has none here: [`super::usdt::gauge_sites`]).
 pub fn sites(
     resolver: &mut Resolver<'_>,
     id: u32,
@@ -43,6 +49,7 @@ pub fn sites(
     let (programs, cookie, needs) = match gauge.source {
         GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n), Needs::arg(n)),
         GaugeSource::Ret => (RET, u64::from(id), Needs::CALL),
+        GaugeSource::Usdt(_) => return Ok(Vec::new()),
     };
     let (name, target, symbol) = (&gauge.name, &gauge.target, &gauge.symbol);
     resolver.functions(name, cookie, target, symbol, programs, &needs)

@@ -8,6 +8,9 @@
 //! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat);
 //! - [`python`]: Python stages (interpreter handler sites, in-kernel
 //!   pattern match; CPython introspection is python/), windowed mode;
+//! - [`usdt`]: USDT probes in any binary: an entry/return pair as a
+//!   stage, one probe's argument (or hits) as a gauge, with kernel-managed
+//!   semaphores;
 //! - [`unwind`]: stages timed at their exit instructions, and the catch
 //!   and forced-unwind hooks that end calls an exception unwound
 //!   (`--exit-probes`; it rewrites the [`function`] kind's sites).
@@ -19,8 +22,8 @@
 //! or one perf event per site) and the kinds' tracepoints, and owns the
 //! links: dropping [`Probes`] detaches everything.
 //!
-//! A new kind that times stages (USDT next) is one file here and one
-//! variant of [`Location`] (with its arm in [`resolve_plan`]).
+//! A new kind that times stages is one file here and one variant of
+//! [`Location`] (with its arm in [`resolve_plan`]).
 use std::time::{Duration, Instant};
 
 use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
@@ -38,6 +41,7 @@ pub mod python;
 pub mod resolve;
 pub mod site;
 pub mod unwind;
+pub mod usdt;
 
 use alloc::{AllocMaps, AllocSiteError, AllocSpec};
 use attach::{
@@ -48,7 +52,8 @@ pub use site::{ProbeError, ProbeSite, Program, Tracepoint};
 use thiserror::Error;
 
 use crate::symbols::TargetError;
-use gauge::GaugeSpec;
+use adeline_trace_common::usdt::UsdtArgSpec;
+use gauge::{GaugeSource, GaugeSpec};
 use memory::MemoryMode;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
@@ -72,6 +77,13 @@ pub enum Location {
     Python {
         interpreter: String,
         pattern: String,
+    },
+    /// Between a USDT probe and the next return probe on the same thread,
+    /// in `target` (a path or a bare library name): [`usdt`].
+    Usdt {
+        target: String,
+        entry: usdt::ProbeName,
+        ret: usdt::ProbeName,
     },
 }
 
@@ -99,6 +111,8 @@ pub struct Resolved {
     pub unwind_warnings: Vec<String>,
     /// The kernel's Python tables (None without Python stages).
     pub python: Option<python::PythonTables>,
+    /// How each USDT gauge site decodes its value (index = cookie).
+    pub usdt_args: Vec<UsdtArgSpec>,
 }
 
 /// Why the plan's probes cannot be placed (a user error, before anything
@@ -111,6 +125,8 @@ pub enum ResolveError {
     Alloc(#[from] AllocSiteError),
     #[error(transparent)]
     Python(#[from] crate::python::PythonError),
+    #[error(transparent)]
+    Usdt(#[from] usdt::UsdtError),
 }
 
 /// Resolves every probe of the plan, kind by kind (stage ids and gauge
@@ -139,6 +155,10 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
                 });
                 continue;
             }
+            Location::Usdt { target, entry, ret } => (
+                usdt::stage_sites(&resolver, id, &stage.name, target, entry, ret)?,
+                format!("usdt:{target}:{entry},{}", ret.name),
+            ),
         };
         let counts = (sites.len() + found.len(), found.len());
         sites.extend(found);
@@ -149,8 +169,19 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
     let unwind_warnings = unwind::plan(&mut sites, plan.exit_probes, plan.pids);
     let py = python::sites(&py_stages, plan.pids)?;
     sites.extend(py.sites);
+    let mut usdt_args = Vec::new();
     for (id, g) in plan.gauges.iter().enumerate() {
-        let found = gauge::sites(&mut resolver, id as u32, g)?;
+        let found = match (g.source, usdt::ProbeName::parse(&g.symbol)) {
+            (GaugeSource::Usdt(value), Some(probe)) => {
+                let of = (id as u32, g.name.as_str());
+                let first = usdt_args.len();
+                let (found, specs) =
+                    usdt::gauge_sites(&resolver, of, &g.target, &probe, value, first)?;
+                usdt_args.extend(specs);
+                found
+            }
+            _ => gauge::sites(&mut resolver, id as u32, g)?,
+        };
         let counts = (sites.len() + found.len(), found.len());
         sites.extend(found);
         let pattern = format!("{}:{}", g.target, g.symbol);
@@ -167,6 +198,7 @@ pub fn resolve_plan(plan: &ProbePlan<'_>) -> Result<Resolved, ResolveError> {
         warnings,
         unwind_warnings,
         python: (!py_stages.is_empty()).then_some(py.tables),
+        usdt_args,
     })
 }
 
@@ -190,6 +222,8 @@ pub struct ProbeOptions {
     /// ... and the window: probes attached for `.0` every `.1` (None:
     /// always).
     pub python_window: Option<(Duration, Duration)>,
+    /// USDT gauges: how each site decodes its value (index = cookie).
+    pub usdt_args: Vec<UsdtArgSpec>,
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -287,6 +321,7 @@ impl Probes {
         if let Some(tables) = &opts.python {
             python::fill_maps(&mut ebpf, tables)?;
         }
+        usdt::fill_map(&mut ebpf, &opts.usdt_args)?;
         let started = Instant::now();
         let mode = opts.attach.unwrap_or_else(AttachMode::detect);
         let loader =
