@@ -5,6 +5,9 @@
 //! `#[repr(C)]`, fixed size and free of implicit padding.
 #![no_std]
 
+/// The profiler's records (`run --profile`).
+pub mod profile;
+
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
 /// A gauge sample: an integer argument or return value of a function.
@@ -267,4 +270,6 @@ mod pod {
     unsafe impl aya::Pod for AllocInfo {}
     unsafe impl aya::Pod for AllocStats {}
     unsafe impl aya::Pod for RssState {}
+    unsafe impl aya::Pod for profile::SampleHeader {}
+    unsafe impl aya::Pod for profile::SampleBuf {}
 }

@@ -6,6 +6,7 @@ mod alloc;
 mod gauge;
 mod maps;
 mod memory;
+mod profile;
 mod stage;
 
 #[cfg(not(test))]

@@ -162,6 +162,14 @@ pub fn pid_allowed(tgid: u32) -> bool {
     unsafe { PIDS.get(&tgid).is_some() }
 }
 
+/// Whether the in-kernel pid filter is on (the profiler, without it,
+/// samples the threads that have entered a traced stage).
+#[inline(always)]
+pub fn pid_filter_on() -> bool {
+    // SAFETY: read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&FILTER_PIDS) != 0 }
+}
+
 /// Stage id of the frame root.
 #[inline(always)]
 pub fn frame_stage() -> u32 {

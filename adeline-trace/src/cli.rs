@@ -179,6 +179,25 @@ pub struct RunArgs {
     /// Alloc mode: how many allocation sites to report (default 10).
     #[arg(long, value_name = "N", requires = "alloc")]
     pub alloc_top: Option<usize>,
+    /// Profile the traced processes: on-CPU stacks sampled HZ times a second
+    /// per CPU (cpu-clock, e.g. 99) and off-CPU time from the scheduler,
+    /// each tagged with the innermost traced stage (`/api/profile`).
+    #[arg(long, value_name = "HZ")]
+    pub profile: Option<u32>,
+    /// With --profile: no off-CPU time (no sched_switch program).
+    #[arg(long, requires = "profile")]
+    pub no_off_cpu: bool,
+    /// With --profile: leave out off-CPU intervals shorter than this (e.g. 50us).
+    #[arg(long, value_name = "DURATION", requires = "profile")]
+    pub off_cpu_min: Option<String>,
+    /// With --profile: write the whole run's profile to FILE on exit:
+    /// folded stacks (`stage;frame;… µs`), a flame graph (*.svg) or pprof (*.pb).
+    #[arg(long, value_name = "FILE", requires = "profile")]
+    pub profile_out: Option<PathBuf>,
+    /// With --profile: when an alert on a stage fires, capture the stage's
+    /// profile this long and diff it against as long before (default 10s; 0 = off).
+    #[arg(long, value_name = "DURATION", requires = "profile")]
+    pub alert_profile: Option<String>,
     /// Launch this command, trace only it, and stop when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

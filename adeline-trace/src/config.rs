@@ -12,6 +12,7 @@ use crate::{
         alloc::{AllocSpec, DEFAULT_MIN_AGE, DEFAULT_TOP},
         gauge::{GaugeSource, GaugeSpec},
         memory::MemoryMode,
+        profile::{ProfileSpec, MAX_HZ},
         Location, StageSpec,
     },
     sinks::{
@@ -72,6 +73,10 @@ pub struct Plan {
     pub alloc: Option<AllocSpec>,
     /// Which kernel memory tracepoints to attach (`--memory`).
     pub memory: MemoryMode,
+    /// The profiler (`--profile HZ`).
+    pub profile: Option<ProfileSpec>,
+    /// Profiles on alert: capture length (None: off).
+    pub alert_profile: Option<Duration>,
     /// Where results go (the sinks).
     pub outputs: Outputs,
 }
@@ -129,6 +134,8 @@ pub enum ConfigError {
     AllocSample,
     #[error("--alloc needs -p PID or a command to launch (after --): the allocator of every process is not traced")]
     AllocNeedsPids,
+    #[error("--profile {0} is invalid: use a rate from 1 to {MAX_HZ} samples per second, e.g. 99")]
+    ProfileHz(u32),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
 }
@@ -160,7 +167,25 @@ struct FileConfig {
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
+    profile: Option<FileProfile>,
 }
+
+/// The `[profile]` table of a config file (its presence turns the
+/// profiler on).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProfile {
+    hz: Option<u32>,
+    off_cpu: Option<bool>,
+    off_cpu_min: Option<String>,
+    out: Option<PathBuf>,
+    alert_capture: Option<String>,
+}
+
+/// Default sampling rate of a `[profile]` table without `hz`.
+pub const DEFAULT_PROFILE_HZ: u32 = 99;
+/// Default capture length of profiles on alert.
+pub const DEFAULT_ALERT_PROFILE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -519,6 +544,48 @@ impl Plan {
         if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
             return Err(ConfigError::AllocNeedsPids);
         }
+        let file_profile = file.profile;
+        let profile = match (args.profile, &file_profile) {
+            (None, None) => None,
+            (hz, fp) => {
+                let hz = hz
+                    .or(fp.as_ref().and_then(|p| p.hz))
+                    .unwrap_or(DEFAULT_PROFILE_HZ);
+                if hz == 0 || hz > MAX_HZ {
+                    return Err(ConfigError::ProfileHz(hz));
+                }
+                let off_cpu_min = match args
+                    .off_cpu_min
+                    .clone()
+                    .or(fp.as_ref().and_then(|p| p.off_cpu_min.clone()))
+                {
+                    Some(t) => parse_duration("--off-cpu-min", &t)?,
+                    None => Duration::ZERO,
+                };
+                Some(ProfileSpec {
+                    hz,
+                    off_cpu: !args.no_off_cpu
+                        && fp.as_ref().and_then(|p| p.off_cpu).unwrap_or(true),
+                    off_cpu_min,
+                })
+            }
+        };
+        let profile_out = args
+            .profile_out
+            .clone()
+            .or(file_profile.as_ref().and_then(|p| p.out.clone()));
+        let alert_profile = match (
+            &profile,
+            args.alert_profile
+                .clone()
+                .or(file_profile.and_then(|p| p.alert_capture)),
+        ) {
+            (None, _) => None,
+            (Some(_), None) => Some(DEFAULT_ALERT_PROFILE),
+            (Some(_), Some(t)) => {
+                Some(parse_duration("--alert-profile", &t)?).filter(|d| !d.is_zero())
+            }
+        };
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -539,6 +606,8 @@ impl Plan {
             prom_buckets_ns,
             alloc,
             memory: args.memory,
+            profile,
+            alert_profile,
             outputs: Outputs {
                 events: output,
                 spans: !args.no_spans,
@@ -546,6 +615,7 @@ impl Plan {
                 trace_out,
                 history,
                 summary_out,
+                profile_out,
             },
         })
     }

@@ -200,6 +200,7 @@ impl RuleState {
                 threshold,
                 since_ns: since,
                 ts_ns: now,
+                profile: None,
             };
             self.firing = Some(event.clone());
             return Some(event);
@@ -219,6 +220,7 @@ impl RuleState {
             threshold,
             since_ns: fired_ns,
             ts_ns: now,
+            profile: None,
         })
     }
 }

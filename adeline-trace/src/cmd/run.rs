@@ -14,7 +14,7 @@ use crate::{
     config::Plan,
     events::{monotonic_ns, WallClock},
     launch::Launched,
-    metrics::{snapshot::Snapshot, Metrics},
+    metrics::{profile::ProfileStore, snapshot::Snapshot, Metrics},
     probes::{
         check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
         Probes,
@@ -85,6 +85,7 @@ pub fn run(plan: Plan) -> Result<()> {
         frame_stage,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
+        profile: plan.profile.clone(),
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
@@ -92,12 +93,16 @@ pub fn run(plan: Plan) -> Result<()> {
             eprintln!("warning: memory mappings are not traced: {why}");
         }
     }
+    let profile_store = plan
+        .profile
+        .as_ref()
+        .map(|p| ProfileStore::new(p.period_ns(), stage_names.clone()));
     let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
     if plan.outputs.history.is_some() {
         // History rows tile time exactly (the sliding windows do not).
         metrics.track_periods(monotonic_ns());
     }
-    let live = Arc::new(LiveState::new(
+    let live = LiveState::new(
         metrics,
         WallClock::new(),
         LiveOptions {
@@ -106,7 +111,11 @@ pub fn run(plan: Plan) -> Result<()> {
             rules: plan.alerts.iter().map(|a| a.rule.clone()).collect(),
             alloc: plan.alloc.clone(),
         },
-    ));
+    );
+    let live = Arc::new(match profile_store {
+        Some(store) => live.with_profiles(store),
+        None => live,
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,7 +158,8 @@ pub fn run(plan: Plan) -> Result<()> {
         pids,
         plan.stats_interval,
         frame_stage,
-    );
+    )
+    .with_alert_profiles(plan.alert_profile.unwrap_or_default());
     let started = Instant::now();
     let until = Until {
         duration: plan.duration,

@@ -5,7 +5,8 @@
 //! - [`function`]: a stage timed at functions' entry and return;
 //! - [`gauge`]: an integer argument or the return value of functions;
 //! - [`alloc`]: alloc mode's allocator functions in the C library;
-//! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat).
+//! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat);
+//! - [`profile`]: the profiler (cpu-clock samples, sched_switch).
 //!
 //! [`resolve`] is what they share (files, symbols, the kernel's refusals);
 //! [`resolve_plan`] is the one place that lists the kinds. [`Probes::attach`]
@@ -30,6 +31,7 @@ pub mod alloc;
 pub mod function;
 pub mod gauge;
 pub mod memory;
+pub mod profile;
 pub mod resolve;
 pub mod site;
 
@@ -41,6 +43,7 @@ use thiserror::Error;
 use crate::symbols::TargetError;
 use gauge::GaugeSpec;
 use memory::MemoryMode;
+use profile::{ProfileMaps, ProfileSpec};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
 
@@ -126,6 +129,8 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
+    /// The profiler (`--profile`), attached after every probe.
+    pub profile: Option<ProfileSpec>,
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -159,6 +164,8 @@ pub struct Probes {
     pub memory_untraced: Option<String>,
     /// Alloc mode's maps (None without --alloc).
     pub alloc: Option<AllocMaps>,
+    /// The profiler's counters (None without --profile).
+    pub profile: Option<ProfileMaps>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -202,6 +209,8 @@ impl Probes {
             .override_global("FRAME_STAGE", &frame_stage, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
         alloc_globals.configure(&mut loader);
+        let profile_globals = profile::Globals::new(opts.profile.as_ref());
+        profile_globals.configure(&mut loader);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
@@ -249,6 +258,11 @@ impl Probes {
             }
             Err(why) => Some(why),
         };
+        // The profiler last: its samples need the stage probes in place.
+        let profile = match &opts.profile {
+            Some(spec) => Some(profile::attach(&mut ebpf, spec)?),
+            None => None,
+        };
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| load_err("no EVENTS map"))?,
@@ -267,6 +281,7 @@ impl Probes {
             ring,
             counters,
             alloc,
+            profile,
             ebpf,
             attached,
             memory_untraced,

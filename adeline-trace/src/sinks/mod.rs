@@ -9,7 +9,8 @@
 //! - [`trace_out`]: a Chrome trace-event timeline (`--trace-out`);
 //! - [`history`]: one SQLite row per stage per interval (`--history`);
 //! - [`table`]: the tables and alert lines on stderr (`--live`);
-//! - [`summary_out`]: the whole-run snapshot on exit (`--summary-out`).
+//! - [`summary_out`]: the whole-run snapshot on exit (`--summary-out`);
+//! - [`profile`]: the whole run's profile on exit (`--profile-out`).
 //!
 //! The HTTP server ([`api`], with [`dashboard`], [`prometheus`] and the
 //! history endpoint) is no sink: it reads the running agent through
@@ -22,6 +23,7 @@ pub mod api;
 pub mod dashboard;
 pub mod history;
 pub mod jsonl;
+pub mod profile;
 pub mod prometheus;
 pub mod sink;
 pub mod source;
@@ -48,6 +50,8 @@ pub struct Outputs {
     pub history: Option<history::HistorySpec>,
     /// The whole-run snapshot, written on exit.
     pub summary_out: Option<PathBuf>,
+    /// The whole run's profile, written on exit.
+    pub profile_out: Option<PathBuf>,
 }
 
 /// Every output of a run, in the order they receive each record.
@@ -127,6 +131,9 @@ pub fn open(outputs: &Outputs, ctx: OpenContext) -> Result<Sinks, SinkError> {
     }
     if let Some(spec) = &outputs.history {
         sinks.push(history::HistorySink::open(spec)?);
+    }
+    if let Some(path) = &outputs.profile_out {
+        sinks.push(profile::out::ProfileOut::create(path)?);
     }
     Ok(sinks)
 }

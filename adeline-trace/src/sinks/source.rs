@@ -9,6 +9,7 @@ use crate::{
     alerts::{AlertEvent, AlertState},
     metrics::{
         buckets::Cumulative,
+        profile::{AlertCapture, ProfileQuery, Unnamed},
         snapshot::{Snapshot, Window},
     },
 };
@@ -36,6 +37,18 @@ pub trait SnapshotSource: Send + Sync {
     /// tracks no periods or none has elapsed.
     fn take_period(&self, _window: Window) -> Option<Snapshot> {
         None
+    }
+
+    /// The profiler's samples `q` asks for, aggregated (named later, off
+    /// the caller's locks); Ok(None) when the run does not profile; Err: a
+    /// query naming no stage of the run.
+    fn profile(&self, _q: &ProfileQuery) -> Result<Option<Unnamed>, String> {
+        Ok(None)
+    }
+
+    /// Profiles captured when alerts fired, oldest first.
+    fn alert_profiles(&self) -> Vec<Arc<AlertCapture>> {
+        Vec::new()
     }
 
     /// Each known alert rule and whether it is firing, in first-seen order

@@ -1,0 +1,186 @@
+//! Probe kind `profile` (`run --profile HZ`): a cpu-clock `perf_event`
+//! program on every online CPU (on-CPU samples) and the `sched_switch` raw
+//! tracepoint (off-CPU intervals), both filtered in the kernel to the traced
+//! processes, and the reader of their counters. Kernel side:
+//! adeline-trace-ebpf/src/profile.rs; records: adeline-trace-common's
+//! `profile` module.
+use std::time::Duration;
+
+use adeline_trace_common::profile::{
+    PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
+};
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent, RawTracePoint,
+    },
+    Ebpf, EbpfLoader,
+};
+
+use super::site::{chain, ProbeError};
+
+/// Highest sampling rate accepted (the kernel's default
+/// perf_event_max_sample_rate is higher, but the cost grows with it).
+pub const MAX_HZ: u32 = 10_000;
+
+/// Threads whose off-CPU interval in progress is kept (kernel LRU map).
+const OFF_CPU_THREADS: u32 = 4096;
+
+/// What `run --profile` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileSpec {
+    /// On-CPU samples per second per CPU (cpu-clock).
+    pub hz: u32,
+    /// Also record off-CPU intervals (sched_switch).
+    pub off_cpu: bool,
+    /// Off-CPU intervals shorter than this are counted, not recorded.
+    pub off_cpu_min: Duration,
+}
+
+impl ProfileSpec {
+    /// The cpu-clock period in ns.
+    pub fn period_ns(&self) -> u64 {
+        1_000_000_000 / u64::from(self.hz.max(1))
+    }
+}
+
+/// The profiler's kernel globals and map sizes; without a spec its big
+/// map is created with one entry.
+pub struct Globals {
+    has_state: u32,
+    period_ns: u64,
+    off_cpu_min_ns: u64,
+    off_cpu_threads: u32,
+}
+
+impl Globals {
+    pub fn new(spec: Option<&ProfileSpec>) -> Globals {
+        match spec {
+            Some(s) => Globals {
+                has_state: u32::from(kernel_at_least(5, 18)),
+                period_ns: s.period_ns(),
+                off_cpu_min_ns: u64::try_from(s.off_cpu_min.as_nanos()).unwrap_or(u64::MAX),
+                off_cpu_threads: if s.off_cpu { OFF_CPU_THREADS } else { 1 },
+            },
+            None => Globals {
+                has_state: 0,
+                period_ns: 0,
+                off_cpu_min_ns: 0,
+                off_cpu_threads: 1,
+            },
+        }
+    }
+
+    /// Sets them on the loader.
+    pub fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader
+            .override_global("PROFILE_PERIOD_NS", &self.period_ns, true)
+            .override_global("OFF_CPU_MIN_NS", &self.off_cpu_min_ns, true)
+            .override_global("SWITCH_HAS_STATE", &self.has_state, true)
+            .map_max_entries("OFF_CPU", self.off_cpu_threads);
+    }
+}
+
+/// Whether the running kernel is at least `major.minor` (uname).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// The profiler's counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProfileCounters {
+    /// On-CPU samples taken of traced threads.
+    pub samples: u64,
+    /// Off-CPU intervals recorded.
+    pub off_cpu: u64,
+    /// Samples and intervals lost: the ring buffer was full.
+    pub ring_full: u64,
+    /// Off-CPU intervals shorter than the minimum.
+    pub off_cpu_short: u64,
+}
+
+/// The attached profiler: its counters map (the links live in the object).
+pub struct ProfileMaps {
+    pub spec: ProfileSpec,
+    counters: PerCpuArray<MapData, u64>,
+    /// Online CPUs sampled.
+    pub cpus: usize,
+}
+
+/// Loads and attaches the profiler's programs: the cpu-clock program on
+/// every online CPU (all processes; the program filters), and the
+/// sched_switch program when off-CPU time is asked for.
+pub fn attach(ebpf: &mut Ebpf, spec: &ProfileSpec) -> Result<ProfileMaps, ProbeError> {
+    let load = |e: &dyn std::error::Error| ProbeError::Load(format!("profiler: {}", chain(e)));
+    let cpus = aya::util::online_cpus()
+        .map_err(|(what, e)| ProbeError::Load(format!("profiler: reading {what}: {e}")))?;
+    let prog: &mut PerfEvent = ebpf
+        .program_mut("profile_cpu")
+        .ok_or_else(|| ProbeError::Load("program profile_cpu missing from the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| load(&e))?;
+    prog.load().map_err(|e| load(&e))?;
+    for &cpu in &cpus {
+        prog.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(spec.period_ns()),
+            false,
+        )
+        .map_err(|e| {
+            ProbeError::Load(format!(
+                "profiler: perf_event_open on CPU {cpu}: {}",
+                chain(&e)
+            ))
+        })?;
+    }
+    if spec.off_cpu {
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("profile_switch")
+            .ok_or_else(|| {
+                ProbeError::Load("program profile_switch missing from the object".into())
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| load(&e))?;
+        prog.load().map_err(|e| load(&e))?;
+        prog.attach("sched_switch").map_err(|e| load(&e))?;
+    }
+    let counters = ebpf
+        .take_map("PROFILE_COUNTERS")
+        .ok_or_else(|| ProbeError::Load("no PROFILE_COUNTERS map".into()))?;
+    Ok(ProfileMaps {
+        spec: spec.clone(),
+        counters: PerCpuArray::try_from(counters).map_err(|e| load(&e))?,
+        cpus: cpus.len(),
+    })
+}
+
+impl ProfileMaps {
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<ProfileCounters, ProbeError> {
+        let mut out = [0u64; PCOUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|e| ProbeError::Map {
+                    map: "PROFILE_COUNTERS",
+                    reason: chain(&e),
+                })?;
+            *slot = values.iter().sum();
+        }
+        Ok(ProfileCounters {
+            samples: out[PCOUNTER_SAMPLES as usize],
+            off_cpu: out[PCOUNTER_OFF_CPU as usize],
+            ring_full: out[PCOUNTER_RING_FULL as usize],
+            off_cpu_short: out[PCOUNTER_OFF_CPU_SHORT as usize],
+        })
+    }
+}
