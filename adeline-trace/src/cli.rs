@@ -28,6 +28,35 @@ pub enum Command {
     Compare(CompareArgs),
     /// Per-stage trends from the history database a `run --history` keeps.
     History(HistoryArgs),
+    /// Ask the running agent (`run --profile`) for a stage's profile.
+    Profile(ProfileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Only this stage's samples (default: every stage, and `(no stage)`).
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// How far back, in seconds, or `all` for the whole run.
+    #[arg(long, default_value = "10")]
+    pub seconds: String,
+    /// folded (`stage;frame;… µs`, the default), svg (flame graph), pprof,
+    /// or for --alert diff (its differential flame graph, the default there).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// An alert's profile instead (its id in /api/profile/alerts): by
+    /// default its differential flame graph (--format diff).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["stage", "seconds"])]
+    pub alert: Option<u32>,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The agent's API port on 127.0.0.1.
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// Talk to the agent over this unix socket instead of TCP.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

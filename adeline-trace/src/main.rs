@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::List(args) => adeline_trace::cmd::list::list(args),
         Command::Summary(args) => adeline_trace::cmd::summary::summary(args),
         Command::History(args) => adeline_trace::cmd::history::history(args),
+        Command::Profile(args) => adeline_trace::cmd::profile::profile(args),
         // compare prints its own errors: exit 1 = regression, 2 = bad input.
         Command::Compare(args) => return adeline_trace::cmd::compare::compare(args),
     };

@@ -22,7 +22,7 @@ use crate::{
     launch::Launched,
     metrics::{
         memory::alloc::name_sites,
-        profile::{AlertCapture, ProfileQuery},
+        profile::{alert_profile_path, AlertCapture, ProfileQuery},
         snapshot::{Percentiles, Window},
     },
     probes::Probes,
@@ -146,11 +146,6 @@ struct PendingCapture {
     /// Monotonic and wall-clock ns the alert fired.
     fired_mono: u64,
     fired_wall: u64,
-}
-
-/// The API path of alert profile `id`.
-pub fn alert_profile_path(id: u32) -> String {
-    format!("/api/alerts/{id}/profile")
 }
 
 impl Tracer {

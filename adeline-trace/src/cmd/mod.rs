@@ -2,5 +2,6 @@
 pub mod compare;
 pub mod history;
 pub mod list;
+pub mod profile;
 pub mod run;
 pub mod summary;

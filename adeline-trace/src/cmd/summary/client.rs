@@ -80,7 +80,10 @@ impl ClientError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// The body as text (invalid UTF-8 replaced).
     pub body: String,
+    /// The body's bytes (a profile in pprof is binary).
+    pub bytes: Vec<u8>,
 }
 
 impl Response {
@@ -109,6 +112,25 @@ pub fn request(
     method: &str,
     path_and_query: &str,
 ) -> Result<Response, ClientError> {
+    request_within(endpoint, method, path_and_query, IO_TIMEOUT)
+}
+
+/// `GET` with a longer wait for the answer (a profile is named and
+/// rendered on request; the first time a library is read takes a while).
+pub fn get_within(
+    endpoint: &Endpoint,
+    path_and_query: &str,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    request_within(endpoint, "GET", path_and_query, timeout)
+}
+
+fn request_within(
+    endpoint: &Endpoint,
+    method: &str,
+    path_and_query: &str,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let io_error = |error: io::Error| match error.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
             endpoint: endpoint.clone(),
@@ -122,12 +144,12 @@ pub fn request(
         Endpoint::Tcp(addr) => {
             let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
                 .map_err(|e| connect_error(endpoint, e))?;
-            set_io_timeouts(&stream).map_err(io_error)?;
+            set_io_timeouts(&stream, timeout).map_err(io_error)?;
             (addr.to_string(), Box::new(stream))
         }
         Endpoint::Unix(path) => {
             let stream = UnixStream::connect(path).map_err(|e| connect_error(endpoint, e))?;
-            set_io_timeouts(&stream).map_err(io_error)?;
+            set_io_timeouts(&stream, timeout).map_err(io_error)?;
             ("localhost".to_string(), Box::new(stream))
         }
     };
@@ -213,8 +235,11 @@ fn parse_response(raw: &[u8]) -> Result<Response, &'static str> {
     } else {
         rest.to_vec()
     };
-    let body = String::from_utf8(body).map_err(|_| "body is not UTF-8")?;
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
+    })
 }
 
 /// Decodes a chunked body (trailers ignored).
@@ -243,10 +268,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Read and write timeouts of [`IO_TIMEOUT`] on a TCP or unix stream.
-fn set_io_timeouts(stream: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+fn set_io_timeouts(stream: &impl std::os::fd::AsFd, timeout: Duration) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
-    sock.set_read_timeout(Some(IO_TIMEOUT))?;
-    sock.set_write_timeout(Some(IO_TIMEOUT))
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))
 }
 
 #[cfg(test)]

@@ -131,6 +131,11 @@ impl Profile {
     }
 }
 
+/// The API path of alert profile `id` (its differential flame graph).
+pub fn alert_profile_path(id: u32) -> String {
+    format!("/api/alerts/{id}/profile")
+}
+
 /// A stage's profile around an alert: the capture after it fired and the
 /// same length of time before (for the differential flame graph).
 pub struct AlertCapture {

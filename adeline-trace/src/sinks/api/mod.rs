@@ -5,10 +5,12 @@
 //!
 //! - [`listen`]: binding the listeners, socket file hygiene, [`ApiError`]
 //! - [`routes`]: the endpoints and their JSON error bodies
+//! - [`profile`]: the profiler's endpoints (flame graphs, pprof, alert profiles)
 //! - [`server`]: [`serve`] and the [`ApiHandle`] of a running server
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod listen;
+pub mod profile;
 pub mod routes;
 pub mod server;
 
