@@ -385,7 +385,9 @@ impl Tracer {
             };
             let Some(stage) = stage else { continue };
             let id = self.live.alert_profiles_count() as u32 + self.captures.len() as u32 + 1;
-            event.profile = Some(alert_profile_path(id));
+            let path = alert_profile_path(id);
+            self.alerting.link_profile(&event.rule, &path);
+            event.profile = Some(path);
             self.captures.push(PendingCapture {
                 id,
                 rule: event.rule.clone(),

@@ -134,6 +134,16 @@ impl AlertEngine {
         events
     }
 
+    /// Links a profile (its API path) to the firing alert of `rule`, so
+    /// the alerts listed as firing carry it.
+    pub fn link_profile(&mut self, rule: &str, path: &str) {
+        for st in &mut self.rules {
+            if let Some(firing) = st.firing.as_mut().filter(|_| st.rule.text == rule) {
+                firing.profile = Some(path.to_string());
+            }
+        }
+    }
+
     /// Whether there are no rules.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
