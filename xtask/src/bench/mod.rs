@@ -5,6 +5,7 @@ mod agent;
 mod alert;
 mod memory;
 mod overhead;
+mod profile;
 
 use std::fs::File;
 use std::path::Path;
@@ -71,6 +72,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 300_000)]
         calls: u64,
     },
+    /// The profiler: agent + BPF CPU at 99 and 999 Hz on the demo pipeline,
+    /// and accuracy on the known-split fixture (70/30, 1.5 ms sleep). Root.
+    Profile {
+        /// Seconds per cost run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Seconds from a latency step to the alert firing, beyond the rule's
     /// `for` duration (goal <= 2 s), and to resolving. Root.
     Alert {
@@ -95,6 +103,7 @@ pub fn run(what: Bench) -> Result<i32> {
         }
         Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
+        Bench::Profile { seconds } => profile::profile(seconds.max(2)),
     }
 }
 
