@@ -7,7 +7,7 @@
 //! first); it is submitted with only the frames it holds (variable size).
 
 /// Record kind of a profile sample (first `u32`, like every record).
-pub const KIND_SAMPLE: u32 = 4;
+pub use crate::KIND_SAMPLE;
 
 /// `SampleHeader::what`: a cpu-clock sample; `weight_ns` is the period.
 pub const SAMPLE_ON_CPU: u32 = 1;

@@ -7,7 +7,9 @@ mod gauge;
 mod maps;
 mod memory;
 mod profile;
+mod python;
 mod stage;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,18 +1,23 @@
 //! Generic stage timing: one entry and one exit program serve every stage;
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
-    OpenCall, SpanRecord, ThreadCalls, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT,
-    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH, NO_STAGE,
+    OpenCall, SpanRecord, ThreadCalls, COUNTER_ABANDONED, COUNTER_DEPTH_OVERFLOW,
+    COUNTER_FILTERED_SHORT, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
+    NO_STAGE, OPEN_PYTHON,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 
-use crate::maps::{bump, frame_stage, min_duration, pid_allowed, EVENTS, THREADS};
+use crate::maps::{
+    bump, frame_stage, min_duration, pid_allowed, read_return_address, EVENTS, THREADS,
+};
 
 #[uprobe]
 pub fn stage_entry(ctx: ProbeContext) -> u32 {
@@ -29,13 +34,51 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
+    // Exit instructions and unwind support (unwind.rs) find a call by its
+    // return-address slot (`OpenCall::key`): the probe sits before the stack pointer moves.
+    // SAFETY: reading the probe's own register context.
+    let rsp = unsafe { (*ctx.regs).rsp };
+    // Exit-instruction mode (catch hooks attached): open calls whose slot
+    // is below this one's belong to frames that are gone (longjmp, an exit
+    // not probed): drop them, counted, so they are neither matched nor
+    // taken for unwound ones by a catch. (An equal slot is a uretprobe's
+    // chained tail call, alive.) Uretprobe mode keeps its old behaviour:
+    // a program that switches stacks (fibers, sigaltstack) is unaffected.
+    let unwind_mode = read_return_address();
+    for _ in 0..MAX_DEPTH {
+        if !unwind_mode {
+            break;
+        }
+        let d = calls.depth as usize;
+        if d == 0 || d > MAX_DEPTH {
+            break;
+        }
+        // A Python call's key is its frame, not a stack slot: it stays.
+        let top = &calls.calls[(d - 1) & (MAX_DEPTH - 1)];
+        if top.flags & OPEN_PYTHON != 0 || top.key >= rsp {
+            break;
+        }
+        calls.depth -= 1;
+        if calls.frame_level as usize >= d {
+            calls.frame_level = 0;
+        }
+        bump(COUNTER_ABANDONED);
+    }
     let depth = calls.depth as usize;
     if depth < MAX_DEPTH {
         calls.calls[depth] = OpenCall {
             stage,
-            _pad: 0,
+            flags: 0,
             start_ns: now,
             child_ns: 0,
+            key: rsp,
+            // The return address, which tells a catch whether this frame is
+            // gone: read only when catch hooks are attached (~100 ns).
+            orig: match unwind_mode {
+                // SAFETY: bpf_probe_read_user checks the address.
+                true => unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
+                false => 0,
+            },
         };
         if stage == frame_stage() && calls.frame_level == 0 {
             calls.frame_level = depth as u32 + 1;
@@ -88,14 +131,28 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
             return 0;
         }
     }
-    let start_ns = calls.calls[found].start_ns;
-    let child_ns = calls.calls[found].child_ns;
+    close_call(calls, found, now, stage, pid_tgid, 0);
+    0
+}
+
+/// Pops the open call at index `found` (and any above it) that lasted
+/// `dur_ns`: adds it to its parent's child time (filtered or not) and
+/// updates the frame state. Returns the start of the frame it belongs to
+/// (0: none). Shared by every kind that ends calls (stage_exit, stage_ret,
+/// the unwind hooks, py_exit).
+#[inline(always)]
+pub fn pop_call(calls: &mut ThreadCalls, found: usize, dur_ns: u64) -> u64 {
+    let found = found & (MAX_DEPTH - 1);
     calls.depth = found as u32;
-    let dur_ns = now.wrapping_sub(start_ns);
-    // This call is part of its parent's child time (filtered or not).
     if found > 0 {
-        let parent = &mut calls.calls[(found - 1) & (MAX_DEPTH - 1)];
-        parent.child_ns = parent.child_ns.wrapping_add(dur_ns);
+        // A fresh bounded index: inlined into a loop, the compiler would
+        // otherwise address the parent as "this call - 1", a pointer offset
+        // the verifier cannot bound.
+        // SAFETY: a volatile read of a local.
+        let pidx = unsafe { core::ptr::read_volatile(&((found - 1) & (MAX_DEPTH - 1))) };
+        if let Some(parent) = calls.calls.get_mut(pidx) {
+            parent.child_ns = parent.child_ns.wrapping_add(dur_ns);
+        }
     }
     let level = calls.frame_level as usize;
     let frame_ns = if level != 0 && found + 1 >= level {
@@ -107,9 +164,30 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         // The frame root itself returned (or was unwound past).
         calls.frame_level = 0;
     }
+    frame_ns
+}
+
+/// Ends the open call at index `found` (and drops any above it) at `now`:
+/// adds its duration to its parent's child time, updates the frame state,
+/// and sends its span (`flags`: `SPAN_FLAG_*`) unless it is shorter than
+/// the minimum duration. Shared by the return probe and unwind support.
+#[inline(always)]
+pub fn close_call(
+    calls: &mut ThreadCalls,
+    found: usize,
+    now: u64,
+    stage: u32,
+    pid_tgid: u64,
+    flags: u32,
+) {
+    let found = found & (MAX_DEPTH - 1);
+    let start_ns = calls.calls[found].start_ns;
+    let child_ns = calls.calls[found].child_ns;
+    let dur_ns = now.wrapping_sub(start_ns);
+    let frame_ns = pop_call(calls, found, dur_ns);
     if dur_ns < min_duration() {
         bump(COUNTER_FILTERED_SHORT);
-        return 0;
+        return;
     }
     match EVENTS.reserve::<SpanRecord>(0) {
         Some(mut entry) => {
@@ -123,13 +201,12 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
                 self_ns: dur_ns.saturating_sub(child_ns),
                 frame_ns,
                 depth: found as u32,
-                _pad: 0,
+                flags,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
         None => bump(COUNTER_RING_FULL),
     }
-    0
 }
 
 /// The innermost traced stage open on this thread and its frame start.

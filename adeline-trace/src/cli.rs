@@ -190,6 +190,25 @@ pub struct RunArgs {
     /// bytes per stage) or `off` (RSS from procfs only).
     #[arg(long, value_name = "full|maps|off", value_enum, default_value = "full")]
     pub memory: MemoryMode,
+    /// How stage returns are observed: `ret` puts uprobes on the function's
+    /// exit instructions, so C++ exceptions, Rust panics and thread
+    /// cancellation can cross it (a single-stepped trap per return);
+    /// `uretprobe` (default) uses the kernel's return trampoline (cheaper, but an
+    /// exception that unwinds through the function terminates the
+    /// process); `auto`: `ret` in files with exception tables
+    /// (C++, Rust), else `uretprobe`. See docs/unwind.md.
+    #[arg(
+        long,
+        value_name = "auto|ret|uretprobe",
+        value_enum,
+        default_value = "uretprobe"
+    )]
+    pub exit_probes: crate::probes::unwind::ExitProbes,
+    /// Python stages: attach the interpreter probes for WINDOW every
+    /// PERIOD (e.g. 1s/10s: exact spans inside each window, no cost
+    /// between), or `always` (every call; see docs/python.md for the cost).
+    #[arg(long, value_name = "WINDOW/PERIOD|always")]
+    pub python_window: Option<String>,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
     /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
     /// of the traced process: allocations per stage, outstanding bytes and
@@ -227,6 +246,15 @@ pub struct RunArgs {
     /// profile this long and diff it against as long before (default 10s; 0 = off).
     #[arg(long, value_name = "DURATION", requires = "profile")]
     pub alert_profile: Option<String>,
+    /// Refuse to attach to more functions than this in one run (default
+    /// 1000; every match of every stage and gauge counts once).
+    #[arg(long, value_name = "N")]
+    pub max_probes: Option<usize>,
+    /// Benchmarks and tests: attach uprobes through `multi` (uprobe-multi
+    /// links, Linux 6.6+) or `perf` (a perf event per probe). Default: multi
+    /// when the kernel has it.
+    #[arg(long, value_name = "multi|perf", value_enum, hide = true)]
+    pub attach: Option<crate::probes::attach::AttachMode>,
     /// Launch this command, trace only it, and stop when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -10,10 +10,11 @@ use crate::{
     cli::RunArgs,
     probes::{
         alloc::{AllocSpec, DEFAULT_MIN_AGE, DEFAULT_TOP},
+        attach::AttachMode,
         gauge::{GaugeSource, GaugeSpec},
         memory::MemoryMode,
         profile::{ProfileSpec, MAX_HZ},
-        Location, StageSpec,
+        python, Location, StageSpec,
     },
     sinks::{
         api::{ApiSpec, DEFAULT_API_PORT},
@@ -23,6 +24,14 @@ use crate::{
     },
     units::parse_size,
 };
+
+/// What a stage's TARGET:SYMBOL names: a native function, or Python
+/// functions (`python:INTERPRETER:PATTERN`, TOML `kind = "python"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageKind {
+    Native,
+    Python,
+}
 
 /// Default Prometheus histogram bounds, seconds.
 pub const DEFAULT_PROM_BUCKETS: &str = "0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1";
@@ -79,7 +88,18 @@ pub struct Plan {
     pub alert_profile: Option<Duration>,
     /// Where results go (the sinks).
     pub outputs: Outputs,
+    /// At most this many probe sites (functions) per run (`--max-probes`).
+    pub max_probes: usize,
+    /// How to attach uprobes (`--attach`; None: detect).
+    pub attach: Option<AttachMode>,
+    /// How stage returns are observed (`--exit-probes`, probes/unwind.rs).
+    pub exit_probes: crate::probes::unwind::ExitProbes,
+    /// Python stages: probes attached for `.0` every `.1` (None: always).
+    pub python_window: Option<(Duration, Duration)>,
 }
+
+/// Default of `--max-probes`.
+pub const DEFAULT_MAX_PROBES: usize = 1000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -138,6 +158,12 @@ pub enum ConfigError {
     ProfileHz(u32),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
+    #[error("--max-probes must be at least 1")]
+    MaxProbesZero,
+    #[error("invalid --python-window '{value}': {reason} (form WINDOW/PERIOD, e.g. 1s/10s, or 'always')")]
+    PythonWindow { value: String, reason: String },
+    #[error("stage '{name}': unknown kind '{kind}' (use \"native\" or \"python\")")]
+    StageKindUnknown { name: String, kind: String },
 }
 
 /// The TOML file's shape. Unknown keys are errors (catches typos).
@@ -168,6 +194,8 @@ struct FileConfig {
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
     profile: Option<FileProfile>,
+    max_probes: Option<usize>,
+    python_window: Option<String>,
 }
 
 /// The `[profile]` table of a config file (its presence turns the
@@ -208,7 +236,11 @@ struct FileAlert {
 #[serde(deny_unknown_fields)]
 struct FileStage {
     name: String,
+    /// "native" (default) or "python".
+    kind: Option<String>,
     target: String,
+    /// The function: a symbol, or for Python a [FILE:|MODULE:]QUALNAME pattern.
+    #[serde(alias = "function")]
     symbol: String,
 }
 
@@ -287,11 +319,29 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     if symbol.trim().is_empty() {
         return Err(bad("empty SYMBOL"));
     }
+    let (kind, target, symbol) = if target.trim() == "python" {
+        let (interp, pattern) = symbol
+            .split_once(':')
+            .ok_or_else(|| bad("python stages are NAME=python:INTERPRETER:PATTERN"))?;
+        if interp.trim().is_empty() || pattern.trim().is_empty() {
+            return Err(bad("empty INTERPRETER or PATTERN after python:"));
+        }
+        (StageKind::Python, interp, pattern)
+    } else {
+        (StageKind::Native, target, symbol)
+    };
     let stage = StageSpec {
         name: name.trim().to_string(),
-        location: Location::Function {
-            target: target.trim().to_string(),
-            symbol: symbol.trim().to_string(),
+        location: if kind == StageKind::Python {
+            Location::Python {
+                interpreter: target.trim().to_string(),
+                pattern: symbol.trim().to_string(),
+            }
+        } else {
+            Location::Function {
+                target: target.trim().to_string(),
+                symbol: symbol.trim().to_string(),
+            }
         },
     };
     check_stage_name(&stage.name)?;
@@ -395,11 +445,27 @@ impl Plan {
             .into_iter()
             .map(|s| {
                 check_stage_name(&s.name)?;
+                let kind = match s.kind.as_deref() {
+                    None | Some("native") => StageKind::Native,
+                    Some("python") => StageKind::Python,
+                    Some(other) => {
+                        return Err(ConfigError::StageKindUnknown {
+                            name: s.name,
+                            kind: other.to_string(),
+                        })
+                    }
+                };
                 Ok(StageSpec {
                     name: s.name,
-                    location: Location::Function {
-                        target: s.target,
-                        symbol: s.symbol,
+                    location: match kind {
+                        StageKind::Python => Location::Python {
+                            interpreter: s.target,
+                            pattern: s.symbol,
+                        },
+                        StageKind::Native => Location::Function {
+                            target: s.target,
+                            symbol: s.symbol,
+                        },
                     },
                 })
             })
@@ -586,6 +652,20 @@ impl Plan {
                 Some(parse_duration("--alert-profile", &t)?).filter(|d| !d.is_zero())
             }
         };
+        let max_probes = args
+            .max_probes
+            .or(file.max_probes)
+            .unwrap_or(DEFAULT_MAX_PROBES);
+        if max_probes == 0 {
+            return Err(ConfigError::MaxProbesZero);
+        }
+        let python_window = python::parse_window(
+            pick(&args.python_window, file.python_window).as_deref(),
+            stages
+                .iter()
+                .any(|s| matches!(s.location, Location::Python { .. })),
+        )
+        .map_err(|(value, reason)| ConfigError::PythonWindow { value, reason })?;
         let output = match pick(&args.output, file.output).as_deref() {
             None | Some("-") => Output::Stdout,
             Some(path) => Output::File(PathBuf::from(path)),
@@ -617,6 +697,10 @@ impl Plan {
                 summary_out,
                 profile_out,
             },
+            max_probes,
+            attach: args.attach,
+            exit_probes: args.exit_probes,
+            python_window,
         })
     }
 }
@@ -749,6 +833,36 @@ mod tests {
         assert_eq!(
             Plan::from_args(&args(&["--stage", "a=/x:f", "--alloc"])).unwrap_err(),
             ConfigError::AllocNeedsPids
+        );
+    }
+
+    #[test]
+    fn max_probes_and_attach_mode() {
+        let plan = Plan::from_args(&args(&["--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, DEFAULT_MAX_PROBES);
+        assert_eq!(plan.attach, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "max_probes = 5000\n").unwrap();
+        let config = path.to_str().unwrap();
+        let plan = Plan::from_args(&args(&["--config", config, "--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, 5000);
+        let plan = Plan::from_args(&args(&[
+            "--config",
+            config,
+            "--stage",
+            "a=/x:f",
+            "--max-probes",
+            "20",
+            "--attach",
+            "perf",
+        ]))
+        .unwrap();
+        assert_eq!(plan.max_probes, 20);
+        assert_eq!(plan.attach, Some(AttachMode::Perf));
+        assert_eq!(
+            Plan::from_args(&args(&["--stage", "a=/x:f", "--max-probes", "0"])).unwrap_err(),
+            ConfigError::MaxProbesZero
         );
     }
 

@@ -164,7 +164,7 @@ mod tests {
             self_ns: 400,
             frame_ns: 100,
             depth: 2,
-            _pad: 0,
+            flags: 0,
         };
         assert_eq!(decode(&bytes(&rec)), Ok(Event::Span(rec)));
         let g = GaugeRecord {

@@ -8,6 +8,7 @@ pub mod format;
 pub mod launch;
 pub mod metrics;
 pub mod probes;
+pub mod python;
 pub mod sinks;
 pub mod state;
 pub mod symbols;

@@ -10,8 +10,9 @@ use std::{
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW,
-    COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
+    COUNTERS, COUNTER_ABANDONED, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK,
+    COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL,
+    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND,
 };
 use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
@@ -199,7 +200,11 @@ impl Tracer {
                 .sinks
                 .next_tick()
                 .unwrap_or_else(|| Instant::now() + NO_TICK);
+            let py_next = self.probes.python_next();
             tokio::select! {
+                _ = async { tokio::time::sleep_until(py_next.unwrap()).await }, if py_next.is_some() => {
+                    self.probes.python_toggle()?;
+                }
                 _ = sigint.recv() => break Stop::Signal,
                 _ = sigterm.recv() => break Stop::Signal,
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
@@ -317,6 +322,8 @@ impl Tracer {
             unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
+            unwound_total: now[COUNTER_UNWOUND as usize],
+            abandoned_total: now[COUNTER_ABANDONED as usize],
             interval: &interval,
         })?;
         self.counts.last_counters = now;
@@ -562,6 +569,13 @@ impl Tracer {
             );
         }
         self.alerting.finish();
+        let detached = self.probes.detach_uprobes();
+        eprintln!(
+            "adeline-trace: detached {} uprobes in {} ms (programs off after {} ms)",
+            detached.probes,
+            detached.elapsed.as_millis(),
+            detached.unhooked.as_millis()
+        );
         Ok(())
     }
 }

@@ -227,8 +227,11 @@ fn killed_agent_leaves_nothing_attached() {
     agent.wait_ready(Duration::from_secs(30));
     pipeline.go();
     assert_eq!(
-        adeline_bpf_programs().len(),
-        2,
+        bpf_prog_names_of(agent.pid())
+            .into_iter()
+            .filter(|n| n.starts_with("stage_"))
+            .collect::<Vec<_>>(),
+        ["stage_entry", "stage_exit"],
         "entry and exit loaded while tracing"
     );
     // SAFETY: kill(2) on our own child.
@@ -349,4 +352,48 @@ fn alloc_mode_and_memory_rules_bad_input() {
         args.extend_from_slice(extra);
         assert_eq!(fails(&args), expected, "{args:?}");
     }
+}
+
+#[test]
+fn too_many_matches_name_the_stage_pattern_and_count() {
+    let many = many_fixture().display().to_string();
+    let all = format!("all={many}:f*");
+    // `f*` also matches frame_dummy: 5,001 functions.
+    assert_eq!(
+        fails(&["run", "--stage", &all]),
+        format!(
+            "error: stage 'all' pattern '{many}:f*' matches 5001 functions, over the limit of 1000 probed functions per run; narrow the pattern, or raise the limit with --max-probes 5001 (config: max_probes = 5001)"
+        )
+    );
+    // The stage that goes over the limit is named, with the total so far.
+    let a = format!("a={many}:f0*");
+    let b = format!("b={many}:f1*");
+    let g = format!("g={many}:f4999:arg0");
+    assert_eq!(
+        fails(&["run", "--stage", &a, "--stage", &b, "--gauge", &g, "--max-probes", "2000"]),
+        format!(
+            "error: gauge 'g' pattern '{many}:f4999' matches 1 function (2001 with the stages and gauges before it), over the limit of 2000 probed functions per run; narrow the pattern, or raise the limit with --max-probes 2001 (config: max_probes = 2001)"
+        )
+    );
+    // The config key sets the limit too (the flag wins over it).
+    let dir = scratch_dir("maxprobes");
+    let config = dir.join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "max_probes = 999\n[[stage]]\nname = \"a\"\ntarget = \"{many}\"\nsymbol = \"f0*\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    assert_eq!(
+        fails(&["run", "--config", &config]),
+        format!(
+            "error: stage 'a' pattern '{many}:f0*' matches 1000 functions, over the limit of 999 probed functions per run; narrow the pattern, or raise the limit with --max-probes 1000 (config: max_probes = 1000)"
+        )
+    );
+    assert_eq!(
+        fails(&["run", "--config", &config, "--max-probes", "0"]),
+        "error: --max-probes must be at least 1"
+    );
 }

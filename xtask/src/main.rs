@@ -7,6 +7,7 @@
 //!   cargo xtask bench overhead [--runs R]     ns per traced call vs untraced and bpftrace (root)
 //!   cargo xtask bench agent [--runs R]        agent CPU per event at the highest rate (root)
 //!   cargo xtask bench alert [--steps N]       alert detection delay after a latency step (root)
+//!   cargo xtask bench attach [--sizes N,..]   attach/detach time of N uprobes: multi, perf, bpftrace (root)
 
 mod bench;
 mod demo;

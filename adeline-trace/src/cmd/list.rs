@@ -4,7 +4,11 @@ use serde::Serialize;
 
 use crate::{
     cli::ListArgs,
-    symbols::{elf::ElfFile, process, usdt},
+    symbols::{
+        elf::ElfFile,
+        placement::{place_symbol, Needs, Placement},
+        process, usdt,
+    },
 };
 
 #[derive(Serialize)]
@@ -21,6 +25,11 @@ struct Function<'a> {
     raw: &'a str,
     offset: u64,
     size: u64,
+    /// Where a stage's probes would sit (None: the kernel refuses it).
+    placement: Option<Placement>,
+    /// Why the kernel refuses a probe on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unprobeable: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -43,13 +52,21 @@ pub fn list(args: &ListArgs) -> Result<()> {
     let functions: Vec<Function> = elf
         .list(args.glob.as_deref())
         .into_iter()
-        .map(|f| Function {
-            name: &f.demangled,
-            raw: &f.raw,
-            offset: f.file_offset,
-            size: f.size,
+        .map(|f| {
+            let (placement, unprobeable) = match place_symbol(&path, &elf, f, &Needs::CALL)? {
+                Ok(p) => (Some(p), None),
+                Err(refusal) => (None, Some(refusal.0)),
+            };
+            Ok(Function {
+                name: &f.demangled,
+                raw: &f.raw,
+                offset: f.file_offset,
+                size: f.size,
+                placement,
+                unprobeable,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let usdt: Vec<Usdt> = probes
         .iter()
         .filter(|p| {
@@ -87,7 +104,15 @@ pub fn list(args: &ListArgs) -> Result<()> {
         } else {
             format!("  [{}]", f.raw)
         };
-        out.push_str(&format!("{:#010x}  {}{}\n", f.offset, f.name, raw));
+        let site = match (&f.placement, f.unprobeable) {
+            (Some(p), _) if p.emulated => p.short(),
+            (Some(p), _) => format!("{} (stepped)", p.short()),
+            (None, why) => format!("refused: {}", why.unwrap_or("?")),
+        };
+        out.push_str(&format!(
+            "{:#010x}  {site:<28}  {}{}\n",
+            f.offset, f.name, raw
+        ));
     }
     for u in &usdt {
         out.push_str(&format!(
@@ -105,8 +130,12 @@ pub fn list(args: &ListArgs) -> Result<()> {
     }
     print!("{out}");
     eprintln!(
-        "{} functions, {} USDT probes in {}{}",
+        "{} functions ({} probed on an emulated instruction), {} USDT probes in {}{}",
         functions.len(),
+        functions
+            .iter()
+            .filter(|f| f.placement.as_ref().is_some_and(|p| p.emulated))
+            .count(),
         usdt.len(),
         path.display(),
         if elf.stripped {

@@ -16,10 +16,10 @@ use crate::{
     launch::Launched,
     metrics::{profile::ProfileStore, snapshot::Snapshot, Metrics},
     probes::{
-        check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
-        Probes,
+        check_privileges, memory::MemoryMode, resolve_plan, unwind, ProbeOptions, ProbePlan,
+        ProbeSite, Probes,
     },
-    sinks::{self, api::serve, OpenContext, ProbeInfo, Sink, Start},
+    sinks::{self, api::serve, OpenContext, PlacementInfo, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
     symbols::process,
     tracer::{Tracer, Until, DRAIN_EVERY},
@@ -52,11 +52,13 @@ pub fn run(plan: Plan) -> Result<()> {
         gauges: &plan.gauges,
         pids: &plan.pids,
         alloc: plan.alloc.as_ref(),
+        max_probes: plan.max_probes,
+        exit_probes: plan.exit_probes,
     })?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
-    let sites = resolved.sites;
+    let (sites, unwind_warnings) = (resolved.sites, resolved.unwind_warnings);
     check_privileges()?;
     let mut sinks = sinks::open(
         &plan.outputs,
@@ -86,6 +88,9 @@ pub fn run(plan: Plan) -> Result<()> {
         alloc: plan.alloc.clone(),
         memory: plan.memory,
         profile: plan.profile.clone(),
+        attach: plan.attach,
+        python: resolved.python.clone(),
+        python_window: plan.python_window,
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {
@@ -130,13 +135,26 @@ pub fn run(plan: Plan) -> Result<()> {
     sinks.start(&Start {
         ts_ns: live.wall_ns(monotonic_ns()),
         pids: &pids,
-        probes: &probe_infos(&sites),
+        probes: &probe_infos(
+            sites
+                .iter()
+                .filter(|s| !unwind::is_exit(s) && !unwind::is_hook(s)),
+        ),
+        exits: &probe_infos(sites.iter().filter(|s| unwind::is_exit(s))),
+        unwind: &probe_infos(sites.iter().filter(|s| unwind::is_hook(s))),
+        unwind_warnings: &unwind_warnings,
     })?;
+    let (mode, attach_time) = probes.attach_mode();
     eprintln!(
-        "adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+        "adeline-trace: {} probes on {} functions in {} stages ({mode}, attached in {} ms); {}{}; Ctrl-C to stop",
         probes.attached(),
-        sites.len(),
+        // Functions: the exit-instruction and unwind hooks are not counted.
+        sites
+            .iter()
+            .filter(|s| !unwind::is_exit(s) && !unwind::is_hook(s))
+            .count(),
         plan.stages.len(),
+        attach_time.as_millis(),
         match (&child, pids.is_empty()) {
             (Some(c), _) => format!("tracing command pid {}", c.pid()),
             (None, true) => "tracing every process".to_string(),
@@ -205,14 +223,20 @@ fn load_baseline(path: &std::path::Path) -> Result<Snapshot> {
 }
 
 /// The `start` record's list: one entry per function attached.
-fn probe_infos(sites: &[ProbeSite]) -> Vec<ProbeInfo> {
+fn probe_infos<'a>(sites: impl Iterator<Item = &'a ProbeSite>) -> Vec<ProbeInfo> {
     sites
-        .iter()
         .map(|s| ProbeInfo {
             stage: s.stage.clone(),
             target: s.path.display().to_string(),
             symbol: s.symbol.clone(),
             offset: s.offset,
+            placement: PlacementInfo {
+                offset: s.placement.offset,
+                address: s.probe_offset(),
+                insn: s.placement.insn.clone(),
+                emulated: s.placement.emulated,
+                reason: s.placement.reason.to_string(),
+            },
         })
         .collect()
 }

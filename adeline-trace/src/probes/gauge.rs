@@ -3,7 +3,7 @@
 //! and the argument index. Kernel side: adeline-trace-ebpf/src/gauge.rs.
 use adeline_trace_common::gauge_cookie;
 
-use crate::symbols::TargetError;
+use crate::symbols::{placement::Needs, TargetError};
 
 use super::{
     resolve::Resolver,
@@ -28,8 +28,10 @@ pub enum GaugeSource {
     Ret,
 }
 
-const ARG: &[Program] = &[Program::entry("gauge_arg")];
-const RET: &[Program] = &[Program::ret("gauge_ret")];
+/// An argument gauge's program (at entry).
+pub const ARG: &[Program] = &[Program::entry("gauge_arg")];
+/// A return-value gauge's program.
+pub const RET: &[Program] = &[Program::ret("gauge_ret")];
 
 /// Sites of gauge `id`: every function its target and symbol match.
 pub fn sites(
@@ -37,9 +39,11 @@ pub fn sites(
     id: u32,
     gauge: &GaugeSpec,
 ) -> Result<Vec<ProbeSite>, TargetError> {
-    let (programs, cookie) = match gauge.source {
-        GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n)),
-        GaugeSource::Ret => (RET, u64::from(id)),
+    // An argument gauge's probe must come before its register changes.
+    let (programs, cookie, needs) = match gauge.source {
+        GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n), Needs::arg(n)),
+        GaugeSource::Ret => (RET, u64::from(id), Needs::CALL),
     };
-    resolver.functions(&gauge.name, cookie, &gauge.target, &gauge.symbol, programs)
+    let (name, target, symbol) = (&gauge.name, &gauge.target, &gauge.symbol);
+    resolver.functions(name, cookie, target, symbol, programs, &needs)
 }

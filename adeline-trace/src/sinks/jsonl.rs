@@ -2,6 +2,7 @@
 //! [`SCHEMA_VERSION`]): one object per record, written whole lines at a time.
 use std::{fs::File, io::Write, os::fd::AsFd, path::PathBuf};
 
+use adeline_trace_common::{SPAN_FLAG_ERROR, SPAN_FLAG_EXCEPTION, SPAN_FLAG_GENERATOR};
 use serde::Serialize;
 
 use super::{
@@ -34,6 +35,16 @@ enum Record<'a> {
         /// Wall-clock start of the frame this call belongs to (absent outside frames).
         #[serde(skip_serializing_if = "Option::is_none")]
         frame_ts_ns: Option<u64>,
+        /// The call did not return: an exception unwound it (present only then).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        exception: bool,
+        /// Python stages: the call ended with an exception.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        error: bool,
+        /// Python stages: a generator or coroutine (start to final return;
+        /// self_ns = its active time minus its children).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        generator: bool,
     },
     /// Memory every stats interval: the traced processes' RSS and growth
     /// (10 s) and CPU use, per-stage mmap/munmap bytes (whole run), and the
@@ -170,6 +181,9 @@ impl Sink for JsonlSink {
             self_ns: r.self_ns,
             depth: r.depth,
             frame_ts_ns: span.frame_ts_ns,
+            exception: r.flags & SPAN_FLAG_EXCEPTION != 0,
+            error: r.flags & SPAN_FLAG_ERROR != 0,
+            generator: r.flags & SPAN_FLAG_GENERATOR != 0,
         })
     }
 
@@ -245,6 +259,9 @@ mod tests {
             self_ns: 3,
             depth: 0,
             frame_ts_ns: None,
+            exception: false,
+            error: false,
+            generator: false,
         })
         .unwrap();
         sink.flush().unwrap();
@@ -252,6 +269,26 @@ mod tests {
         assert_eq!(
             text,
             "{\"v\":1,\"type\":\"span\",\"ts_ns\":1,\"pid\":2,\"tid\":3,\"stage\":\"infer\",\"dur_ns\":4,\"self_ns\":3,\"depth\":0}\n"
+        );
+        sink.write(&Record::Span {
+            ts_ns: 1,
+            pid: 2,
+            tid: 3,
+            stage: "infer",
+            dur_ns: 4,
+            self_ns: 3,
+            depth: 0,
+            frame_ts_ns: None,
+            exception: true,
+            error: false,
+            generator: false,
+        })
+        .unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.ends_with(",\"depth\":0,\"exception\":true}\n"),
+            "{text}"
         );
     }
 
@@ -269,6 +306,9 @@ mod tests {
                 self_ns: 4,
                 depth: 0,
                 frame_ts_ns: Some(1),
+                exception: false,
+                error: false,
+                generator: false,
             })
             .unwrap();
         }

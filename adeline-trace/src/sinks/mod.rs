@@ -32,7 +32,8 @@ pub mod table;
 pub mod trace_out;
 
 pub use sink::{
-    Finish, Gauge, Memory, ProbeInfo, RankedSite, Sink, SinkError, Span, StageTotal, Start, Stats,
+    Finish, Gauge, Memory, PlacementInfo, ProbeInfo, RankedSite, Sink, SinkError, Span, StageTotal,
+    Start, Stats,
 };
 pub use source::SnapshotSource;
 

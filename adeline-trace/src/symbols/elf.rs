@@ -40,6 +40,10 @@ pub struct ElfFile {
     pub stripped: bool,
     /// Every name (canonical and aliases) pointing into `functions`.
     names: Vec<NameEntry>,
+    /// GCC's split fragments (`f.cold`, `f.part.0`): (raw name, file
+    /// offset, size). Not functions, but their branches can jump back into
+    /// their function's body (probe placement scans them).
+    pub fragments: Vec<(String, u64, u64)>,
 }
 
 /// A name a function can be found by.
@@ -411,11 +415,21 @@ impl ElfFile {
         let segments = load_segments(&obj);
         let stripped = obj.section_by_name(".symtab").is_none();
         let (functions, names) = build_tables(collect_symbols(&obj), &segments);
+        let fragments = obj
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .filter_map(|s| {
+                let name = s.name().ok()?;
+                let offset = vaddr_to_offset(&segments, s.address())?;
+                is_split_fragment(name).then(|| (name.to_string(), offset, s.size()))
+            })
+            .collect();
         Ok(ElfFile {
             path: path.to_path_buf(),
             functions,
             stripped,
             names,
+            fragments,
         })
     }
 

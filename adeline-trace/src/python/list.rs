@@ -1,0 +1,1 @@
+//! `adeline-trace list -p PID --python`: the Python functions a process has.
