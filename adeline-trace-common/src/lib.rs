@@ -258,6 +258,15 @@ pub struct AllocStats {
     pub freed_bytes: u64,
 }
 
+/// `READ_RETURN_ADDRESS` bit (kernel global): catch hooks are attached
+/// (exit-instruction mode): the entry probe records each call's return
+/// address and drops calls of frames that are gone.
+pub const RETURN_ADDRESS_UNWIND: u32 = 1;
+/// `READ_RETURN_ADDRESS` bit: the profiler runs: the entry probe records
+/// each call's return address (`OpenCall::orig`), which the sampler puts
+/// back where a uretprobe replaced it.
+pub const RETURN_ADDRESS_PROFILE: u32 = 2;
+
 /// `OpenCall::flags`: the open call is a Python frame (`key` = frame |
 /// epoch); without it, a native call (`key` = its return-address slot).
 pub const OPEN_PYTHON: u32 = 1;
@@ -319,6 +328,7 @@ mod pod {
     unsafe impl aya::Pod for RssState {}
     unsafe impl aya::Pod for profile::SampleHeader {}
     unsafe impl aya::Pod for profile::SampleBuf {}
+    unsafe impl aya::Pod for profile::PyProc {}
     unsafe impl aya::Pod for python::PySite {}
     unsafe impl aya::Pod for python::PyPattern {}
     unsafe impl aya::Pod for python::PyObjKey {}

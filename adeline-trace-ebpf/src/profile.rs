@@ -6,6 +6,14 @@
 //! innermost open stage of the thread, read from its task storage
 //! (`THREADS`, written by the stage probes).
 //!
+//! A return address a stage's uretprobe replaced (the kernel's trampoline)
+//! is put back: the open call whose return-address slot the walk reads
+//! holds the original (`OpenCall::orig`, recorded at entry while the
+//! profiler runs). In a CPython process the agent knows (`PROFILE_PY`),
+//! the thread's own Python frames follow: its thread state from the
+//! interpreter's pthread key (so threads that do not hold the GIL are
+//! walked too), then the frame chain, one code object address per frame.
+//!
 //! Off-CPU without reading any task_struct field: every `sched_switch`
 //! notes, per CPU, when the incoming thread starts running. When a traced
 //! thread leaves the CPU, its state keeps the time and its stacks; at its
@@ -15,12 +23,14 @@
 //! for a CPU).
 use adeline_trace_common::{
     profile::{
-        sample_bytes, SampleBuf, SampleHeader, KIND_SAMPLE, MAX_FRAMES, MAX_KERNEL_FRAMES,
-        MAX_USER_FRAMES, PCOUNTERS as N_PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT,
-        PCOUNTER_RING_FULL, PCOUNTER_SAMPLES, SAMPLE_OFF_CPU, SAMPLE_ON_CPU, SAMPLE_PREEMPTED,
-        SAMPLE_USER_COMPLETE,
+        sample_bytes, PyProc, SampleBuf, SampleHeader, FRAME_SLOTS, KIND_SAMPLE, MAX_FRAMES,
+        MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES, PCOUNTERS as N_PCOUNTERS,
+        PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE, PCOUNTER_RING_FULL,
+        PCOUNTER_SAMPLES, PY_CSTACK_ENTRY, PY_ENTRY_CSTACK_FRAME, PY_ENTRY_EVERY_FRAME,
+        PY_ENTRY_FLAG, PY_LAST_OF_EVAL, PY_OWNED_BY_CSTACK, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
+        SAMPLE_PREEMPTED, SAMPLE_USER_COMPLETE,
     },
-    NO_STAGE,
+    ThreadCalls, MAX_DEPTH, NO_STAGE, OPEN_PYTHON,
 };
 use aya_ebpf::{
     bindings::{pt_regs, BPF_RB_NO_WAKEUP},
@@ -29,7 +39,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, perf_event, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{PerfEventContext, RawTracePointContext},
     EbpfContext,
 };
@@ -52,6 +62,15 @@ static OFF_CPU_MIN_NS: u64 = 0;
 /// runnable. Older kernels only tell kernel preemption (`preempt`).
 #[no_mangle]
 static SWITCH_HAS_STATE: u32 = 0;
+
+/// Offset of `thread.fsbase` in `task_struct` (the agent reads it from
+/// the kernel's BTF); 0: unknown, no Python frames.
+#[no_mangle]
+static TASK_FSBASE_OFF: u64 = 0;
+
+/// CPython processes whose Python frames are walked, by tgid.
+#[map(name = "PROFILE_PY")]
+static PROFILE_PY: HashMap<u32, PyProc> = HashMap::with_max_entries(1024, 0);
 
 /// Threads whose off-CPU state is kept at once (least recently used go).
 const MAX_OFF_CPU_THREADS: u32 = 4096;
@@ -117,9 +136,23 @@ fn user_regs(interrupted: Option<&pt_regs>) -> Option<(u64, u64)> {
 /// Walks the user frame-pointer chain into the start of `buf.frames`;
 /// sets `SAMPLE_USER_COMPLETE` when it ends at a zero frame pointer (the
 /// thread's outermost frame) rather than at an unreadable or implausible one.
+/// A return address read from the slot of an open traced call is that
+/// call's recorded original (a uretprobe put its trampoline there).
 #[inline(always)]
 fn walk_user(buf: &mut SampleBuf, ip: u64, bp: u64) {
     buf.frames[0] = ip;
+    let calls = THREADS.current(false);
+    let calls: Option<&ThreadCalls> = if calls.is_null() {
+        None
+    } else {
+        // SAFETY: task-local storage of the current thread, read only.
+        Some(unsafe { &*calls })
+    };
+    // The innermost open call not yet passed (slots grow toward the root).
+    let mut ci: usize = match calls {
+        Some(c) if (c.depth as usize) <= MAX_DEPTH => c.depth as usize,
+        _ => 0,
+    };
     let mut n = 1usize;
     let mut fp = bp;
     let mut complete = false;
@@ -135,10 +168,13 @@ fn walk_user(buf: &mut SampleBuf, ip: u64, bp: u64) {
         let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
             break;
         };
-        let (next, ret) = (frame[0], frame[1]);
+        let (next, mut ret) = (frame[0], frame[1]);
         if ret == 0 {
             complete = next == 0;
             break;
+        }
+        if let Some(c) = calls {
+            ret = original_return(c, &mut ci, fp + 8, ret);
         }
         if n < MAX_USER_FRAMES {
             buf.frames[n] = ret;
@@ -154,6 +190,117 @@ fn walk_user(buf: &mut SampleBuf, ip: u64, bp: u64) {
     if complete {
         buf.header.flags |= SAMPLE_USER_COMPLETE;
     }
+}
+
+/// The return address of the frame whose return-address slot is `slot`:
+/// `ret`, or the original an open native call at that slot recorded.
+/// `ci` (1 + index of the innermost call not passed yet) moves toward the
+/// root past calls whose slot is below this one (a few per frame).
+#[inline(always)]
+fn original_return(calls: &ThreadCalls, ci: &mut usize, slot: u64, ret: u64) -> u64 {
+    for _ in 0..4 {
+        let i = *ci;
+        if i == 0 || i > MAX_DEPTH {
+            return ret;
+        }
+        let call = &calls.calls[(i - 1) & (MAX_DEPTH - 1)];
+        if call.flags & OPEN_PYTHON != 0 || call.key < slot {
+            *ci = i - 1;
+            continue;
+        }
+        if call.key == slot {
+            *ci = i - 1;
+            if call.orig != 0 {
+                return call.orig;
+            }
+        }
+        return ret;
+    }
+    ret
+}
+
+#[inline(always)]
+fn read_user_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the address.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// The Python frames of the current thread, after the user and kernel
+/// frames: code object addresses, innermost first, the outermost frame of
+/// each eval-loop call marked `PY_LAST_OF_EVAL` (3.10, 3.11), or followed
+/// by the call's own entry frame marked `PY_CSTACK_ENTRY` (3.12+).
+#[inline(always)]
+fn walk_python(buf: &mut SampleBuf, tgid: u32) {
+    let Some(p) = (unsafe { PROFILE_PY.get(&tgid) }) else {
+        return;
+    };
+    // SAFETY: read of a load-time constant.
+    let fs_off = unsafe { core::ptr::read_volatile(&TASK_FSBASE_OFF) };
+    if fs_off == 0 {
+        return;
+    }
+    let Some(tstate) = thread_state(p, fs_off) else {
+        pbump(PCOUNTER_PY_NO_TSTATE);
+        return;
+    };
+    let Some(mut frame) = read_user_u64(tstate + p.tstate_frame as u64) else {
+        return;
+    };
+    if p.cframe_frame != 0 && frame != 0 {
+        let Some(f) = read_user_u64(frame + p.cframe_frame as u64 - 1) else {
+            return;
+        };
+        frame = f;
+    }
+    let base = (buf.header.n_user + buf.header.n_kernel) as usize;
+    let mut n = 0usize;
+    // Every path through the loop writes one slot (the verifier then
+    // prunes the paths: a walk of 64 frames stays cheap to verify).
+    for _ in 0..MAX_PY_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        // SAFETY: a checked read of user memory.
+        let byte =
+            unsafe { bpf_probe_read_user((frame + p.entry_off as u64) as *const u8) }.unwrap_or(0);
+        let mark = match p.entry_kind {
+            PY_ENTRY_EVERY_FRAME => PY_LAST_OF_EVAL,
+            PY_ENTRY_FLAG if byte != 0 => PY_LAST_OF_EVAL,
+            PY_ENTRY_CSTACK_FRAME if byte == PY_OWNED_BY_CSTACK => PY_CSTACK_ENTRY,
+            _ => 0,
+        };
+        let Some(code) = read_user_u64(frame + p.frame_code as u64) else {
+            break;
+        };
+        buf.frames[(base + n) & (FRAME_SLOTS - 1)] = code | mark;
+        n += 1;
+        match read_user_u64(frame + p.frame_previous as u64) {
+            Some(prev) => frame = prev,
+            None => break,
+        }
+    }
+    buf.header.n_py = n as u32;
+}
+
+/// The current thread's own Python thread state: `_PyRuntime`'s pthread
+/// key, looked up in the thread's first block of thread-specific data.
+#[inline(always)]
+fn thread_state(p: &PyProc, fs_off: u64) -> Option<u64> {
+    // SAFETY: a checked read of the runtime's key (an int).
+    let key =
+        unsafe { bpf_probe_read_user((p.runtime + p.tss_key_off as u64) as *const u32) }.ok()?;
+    if key >= 32 {
+        return None;
+    }
+    // SAFETY: the current task (a BTF pointer); a checked kernel read of
+    // its saved thread pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let fsbase = unsafe { bpf_probe_read_kernel((task + fs_off) as *const u64) }.ok()?;
+    if fsbase == 0 {
+        return None;
+    }
+    let tstate = read_user_u64(fsbase + p.tsd_off as u64 + 16 * key as u64 + 8)?;
+    (tstate != 0).then_some(tstate)
 }
 
 /// The kernel stack into `buf.frames`, right after the user frames.
@@ -180,8 +327,10 @@ fn kernel_stack<C: EbpfContext>(ctx: &C, buf: &mut SampleBuf) {
 /// Sends the header and the frames it holds.
 #[inline(always)]
 fn submit(buf: &SampleBuf) {
-    let frames = (buf.header.n_user as usize + buf.header.n_kernel as usize).min(MAX_FRAMES);
-    let len = sample_bytes(frames, 0);
+    let frames =
+        (buf.header.n_user as usize + buf.header.n_kernel as usize + buf.header.n_py as usize)
+            .min(MAX_FRAMES);
+    let len = sample_bytes(frames);
     // SAFETY: `len` <= size_of::<SampleBuf>() bytes of `buf`, initialised.
     let bytes = unsafe { core::slice::from_raw_parts(buf as *const SampleBuf as *const u8, len) };
     if EVENTS
@@ -205,6 +354,8 @@ fn header(buf: &mut SampleBuf, what: u32, pid_tgid: u64, now: u64) {
         flags: 0,
         n_user: 0,
         n_kernel: 0,
+        n_py: 0,
+        _pad: 0,
         ts_ns: now,
         weight_ns: 0,
         wait_ns: 0,
@@ -234,6 +385,7 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
         walk_user(buf, ip, bp);
     }
     kernel_stack(&ctx, buf);
+    walk_python(buf, tgid);
     pbump(PCOUNTER_SAMPLES);
     submit(buf);
     0
@@ -302,6 +454,7 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
         walk_user(buf, ip, bp);
     }
     kernel_stack(&ctx, buf);
+    walk_python(buf, (pid_tgid >> 32) as u32);
     let _ = OFF_CPU.insert(&tid, buf, 0);
     0
 }

@@ -30,6 +30,9 @@ pub struct Sample {
     pub user: Vec<u64>,
     /// Kernel addresses, innermost first.
     pub kernel: Vec<u64>,
+    /// Python frames, innermost first: code object addresses, the
+    /// outermost frame of each eval-loop call marked `PY_LAST_OF_EVAL`.
+    pub python: Vec<u64>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -61,22 +64,27 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
 /// A sample record: the header, then its frames (variable length).
 fn read_sample(buf: &[u8]) -> Result<Sample, DecodeError> {
     let header = read::<SampleHeader>(KIND_SAMPLE, buf)?;
-    let (nu, nk) = (header.n_user as usize, header.n_kernel as usize);
+    let (nu, nk, np) = (
+        header.n_user as usize,
+        header.n_kernel as usize,
+        header.n_py as usize,
+    );
     let start = std::mem::size_of::<SampleHeader>();
     let frames = buf[start..]
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()));
-    if nu + nk > MAX_FRAMES || buf.len() < start + 8 * (nu + nk) {
+    if nu + nk + np > MAX_FRAMES || buf.len() < start + 8 * (nu + nk + np) {
         return Err(DecodeError::Short {
             kind: KIND_SAMPLE,
             len: buf.len(),
         });
     }
-    let frames: Vec<u64> = frames.take(nu + nk).collect();
+    let frames: Vec<u64> = frames.take(nu + nk + np).collect();
     Ok(Sample {
         header,
         user: frames[..nu].to_vec(),
-        kernel: frames[nu..].to_vec(),
+        kernel: frames[nu..nu + nk].to_vec(),
+        python: frames[nu + nk..].to_vec(),
     })
 }
 
@@ -216,10 +224,11 @@ mod tests {
             tid: 8,
             n_user: 2,
             n_kernel: 1,
+            n_py: 1,
             ..Default::default()
         };
         let mut b = bytes(&header);
-        for f in [0x1000u64, 0x2000, 0xffff_ffff_8100_0000] {
+        for f in [0x1000u64, 0x2000, 0xffff_ffff_8100_0000, 0x7f00_0000_1000] {
             b.extend_from_slice(&f.to_ne_bytes());
         }
         let Ok(Event::Sample(s)) = decode(&b) else {
@@ -228,6 +237,7 @@ mod tests {
         assert_eq!(s.header, header);
         assert_eq!(s.user, vec![0x1000, 0x2000]);
         assert_eq!(s.kernel, vec![0xffff_ffff_8100_0000]);
+        assert_eq!(s.python, vec![0x7f00_0000_1000]);
         // Fewer frames than the header says: short.
         assert!(matches!(
             decode(&b[..b.len() - 8]),

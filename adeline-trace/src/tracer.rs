@@ -282,6 +282,15 @@ impl Tracer {
                 Ok(Event::Map(m)) => metrics.record_map(&m),
                 Ok(Event::Sample(s)) => {
                     if let Some(p) = profiles.as_mut() {
+                        // A CPython process: from now on its Python frames.
+                        if let Some(py) = self
+                            .probes
+                            .profile
+                            .as_mut()
+                            .and_then(|m| m.python_process(s.header.pid))
+                        {
+                            p.set_python(s.header.pid, py.names);
+                        }
                         p.record(&s);
                     }
                 }
@@ -561,6 +570,15 @@ impl Tracer {
                 t.runqueue_ns as f64 / 1e9,
                 c.ring_full,
             );
+            for (pid, what) in maps.python_processes() {
+                eprintln!("adeline-trace: profile: Python frames of pid {pid} ({what})");
+            }
+            if c.py_no_tstate > 0 {
+                eprintln!(
+                    "adeline-trace: profile: {} samples of a CPython thread without a Python thread state (no Python frames)",
+                    c.py_no_tstate
+                );
+            }
         }
         if self.counts.decode_errors > 0 {
             eprintln!(

@@ -24,7 +24,9 @@
 //! variant of [`Location`] (with its arm in [`resolve_plan`]).
 use std::time::{Duration, Instant};
 
-use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
+use adeline_trace_common::{
+    COUNTERS, NO_FRAME_STAGE, RETURN_ADDRESS_PROFILE, RETURN_ADDRESS_UNWIND,
+};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
@@ -270,7 +272,9 @@ impl Probes {
         let min_dur_ns = u64::try_from(opts.min_duration.as_nanos()).unwrap_or(u64::MAX);
         let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
         // Unwind support: entries record return addresses for the catch hooks.
-        let read_return = u32::from(sites.iter().any(unwind::is_hook));
+        // ... and the profiler puts them back where a uretprobe replaced them.
+        let read_return = u32::from(sites.iter().any(unwind::is_hook)) * RETURN_ADDRESS_UNWIND
+            + u32::from(opts.profile.is_some()) * RETURN_ADDRESS_PROFILE;
         let py_npatterns = opts
             .python
             .as_ref()
@@ -360,7 +364,11 @@ impl Probes {
         };
         // The profiler last: its samples need the stage probes in place.
         let profile = match &opts.profile {
-            Some(spec) => Some(profile::attach(&mut ebpf, spec)?),
+            Some(spec) => Some(profile::attach(
+                &mut ebpf,
+                spec,
+                profile_globals.fsbase_off(),
+            )?),
             None => None,
         };
         let ring = RingBuf::try_from(

@@ -10,22 +10,35 @@
 //! beyond the last frame that checks out), the user frames, the kernel
 //! frames, and for off-CPU time `[off-cpu]` (after `[runqueue]` for time
 //! spent runnable, waiting for a CPU).
+//!
+//! In a CPython process the Python frames take the place of the
+//! interpreter's eval loop (`_PyEval_EvalFrameDefault`) in the user
+//! frames, as py-spy's `--native` does: each eval-loop native frame is
+//! replaced by the Python frames that one call of it runs (innermost eval
+//! frame by the innermost group). Groups without a native eval frame to
+//! replace (the native walk stopped short: interpreters built without
+//! frame pointers) go at the root, before the native frames, so native
+//! code called from Python (numpy, OpenCV, onnxruntime) stays under its
+//! Python caller.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, PoisonError},
 };
 
 use adeline_trace_common::{
-    profile::{SAMPLE_OFF_CPU, SAMPLE_PREEMPTED, SAMPLE_USER_COMPLETE},
+    profile::{
+        PY_CSTACK_ENTRY, PY_FRAME_FLAGS, PY_LAST_OF_EVAL, SAMPLE_OFF_CPU, SAMPLE_PREEMPTED,
+        SAMPLE_USER_COMPLETE,
+    },
     NO_STAGE,
 };
 use serde::Serialize;
 
-use crate::events::Sample;
+use crate::{events::Sample, python::sampling::CodeNames};
 
 pub mod names;
 
-use names::{Frame, Namer, Naming};
+use names::{Frame, FrameKind, Namer, Naming};
 
 /// The first frame of samples taken outside every traced stage.
 pub const NO_STAGE_FRAME: &str = "(no stage)";
@@ -58,6 +71,8 @@ struct RawStack {
     complete: bool,
     user: Vec<u64>,
     kernel: Vec<u64>,
+    /// Python frames (code objects), innermost first (`PY_LAST_OF_EVAL`).
+    python: Vec<u64>,
 }
 
 /// How a sample's time was spent.
@@ -174,6 +189,8 @@ pub struct ProfileStore {
     namer: Arc<Mutex<Namer>>,
     /// (pid, address) seen since the last [`Self::resolve_new`].
     pending: Vec<(u32, u64)>,
+    /// (pid, code object) seen since then.
+    pending_py: Vec<(u32, u64)>,
 }
 
 impl ProfileStore {
@@ -188,6 +205,7 @@ impl ProfileStore {
             totals: ProfileTotals::default(),
             namer: Arc::new(Mutex::new(Namer::default())),
             pending: Vec::new(),
+            pending_py: Vec::new(),
         }
     }
 
@@ -212,12 +230,19 @@ impl ProfileStore {
             complete: h.flags & SAMPLE_USER_COMPLETE != 0,
             user: s.user.clone(),
             kernel: s.kernel.clone(),
+            python: s.python.clone(),
         };
         let stack = match self.stacks.get(&raw) {
             Some(&id) => id,
             None => {
                 let id = self.by_id.len() as StackId;
                 self.pending.extend(raw.user.iter().map(|&a| (raw.pid, a)));
+                self.pending_py.extend(
+                    raw.python
+                        .iter()
+                        .filter(|&&c| c & PY_CSTACK_ENTRY == 0)
+                        .map(|&c| (raw.pid, c & !PY_FRAME_FLAGS)),
+                );
                 self.stacks.insert(raw.clone(), id);
                 self.by_id.push(raw);
                 id
@@ -266,10 +291,19 @@ impl ProfileStore {
         }
     }
 
-    /// Resolves the user addresses of stacks seen for the first time while
-    /// their processes still run (call after each drain).
+    /// A CPython process whose Python frames the kernel walks: where its
+    /// code objects keep their names.
+    pub fn set_python(&mut self, pid: u32, names: CodeNames) {
+        self.namer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_python(pid, names);
+    }
+
+    /// Resolves the user addresses and code objects of stacks seen for the
+    /// first time while their processes still run (call after each drain).
     pub fn resolve_new(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_py.is_empty() {
             return;
         }
         let mut by_pid: HashMap<u32, Vec<u64>> = HashMap::new();
@@ -279,6 +313,9 @@ impl ProfileStore {
         let mut namer = self.namer.lock().unwrap_or_else(PoisonError::into_inner);
         for (pid, addrs) in by_pid {
             namer.resolve(pid, &addrs);
+        }
+        for (pid, code) in self.pending_py.drain(..) {
+            namer.resolve_python(pid, code);
         }
     }
 
@@ -427,6 +464,76 @@ impl CmpNames for Vec<Frame> {
     }
 }
 
+/// The native frame of one call of CPython's eval loop.
+const EVAL_FRAME: &str = "_PyEval_EvalFrameDefault";
+
+/// The Python frames of a stack, named, in groups (one per eval-loop
+/// call), innermost group first, each group's frames root first. Code
+/// objects that could not be read are left out.
+fn python_groups(namer: &mut Naming<'_>, raw: &RawStack) -> Vec<Vec<Frame>> {
+    let mut groups: Vec<Vec<Frame>> = Vec::new();
+    let mut group: Vec<Frame> = Vec::new();
+    for &c in &raw.python {
+        let end = if c & PY_CSTACK_ENTRY != 0 {
+            true
+        } else {
+            if let Some(f) = namer.python_frame(raw.pid, c & !PY_FRAME_FLAGS) {
+                group.push(f);
+            }
+            c & PY_LAST_OF_EVAL != 0
+        };
+        if end && !group.is_empty() {
+            group.reverse();
+            groups.push(std::mem::take(&mut group));
+        }
+    }
+    if !group.is_empty() {
+        group.reverse();
+        groups.push(group);
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+/// Puts the Python groups (innermost first) in place of the eval-loop
+/// frames of `user` (root first): the innermost eval frame gets the
+/// innermost group. Returns the groups left over (outer ones, for the
+/// root end, root first) and the merged user frames.
+fn merge_python(user: Vec<Frame>, groups: Vec<Vec<Frame>>) -> (Vec<Frame>, Vec<Frame>) {
+    if groups.is_empty() {
+        return (Vec::new(), user);
+    }
+    let evals: Vec<usize> = user
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.kind == FrameKind::User && f.name == EVAL_FRAME)
+        .map(|(i, _)| i)
+        .collect();
+    // Innermost eval frame <-> innermost group.
+    let mut by_eval: HashMap<usize, Vec<Frame>> = HashMap::new();
+    let mut groups = groups.into_iter();
+    for &i in evals.iter().rev() {
+        match groups.next() {
+            Some(g) => {
+                by_eval.insert(i, g);
+            }
+            None => break,
+        }
+    }
+    let mut outer: Vec<Frame> = Vec::new();
+    for g in groups.rev() {
+        outer.extend(g);
+    }
+    let mut merged = Vec::with_capacity(user.len());
+    for (i, f) in user.into_iter().enumerate() {
+        match by_eval.remove(&i) {
+            Some(g) => merged.extend(g),
+            None => merged.push(f),
+        }
+    }
+    (outer, merged)
+}
+
 /// Functions a thread's outermost frame can be in (the C library's start
 /// routines, which are built without frame pointers, so a walk through
 /// them ends without a zero frame pointer although nothing is missing).
@@ -509,8 +616,12 @@ fn frames_of(
     {
         cut = false;
     }
+    let groups = python_groups(namer, raw);
+    let (outer, user_frames) = merge_python(user_frames, groups);
     let cut = cut && !raw.user.is_empty();
     let mut frames = vec![Frame::marker(stage)];
+    // Python frames above the native walk's end: the gap is after them.
+    frames.extend(outer);
     if cut {
         frames.push(Frame::marker(TRUNCATED_FRAME));
     }
@@ -531,4 +642,73 @@ fn frames_of(
         }
     }
     (frames, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native(name: &str) -> Frame {
+        Frame {
+            name: name.into(),
+            file: None,
+            line: None,
+            kind: FrameKind::User,
+        }
+    }
+
+    fn py(name: &str) -> Frame {
+        Frame {
+            name: name.into(),
+            file: Some("/app/x.py".into()),
+            line: Some(1),
+            kind: FrameKind::Python,
+        }
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    #[test]
+    fn python_groups_replace_eval_frames_innermost_first() {
+        // main -> eval(a, b) -> C call -> eval(c) -> leaf C code.
+        let user = ["main", EVAL_FRAME, "PyObject_Call", EVAL_FRAME, "leaf"]
+            .map(native)
+            .to_vec();
+        let groups = vec![vec![py("c")], vec![py("a"), py("b")]];
+        let (outer, merged) = merge_python(user, groups);
+        assert!(outer.is_empty());
+        assert_eq!(
+            names(&merged),
+            ["main", "a", "b", "PyObject_Call", "c", "leaf"]
+        );
+    }
+
+    #[test]
+    fn python_groups_without_an_eval_frame_go_to_the_root() {
+        // The native walk stopped in the eval loop's caller-less code.
+        let user = [EVAL_FRAME, "leaf"].map(native).to_vec();
+        let groups = vec![vec![py("c")], vec![py("a"), py("b")], vec![py("m")]];
+        let (outer, merged) = merge_python(user, groups);
+        assert_eq!(names(&outer), ["m", "a", "b"]);
+        assert_eq!(names(&merged), ["c", "leaf"]);
+        // No native eval frame at all (sampled in a C library).
+        let (outer, merged) = merge_python(vec![native("numpy_op")], vec![vec![py("f")]]);
+        assert_eq!(names(&outer), ["f"]);
+        assert_eq!(names(&merged), ["numpy_op"]);
+        // More eval frames than groups: the outer ones stay native.
+        let user = [EVAL_FRAME, EVAL_FRAME].map(native).to_vec();
+        let (outer, merged) = merge_python(user, vec![vec![py("f")]]);
+        assert!(outer.is_empty());
+        assert_eq!(names(&merged), [EVAL_FRAME, "f"]);
+    }
+
+    #[test]
+    fn python_frames_are_labelled_qualname_file_line() {
+        let mut f = py("Tracker.update");
+        f.file = Some("/srv/app/pipeline.py".into());
+        f.line = Some(373);
+        assert_eq!(f.label(), "Tracker.update (pipeline.py:373)");
+    }
 }

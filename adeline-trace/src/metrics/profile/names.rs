@@ -8,8 +8,9 @@
 //! normalizer turns the address into (ELF file, file offset). Names come
 //! later, when a profile is rendered: ELF symbols and DWARF (with inlined
 //! functions), demangled, cached per (file, offset). Kernel addresses are
-//! named from kallsyms.
-use std::{collections::HashMap, fs::File, os::unix::fs::FileExt, path::PathBuf, sync::Arc};
+//! named from kallsyms. Python frames (code objects of a CPython process)
+//! are read at ingest too: `co_qualname`, `co_filename`, `co_firstlineno`.
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use blazesym::{
     normalize::{NormalizeOpts, Normalizer, UserMeta},
@@ -19,6 +20,8 @@ use blazesym::{
     },
     Pid,
 };
+
+use crate::python::{memory::Mem, sampling::CodeNames};
 
 /// What is known of one user address of one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +72,8 @@ impl Frame {
     pub fn label(&self) -> String {
         let base = match self.kind {
             FrameKind::Kernel => format!("{}_[k]", self.name),
-            FrameKind::Python => match (&self.file, self.line) {
+            // The file's last component: the full name is in pprof.
+            FrameKind::Python => match (self.file.as_deref().map(base_name), self.line) {
                 (Some(f), Some(l)) => format!("{} ({f}:{l})", self.name),
                 (Some(f), None) => format!("{} ({f})", self.name),
                 _ => self.name.clone(),
@@ -79,6 +83,10 @@ impl Frame {
         // ';' separates frames and a space the count in folded stacks.
         base.replace(';', ":").replace(['\n', '\r'], " ")
     }
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Whether the bytes just before a return address end with a call
@@ -138,6 +146,10 @@ fn uprobes_area(pid: u32) -> Option<(u64, u64)> {
     ))
 }
 
+/// A code object as read: its (qualname, filename) pointers, and its
+/// frame (None: unreadable).
+type ReadCode = ((u64, u64), Option<Frame>);
+
 /// The address names of a run. blazesym's objects are not `Send`: they
 /// are made per batch ([`Namer::resolve`], [`Naming`]), while the answers
 /// are kept here.
@@ -146,7 +158,12 @@ pub struct Namer {
     /// (pid, address) -> what is known of it.
     addrs: HashMap<(u32, u64), AddrInfo>,
     /// Open /proc/PID/mem files.
-    mems: HashMap<u32, Option<File>>,
+    mems: HashMap<u32, Option<Mem>>,
+    /// CPython processes: where their code objects keep their names.
+    python: HashMap<u32, CodeNames>,
+    /// (pid, code object) -> its name pointers (qualname, filename) as
+    /// read, and its frame (None: unreadable).
+    codes: HashMap<(u32, u64), ReadCode>,
     /// (file, offset) -> frames, outermost first (inlined functions after
     /// the function they are inlined into).
     names: HashMap<(Arc<PathBuf>, u64), Vec<Frame>>,
@@ -210,16 +227,10 @@ impl Namer {
             }
         };
         let uprobes = uprobes_area(pid);
-        let mem = self
-            .mems
-            .entry(pid)
-            .or_insert_with(|| File::open(format!("/proc/{pid}/mem")).ok());
+        let mem = self.mems.entry(pid).or_insert_with(|| Mem::open(pid).ok());
         for (addr, file) in new.into_iter().zip(files) {
-            let mut before = [0u8; 8];
             let after_call = match mem {
-                Some(f) if addr >= 8 => {
-                    f.read_exact_at(&mut before, addr - 8).is_ok() && ends_with_call(&before)
-                }
+                Some(m) if addr >= 8 => m.bytes(addr - 8, 8).is_some_and(|b| ends_with_call(&b)),
                 _ => false,
             };
             let uretprobe = uprobes.is_some_and(|(lo, hi)| (lo..hi).contains(&addr));
@@ -237,6 +248,54 @@ impl Namer {
     /// Forgets a process that exited (its open memory file).
     pub fn forget_process(&mut self, pid: u32) {
         self.mems.remove(&pid);
+    }
+
+    /// A CPython process: where its code objects keep their names.
+    pub fn set_python(&mut self, pid: u32, names: CodeNames) {
+        self.python.insert(pid, names);
+    }
+
+    /// Reads the names of a code object of `pid` while it runs: again when
+    /// its name pointers changed since (a code object freed, and another
+    /// allocated at its address; the stacks that named the old one take
+    /// the new name).
+    pub fn resolve_python(&mut self, pid: u32, code: u64) {
+        let Some(&names) = self.python.get(&pid) else {
+            return;
+        };
+        let Some(mem) = self
+            .mems
+            .entry(pid)
+            .or_insert_with(|| Mem::open(pid).ok())
+            .as_ref()
+        else {
+            return;
+        };
+        let ptrs = (
+            mem.u64(code + names.qualname).unwrap_or(0),
+            mem.u64(code + names.filename).unwrap_or(0),
+        );
+        if self
+            .codes
+            .get(&(pid, code))
+            .is_some_and(|(seen, _)| *seen == ptrs)
+        {
+            return;
+        }
+        let frame = (ptrs.0 != 0).then_some(()).and_then(|()| {
+            let name = mem.ascii(ptrs.0, names.ascii_data)?;
+            let file = mem.ascii(ptrs.1, names.ascii_data);
+            let line = mem
+                .i32(code + names.firstlineno)
+                .and_then(|l| u32::try_from(l).ok());
+            Some(Frame {
+                name,
+                file,
+                line,
+                kind: FrameKind::Python,
+            })
+        });
+        self.codes.insert((pid, code), (ptrs, frame));
     }
 
     fn intern(&mut self, p: PathBuf) -> Arc<PathBuf> {
@@ -329,6 +388,15 @@ impl Naming<'_> {
         };
         self.namer.names.insert(key, frames.clone());
         frames
+    }
+
+    /// The Python frame of code object `code` of `pid` (None: it was not
+    /// read, or could not be).
+    pub fn python_frame(&self, pid: u32, code: u64) -> Option<Frame> {
+        self.namer
+            .codes
+            .get(&(pid, code))
+            .and_then(|(_, f)| f.clone())
     }
 
     /// The kernel function at `addr` (kallsyms).

@@ -1,16 +1,22 @@
 //! Probe kind `profile` (`run --profile HZ`): a cpu-clock `perf_event`
 //! program on every online CPU (on-CPU samples) and the `sched_switch` raw
 //! tracepoint (off-CPU intervals), both filtered in the kernel to the traced
-//! processes, and the reader of their counters. Kernel side:
+//! processes, and the reader of their counters. CPython processes get
+//! their Python frames walked once [`ProfileMaps::python_process`] has
+//! found their interpreter (`PROFILE_PY`). Kernel side:
 //! adeline-trace-ebpf/src/profile.rs; records: adeline-trace-common's
 //! `profile` module.
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use adeline_trace_common::profile::{
-    PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
+    PyProc, PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE,
+    PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
 };
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         PerfEvent, RawTracePoint,
@@ -19,6 +25,9 @@ use aya::{
 };
 
 use super::site::{chain, ProbeError};
+use crate::python::sampling::{Interpreters, Sampled};
+
+pub mod btf;
 
 /// Highest sampling rate accepted (the kernel's default
 /// perf_event_max_sample_rate is higher, but the cost grows with it).
@@ -49,6 +58,7 @@ impl ProfileSpec {
 /// map is created with one entry.
 pub struct Globals {
     has_state: u32,
+    fsbase_off: u64,
     period_ns: u64,
     off_cpu_min_ns: u64,
     off_cpu_threads: u32,
@@ -59,17 +69,25 @@ impl Globals {
         match spec {
             Some(s) => Globals {
                 has_state: u32::from(kernel_at_least(5, 18)),
+                // Without it the Python frames are left out.
+                fsbase_off: btf::task_fsbase_offset().unwrap_or(0),
                 period_ns: s.period_ns(),
                 off_cpu_min_ns: u64::try_from(s.off_cpu_min.as_nanos()).unwrap_or(u64::MAX),
                 off_cpu_threads: if s.off_cpu { OFF_CPU_THREADS } else { 1 },
             },
             None => Globals {
                 has_state: 0,
+                fsbase_off: 0,
                 period_ns: 0,
                 off_cpu_min_ns: 0,
                 off_cpu_threads: 1,
             },
         }
+    }
+
+    /// `task_struct.thread.fsbase`'s offset (0: unknown).
+    pub fn fsbase_off(&self) -> u64 {
+        self.fsbase_off
     }
 
     /// Sets them on the loader.
@@ -78,8 +96,17 @@ impl Globals {
             .override_global("PROFILE_PERIOD_NS", &self.period_ns, true)
             .override_global("OFF_CPU_MIN_NS", &self.off_cpu_min_ns, true)
             .override_global("SWITCH_HAS_STATE", &self.has_state, true)
+            .override_global("TASK_FSBASE_OFF", &self.fsbase_off, true)
             .map_max_entries("OFF_CPU", self.off_cpu_threads);
     }
+}
+
+/// Whether the executable of `pid` is named like a Python interpreter.
+fn python_named(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("python"))
+    })
 }
 
 /// Whether the running kernel is at least `major.minor` (uname).
@@ -104,7 +131,17 @@ pub struct ProfileCounters {
     pub ring_full: u64,
     /// Off-CPU intervals shorter than the minimum.
     pub off_cpu_short: u64,
+    /// Samples of a CPython process whose thread had no thread state.
+    pub py_no_tstate: u64,
 }
+
+/// How often a process that maps no known interpreter (yet: a launched
+/// command before it loads one) is looked at again while it is sampled
+/// (a read of its /proc/PID/maps): soon when its executable is named like
+/// a Python interpreter (its samples lack Python frames until then), else
+/// every second (a program that embeds one may load it later).
+const PYTHON_RECHECK: Duration = Duration::from_secs(1);
+const PYTHON_RECHECK_SOON: Duration = Duration::from_millis(10);
 
 /// The attached profiler: its counters map (the links live in the object).
 pub struct ProfileMaps {
@@ -112,12 +149,25 @@ pub struct ProfileMaps {
     counters: PerCpuArray<MapData, u64>,
     /// Online CPUs sampled.
     pub cpus: usize,
+    /// CPython processes the kernel walks (tgid -> where).
+    python: BpfHashMap<MapData, u32, PyProc>,
+    /// Processes looked at: when, and whether they run a known CPython.
+    checked: HashMap<u32, (Instant, bool)>,
+    interpreters: Interpreters,
+    /// Whether the kernel can find a thread's pthread data (BTF).
+    python_frames: bool,
+    /// The CPython processes found: pid, version and interpreter file.
+    found: Vec<(u32, String)>,
 }
 
 /// Loads and attaches the profiler's programs: the cpu-clock program on
 /// every online CPU (all processes; the program filters), and the
 /// sched_switch program when off-CPU time is asked for.
-pub fn attach(ebpf: &mut Ebpf, spec: &ProfileSpec) -> Result<ProfileMaps, ProbeError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProfileSpec,
+    fsbase_off: u64,
+) -> Result<ProfileMaps, ProbeError> {
     let load = |e: &dyn std::error::Error| ProbeError::Load(format!("profiler: {}", chain(e)));
     let cpus = aya::util::online_cpus()
         .map_err(|(what, e)| ProbeError::Load(format!("profiler: reading {what}: {e}")))?;
@@ -155,10 +205,18 @@ pub fn attach(ebpf: &mut Ebpf, spec: &ProfileSpec) -> Result<ProfileMaps, ProbeE
     let counters = ebpf
         .take_map("PROFILE_COUNTERS")
         .ok_or_else(|| ProbeError::Load("no PROFILE_COUNTERS map".into()))?;
+    let python = ebpf
+        .take_map("PROFILE_PY")
+        .ok_or_else(|| ProbeError::Load("no PROFILE_PY map".into()))?;
     Ok(ProfileMaps {
         spec: spec.clone(),
         counters: PerCpuArray::try_from(counters).map_err(|e| load(&e))?,
         cpus: cpus.len(),
+        python: BpfHashMap::try_from(python).map_err(|e| load(&e))?,
+        checked: HashMap::new(),
+        interpreters: Interpreters::default(),
+        python_frames: fsbase_off != 0,
+        found: Vec::new(),
     })
 }
 
@@ -181,6 +239,48 @@ impl ProfileMaps {
             off_cpu: out[PCOUNTER_OFF_CPU as usize],
             ring_full: out[PCOUNTER_RING_FULL as usize],
             off_cpu_short: out[PCOUNTER_OFF_CPU_SHORT as usize],
+            py_no_tstate: out[PCOUNTER_PY_NO_TSTATE as usize],
         })
+    }
+
+    /// Called for each sampled pid: the first time (and again every
+    /// second while it maps no known interpreter) looks for a CPython in
+    /// it; when one is found, the kernel starts walking its Python frames
+    /// and the caller gets what names them. None otherwise.
+    pub fn python_process(&mut self, pid: u32) -> Option<Sampled> {
+        if !self.python_frames {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(&(when, found)) = self.checked.get(&pid) {
+            let wait = match python_named(pid) {
+                true => PYTHON_RECHECK_SOON,
+                false => PYTHON_RECHECK,
+            };
+            if found || now.duration_since(when) < wait {
+                return None;
+            }
+        }
+        let found = self.interpreters.process(pid);
+        self.checked.insert(pid, (now, found.is_some()));
+        let found = found?;
+        self.python.insert(pid, found.proc, 0).ok()?;
+        self.found.push((
+            pid,
+            format!("CPython {}, {}", found.version, found.path.display()),
+        ));
+        Some(found)
+    }
+
+    /// The CPython processes whose Python frames are walked (pid, what).
+    pub fn python_processes(&self) -> &[(u32, String)] {
+        &self.found
+    }
+
+    /// Forgets a process that exited (its pid may be reused).
+    pub fn forget_process(&mut self, pid: u32) {
+        if self.checked.remove(&pid).is_some_and(|(_, found)| found) {
+            let _ = self.python.remove(&pid);
+        }
     }
 }
