@@ -552,3 +552,30 @@ fn an_alert_captures_and_links_the_stage_profile() {
         .all(|l| l.starts_with("work;")));
     let _ = Path::new(&path);
 }
+
+#[test]
+fn uretprobe_trampolines_are_replaced_by_the_callers() {
+    if !require_bpf() {
+        return;
+    }
+    // outer() and inner() both have a uretprobe (the default exit
+    // probes): their return addresses on the stack are the kernel's
+    // trampoline; the profile shows their real callers instead.
+    let (lines, _) = profile_run("nested", 3, 499, &["outer", "inner"], &[]);
+    let marked: Vec<&String> = lines
+        .iter()
+        .map(|(s, _)| s)
+        .filter(|s| s.contains("[uretprobe]"))
+        .collect();
+    assert!(marked.is_empty(), "[uretprobe] frames left: {marked:#?}");
+    let nested = sum(&lines, |f| {
+        f[0] == "inner"
+            && on_cpu(f)
+            && f.windows(4)
+                .any(|w| w == ["main", "outer", "inner", "compute"])
+    });
+    assert!(
+        nested > 100_000,
+        "main;outer;inner;compute has {nested} µs:\n{lines:#?}"
+    );
+}
