@@ -151,13 +151,28 @@ pub struct ProfileMaps {
     pub cpus: usize,
     /// CPython processes the kernel walks (tgid -> where).
     python: BpfHashMap<MapData, u32, PyProc>,
-    /// Processes looked at: when, and whether they run a known CPython.
-    checked: HashMap<u32, (Instant, bool)>,
+    /// Processes looked at: when, whether they run a known CPython, and
+    /// their start time.
+    checked: HashMap<u32, (Instant, bool, Option<u64>)>,
     interpreters: Interpreters,
     /// Whether the kernel can find a thread's pthread data (BTF).
     python_frames: bool,
     /// The CPython processes found: pid, version and interpreter file.
     found: Vec<(u32, String)>,
+    /// The last look for exited processes (their pids may be reused).
+    swept: Instant,
+}
+
+/// How often the processes looked at are checked for having exited.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// When `pid` started (clock ticks since boot, /proc/PID/stat field 22):
+/// a reused pid is another process, with another start.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Loads and attaches the profiler's programs: the cpu-clock program on
@@ -217,6 +232,7 @@ pub fn attach(
         interpreters: Interpreters::default(),
         python_frames: fsbase_off != 0,
         found: Vec::new(),
+        swept: Instant::now(),
     })
 }
 
@@ -252,7 +268,11 @@ impl ProfileMaps {
             return None;
         }
         let now = Instant::now();
-        if let Some(&(when, found)) = self.checked.get(&pid) {
+        if now.duration_since(self.swept) >= SWEEP_EVERY {
+            self.swept = now;
+            self.sweep();
+        }
+        if let Some(&(when, found, _)) = self.checked.get(&pid) {
             let wait = match python_named(pid) {
                 true => PYTHON_RECHECK_SOON,
                 false => PYTHON_RECHECK,
@@ -262,7 +282,8 @@ impl ProfileMaps {
             }
         }
         let found = self.interpreters.process(pid);
-        self.checked.insert(pid, (now, found.is_some()));
+        self.checked
+            .insert(pid, (now, found.is_some(), start_time(pid)));
         let found = found?;
         self.python.insert(pid, found.proc, 0).ok()?;
         self.found.push((
@@ -277,10 +298,32 @@ impl ProfileMaps {
         &self.found
     }
 
-    /// Forgets a process that exited (its pid may be reused).
-    pub fn forget_process(&mut self, pid: u32) {
-        if self.checked.remove(&pid).is_some_and(|(_, found)| found) {
-            let _ = self.python.remove(&pid);
+    /// Forgets the processes that exited: the kernel stops walking a pid
+    /// that may be reused by another process.
+    fn sweep(&mut self) {
+        let gone: Vec<u32> = self
+            .checked
+            .iter()
+            .filter(|(&pid, &(_, _, start))| start_time(pid) != start)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in gone {
+            if self.checked.remove(&pid).is_some_and(|(_, found, _)| found) {
+                let _ = self.python.remove(&pid);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_tells_a_running_process() {
+        let me = start_time(std::process::id());
+        assert!(me.is_some());
+        assert_eq!(start_time(std::process::id()), me);
+        assert_eq!(start_time(u32::MAX), None);
     }
 }
