@@ -271,9 +271,11 @@ impl Namer {
         else {
             return;
         };
+        // The kernel read `code` from the process: it may be stale.
+        let at = |off: u64| code.checked_add(off);
         let ptrs = (
-            mem.u64(code + names.qualname).unwrap_or(0),
-            mem.u64(code + names.filename).unwrap_or(0),
+            at(names.qualname).and_then(|a| mem.u64(a)).unwrap_or(0),
+            at(names.filename).and_then(|a| mem.u64(a)).unwrap_or(0),
         );
         if self
             .codes
@@ -285,8 +287,8 @@ impl Namer {
         let frame = (ptrs.0 != 0).then_some(()).and_then(|()| {
             let name = mem.ascii(ptrs.0, names.ascii_data)?;
             let file = mem.ascii(ptrs.1, names.ascii_data);
-            let line = mem
-                .i32(code + names.firstlineno)
+            let line = at(names.firstlineno)
+                .and_then(|a| mem.i32(a))
                 .and_then(|l| u32::try_from(l).ok());
             Some(Frame {
                 name,
