@@ -20,7 +20,9 @@
 //! next switch-out the CPU's note says when it came back, which closes the
 //! interval (so an interval is reported when the thread next leaves the
 //! CPU, and its weight is the whole time it was off: blocked, then waiting
-//! for a CPU).
+//! for a CPU). A `sched_wakeup` program notes when a blocked traced thread
+//! is woken: the interval is then blocked time up to the wake-up and a
+//! wait for a CPU after it.
 use adeline_trace_common::{
     profile::{
         sample_bytes, PyProc, SampleBuf, SampleHeader, FRAME_SLOTS, KIND_SAMPLE, MAX_FRAMES,
@@ -28,7 +30,7 @@ use adeline_trace_common::{
         PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE, PCOUNTER_RING_FULL,
         PCOUNTER_SAMPLES, PY_CSTACK_ENTRY, PY_ENTRY_CSTACK_FRAME, PY_ENTRY_EVERY_FRAME,
         PY_ENTRY_FLAG, PY_LAST_OF_EVAL, PY_OWNED_BY_CSTACK, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
-        SAMPLE_PREEMPTED, SAMPLE_USER_COMPLETE,
+        SAMPLE_PREEMPTED, SAMPLE_USER_COMPLETE, SAMPLE_WOKEN,
     },
     ThreadCalls, MAX_DEPTH, NO_STAGE, OPEN_PYTHON,
 };
@@ -67,6 +69,11 @@ static SWITCH_HAS_STATE: u32 = 0;
 /// the kernel's BTF); 0: unknown, no Python frames.
 #[no_mangle]
 static TASK_FSBASE_OFF: u64 = 0;
+
+/// Offset of `pid` (the thread id) in `task_struct` (BTF); 0: unknown, no
+/// wake-up times (an interval's blocked time then runs to the switch-in).
+#[no_mangle]
+static TASK_PID_OFF: u64 = 0;
 
 /// CPython processes whose Python frames are walked, by tgid.
 #[map(name = "PROFILE_PY")]
@@ -422,10 +429,18 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
             if off < min_ns {
                 pbump(PCOUNTER_OFF_CPU_SHORT);
             } else {
+                let woke = open.header.wait_ns;
                 if open.header.flags & SAMPLE_PREEMPTED != 0 {
                     open.header.wait_ns = off;
+                } else if open.header.flags & SAMPLE_WOKEN != 0 && woke > start && woke <= ran_from
+                {
+                    // Blocked until the wake-up, then waiting for a CPU.
+                    open.header.weight_ns = woke - start;
+                    open.header.wait_ns = ran_from - woke;
                 } else {
+                    open.header.flags &= !SAMPLE_WOKEN;
                     open.header.weight_ns = off;
+                    open.header.wait_ns = 0;
                 }
                 pbump(PCOUNTER_OFF_CPU);
                 submit(open);
@@ -456,6 +471,37 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
     kernel_stack(&ctx, buf);
     walk_python(buf, (pid_tgid >> 32) as u32);
     let _ = OFF_CPU.insert(&tid, buf, 0);
+    0
+}
+
+/// `sched_wakeup(p)`: a traced thread blocked in an interval in progress
+/// is woken: its blocked time ends now (kept in `wait_ns` until the
+/// switch-in closes the interval; the rest is a wait for a CPU).
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn profile_wakeup(ctx: RawTracePointContext) -> u32 {
+    // SAFETY: read of a load-time constant.
+    let off = unsafe { core::ptr::read_volatile(&TASK_PID_OFF) };
+    if off == 0 {
+        return 0;
+    }
+    let task: u64 = ctx.arg(0);
+    // SAFETY: a checked kernel read of the woken task's pid.
+    let Ok(tid) = (unsafe { bpf_probe_read_kernel((task + off) as *const u32) }) else {
+        return 0;
+    };
+    let Some(open) = OFF_CPU.get_ptr_mut(&tid) else {
+        return 0;
+    };
+    // SAFETY: the woken thread's entry; it is off the CPU, so its own
+    // switch program does not run now.
+    let open = unsafe { &mut *open };
+    if open.header.kind != KIND_SAMPLE || open.header.flags & (SAMPLE_WOKEN | SAMPLE_PREEMPTED) != 0
+    {
+        return 0;
+    }
+    // SAFETY: plain helper call.
+    open.header.wait_ns = unsafe { bpf_ktime_get_ns() };
+    open.header.flags |= SAMPLE_WOKEN;
     0
 }
 

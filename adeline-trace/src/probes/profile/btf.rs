@@ -1,6 +1,7 @@
-//! One fact from the kernel's BTF (`/sys/kernel/btf/vmlinux`): the offset
+//! Two facts from the kernel's BTF (`/sys/kernel/btf/vmlinux`): the offsets
 //! of `task_struct.thread.fsbase` (x86-64), which the sampler needs to find
-//! a thread's pthread data (Python frames). aya-ebpf programs have no
+//! a thread's pthread data (Python frames), and of `task_struct.pid`
+//! (whom `sched_wakeup` wakes). aya-ebpf programs have no
 //! CO-RE field access, so the agent reads the offset and passes it as a
 //! load-time constant. A small reader of the BTF type section: the few
 //! kinds' record sizes, structs' members, typedef/qualifier chains.
@@ -161,9 +162,17 @@ impl Btf {
     }
 }
 
-/// `offsetof(struct task_struct, thread.fsbase)` of the running kernel.
-pub fn task_fsbase_offset() -> Option<u64> {
-    Btf::vmlinux()?.offset_of("task_struct", &["thread", "fsbase"])
+/// `offsetof(struct task_struct, thread.fsbase)` and `pid` of the running
+/// kernel (0: not found).
+pub fn task_offsets() -> (u64, u64) {
+    match Btf::vmlinux() {
+        Some(btf) => (
+            btf.offset_of("task_struct", &["thread", "fsbase"])
+                .unwrap_or(0),
+            btf.offset_of("task_struct", &["pid"]).unwrap_or(0),
+        ),
+        None => (0, 0),
+    }
 }
 
 #[cfg(test)]
@@ -177,9 +186,9 @@ mod tests {
         };
         let thread = btf.offset_of("task_struct", &["thread"]).unwrap();
         let fs = btf.offset_of("thread_struct", &["fsbase"]).unwrap();
-        assert_eq!(task_fsbase_offset(), Some(thread + fs));
-        // pid and tgid are early, thread is the last big member.
         let pid = btf.offset_of("task_struct", &["pid"]).unwrap();
-        assert!(pid < thread, "pid {pid} thread {thread}");
+        assert_eq!(task_offsets(), (thread + fs, pid));
+        // pid and tgid are early, thread is the last big member.
+        assert!(pid > 0 && pid < thread, "pid {pid} thread {thread}");
     }
 }

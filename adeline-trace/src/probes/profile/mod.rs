@@ -59,6 +59,7 @@ impl ProfileSpec {
 pub struct Globals {
     has_state: u32,
     fsbase_off: u64,
+    pid_off: u64,
     period_ns: u64,
     off_cpu_min_ns: u64,
     off_cpu_threads: u32,
@@ -67,17 +68,22 @@ pub struct Globals {
 impl Globals {
     pub fn new(spec: Option<&ProfileSpec>) -> Globals {
         match spec {
-            Some(s) => Globals {
-                has_state: u32::from(kernel_at_least(5, 18)),
-                // Without it the Python frames are left out.
-                fsbase_off: btf::task_fsbase_offset().unwrap_or(0),
-                period_ns: s.period_ns(),
-                off_cpu_min_ns: u64::try_from(s.off_cpu_min.as_nanos()).unwrap_or(u64::MAX),
-                off_cpu_threads: if s.off_cpu { OFF_CPU_THREADS } else { 1 },
-            },
+            Some(s) => {
+                // Without them: no Python frames, no wake-up times.
+                let (fsbase_off, pid_off) = btf::task_offsets();
+                Globals {
+                    has_state: u32::from(kernel_at_least(5, 18)),
+                    fsbase_off,
+                    pid_off,
+                    period_ns: s.period_ns(),
+                    off_cpu_min_ns: u64::try_from(s.off_cpu_min.as_nanos()).unwrap_or(u64::MAX),
+                    off_cpu_threads: if s.off_cpu { OFF_CPU_THREADS } else { 1 },
+                }
+            }
             None => Globals {
                 has_state: 0,
                 fsbase_off: 0,
+                pid_off: 0,
                 period_ns: 0,
                 off_cpu_min_ns: 0,
                 off_cpu_threads: 1,
@@ -97,6 +103,7 @@ impl Globals {
             .override_global("OFF_CPU_MIN_NS", &self.off_cpu_min_ns, true)
             .override_global("SWITCH_HAS_STATE", &self.has_state, true)
             .override_global("TASK_FSBASE_OFF", &self.fsbase_off, true)
+            .override_global("TASK_PID_OFF", &self.pid_off, true)
             .map_max_entries("OFF_CPU", self.off_cpu_threads);
     }
 }
@@ -216,6 +223,15 @@ pub fn attach(
             .map_err(|e: aya::programs::ProgramError| load(&e))?;
         prog.load().map_err(|e| load(&e))?;
         prog.attach("sched_switch").map_err(|e| load(&e))?;
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("profile_wakeup")
+            .ok_or_else(|| {
+                ProbeError::Load("program profile_wakeup missing from the object".into())
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| load(&e))?;
+        prog.load().map_err(|e| load(&e))?;
+        prog.attach("sched_wakeup").map_err(|e| load(&e))?;
     }
     let counters = ebpf
         .take_map("PROFILE_COUNTERS")
