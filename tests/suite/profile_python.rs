@@ -126,9 +126,14 @@ fn python_split_70_30_per_thread_frames_on_every_interpreter() {
         eprintln!(
             "{label}: hot {hot} µs, cold {cold} µs: {share:.3} (the fixture measured {t_hot} / {t_cold} µs: {truth_share:.3})"
         );
+        let agent_lines: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.contains("profile"))
+            .collect();
         if (share - truth_share).abs() > 0.05 {
             failures.push(format!(
-                "{label}: hot share {share:.3}, the fixture measured {truth_share:.3} (± 0.05)"
+                "{label}: hot share {share:.3}, the fixture measured {truth_share:.3} (± 0.05); agent: {agent_lines:?}"
             ));
         }
         // Nearly all of the functions' CPU time is in the profile (the

@@ -134,6 +134,16 @@ fn modrm_len(b: &[u8]) -> Option<usize> {
     Some(len)
 }
 
+/// A file's (device, inode).
+type FileId = (u64, u64);
+
+/// (device, inode) of the executable `pid` runs.
+fn exe_id(pid: u32) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
 /// The `[uprobes]` area of `pid` (where uretprobes send returns).
 fn uprobes_area(pid: u32) -> Option<(u64, u64)> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
@@ -157,8 +167,9 @@ type ReadCode = ((u64, u64), Option<Frame>);
 pub struct Namer {
     /// (pid, address) -> what is known of it.
     addrs: HashMap<(u32, u64), AddrInfo>,
-    /// Open /proc/PID/mem files.
-    mems: HashMap<u32, Option<Mem>>,
+    /// Open /proc/PID/mem files, with the executable (device, inode) the
+    /// process ran when each was opened.
+    mems: HashMap<u32, (Option<Mem>, Option<FileId>)>,
     /// CPython processes: where their code objects keep their names.
     python: HashMap<u32, CodeNames>,
     /// (pid, code object) -> its name pointers (qualname, filename) as
@@ -227,12 +238,11 @@ impl Namer {
             }
         };
         let uprobes = uprobes_area(pid);
-        let mem = self.mems.entry(pid).or_insert_with(|| Mem::open(pid).ok());
         for (addr, file) in new.into_iter().zip(files) {
-            let after_call = match mem {
-                Some(m) if addr >= 8 => m.bytes(addr - 8, 8).is_some_and(|b| ends_with_call(&b)),
-                _ => false,
-            };
+            let after_call = addr >= 8
+                && self
+                    .read_mem(pid, |m| m.bytes(addr - 8, 8))
+                    .is_some_and(|b| ends_with_call(&b));
             let uretprobe = uprobes.is_some_and(|(lo, hi)| (lo..hi).contains(&addr));
             self.addrs.insert(
                 (pid, addr),
@@ -243,6 +253,39 @@ impl Namer {
                 },
             );
         }
+    }
+
+    /// Reads `pid`'s memory through its open memory file; when that fails,
+    /// once more through a new one (a file opened before the process
+    /// called exec, as a launched command's first samples can make it,
+    /// reads the old address space: nothing).
+    fn read_mem<T>(&mut self, pid: u32, read: impl Fn(&Mem) -> Option<T>) -> Option<T> {
+        let mem = self.mem(pid);
+        if let Some(v) = mem.and_then(&read) {
+            return Some(v);
+        }
+        let fresh = Mem::open(pid).ok();
+        let v = fresh.as_ref().and_then(&read);
+        if v.is_some() {
+            self.mems.insert(pid, (fresh, exe_id(pid)));
+        }
+        v
+    }
+
+    /// The memory file of `pid`, opened again when the process has
+    /// executed another program since: a file opened before a launched
+    /// command's exec reads the old address space, which a vfork-style
+    /// spawn shares with the agent itself (reads succeed, wrongly).
+    fn mem(&mut self, pid: u32) -> Option<&Mem> {
+        let exe = exe_id(pid);
+        let entry = self
+            .mems
+            .entry(pid)
+            .or_insert_with(|| (Mem::open(pid).ok(), exe));
+        if entry.1 != exe {
+            *entry = (Mem::open(pid).ok(), exe);
+        }
+        entry.0.as_ref()
     }
 
     /// Forgets a process that exited (its open memory file).
@@ -263,20 +306,19 @@ impl Namer {
         let Some(&names) = self.python.get(&pid) else {
             return;
         };
-        let Some(mem) = self
-            .mems
-            .entry(pid)
-            .or_insert_with(|| Mem::open(pid).ok())
-            .as_ref()
-        else {
-            return;
-        };
         // The kernel read `code` from the process: it may be stale.
         let at = |off: u64| code.checked_add(off);
-        let ptrs = (
-            at(names.qualname).and_then(|a| mem.u64(a)).unwrap_or(0),
-            at(names.filename).and_then(|a| mem.u64(a)).unwrap_or(0),
-        );
+        let ptrs = self
+            .read_mem(pid, |m| {
+                Some((
+                    m.u64(at(names.qualname)?)?,
+                    m.u64(at(names.filename)?).unwrap_or(0),
+                ))
+            })
+            .unwrap_or((0, 0));
+        let Some((Some(mem), _)) = self.mems.get(&pid) else {
+            return;
+        };
         if self
             .codes
             .get(&(pid, code))
