@@ -64,19 +64,6 @@ fn profile_run(
     (parse_folded(&text), output)
 }
 
-/// `frame;frame;… µs` lines.
-fn parse_folded(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .map(|l| {
-            let (stack, n) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            let n = n.parse().unwrap_or_else(|_| panic!("bad count in {l:?}"));
-            (stack.to_string(), n)
-        })
-        .collect()
-}
-
 fn frames(stack: &str) -> Vec<&str> {
     stack.split(';').collect()
 }

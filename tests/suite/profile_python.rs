@@ -16,18 +16,6 @@ fn split_py() -> PathBuf {
     workspace_root().join("tests/fixtures/profile/split.py")
 }
 
-/// `frame;frame;… µs` lines.
-fn parse_folded(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .map(|l| {
-            let (stack, n) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            (stack.to_string(), n.parse().expect("count"))
-        })
-        .collect()
-}
-
 fn on_cpu(stack: &str) -> bool {
     !stack.ends_with(";[off-cpu]")
 }

@@ -214,24 +214,18 @@ pub fn attach(
         })?;
     }
     if spec.off_cpu {
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut("profile_switch")
-            .ok_or_else(|| {
-                ProbeError::Load("program profile_switch missing from the object".into())
-            })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| load(&e))?;
-        prog.load().map_err(|e| load(&e))?;
-        prog.attach("sched_switch").map_err(|e| load(&e))?;
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut("profile_wakeup")
-            .ok_or_else(|| {
-                ProbeError::Load("program profile_wakeup missing from the object".into())
-            })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| load(&e))?;
-        prog.load().map_err(|e| load(&e))?;
-        prog.attach("sched_wakeup").map_err(|e| load(&e))?;
+        for (name, tracepoint) in [
+            ("profile_switch", "sched_switch"),
+            ("profile_wakeup", "sched_wakeup"),
+        ] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| load(&e))?;
+            prog.load().map_err(|e| load(&e))?;
+            prog.attach(tracepoint).map_err(|e| load(&e))?;
+        }
     }
     let counters = ebpf
         .take_map("PROFILE_COUNTERS")
