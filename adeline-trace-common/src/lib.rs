@@ -5,6 +5,8 @@
 //! `#[repr(C)]`, fixed size and free of implicit padding.
 #![no_std]
 
+/// The profiler's records (`run --profile`).
+pub mod profile;
 pub mod python;
 pub mod usdt;
 
@@ -20,6 +22,8 @@ pub const KIND_MAP: u32 = 3;
 pub const MAP_OP_MMAP: u32 = 1;
 /// ... or released (munmap, shrinking mremap or brk).
 pub const MAP_OP_MUNMAP: u32 = 2;
+/// A profiler sample ([`profile::SampleHeader`] and its frames).
+pub const KIND_SAMPLE: u32 = 4;
 
 /// Resident pages of one mm as `kmem:rss_stat` last reported them, in
 /// bytes, by member: MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES.
@@ -255,6 +259,15 @@ pub struct AllocStats {
     pub freed_bytes: u64,
 }
 
+/// `READ_RETURN_ADDRESS` bit (kernel global): catch hooks are attached
+/// (exit-instruction mode): the entry probe records each call's return
+/// address and drops calls of frames that are gone.
+pub const RETURN_ADDRESS_UNWIND: u32 = 1;
+/// `READ_RETURN_ADDRESS` bit: the profiler runs: the entry probe records
+/// each call's return address (`OpenCall::orig`), which the sampler puts
+/// back where a uretprobe replaced it.
+pub const RETURN_ADDRESS_PROFILE: u32 = 2;
+
 /// `OpenCall::flags`: the open call is a Python frame (`key` = frame |
 /// epoch); without it, a native call (`key` = its return-address slot).
 pub const OPEN_PYTHON: u32 = 1;
@@ -319,6 +332,9 @@ mod pod {
     unsafe impl aya::Pod for AllocInfo {}
     unsafe impl aya::Pod for AllocStats {}
     unsafe impl aya::Pod for RssState {}
+    unsafe impl aya::Pod for profile::SampleHeader {}
+    unsafe impl aya::Pod for profile::SampleBuf {}
+    unsafe impl aya::Pod for profile::PyProc {}
     unsafe impl aya::Pod for python::PySite {}
     unsafe impl aya::Pod for python::PyPattern {}
     unsafe impl aya::Pod for python::PyObjKey {}

@@ -7,6 +7,7 @@ mod alloc;
 mod gauge;
 mod maps;
 mod memory;
+mod profile;
 mod python;
 mod stage;
 mod unwind;

@@ -23,15 +23,26 @@ static FILTER_PIDS: u32 = 0;
 #[no_mangle]
 static FRAME_STAGE: u32 = adeline_trace_common::NO_FRAME_STAGE;
 
-/// Non-zero when catch hooks are attached (unwind.rs, exit-instruction
-/// mode): the entry probe then reads each call's return address, which
-/// they compare against, and drops calls of frames that are gone.
+/// `RETURN_ADDRESS_*` bits. Non-zero: the entry probe reads each call's
+/// return address. With catch hooks attached (unwind.rs, exit-instruction
+/// mode) they compare against it, and the entry drops calls of frames
+/// that are gone; the profiler puts it back where a uretprobe replaced it.
 #[no_mangle]
 static READ_RETURN_ADDRESS: u32 = 0;
 
-/// Whether the entry probe records the return address (`OpenCall::orig`).
+/// Whether catch hooks are attached (the entry probe drops stale calls).
 #[inline(always)]
 pub fn read_return_address() -> bool {
+    // SAFETY: read of a load-time constant.
+    unsafe {
+        core::ptr::read_volatile(&READ_RETURN_ADDRESS) & adeline_trace_common::RETURN_ADDRESS_UNWIND
+            != 0
+    }
+}
+
+/// Whether the entry probe records the return address (`OpenCall::orig`).
+#[inline(always)]
+pub fn record_return_address() -> bool {
     // SAFETY: read of a load-time constant.
     unsafe { core::ptr::read_volatile(&READ_RETURN_ADDRESS) != 0 }
 }
@@ -173,6 +184,14 @@ pub fn pid_allowed(tgid: u32) -> bool {
     }
     // SAFETY: only presence is checked; the value is not read.
     unsafe { PIDS.get(&tgid).is_some() }
+}
+
+/// Whether the in-kernel pid filter is on (the profiler, without it,
+/// samples the threads that have entered a traced stage).
+#[inline(always)]
+pub fn pid_filter_on() -> bool {
+    // SAFETY: read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&FILTER_PIDS) != 0 }
 }
 
 /// Stage id of the frame root.

@@ -16,7 +16,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    bump, frame_stage, min_duration, pid_allowed, read_return_address, EVENTS, THREADS,
+    bump, frame_stage, min_duration, pid_allowed, read_return_address, record_return_address,
+    EVENTS, THREADS,
 };
 
 #[uprobe]
@@ -81,8 +82,10 @@ pub fn open_stage(ctx: &ProbeContext, flags: u32) -> u32 {
             child_ns: 0,
             key: rsp,
             // The return address, which tells a catch whether this frame is
-            // gone: read only when catch hooks are attached (~100 ns).
-            orig: match unwind_mode && flags == 0 {
+            // gone, and the profiler what a uretprobe replaced: read only
+            // when catch hooks or the profiler are attached (~100 ns), and
+            // only for native calls (Python and USDT keys are no slots).
+            orig: match record_return_address() && flags == 0 {
                 // SAFETY: bpf_probe_read_user checks the address.
                 true => unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
                 false => 0,

@@ -35,6 +35,8 @@ pub enum Command {
     /// Write the man pages (adeline-trace.1, adeline-trace-run.1, ...) into DIR.
     #[command(hide = true)]
     Manpages(ManpagesArgs),
+    /// Ask the running agent (`run --profile`) for a stage's profile.
+    Profile(ProfileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +58,33 @@ pub enum Shell {
 pub struct ManpagesArgs {
     /// The directory to write them to (created if missing).
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Only this stage's samples (default: every stage, and `(no stage)`).
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// How far back, in seconds, or `all` for the whole run.
+    #[arg(long, default_value = "10")]
+    pub seconds: String,
+    /// folded (`stage;frame;… µs`, the default), svg (flame graph), pprof,
+    /// or for --alert diff (its differential flame graph, the default there).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// An alert's profile instead (its id in /api/profile/alerts): by
+    /// default its differential flame graph (--format diff).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["stage", "seconds"])]
+    pub alert: Option<u32>,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The agent's API port on 127.0.0.1.
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// Talk to the agent over this unix socket instead of TCP.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +260,25 @@ pub struct RunArgs {
     /// Alloc mode: how many allocation sites to report (default 10).
     #[arg(long, value_name = "N", requires = "alloc")]
     pub alloc_top: Option<usize>,
+    /// Profile the traced processes: on-CPU stacks sampled HZ times a second
+    /// per CPU (cpu-clock, e.g. 99) and off-CPU time from the scheduler,
+    /// each tagged with the innermost traced stage (`/api/profile`).
+    #[arg(long, value_name = "HZ")]
+    pub profile: Option<u32>,
+    /// With --profile: no off-CPU time (no sched_switch and sched_wakeup programs).
+    #[arg(long, requires = "profile")]
+    pub no_off_cpu: bool,
+    /// With --profile: leave out off-CPU intervals shorter than this (e.g. 50us).
+    #[arg(long, value_name = "DURATION", requires = "profile")]
+    pub off_cpu_min: Option<String>,
+    /// With --profile: write the whole run's profile to FILE on exit:
+    /// folded stacks (`stage;frame;… µs`), a flame graph (*.svg) or pprof (*.pb).
+    #[arg(long, value_name = "FILE", requires = "profile")]
+    pub profile_out: Option<PathBuf>,
+    /// With --profile: when an alert on a stage fires, capture the stage's
+    /// profile this long and diff it against as long before (default 10s; 0 = off).
+    #[arg(long, value_name = "DURATION", requires = "profile")]
+    pub alert_profile: Option<String>,
     /// Refuse to attach to more functions than this in one run (default
     /// 1000; every match of every stage and gauge counts once).
     #[arg(long, value_name = "N")]

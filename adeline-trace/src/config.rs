@@ -19,6 +19,7 @@ use crate::{
         attach::AttachMode,
         gauge::{GaugeSource, GaugeSpec},
         memory::MemoryMode,
+        profile::{ProfileSpec, MAX_HZ},
         python,
         usdt::{self, UsdtValue},
         Location, StageSpec,
@@ -110,6 +111,10 @@ pub struct Plan {
     pub alloc: Option<AllocSpec>,
     /// Which kernel memory tracepoints to attach (`--memory`).
     pub memory: MemoryMode,
+    /// The profiler (`--profile HZ`).
+    pub profile: Option<ProfileSpec>,
+    /// Profiles on alert: capture length (None: off).
+    pub alert_profile: Option<Duration>,
     /// Where results go (the sinks).
     pub outputs: Outputs,
     /// At most this many probe sites (functions) per run (`--max-probes`).
@@ -218,6 +223,8 @@ pub enum ConfigError {
     OtlpTracesNeedFrame,
     #[error("{0} needs an endpoint: --otlp http://HOST:4318 or endpoint = \"...\" in the config's [otlp] table")]
     OtlpWithoutEndpoint(&'static str),
+    #[error("--profile {0} is invalid: use a rate from 1 to {MAX_HZ} samples per second, e.g. 99")]
+    ProfileHz(u32),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
     #[error("--max-probes must be at least 1")]
@@ -257,6 +264,7 @@ struct FileConfig {
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
+    profile: Option<FileProfile>,
     max_probes: Option<usize>,
     python_window: Option<String>,
     otlp: Option<FileOtlp>,
@@ -273,6 +281,23 @@ struct FileOtlp {
     traces: Option<f64>,
     service_name: Option<String>,
 }
+
+/// The `[profile]` table of a config file (its presence turns the
+/// profiler on).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProfile {
+    hz: Option<u32>,
+    off_cpu: Option<bool>,
+    off_cpu_min: Option<String>,
+    out: Option<PathBuf>,
+    alert_capture: Option<String>,
+}
+
+/// Default sampling rate of a `[profile]` table without `hz`.
+pub const DEFAULT_PROFILE_HZ: u32 = 99;
+/// Default capture length of profiles on alert.
+pub const DEFAULT_ALERT_PROFILE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -807,6 +832,48 @@ impl Plan {
         if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
             return Err(ConfigError::AllocNeedsPids);
         }
+        let file_profile = file.profile;
+        let profile = match (args.profile, &file_profile) {
+            (None, None) => None,
+            (hz, fp) => {
+                let hz = hz
+                    .or(fp.as_ref().and_then(|p| p.hz))
+                    .unwrap_or(DEFAULT_PROFILE_HZ);
+                if hz == 0 || hz > MAX_HZ {
+                    return Err(ConfigError::ProfileHz(hz));
+                }
+                let off_cpu_min = match args
+                    .off_cpu_min
+                    .clone()
+                    .or(fp.as_ref().and_then(|p| p.off_cpu_min.clone()))
+                {
+                    Some(t) => parse_duration("--off-cpu-min", &t)?,
+                    None => Duration::ZERO,
+                };
+                Some(ProfileSpec {
+                    hz,
+                    off_cpu: !args.no_off_cpu
+                        && fp.as_ref().and_then(|p| p.off_cpu).unwrap_or(true),
+                    off_cpu_min,
+                })
+            }
+        };
+        let profile_out = args
+            .profile_out
+            .clone()
+            .or(file_profile.as_ref().and_then(|p| p.out.clone()));
+        let alert_profile = match (
+            &profile,
+            args.alert_profile
+                .clone()
+                .or(file_profile.and_then(|p| p.alert_capture)),
+        ) {
+            (None, _) => None,
+            (Some(_), None) => Some(DEFAULT_ALERT_PROFILE),
+            (Some(_), Some(t)) => {
+                Some(parse_duration("--alert-profile", &t)?).filter(|d| !d.is_zero())
+            }
+        };
         let max_probes = args
             .max_probes
             .or(file.max_probes)
@@ -845,6 +912,8 @@ impl Plan {
             prom_buckets_ns,
             alloc,
             memory: args.memory,
+            profile,
+            alert_profile,
             outputs: Outputs {
                 events: output,
                 spans: !args.no_spans,
@@ -853,6 +922,7 @@ impl Plan {
                 history,
                 summary_out,
                 otlp,
+                profile_out,
             },
             max_probes,
             attach: args.attach,

@@ -2,7 +2,10 @@
 //! shared with the kernel (adeline-trace-common: the agent embeds the kernel
 //! programs it was built with, so both sides always have the same layout),
 //! and the version of the JSON event schema the sinks write.
-use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, KIND_GAUGE, KIND_MAP, KIND_SPAN};
+use adeline_trace_common::{
+    profile::{SampleHeader, KIND_SAMPLE, MAX_FRAMES},
+    GaugeRecord, MapRecord, SpanRecord, KIND_GAUGE, KIND_MAP, KIND_SPAN,
+};
 use thiserror::Error;
 
 /// Version of the JSON event schema (docs/events.md): the `v` of every
@@ -10,11 +13,26 @@ use thiserror::Error;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// A decoded kernel record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Span(SpanRecord),
     Gauge(GaugeRecord),
     Map(MapRecord),
+    Sample(Sample),
+}
+
+/// A profiler record: an on-CPU sample or an off-CPU interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub header: SampleHeader,
+    /// User return addresses, innermost first (the first is the sampled
+    /// instruction itself).
+    pub user: Vec<u64>,
+    /// Kernel addresses, innermost first.
+    pub kernel: Vec<u64>,
+    /// Python frames, innermost first: code object addresses, the
+    /// outermost frame of each eval-loop call marked `PY_LAST_OF_EVAL`.
+    pub python: Vec<u64>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -38,8 +56,36 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         KIND_SPAN => read::<SpanRecord>(kind, buf).map(Event::Span),
         KIND_GAUGE => read::<GaugeRecord>(kind, buf).map(Event::Gauge),
         KIND_MAP => read::<MapRecord>(kind, buf).map(Event::Map),
+        KIND_SAMPLE => read_sample(buf).map(Event::Sample),
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// A sample record: the header, then its frames (variable length).
+fn read_sample(buf: &[u8]) -> Result<Sample, DecodeError> {
+    let header = read::<SampleHeader>(KIND_SAMPLE, buf)?;
+    let (nu, nk, np) = (
+        header.n_user as usize,
+        header.n_kernel as usize,
+        header.n_py as usize,
+    );
+    let start = std::mem::size_of::<SampleHeader>();
+    let frames = buf[start..]
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()));
+    if nu + nk + np > MAX_FRAMES || buf.len() < start + 8 * (nu + nk + np) {
+        return Err(DecodeError::Short {
+            kind: KIND_SAMPLE,
+            len: buf.len(),
+        });
+    }
+    let frames: Vec<u64> = frames.take(nu + nk + np).collect();
+    Ok(Sample {
+        header,
+        user: frames[..nu].to_vec(),
+        kernel: frames[nu..nu + nk].to_vec(),
+        python: frames[nu + nk..].to_vec(),
+    })
 }
 
 fn read<T: Copy>(kind: u32, buf: &[u8]) -> Result<T, DecodeError> {
@@ -196,6 +242,36 @@ mod tests {
             assert_eq!(errors, bad, "{name}");
             assert!(ok >= 4, "{name}: {ok} records");
         }
+    }
+
+    #[test]
+    fn decodes_a_sample_with_its_frames() {
+        let header = SampleHeader {
+            kind: KIND_SAMPLE,
+            what: 1,
+            pid: 7,
+            tid: 8,
+            n_user: 2,
+            n_kernel: 1,
+            n_py: 1,
+            ..Default::default()
+        };
+        let mut b = bytes(&header);
+        for f in [0x1000u64, 0x2000, 0xffff_ffff_8100_0000, 0x7f00_0000_1000] {
+            b.extend_from_slice(&f.to_ne_bytes());
+        }
+        let Ok(Event::Sample(s)) = decode(&b) else {
+            panic!("not a sample")
+        };
+        assert_eq!(s.header, header);
+        assert_eq!(s.user, vec![0x1000, 0x2000]);
+        assert_eq!(s.kernel, vec![0xffff_ffff_8100_0000]);
+        assert_eq!(s.python, vec![0x7f00_0000_1000]);
+        // Fewer frames than the header says: short.
+        assert!(matches!(
+            decode(&b[..b.len() - 8]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::History(args) => adeline_trace::cmd::history::history(args),
         Command::Completions(args) => adeline_trace::cmd::completions::completions(args),
         Command::Manpages(args) => adeline_trace::cmd::completions::manpages(args),
+        Command::Profile(args) => adeline_trace::cmd::profile::profile(args),
         // compare prints its own errors: exit 1 = regression, 2 = bad input.
         Command::Compare(args) => return adeline_trace::cmd::compare::compare(args),
     };

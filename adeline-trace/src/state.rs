@@ -3,7 +3,7 @@
 //! the [`SnapshotSource`] the HTTP API and the snapshot-reading sinks see.
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Mutex, MutexGuard, PoisonError,
+    Arc, Mutex, MutexGuard, PoisonError,
 };
 
 use crate::{
@@ -13,6 +13,7 @@ use crate::{
     metrics::{
         buckets::Cumulative,
         memory::{stages::StageMemoryState, HostSampler, MemorySampler},
+        profile::{AlertCapture, ProfileQuery, ProfileStore, Unnamed},
         snapshot::{AllocReport, HostStats, ProcessMemory, Snapshot, StageMemory, Window},
         Metrics,
     },
@@ -55,6 +56,9 @@ pub struct LiveState {
     outputs: Mutex<Vec<OutputHealth>>,
     events: AtomicU64,
     drops: AtomicU64,
+    /// The profiler's samples (None without --profile).
+    profiles: Option<Mutex<ProfileStore>>,
+    alert_profiles: Mutex<Vec<Arc<AlertCapture>>>,
 }
 
 impl LiveState {
@@ -79,8 +83,39 @@ impl LiveState {
             outputs: Mutex::new(Vec::new()),
             events: AtomicU64::new(0),
             drops: AtomicU64::new(0),
+            profiles: None,
+            alert_profiles: Mutex::new(Vec::new()),
             options,
         }
+    }
+
+    /// Keeps the profiler's samples in `store` (`run --profile`).
+    pub fn with_profiles(mut self, store: ProfileStore) -> LiveState {
+        self.profiles = Some(Mutex::new(store));
+        self
+    }
+
+    /// The profiler's samples (the drain loop records into them).
+    pub fn profiles(&self) -> Option<MutexGuard<'_, ProfileStore>> {
+        self.profiles
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Keeps a profile captured for an alert.
+    pub fn add_alert_profile(&self, capture: AlertCapture) {
+        self.alert_profiles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(capture));
+    }
+
+    /// Alert profiles captured so far.
+    pub fn alert_profiles_count(&self) -> usize {
+        self.alert_profiles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Exclusive access to the metrics (the drain loop holds it per batch).
@@ -287,6 +322,20 @@ impl SnapshotSource for LiveState {
     fn cumulative(&self) -> Option<Cumulative> {
         let bounds = &self.options.prom_buckets_ns;
         Some(self.metrics().cumulative_buckets(bounds))
+    }
+
+    fn profile(&self, q: &ProfileQuery) -> Result<Option<Unnamed>, String> {
+        match self.profiles() {
+            Some(store) => store.query(q).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn alert_profiles(&self) -> Vec<Arc<AlertCapture>> {
+        self.alert_profiles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every configured rule (then any other that fired), firing or not.

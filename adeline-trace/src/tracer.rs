@@ -18,12 +18,13 @@ use adeline_trace_common::{
 use anyhow::Result;
 
 use crate::{
-    alerts::alerting::Alerting,
+    alerts::{alerting::Alerting, parse_rule, AlertEvent, AlertState},
     events::{decode, monotonic_ns, Event},
     journal::{self, Priority},
     launch::Launched,
     metrics::{
         memory::alloc::name_sites,
+        profile::{alert_profile_path, AlertCapture, ProfileQuery},
         snapshot::{Percentiles, Window},
     },
     probes::Probes,
@@ -149,6 +150,20 @@ pub struct Tracer {
     stats_interval: Duration,
     /// Stage id of the frame root.
     frame_stage: Option<u32>,
+    /// Profiles on alert: how long to capture, and the captures running.
+    alert_capture: Option<Duration>,
+    captures: Vec<PendingCapture>,
+}
+
+/// An alert's profile being captured.
+#[derive(Debug)]
+struct PendingCapture {
+    id: u32,
+    rule: String,
+    stage: String,
+    /// Monotonic and wall-clock ns the alert fired.
+    fired_mono: u64,
+    fired_wall: u64,
 }
 
 impl Tracer {
@@ -172,7 +187,16 @@ impl Tracer {
             counts: Counts::default(),
             stats_interval,
             frame_stage,
+            alert_capture: None,
+            captures: Vec::new(),
         }
+    }
+
+    /// Captures a stage's profile for `capture` when an alert on it fires
+    /// (the run profiles).
+    pub fn with_alert_profiles(mut self, capture: Duration) -> Tracer {
+        self.alert_capture = Some(capture).filter(|d| !d.is_zero());
+        self
     }
 
     /// Traces until a stop signal, `until`, the launched command's exit,
@@ -252,6 +276,7 @@ impl Tracer {
     /// Reads every record in the ring buffer into the metrics and the sinks.
     pub fn drain(&mut self) -> Result<()> {
         let mut metrics = self.live.metrics();
+        let mut profiles = self.live.profiles();
         while let Some(item) = self.probes.ring.next() {
             self.counts.records += 1;
             match decode(&item) {
@@ -288,10 +313,29 @@ impl Tracer {
                     }
                 }
                 Ok(Event::Map(m)) => metrics.record_map(&m),
+                Ok(Event::Sample(s)) => {
+                    if let Some(p) = profiles.as_mut() {
+                        // A CPython process: from now on its Python frames.
+                        if let Some(py) = self
+                            .probes
+                            .profile
+                            .as_mut()
+                            .and_then(|m| m.python_process(s.header.pid))
+                        {
+                            p.set_python(s.header.pid, py.names);
+                        }
+                        p.record(&s);
+                    }
+                }
                 Err(_) => self.counts.decode_errors += 1,
             }
         }
         drop(metrics);
+        if let Some(p) = profiles.as_mut() {
+            // While the processes run: their mappings name the addresses.
+            p.resolve_new();
+        }
+        drop(profiles);
         self.live
             .set_counts(self.counts.records, all_drops(&self.counts.last_counters));
         self.sinks.flush()?;
@@ -357,12 +401,14 @@ impl Tracer {
         let live = self.live.as_ref();
         let current = live.snapshot(Window::S1);
         let now = live.wall_ns(monotonic_ns());
-        let events = self
+        let mut events = self
             .alerting
             .evaluate(now, &current, || live.snapshot(Window::All));
+        self.finish_captures();
         if events.is_empty() {
             return Ok(());
         }
+        self.start_captures(&mut events, now);
         for event in &events {
             self.sinks.alert(event)?;
         }
@@ -370,6 +416,84 @@ impl Tracer {
         self.alerting.run_hooks();
         self.live.set_alerts(self.alerting.active());
         Ok(())
+    }
+
+    /// Starts a profile capture for each alert on a stage that fired, and
+    /// links it from the alert event.
+    fn start_captures(&mut self, events: &mut [AlertEvent], now_wall: u64) {
+        if self.alert_capture.is_none() || self.live.profiles().is_none() {
+            return;
+        }
+        let frame = self.frame_stage.and_then(|id| {
+            let m = self.live.metrics();
+            m.stage_names().get(id as usize).cloned()
+        });
+        for event in events.iter_mut().filter(|e| e.state == AlertState::Firing) {
+            let Ok(rule) = parse_rule(&event.rule) else {
+                continue;
+            };
+            let stage = match rule.metric.stage() {
+                Some(s) => Some(s.to_string()),
+                None if rule.metric.subject().is_some() => frame.clone(),
+                None => None,
+            };
+            let Some(stage) = stage else { continue };
+            let id = self.live.alert_profiles_count() as u32 + self.captures.len() as u32 + 1;
+            let path = alert_profile_path(id);
+            self.alerting.link_profile(&event.rule, &path);
+            event.profile = Some(path);
+            self.captures.push(PendingCapture {
+                id,
+                rule: event.rule.clone(),
+                stage,
+                fired_mono: monotonic_ns(),
+                fired_wall: now_wall,
+            });
+        }
+    }
+
+    /// Completes the captures whose time is up (or all of them, at the end).
+    fn finish_captures_by(&mut self, all: bool) {
+        let Some(capture) = self.alert_capture else {
+            return;
+        };
+        let len = capture.as_nanos() as u64;
+        let now = monotonic_ns();
+        let (due, wait): (Vec<PendingCapture>, Vec<PendingCapture>) = self
+            .captures
+            .drain(..)
+            .partition(|c| all || now >= c.fired_mono + len);
+        self.captures = wait;
+        for c in due {
+            let query = |range| ProfileQuery {
+                stage: Some(c.stage.clone()),
+                range: Some(range),
+                frame_ns: None,
+            };
+            let Some(store) = self.live.profiles() else {
+                return;
+            };
+            let (Ok(before), Ok(after)) = (
+                store.query(&query((c.fired_mono.saturating_sub(len), c.fired_mono))),
+                store.query(&query((c.fired_mono, c.fired_mono + len))),
+            ) else {
+                continue;
+            };
+            drop(store);
+            self.live.add_alert_profile(AlertCapture {
+                id: c.id,
+                rule: c.rule,
+                stage: c.stage,
+                fired_ns: c.fired_wall,
+                capture_ns: len,
+                before,
+                after,
+            });
+        }
+    }
+
+    fn finish_captures(&mut self) {
+        self.finish_captures_by(false);
     }
 
     /// Reads the traced processes' memory: the given pids (-p or the
@@ -435,6 +559,8 @@ impl Tracer {
 
     /// The whole-run totals to the sinks, the stop line, the hooks.
     pub fn finish(mut self, elapsed: Duration, stop: Stop) -> Result<()> {
+        // Captures still running end with the run (shorter than asked).
+        self.finish_captures_by(true);
         let counters = self.read_counters()?;
         let totals: Vec<(String, Percentiles)> = self
             .live
@@ -488,6 +614,33 @@ impl Tracer {
                 o.failed_exports
             );
         }
+        if let (Some(maps), Some(store)) = (self.probes.profile.as_ref(), self.live.profiles()) {
+            let t = store.totals();
+            let c = maps.counters().unwrap_or_default();
+            let _ = writeln!(
+                std::io::stderr(),
+                "adeline-trace: profile: {} on-CPU samples ({:.3} s), {} off-CPU intervals ({:.3} s blocked, {:.3} s runnable), {} lost (ring full)",
+                t.on_cpu_samples,
+                t.on_cpu_ns as f64 / 1e9,
+                t.off_cpu_intervals,
+                t.off_cpu_ns as f64 / 1e9,
+                t.runqueue_ns as f64 / 1e9,
+                c.ring_full,
+            );
+            for (pid, what) in maps.python_processes() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "adeline-trace: profile: Python frames of pid {pid} ({what})"
+                );
+            }
+            if c.py_no_tstate > 0 {
+                let _ = writeln!(
+                std::io::stderr(),
+                    "adeline-trace: profile: {} samples of a CPython thread without a Python thread state (no Python frames)",
+                    c.py_no_tstate
+                );
+            }
+        }
         if self.counts.decode_errors > 0 {
             let _ = writeln!(
                 std::io::stderr(),
@@ -498,8 +651,10 @@ impl Tracer {
         }
         self.alerting.finish();
         let detached = self.probes.detach_uprobes();
-        eprintln!(
-            "adeline-trace: detached {} uprobes in {} ms (programs off after {} ms)",
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}adeline-trace: detached {} uprobes in {} ms (programs off after {} ms)",
+            journal::prefix(Priority::Info),
             detached.probes,
             detached.elapsed.as_millis(),
             detached.unhooked.as_millis()

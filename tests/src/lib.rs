@@ -1125,6 +1125,19 @@ pub fn status_vmrss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// A folded profile's `frame;frame;… µs` lines, as (stack, µs).
+pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .map(|l| {
+            let (stack, n) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let n = n.parse().unwrap_or_else(|_| panic!("bad count in {l:?}"));
+            (stack.to_string(), n)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

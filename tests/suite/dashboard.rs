@@ -929,3 +929,65 @@ fn page_shows_the_previous_run_after_an_agent_restart() {
     let out = agent.output();
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+/// The profiler's flame graph (`/api/profile?format=svg`, inferno's SVG)
+/// opens in Chromium as an SVG document with the stages' frames, and the
+/// dashboard's profile panel shows the selected stage's flame graph.
+#[test]
+fn profile_flame_graph_opens_in_chromium() {
+    if !require_bpf() {
+        return;
+    }
+    let Some((chromium, chromedriver)) = require_browser() else {
+        return;
+    };
+    let dir = scratch_dir("dashboard-profile");
+    let control = dir.join("control");
+    write_control_file(&control, "# defaults\n");
+    let (agent, port) = start_agent(&["--profile", "199"], &control);
+    std::thread::sleep(Duration::from_secs(3));
+    let b = Browser::start(
+        &chromium,
+        &chromedriver,
+        &dir.join("profile"),
+        &dir.join("chromedriver.log"),
+    );
+    b.goto(&format!(
+        "http://127.0.0.1:{port}/api/profile?format=svg&seconds=all"
+    ));
+    let root = b.script("return document.documentElement.tagName");
+    assert_eq!(root, "svg", "not an SVG document: {root}");
+    // inferno draws one <g> per frame, titled with the frame and its time.
+    let frames = poll(Duration::from_secs(10), || {
+        let n = b
+            .script("return document.querySelectorAll('g title').length")
+            .as_u64()
+            .unwrap_or(0);
+        (n > 3).then_some(n)
+    })
+    .expect("frames drawn");
+    let titles = b.script(
+        "return Array.from(document.querySelectorAll('g title')).map(t => t.textContent).join('\\n')",
+    );
+    let titles = titles.as_str().unwrap_or_default();
+    assert!(
+        titles.contains("process_frame") || titles.contains("decode"),
+        "{frames} frames, none of a stage:\n{titles}"
+    );
+    save_screenshot(&b, "profile-flame-graph");
+
+    // The dashboard's panel: the selected stage's flame graph as an image.
+    b.goto(&format!("http://127.0.0.1:{port}/"));
+    let loaded = poll(Duration::from_secs(30), || {
+        let v = b.script(
+            "const i = document.getElementById('flame'); \
+             return i && !i.hidden && i.complete && i.naturalWidth > 0 ? i.dataset.stage : null",
+        );
+        v.as_str().map(String::from)
+    });
+    let stage = loaded.expect("the profile panel shows a flame graph");
+    assert!(!stage.is_empty());
+    save_screenshot(&b, "dashboard-profile-panel");
+    drop(b);
+    drop(agent);
+}

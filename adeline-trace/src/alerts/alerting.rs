@@ -59,6 +59,12 @@ impl Alerting {
         }
     }
 
+    /// Links a profile to the firing alert of `rule` (see
+    /// [`AlertEngine::link_profile`]).
+    pub fn link_profile(&mut self, rule: &str, path: &str) {
+        self.engine.link_profile(rule, path);
+    }
+
     /// The alerts firing now.
     pub fn active(&self) -> Vec<AlertEvent> {
         self.engine.active()

@@ -134,6 +134,16 @@ impl AlertEngine {
         events
     }
 
+    /// Links a profile (its API path) to the firing alert of `rule`, so
+    /// the alerts listed as firing carry it.
+    pub fn link_profile(&mut self, rule: &str, path: &str) {
+        for st in &mut self.rules {
+            if let Some(firing) = st.firing.as_mut().filter(|_| st.rule.text == rule) {
+                firing.profile = Some(path.to_string());
+            }
+        }
+    }
+
     /// Whether there are no rules.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
@@ -200,6 +210,7 @@ impl RuleState {
                 threshold,
                 since_ns: since,
                 ts_ns: now,
+                profile: None,
             };
             self.firing = Some(event.clone());
             return Some(event);
@@ -219,6 +230,7 @@ impl RuleState {
             threshold,
             since_ns: fired_ns,
             ts_ns: now,
+            profile: None,
         })
     }
 }

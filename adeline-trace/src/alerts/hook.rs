@@ -271,6 +271,7 @@ mod tests {
             threshold: 50_000_000.0,
             since_ns: 1_000,
             ts_ns: 5_000_001_000,
+            profile: None,
         }
     }
 

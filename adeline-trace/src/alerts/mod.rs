@@ -54,4 +54,8 @@ pub struct AlertEvent {
     pub since_ns: u64,
     /// Wall-clock ns of this transition.
     pub ts_ns: u64,
+    /// Firing alerts on a stage, when the run profiles: the API path of the
+    /// stage's profile captured after the alert, diffed against before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }

@@ -126,6 +126,26 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The stage the metric is about (`Subject::Frame`: the frame stage,
+    /// named by the caller), or None (fps, drops, rss, gauges).
+    pub fn subject(&self) -> Option<&Subject> {
+        match self {
+            Metric::Latency { of, .. } | Metric::Rate(of) | Metric::Count(of) => Some(of),
+            _ => None,
+        }
+    }
+
+    /// The stage named by `share`, `outstanding` and `leak`.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            Metric::Share(s) | Metric::Outstanding(s) | Metric::Leak(s) => Some(s),
+            _ => match self.subject() {
+                Some(Subject::Stage(s)) => Some(s),
+                _ => None,
+            },
+        }
+    }
+
     /// True for durations: their thresholds need a unit and are kept in ns.
     pub fn is_duration(&self) -> bool {
         self.quantity() == Quantity::Duration

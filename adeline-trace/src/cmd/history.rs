@@ -198,6 +198,7 @@ mod tests {
                 threshold: 3_000_000.0,
                 since_ns: T0 - 5_000_000_000,
                 ts_ns: T0,
+                profile: None,
             }],
         };
         let text = render(&report);

@@ -3,5 +3,6 @@ pub mod compare;
 pub mod completions;
 pub mod history;
 pub mod list;
+pub mod profile;
 pub mod run;
 pub mod summary;

@@ -17,7 +17,7 @@ use crate::{
     events::{monotonic_ns, WallClock},
     journal::{self, Priority},
     launch::Launched,
-    metrics::{snapshot::Snapshot, Metrics},
+    metrics::{profile::ProfileStore, snapshot::Snapshot, Metrics},
     probes::{
         check_privileges, memory::MemoryMode, resolve_plan, unwind, ProbeOptions, ProbePlan,
         ProbeSite, Probes,
@@ -109,6 +109,7 @@ pub fn run(plan: Plan) -> Result<()> {
         frame_stage,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
+        profile: plan.profile.clone(),
         attach: plan.attach,
         python: resolved.python.clone(),
         python_window: plan.python_window,
@@ -124,12 +125,16 @@ pub fn run(plan: Plan) -> Result<()> {
             );
         }
     }
+    let profile_store = plan
+        .profile
+        .as_ref()
+        .map(|p| ProfileStore::new(p.period_ns(), stage_names.clone()));
     let mut metrics = Metrics::new(stage_names, gauge_names, frame_stage);
     if plan.outputs.history.is_some() {
         // History rows tile time exactly (the sliding windows do not).
         metrics.track_periods(monotonic_ns());
     }
-    let live = Arc::new(LiveState::new(
+    let live = LiveState::new(
         metrics,
         WallClock::new(),
         LiveOptions {
@@ -139,7 +144,11 @@ pub fn run(plan: Plan) -> Result<()> {
             alloc: plan.alloc.clone(),
             kubelet_pods_dir: plan.kubelet_pods_dir.clone(),
         },
-    ));
+    );
+    let live = Arc::new(match profile_store {
+        Some(store) => live.with_profiles(store),
+        None => live,
+    });
     // On a thread of its own: no request can delay the loop below.
     let api = match &plan.api {
         Some(spec) => Some(ApiThread::start(spec, live.clone())?),
@@ -193,7 +202,8 @@ pub fn run(plan: Plan) -> Result<()> {
         pids,
         plan.stats_interval,
         frame_stage,
-    );
+    )
+    .with_alert_profiles(plan.alert_profile.unwrap_or_default());
     let started = Instant::now();
     let until = Until {
         duration: plan.duration,

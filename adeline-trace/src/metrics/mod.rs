@@ -30,6 +30,7 @@ pub mod gauges;
 pub mod latency;
 pub mod loghist;
 pub mod memory;
+pub mod profile;
 pub mod snapshot;
 pub mod window;
 

@@ -6,6 +6,7 @@
 //! - [`gauge`]: an integer argument or the return value of functions;
 //! - [`alloc`]: alloc mode's allocator functions in the C library;
 //! - [`memory`]: the memory tracepoints (mappings, kmem:rss_stat);
+//! - [`profile`]: the profiler (cpu-clock samples, sched_switch).
 //! - [`python`]: Python stages (interpreter handler sites, in-kernel
 //!   pattern match; CPython introspection is python/), windowed mode;
 //! - [`usdt`]: USDT probes in any binary: an entry/return pair as a
@@ -26,7 +27,9 @@
 //! [`Location`] (with its arm in [`resolve_plan`]).
 use std::time::{Duration, Instant};
 
-use adeline_trace_common::{COUNTERS, NO_FRAME_STAGE};
+use adeline_trace_common::{
+    COUNTERS, NO_FRAME_STAGE, RETURN_ADDRESS_PROFILE, RETURN_ADDRESS_UNWIND,
+};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
@@ -37,6 +40,7 @@ pub mod attach;
 pub mod function;
 pub mod gauge;
 pub mod memory;
+pub mod profile;
 pub mod python;
 pub mod resolve;
 pub mod site;
@@ -55,6 +59,7 @@ use crate::symbols::TargetError;
 use adeline_trace_common::usdt::UsdtArgSpec;
 use gauge::{GaugeSource, GaugeSpec};
 use memory::MemoryMode;
+use profile::{ProfileMaps, ProfileSpec};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/adeline-trace-ebpf"));
 
@@ -215,6 +220,8 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
+    /// The profiler (`--profile`), attached after every probe.
+    pub profile: Option<ProfileSpec>,
     /// How to attach uprobes (None: uprobe-multi when the kernel has it).
     pub attach: Option<AttachMode>,
     /// Python stages: the kernel tables ...
@@ -261,6 +268,8 @@ pub struct Probes {
     pub memory_untraced: Option<String>,
     /// Alloc mode's maps (None without --alloc).
     pub alloc: Option<AllocMaps>,
+    /// The profiler's counters (None without --profile).
+    pub profile: Option<ProfileMaps>,
     /// Windowed Python mode: the Python probes' own links.
     python: Option<python::Windows>,
 }
@@ -297,7 +306,9 @@ impl Probes {
         let min_dur_ns = u64::try_from(opts.min_duration.as_nanos()).unwrap_or(u64::MAX);
         let frame_stage = opts.frame_stage.unwrap_or(NO_FRAME_STAGE);
         // Unwind support: entries record return addresses for the catch hooks.
-        let read_return = u32::from(sites.iter().any(unwind::is_hook));
+        // ... and the profiler puts them back where a uretprobe replaced them.
+        let read_return = u32::from(sites.iter().any(unwind::is_hook)) * RETURN_ADDRESS_UNWIND
+            + u32::from(opts.profile.is_some()) * RETURN_ADDRESS_PROFILE;
         let py_npatterns = opts
             .python
             .as_ref()
@@ -314,6 +325,8 @@ impl Probes {
             .override_global("PY_NPATTERNS", &py_npatterns, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
         alloc_globals.configure(&mut loader);
+        let profile_globals = profile::Globals::new(opts.profile.as_ref());
+        profile_globals.configure(&mut loader);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
@@ -384,6 +397,15 @@ impl Probes {
             }
             Err(why) => Some(why),
         };
+        // The profiler last: its samples need the stage probes in place.
+        let profile = match &opts.profile {
+            Some(spec) => Some(profile::attach(
+                &mut ebpf,
+                spec,
+                profile_globals.fsbase_off(),
+            )?),
+            None => None,
+        };
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| load_err("no EVENTS map"))?,
@@ -402,6 +424,7 @@ impl Probes {
             ring,
             counters,
             alloc,
+            profile,
             uprobes,
             ebpf,
             attached,

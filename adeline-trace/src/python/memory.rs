@@ -29,14 +29,16 @@ impl Mem {
         Some(i32::from_le_bytes(b.try_into().ok()?))
     }
 
-    /// A compact ASCII `str` object's text (None for other strings).
+    /// A compact ASCII `str` object's text (None for other strings, and
+    /// for addresses that are not one: the profiler reads pointers taken
+    /// from a running process, which may be stale).
     pub fn ascii(&self, s: u64, data_off: u64) -> Option<String> {
-        let len = self.u64(s + 16)?;
-        let state = self.i32(s + 32)? as u32;
+        let len = self.u64(s.checked_add(16)?)?;
+        let state = self.i32(s.checked_add(32)?)? as u32;
         if state & 0x60 != 0x60 || len > 4096 {
             return None;
         }
-        let b = self.bytes(s + data_off, len as usize)?;
+        let b = self.bytes(s.checked_add(data_off)?, len as usize)?;
         String::from_utf8(b).ok()
     }
 }

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod list;
 pub mod memory;
 pub mod pattern;
+pub mod sampling;
 pub mod sites;
 
 use image::Image;

@@ -361,6 +361,7 @@ mod tests {
             threshold: 25.0,
             since_ns: 1,
             ts_ns: 2,
+            profile: None,
         };
         sink.write(&Record::Alert(&event)).unwrap();
         sink.flush().unwrap();

@@ -11,6 +11,7 @@
 //! - [`table`]: the tables and alert lines on stderr (`--live`);
 //! - [`summary_out`]: the whole-run snapshot on exit (`--summary-out`);
 //! - [`otlp`]: OpenTelemetry metrics and frame traces to a collector (`--otlp`).
+//! - [`profile`]: the whole run's profile on exit (`--profile-out`).
 //!
 //! The HTTP server ([`api`], with [`dashboard`], [`prometheus`] and the
 //! history endpoint) is no sink: it reads the running agent through
@@ -24,6 +25,7 @@ pub mod dashboard;
 pub mod history;
 pub mod jsonl;
 pub mod otlp;
+pub mod profile;
 pub mod prometheus;
 pub mod sink;
 pub mod source;
@@ -53,6 +55,8 @@ pub struct Outputs {
     pub summary_out: Option<PathBuf>,
     /// OpenTelemetry export.
     pub otlp: Option<otlp::OtlpSpec>,
+    /// The whole run's profile, written on exit.
+    pub profile_out: Option<PathBuf>,
 }
 
 /// Every output of a run, in the order they receive each record.
@@ -157,6 +161,9 @@ pub fn open(outputs: &Outputs, ctx: OpenContext) -> Result<Sinks, SinkError> {
     }
     if let Some(spec) = &outputs.otlp {
         sinks.push(otlp::OtlpSink::open(spec)?);
+    }
+    if let Some(path) = &outputs.profile_out {
+        sinks.push(profile::out::ProfileOut::create(path)?);
     }
     Ok(sinks)
 }

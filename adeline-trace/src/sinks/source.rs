@@ -12,6 +12,7 @@ use crate::{
     container::ProcessInfo,
     metrics::{
         buckets::Cumulative,
+        profile::{AlertCapture, ProfileQuery, Unnamed},
         snapshot::{Snapshot, Window},
     },
 };
@@ -49,6 +50,18 @@ pub trait SnapshotSource: Send + Sync {
     /// What the outputs that send records elsewhere (OTLP) delivered and
     /// lost, as of the last stats interval.
     fn outputs(&self) -> Vec<OutputHealth> {
+        Vec::new()
+    }
+
+    /// The profiler's samples `q` asks for, aggregated (named later, off
+    /// the caller's locks); Ok(None) when the run does not profile; Err: a
+    /// query naming no stage of the run.
+    fn profile(&self, _q: &ProfileQuery) -> Result<Option<Unnamed>, String> {
+        Ok(None)
+    }
+
+    /// Profiles captured when alerts fired, oldest first.
+    fn alert_profiles(&self) -> Vec<Arc<AlertCapture>> {
         Vec::new()
     }
 

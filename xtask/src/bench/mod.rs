@@ -7,6 +7,7 @@ mod attach;
 mod emulation;
 mod memory;
 mod overhead;
+mod profile;
 mod python;
 mod soak;
 
@@ -103,6 +104,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 30)]
         baseline_secs: u64,
     },
+    /// The profiler: agent + BPF CPU at 99 and 999 Hz on the demo pipeline,
+    /// and accuracy on the known-split fixture (70/30, 1.5 ms sleep). Root.
+    Profile {
+        /// Seconds per cost run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Attach and detach time of N uprobes through uprobe-multi links, the
     /// perf-event fallback and bpftrace (5,000-function fixture). Root.
     /// The perf-event path takes ~85 ms per probe to detach here: the
@@ -171,6 +179,7 @@ pub fn run(what: Bench) -> Result<i32> {
             baseline_secs.max(1),
             max_slope,
         ),
+        Bench::Profile { seconds } => profile::profile(seconds.max(2)),
         Bench::Attach {
             sizes,
             runs,

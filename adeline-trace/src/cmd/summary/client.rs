@@ -109,7 +109,10 @@ impl ClientError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// The body as text (invalid UTF-8 replaced).
     pub body: String,
+    /// The body's bytes (a profile in pprof is binary).
+    pub bytes: Vec<u8>,
 }
 
 impl Response {
@@ -139,6 +142,24 @@ pub fn request(
     path_and_query: &str,
 ) -> Result<Response, ClientError> {
     request_within(endpoint, method, path_and_query, Timeouts::DEFAULT)
+}
+
+/// `GET` with a longer wait for the answer (a profile is named and
+/// rendered on request; the first time a library is read takes a while).
+pub fn get_within(
+    endpoint: &Endpoint,
+    path_and_query: &str,
+    response: Duration,
+) -> Result<Response, ClientError> {
+    request_within(
+        endpoint,
+        "GET",
+        path_and_query,
+        Timeouts {
+            response,
+            ..Timeouts::DEFAULT
+        },
+    )
 }
 
 /// A connected stream of either kind.
@@ -298,8 +319,11 @@ fn parse_response(raw: &[u8]) -> Result<Response, &'static str> {
     } else {
         rest.to_vec()
     };
-    let body = String::from_utf8(body).map_err(|_| "body is not UTF-8")?;
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
+    })
 }
 
 /// Decodes a chunked body (trailers ignored).

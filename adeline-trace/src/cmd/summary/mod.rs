@@ -69,7 +69,16 @@ pub fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
 
 /// The agent's address from `--api-port` / `--api-socket`.
 fn endpoint(args: &SummaryArgs) -> anyhow::Result<Endpoint> {
-    match (&args.api_socket, args.api_port) {
+    endpoint_of(args.api_socket.as_ref(), args.api_port)
+}
+
+/// The agent's address from an `--api-socket` and an `--api-port` (also
+/// used by `profile`).
+pub fn endpoint_of(
+    api_socket: Option<&std::path::PathBuf>,
+    api_port: Option<u16>,
+) -> anyhow::Result<Endpoint> {
+    match (api_socket, api_port) {
         (Some(_), Some(_)) => bail!("pass either --api-port or --api-socket, not both"),
         (Some(path), None) => Ok(Endpoint::Unix(path.clone())),
         (None, Some(0)) => bail!(

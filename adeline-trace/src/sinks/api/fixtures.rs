@@ -161,6 +161,7 @@ pub fn sample_alerts() -> Vec<AlertEvent> {
             threshold: 30_000_000.0,
             since_ns: 1_699_999_990_000_000_000,
             ts_ns: 1_699_999_995_000_000_000,
+            profile: None,
         },
         AlertEvent {
             state: AlertState::Firing,
@@ -169,6 +170,7 @@ pub fn sample_alerts() -> Vec<AlertEvent> {
             threshold: 25.0,
             since_ns: 1_699_999_970_000_000_000,
             ts_ns: 1_699_999_980_000_000_000,
+            profile: None,
         },
         AlertEvent {
             state: AlertState::Resolved,
@@ -177,6 +179,7 @@ pub fn sample_alerts() -> Vec<AlertEvent> {
             threshold: 25.0,
             since_ns: 1_699_999_980_000_000_000,
             ts_ns: 1_699_999_996_000_000_000,
+            profile: None,
         },
     ]
 }

@@ -5,6 +5,7 @@
 //!
 //! - [`listen`]: binding the listeners, socket file hygiene, [`ApiError`]
 //! - [`routes`]: the endpoints and their JSON error bodies
+//! - [`profile`]: the profiler's endpoints (flame graphs, pprof, alert profiles)
 //! - [`server`]: [`serve`], the [`ApiHandle`] of a running server, and the
 //!   [`ApiThread`] the agent runs it on
 //! - [`limits`] and [`conn`]: what a client can make the server hold
@@ -18,6 +19,7 @@ pub mod conn;
 pub(crate) mod fixtures;
 pub mod limits;
 pub mod listen;
+pub mod profile;
 pub mod routes;
 pub mod server;
 

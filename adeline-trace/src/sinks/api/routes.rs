@@ -32,6 +32,7 @@ pub fn router(source: Source, limits: Limits) -> Router {
         .merge(crate::sinks::prometheus::routes())
         .merge(crate::sinks::dashboard::routes(limits.max_streams))
         .merge(crate::sinks::history::api::routes())
+        .merge(super::profile::routes())
         .fallback(not_found)
         // After the routes: it applies to the routes already added.
         .method_not_allowed_fallback(method_not_allowed)
@@ -46,7 +47,7 @@ pub struct ApiFailure {
 }
 
 impl ApiFailure {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiFailure {
             status,
             message: message.into(),
@@ -137,7 +138,7 @@ async fn not_found(uri: Uri) -> ApiFailure {
     ApiFailure::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no endpoint {}: try /, /healthz, /api/summary, /api/stages/NAME, /api/alerts, /api/history or /metrics",
+            "no endpoint {}: try /, /healthz, /api/summary, /api/stages/NAME, /api/alerts, /api/history, /api/profile or /metrics",
             one_line(uri.path())
         ),
     )
@@ -155,7 +156,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiFailure {
 }
 
 /// The query's pairs, or a 400 if it cannot be decoded.
-fn params(
+pub(crate) fn params(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Vec<(String, String)>, ApiFailure> {
     match query {
@@ -192,7 +193,7 @@ fn window_param(
     Ok(window)
 }
 
-fn unknown_param(key: &str, accepted: &str) -> ApiFailure {
+pub(crate) fn unknown_param(key: &str, accepted: &str) -> ApiFailure {
     ApiFailure::new(
         StatusCode::BAD_REQUEST,
         format!(
@@ -203,6 +204,6 @@ fn unknown_param(key: &str, accepted: &str) -> ApiFailure {
 }
 
 /// Request text echoed in an error, one short line.
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     format::one_line(s, ECHO_CHARS)
 }

@@ -467,7 +467,7 @@ mod tests {
                 "GET",
                 "/metrics/x",
                 404,
-                "no endpoint /metrics/x: try /, /healthz, /api/summary, /api/stages/NAME, /api/alerts, /api/history or /metrics",
+                "no endpoint /metrics/x: try /, /healthz, /api/summary, /api/stages/NAME, /api/alerts, /api/history, /api/profile or /metrics",
             ),
             (
                 "POST",

@@ -24,7 +24,7 @@ pub const STYLE_PATH: &str = "/dashboard/dashboard.css";
 
 /// Everything comes from this agent; no inline script, no other origin.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; connect-src 'self'; img-src 'self' data:; \
+     style-src 'self'; connect-src 'self'; img-src 'self' data: blob:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Routes served by this module (merged into the API router); at most

@@ -195,6 +195,7 @@ fn alert(r: &Row<'_>) -> rusqlite::Result<AlertEvent> {
     };
     Ok(AlertEvent {
         ts_ns: nat(r, 0)?,
+        profile: None,
         rule: r.get(1)?,
         state,
         value: r.get(3)?,

@@ -97,6 +97,7 @@ fn alert(rule: &str, state: AlertState, ts_ns: u64) -> AlertEvent {
         threshold: 30e6,
         since_ns: ts_ns - 5 * SEC,
         ts_ns,
+        profile: None,
     }
 }
 

@@ -87,6 +87,7 @@ mod tests {
             threshold: 0.0,
             since_ns: 0,
             ts_ns: 0,
+            profile: None,
         };
         live.set_alerts(vec![firing("drops > 0"), firing("rate(decode) < 5")]);
         live.set_alerts(vec![firing("rate(decode) < 5")]);

@@ -423,6 +423,7 @@
   function select(name) {
     st.selected = name;
     st.userSelected = true;
+    loadProfile();
     if (st.last) {
       const s1 = st.last.snapshots['1s'];
       const top = st.last.snapshots['10s'].bottleneck.top_self_share;
@@ -482,7 +483,51 @@
       parts.push('resolved ' + fmtClock(ev.ts_ns / 1e6));
     }
     li.append(el('div', 'detail', parts.join(' · ')));
+    if (ev.profile) {
+      // The stage's profile after the alert against before it (an SVG).
+      const a = el('a', 'profile', 'profile: what changed');
+      a.href = ev.profile;
+      a.target = '_blank';
+      a.rel = 'noopener';
+      li.querySelector('.detail').append(a);
+    }
     return li;
+  }
+
+  // ---------------------------------------------------------------- profile
+
+  const PROFILE_EVERY_MS = 10000;
+  const PROFILE_SECONDS = 30;
+
+  // The selected stage's flame graph from /api/profile (404: the agent
+  // does not profile; the panel says so and stops asking).
+  async function loadProfile() {
+    const name = st.selected;
+    if (!name || st.noProfile) return;
+    const url = '/api/profile?format=svg&seconds=' + PROFILE_SECONDS + '&stage=' + encodeURIComponent(name);
+    $('profile-title').textContent = 'profile of ' + name;
+    $('profile-link').href = url;
+    try {
+      const r = await fetch(url, { cache: 'no-store' });
+      if (r.status === 404) {
+        const body = await r.json().catch(() => ({}));
+        if ((body.error || '').includes('does not profile')) st.noProfile = true;
+        $('profile-note').textContent = body.error || 'no profile';
+        $('profile-note').hidden = false;
+        $('flame').hidden = true;
+        return;
+      }
+      if (!r.ok) return;
+      const blob = await r.blob();
+      const old = $('flame').src;
+      $('flame').src = URL.createObjectURL(blob);
+      if (old && old.startsWith('blob:')) URL.revokeObjectURL(old);
+      $('flame').hidden = false;
+      $('flame').dataset.stage = name;
+      $('profile-note').hidden = true;
+    } catch (e) {
+      // The agent is gone: the stream's state says so.
+    }
   }
 
   function renderAlerts(list) {
@@ -813,6 +858,8 @@
         setConn('wait', 'stale: no update for ' + fmtAge(Date.now() - st.lastAt));
       }
     }, 1000);
+    setInterval(loadProfile, PROFILE_EVERY_MS);
+    setTimeout(loadProfile, 1500);
     scheduleDraw();
     connect();
   }

@@ -1,0 +1,172 @@
+//! What the profiler needs to walk a live CPython process's own Python
+//! frames from a sample (any thread, GIL holder or not) and to name them:
+//! which mapped file is the interpreter, where its `_PyRuntime` is in the
+//! process, and the per-version offsets of the thread-state key, the frame
+//! chain, the marker of each eval-loop call's outermost frame, and the
+//! code object's names. Interpreter files are read once (by inode).
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
+
+use adeline_trace_common::{
+    profile::{PyProc, PY_ENTRY_CSTACK_FRAME, PY_ENTRY_EVERY_FRAME, PY_ENTRY_FLAG},
+    python::PyLayout,
+};
+
+use super::{check::first_vaddr, image::Image, layout, memory, version_of, Version};
+
+/// glibc x86-64 (2.36): `struct pthread`'s `specific_1stblock`, from the
+/// thread pointer.
+const GLIBC_TSD_OFF: u32 = 0x310;
+
+/// Where a code object keeps its names (user-space reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeNames {
+    /// `co_qualname` (3.10: `co_name`).
+    pub qualname: u64,
+    pub filename: u64,
+    /// `co_firstlineno` (an int).
+    pub firstlineno: u64,
+    /// Start of a compact ASCII string's characters.
+    pub ascii_data: u64,
+}
+
+/// A CPython process the profiler can walk.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub proc: PyProc,
+    pub names: CodeNames,
+    pub version: Version,
+    /// The interpreter file (the executable or its libpython).
+    pub path: PathBuf,
+}
+
+/// Sampling offsets of one version: (`autoTSSkey._key` in `_PyRuntime`,
+/// entry marker kind and offset, `co_firstlineno`). Runtime-verified
+/// against each interpreter of the matrix (3.13 has no debug offset for
+/// the key).
+fn sampling_offsets(v: Version) -> Option<(u32, u32, u32, u64)> {
+    Some(match v.minor {
+        10 => (588, PY_ENTRY_EVERY_FRAME, 0, 40),
+        11 => (596, PY_ENTRY_FLAG, 68, 72),
+        12 => (1548, PY_ENTRY_CSTACK_FRAME, 70, 68),
+        13 => (2164, PY_ENTRY_CSTACK_FRAME, 70, 68),
+        _ => return None,
+    })
+}
+
+/// One interpreter file as read.
+struct Known {
+    version: Version,
+    layout: PyLayout,
+    runtime: u64,
+    first_vaddr: u64,
+}
+
+/// Interpreter files read so far, by (device, inode); None: not one.
+#[derive(Default)]
+pub struct Interpreters {
+    files: HashMap<(u64, u64), Option<Known>>,
+}
+
+/// Whether a mapped file's name looks like a CPython interpreter.
+fn candidate(path: &std::path::Path) -> bool {
+    path.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with("libpython3") || n.starts_with("python3") || n == "python"
+    })
+}
+
+impl Interpreters {
+    /// The CPython interpreter `pid` runs, if it maps one this agent
+    /// knows and its runtime is found in the process.
+    pub fn process(&mut self, pid: u32) -> Option<Sampled> {
+        let files = crate::symbols::process::mapped_files(pid).ok()?;
+        for file in files.iter().filter(|f| candidate(f)) {
+            let path = PathBuf::from(format!("/proc/{pid}/root{}", file.display()));
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let known = self
+                .files
+                .entry((meta.dev(), meta.ino()))
+                .or_insert_with(|| read_interpreter(&path));
+            let Some(k) = known else { continue };
+            let Some(bias) = memory::load_bias(pid, &path, k.first_vaddr) else {
+                continue;
+            };
+            let Some((tss_key_off, entry_kind, entry_off, firstlineno)) =
+                sampling_offsets(k.version)
+            else {
+                continue;
+            };
+            let l = &k.layout;
+            return Some(Sampled {
+                proc: PyProc {
+                    runtime: k.runtime.wrapping_add(bias),
+                    tss_key_off,
+                    tsd_off: GLIBC_TSD_OFF,
+                    tstate_frame: l.tstate_frame,
+                    cframe_frame: l.cframe_frame,
+                    frame_code: l.frame_code,
+                    frame_previous: l.frame_previous,
+                    entry_kind,
+                    entry_off,
+                },
+                names: CodeNames {
+                    qualname: u64::from(l.code_qualname),
+                    filename: u64::from(l.code_filename),
+                    firstlineno,
+                    ascii_data: u64::from(l.str_ascii_data),
+                },
+                version: k.version,
+                path: file.clone(),
+            });
+        }
+        None
+    }
+}
+
+/// The version, layout and `_PyRuntime` of an interpreter file (None: not
+/// a CPython this agent supports).
+fn read_interpreter(path: &std::path::Path) -> Option<Known> {
+    let image = Image::open(path).ok()?;
+    image.symbol("_PyEval_EvalFrameDefault")?;
+    let (runtime, _) = image.symbol("_PyRuntime")?;
+    let version = version_of(&image).ok()?;
+    let mut l = layout::table(version)?;
+    if let Some(d) = layout::debug_offsets(&image, runtime) {
+        if d.free_threaded != 0 {
+            return None;
+        }
+        l = layout::with_debug_offsets(l, &d);
+    }
+    Some(Known {
+        version,
+        layout: l,
+        runtime,
+        first_vaddr: first_vaddr(&image),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_version_has_sampling_offsets() {
+        for minor in 10..=13 {
+            assert!(sampling_offsets(Version { major: 3, minor }).is_some());
+        }
+        assert!(sampling_offsets(Version {
+            major: 3,
+            minor: 14
+        })
+        .is_none());
+    }
+
+    #[test]
+    fn this_process_is_not_python() {
+        assert!(Interpreters::default()
+            .process(std::process::id())
+            .is_none());
+    }
+}
