@@ -10,17 +10,19 @@
 //! each, no matter how many clients ask.
 use std::{
     path::Path,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use crate::{
     alerts::AlertEvent,
+    container::ProcessInfo,
     metrics::{
         buckets::Cumulative,
+        profile::{AlertCapture, ProfileQuery, Unnamed},
         snapshot::{Snapshot, Window},
     },
-    sinks::source::{SnapshotSource, Source},
+    sinks::source::{OutputHealth, SnapshotSource, Source},
 };
 
 /// How old a cached answer may be.
@@ -98,12 +100,29 @@ impl SnapshotSource for CachedSource {
     fn alert_states(&self) -> Vec<(String, bool)> {
         self.inner.alert_states()
     }
+
+    // Every other method is forwarded: a default here would silently hide
+    // the agent's processes, output health or profiles from the API.
+
+    fn processes(&self) -> Vec<ProcessInfo> {
+        self.inner.processes()
+    }
+
+    fn outputs(&self) -> Vec<OutputHealth> {
+        self.inner.outputs()
+    }
+
+    fn profile(&self, q: &ProfileQuery) -> Result<Option<Unnamed>, String> {
+        self.inner.profile(q)
+    }
+
+    fn alert_profiles(&self) -> Vec<Arc<AlertCapture>> {
+        self.inner.alert_profiles()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::sinks::api::fixtures::FakeSource;
 
