@@ -224,7 +224,14 @@ pub struct RunArgs {
     /// found by pod UID (default /var/log/pods).
     #[arg(long, value_name = "DIR")]
     pub kubelet_pods_dir: Option<PathBuf>,
-    /// Launch this command, trace only it, and stop when it exits.
+    /// Do not trace the processes a launched command (or, with --follow,
+    /// a -p process) forks: probe only the launched process itself.
+    /// Following them puts the probes in every process running the
+    /// targets, where the kernel pid filter drops the untraced ones' calls.
+    #[arg(long)]
+    pub no_follow_children: bool,
+    /// Launch this command, trace it and the processes it starts, and stop
+    /// when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

@@ -77,6 +77,9 @@ pub struct Plan {
     pub outputs: Outputs,
     /// The kubelet's pod log directory (None: the default).
     pub kubelet_pods_dir: Option<PathBuf>,
+    /// Trace the processes the traced ones fork (`--no-follow-children`
+    /// turns it off).
+    pub follow_children: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -178,6 +181,7 @@ struct FileConfig {
     alloc: Option<FileAlloc>,
     otlp: Option<FileOtlp>,
     kubelet_pods_dir: Option<PathBuf>,
+    follow_children: Option<bool>,
 }
 
 /// The `[otlp]` table of a config file.
@@ -582,6 +586,7 @@ impl Plan {
                 otlp,
             },
             kubelet_pods_dir: args.kubelet_pods_dir.clone().or(file.kubelet_pods_dir),
+            follow_children: !args.no_follow_children && file.follow_children.unwrap_or(true),
         })
     }
 }

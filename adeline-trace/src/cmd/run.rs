@@ -93,6 +93,7 @@ pub fn run(plan: Plan) -> Result<()> {
         frame_stage,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
+        follow_children: plan.follow_children && child.is_some(),
     };
     let probes = Probes::attach(&sites, &opts)?;
     if let Some(why) = &probes.memory_untraced {

@@ -27,6 +27,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 pub mod alloc;
+pub mod follow;
 pub mod function;
 pub mod gauge;
 pub mod memory;
@@ -126,6 +127,9 @@ pub struct ProbeOptions {
     pub alloc: Option<AllocSpec>,
     /// Which memory tracepoints to attach (when pids are known).
     pub memory: MemoryMode,
+    /// Follow the pids' descendants ([`follow`]): probes for every
+    /// process, the pid filter kept by fork and exit tracepoints.
+    pub follow_children: bool,
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -202,11 +206,12 @@ impl Probes {
             .override_global("FRAME_STAGE", &frame_stage, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
         alloc_globals.configure(&mut loader);
+        follow::configure(&mut loader);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
-        let scopes: Vec<UProbeScope> = if pids.is_empty() {
+        let scopes: Vec<UProbeScope> = if pids.is_empty() || opts.follow_children {
             vec![UProbeScope::AllProcesses]
         } else {
             pids.iter()
@@ -239,6 +244,10 @@ impl Probes {
                     attached += 1;
                 }
             }
+        }
+        if opts.follow_children && !pids.is_empty() {
+            attached += attach_tracepoints(&mut ebpf, &follow::TRACEPOINTS)
+                .map_err(|e| load_err(format!("following child processes: {e}")))?;
         }
         let memory_untraced = match memory::tracepoints(opts.memory, pids)
             .and_then(|points| attach_tracepoints(&mut ebpf, points))
