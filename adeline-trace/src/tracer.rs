@@ -19,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     alerts::alerting::Alerting,
     events::{decode, monotonic_ns, Event},
+    follow::{Followed, Follower, FOLLOW_EVERY},
     journal::{self, Priority},
     launch::Launched,
     metrics::{
@@ -27,7 +28,8 @@ use crate::{
     },
     probes::Probes,
     sinks::{
-        Finish, Gauge, Memory, RankedSite, Sink, Sinks, SnapshotSource, Span, StageTotal, Stats,
+        Attach, Finish, Gauge, Memory, RankedSite, Sink, Sinks, SnapshotSource, Span, StageTotal,
+        Stats,
     },
     state::LiveState,
     symbols::process,
@@ -134,6 +136,8 @@ pub struct Tracer {
     stats_interval: Duration,
     /// Stage id of the frame root.
     frame_stage: Option<u32>,
+    /// Follows replaced target files (None: probes per process).
+    follower: Option<Follower>,
 }
 
 impl Tracer {
@@ -157,7 +161,54 @@ impl Tracer {
             counts: Counts::default(),
             stats_interval,
             frame_stage,
+            follower: None,
         }
+    }
+
+    /// Follows the targets while tracing ([`Follower`]).
+    pub fn set_follower(&mut self, follower: Follower) {
+        self.follower = Some(follower);
+    }
+
+    /// Probes attached (at start or while tracing) to the sinks.
+    pub fn attached(&mut self, mut attach: Attach) -> Result<()> {
+        attach.ts_ns = self.live.wall_ns(monotonic_ns());
+        self.sinks.attach(&attach)?;
+        Ok(())
+    }
+
+    /// Checks the followed targets; reports what changed.
+    fn follow(&mut self) -> Result<()> {
+        let Some(follower) = self.follower.as_mut() else {
+            return Ok(());
+        };
+        for found in follower.poll(&mut self.probes) {
+            match found {
+                Followed::Attached(a) => {
+                    let slowest = a.missed.iter().map(|m| m.gap_ms).max();
+                    eprintln!(
+                        "{}adeline-trace: {} was replaced (inode {} -> {}): {} probes attached{}",
+                        journal::prefix(Priority::Info),
+                        a.target,
+                        a.previous_inode.unwrap_or(0),
+                        a.inode,
+                        a.probes.len(),
+                        match slowest {
+                            Some(ms) => format!(
+                                "; {} processes ran it untraced for up to {ms} ms",
+                                a.missed.len()
+                            ),
+                            None => String::new(),
+                        }
+                    );
+                    self.attached(a)?;
+                }
+                Followed::Warning(w) => {
+                    eprintln!("{}warning: {w}", journal::prefix(Priority::Warning))
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn trace(&mut self, until: Until, mut child: Option<&mut Launched>) -> Result<Stop> {
@@ -169,6 +220,8 @@ impl Tracer {
         stats.tick().await;
         let mut alerts = tokio::time::interval(ALERT_EVERY);
         let mut memory = tokio::time::interval(MEMORY_EVERY);
+        let mut follow = tokio::time::interval(FOLLOW_EVERY);
+        let following = self.follower.is_some();
         let started = Instant::now();
         let mut next_pid_check = started;
         let mut next_sites = started + ALLOC_SITES_EVERY;
@@ -192,6 +245,7 @@ impl Tracer {
                     }
                 }
                 _ = stats.tick() => self.stats()?,
+                _ = follow.tick(), if following => self.follow()?,
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
                 _ = memory.tick() => {
                     self.sample_memory()?;

@@ -92,3 +92,115 @@ fn no_follow_children_traces_the_launched_process_only() {
     assert_eq!(spans.len(), 50);
     assert_eq!(distinct_pids(&spans), 1);
 }
+
+/// Spans of stage `w` by pid.
+fn count_by_pid(out: &AgentOutput, pid: u32) -> usize {
+    out.spans_of("w")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .count()
+}
+
+/// Runs `exe ARGS` to its end; its pid.
+fn run_to_end(exe: &Path, args: &[&str]) -> u32 {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    pid
+}
+
+/// `cp new prog.tmp && mv prog.tmp prog`: the path names a new inode.
+fn deploy(fixture: &Path, prog: &Path) {
+    let tmp = prog.with_extension("tmp");
+    std::fs::copy(fixture, &tmp).unwrap();
+    std::fs::rename(&tmp, prog).unwrap();
+}
+
+#[test]
+fn a_binary_replaced_on_disk_is_traced_again_within_a_second() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("follow-deploy");
+    let prog = dir.join("prog");
+    std::fs::copy(work_fixture(), &prog).unwrap();
+    let stage = format!("w={}:work", prog.display());
+    let mut agent = Agent::spawn(&["run", "--no-api", "--stage", &stage]);
+    agent.wait_ready(T);
+    let first = run_to_end(&prog, &["10"]);
+
+    // A deploy, and the new binary started at once: 40 calls of 25 ms.
+    deploy(&work_fixture(), &prog);
+    let deployed = std::time::Instant::now();
+    let mut running = Command::new(&prog)
+        .args(["40", "0", "25"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let attach = agent
+        .wait_for_event(Duration::from_secs(5), |v| {
+            v["type"] == "attach" && v["reason"] == "replaced"
+        })
+        .expect("an attach record for the replaced binary");
+    let took = deployed.elapsed();
+    assert!(took < Duration::from_secs(1), "attached after {took:?}");
+    let inode = std::fs::metadata(&prog).unwrap();
+    assert_eq!(
+        attach["inode"].as_u64(),
+        Some(std::os::unix::fs::MetadataExt::ino(&inode))
+    );
+    assert_eq!(attach["target"], prog.to_str().unwrap());
+    assert_eq!(attach["probes"][0]["stage"], "w");
+    let second = running.id();
+    assert_eq!(attach["pids"], serde_json::json!([second]));
+    let gap = attach["missed"][0]["gap_ms"].as_u64().unwrap();
+    assert_eq!(attach["missed"][0]["pid"], second);
+    assert!(gap < 1000, "{attach}");
+    assert!(running.wait().unwrap().success());
+
+    // Started after the attach: every call.
+    let third = run_to_end(&prog, &["30"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = agent.output();
+    assert_eq!(count_by_pid(&out, first), 10);
+    assert_eq!(count_by_pid(&out, third), 30);
+    // The calls of the gap were not seen; every later one was.
+    let seen = count_by_pid(&out, second) as u64;
+    let unseen_at_most = gap / 25 + 1;
+    assert!(
+        seen <= 40 && seen + unseen_at_most >= 40,
+        "{seen} of 40 seen with a gap of {gap} ms"
+    );
+    let starts = out.of_type("attach");
+    assert_eq!(starts[0]["reason"], "start");
+}
+
+#[test]
+fn a_launched_script_runs_the_replaced_binary_traced() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("follow-deploy-cmd");
+    let prog = dir.join("prog");
+    std::fs::copy(work_fixture(), &prog).unwrap();
+    let script = format!("{0} 10; sleep 1.5; {0} 20", prog.display());
+    let stage = format!("w={}:work", prog.display());
+    let mut agent = Agent::spawn(&[
+        "run", "--no-api", "--stage", &stage, "--", "bash", "-c", &script,
+    ]);
+    agent.wait_ready(T);
+    std::thread::sleep(Duration::from_millis(300));
+    deploy(&work_fixture(), &prog);
+    agent
+        .wait_for_event(Duration::from_secs(1), |v| v["reason"] == "replaced")
+        .expect("attached to the new binary within a second");
+    agent.wait_exit(T);
+    let out = agent.output();
+    assert!(out.status.success(), "{}", out.stderr);
+    // Both runs, the second on the new inode.
+    assert_eq!(out.spans_of("w").len(), 30, "{}", out.stderr);
+}

@@ -14,6 +14,7 @@ use crate::{
     config::Plan,
     container,
     events::{monotonic_ns, WallClock},
+    follow::Follower,
     journal::{self, Priority},
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
@@ -96,6 +97,15 @@ pub fn run(plan: Plan) -> Result<()> {
         follow_children: plan.follow_children && child.is_some(),
     };
     let probes = Probes::attach(&sites, &opts)?;
+    // Probes for every process: follow the target files (docs/follow.md).
+    let follower = (pids.is_empty() || opts.follow_children).then(|| {
+        Follower::new(
+            plan.stages.clone(),
+            plan.gauges.clone(),
+            &sites,
+            !pids.is_empty(),
+        )
+    });
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
             eprintln!(
@@ -154,6 +164,10 @@ pub fn run(plan: Plan) -> Result<()> {
             None => String::new(),
         }
     );
+    let started_files = follower
+        .as_ref()
+        .map(|f| f.started(&sites, &probes))
+        .unwrap_or_default();
     if let Some(c) = child.as_mut() {
         c.release();
     }
@@ -166,6 +180,12 @@ pub fn run(plan: Plan) -> Result<()> {
         plan.stats_interval,
         frame_stage,
     );
+    for attach in started_files {
+        tracer.attached(attach)?;
+    }
+    if let Some(f) = follower {
+        tracer.set_follower(f);
+    }
     let started = Instant::now();
     let until = Until {
         duration: plan.duration,

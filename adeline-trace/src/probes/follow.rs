@@ -135,6 +135,14 @@ impl Probes {
         })
     }
 
+    /// Whether `pid` is in the kernel pid filter.
+    pub fn follows(&self, pid: u32) -> bool {
+        let Some(map) = self.ebpf.map("PIDS") else {
+            return false;
+        };
+        HashMap::<_, u32, u8>::try_from(map).is_ok_and(|m| m.get(&pid, 0).is_ok())
+    }
+
     /// Program `name`, loaded (a kind the first attach did not use is
     /// loaded now).
     fn uprobe(&mut self, name: &str) -> Result<&mut UProbe, String> {

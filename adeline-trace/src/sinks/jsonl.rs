@@ -5,7 +5,9 @@ use std::{fs::File, io::Write, os::fd::AsFd, path::PathBuf};
 use serde::Serialize;
 
 use super::{
-    sink::{Finish, Gauge, Memory, RankedSite, Sink, SinkError, Span, Start, Stats},
+    sink::{
+        Attach, Finish, Gauge, Memory, RankedSite, Reload, Sink, SinkError, Span, Start, Stats,
+    },
     source::SnapshotSource,
 };
 use crate::{alerts::AlertEvent, events::SCHEMA_VERSION};
@@ -43,6 +45,10 @@ enum Record<'a> {
     AllocSite(&'a RankedSite<'a>),
     /// An alert transition (fields of [`AlertEvent`]).
     Alert(&'a AlertEvent),
+    /// Probes attached, or a process joined (docs/follow.md).
+    Attach(&'a Attach),
+    /// A reloaded config (SIGHUP).
+    Reload(&'a Reload),
     Gauge {
         ts_ns: u64,
         pid: u32,
@@ -201,6 +207,16 @@ impl Sink for JsonlSink {
 
     fn alloc_site(&mut self, site: &RankedSite<'_>) -> Result<(), SinkError> {
         self.write(&Record::AllocSite(site))
+    }
+
+    fn attach(&mut self, attach: &Attach) -> Result<(), SinkError> {
+        self.write(&Record::Attach(attach))?;
+        self.flush()
+    }
+
+    fn reload(&mut self, reload: &Reload) -> Result<(), SinkError> {
+        self.write(&Record::Reload(reload))?;
+        self.flush()
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

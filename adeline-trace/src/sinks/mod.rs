@@ -32,7 +32,8 @@ pub mod table;
 pub mod trace_out;
 
 pub use sink::{
-    Finish, Gauge, Memory, ProbeInfo, RankedSite, Sink, SinkError, Span, StageTotal, Start, Stats,
+    Attach, AttachReason, AttachedProbe, Finish, Gauge, Memory, Missed, ProbeInfo, RankedSite,
+    Reload, Sink, SinkError, Span, StageTotal, Start, Stats,
 };
 pub use source::{OutputHealth, SnapshotSource};
 
@@ -86,6 +87,12 @@ impl Sink for Sinks {
     }
     fn alloc_site(&mut self, site: &RankedSite<'_>) -> Result<(), SinkError> {
         self.0.iter_mut().try_for_each(|s| s.alloc_site(site))
+    }
+    fn attach(&mut self, attach: &Attach) -> Result<(), SinkError> {
+        self.0.iter_mut().try_for_each(|s| s.attach(attach))
+    }
+    fn reload(&mut self, reload: &Reload) -> Result<(), SinkError> {
+        self.0.iter_mut().try_for_each(|s| s.reload(reload))
     }
     fn flush(&mut self) -> Result<(), SinkError> {
         self.0.iter_mut().try_for_each(|s| s.flush())
