@@ -105,7 +105,7 @@ pub struct CompareArgs {
     pub metric: String,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// TOML file with stages and options (flags given here add to / override it).
     #[arg(long, value_name = "FILE")]

@@ -80,6 +80,8 @@ pub struct Plan {
     /// Trace the processes the traced ones fork (`--no-follow-children`
     /// turns it off).
     pub follow_children: bool,
+    /// The config file (service mode: SIGHUP re-reads it).
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -587,6 +589,7 @@ impl Plan {
             },
             kubelet_pods_dir: args.kubelet_pods_dir.clone().or(file.kubelet_pods_dir),
             follow_children: !args.no_follow_children && file.follow_children.unwrap_or(true),
+            config: args.config.clone(),
         })
     }
 }

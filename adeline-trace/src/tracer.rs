@@ -14,12 +14,11 @@ use adeline_trace_common::{
     COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
 };
 use anyhow::Result;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     alerts::alerting::Alerting,
     events::{decode, monotonic_ns, Event},
-    follow::{Followed, Follower, FOLLOW_EVERY},
+    follow::{ConfigSource, Followed, Follower, FOLLOW_EVERY},
     journal::{self, Priority},
     launch::Launched,
     metrics::{
@@ -27,9 +26,10 @@ use crate::{
         snapshot::{Percentiles, Window},
     },
     probes::Probes,
+    signals::{Action, Signals},
     sinks::{
-        Attach, Finish, Gauge, Memory, RankedSite, Sink, Sinks, SnapshotSource, Span, StageTotal,
-        Stats,
+        Attach, AttachReason, Finish, Gauge, Memory, RankedSite, Reload, Sink, Sinks,
+        SnapshotSource, Span, StageTotal, Stats,
     },
     state::LiveState,
     symbols::process,
@@ -136,8 +136,12 @@ pub struct Tracer {
     stats_interval: Duration,
     /// Stage id of the frame root.
     frame_stage: Option<u32>,
-    /// Follows replaced target files (None: probes per process).
+    /// Owns the uprobe links while tracing: follows replaced target files
+    /// (when `follow_polls`), applies reloads.
     follower: Option<Follower>,
+    follow_polls: bool,
+    /// Service mode: the config file SIGHUP re-reads.
+    config: Option<(String, ConfigSource)>,
 }
 
 impl Tracer {
@@ -162,12 +166,79 @@ impl Tracer {
             stats_interval,
             frame_stage,
             follower: None,
+            follow_polls: false,
+            config: None,
         }
     }
 
+    /// Service mode: SIGHUP re-reads `path` through `source` (needs a
+    /// [`Follower`]).
+    pub fn set_config(&mut self, path: String, source: ConfigSource) {
+        self.config = Some((path, source));
+    }
+
+    /// SIGHUP: applies the config file's stages again, or refuses it with
+    /// one line (the running config stays).
+    fn reload(&mut self) -> Result<()> {
+        let (Some((path, source)), Some(follower)) = (self.config.as_mut(), self.follower.as_mut())
+        else {
+            return Ok(());
+        };
+        let refuse = |why: &str| {
+            eprintln!(
+                "{}error: reload of {path} refused, still tracing with the previous config: {why}",
+                journal::prefix(Priority::Err)
+            );
+        };
+        let (stages, warnings) = match source() {
+            Ok(new) => new,
+            Err(why) => {
+                refuse(&why);
+                return Ok(());
+            }
+        };
+        let live = &self.live;
+        let changes = match follower.reload(&mut self.probes, &stages, |name| {
+            live.metrics().add_stage(name.to_string())
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                refuse(&e.to_string());
+                return Ok(());
+            }
+        };
+        for w in warnings.iter().chain(&changes.warnings) {
+            eprintln!("{}warning: {w}", journal::prefix(Priority::Warning));
+        }
+        eprintln!(
+            "{}adeline-trace: reloaded {path}: {} stages added, {} removed, {} changed, {} unchanged",
+            journal::prefix(Priority::Info),
+            changes.added.len(),
+            changes.removed.len(),
+            changes.changed.len(),
+            changes.unchanged.len()
+        );
+        let record = Reload {
+            ts_ns: self.live.wall_ns(monotonic_ns()),
+            config: path.clone(),
+            added: changes.added,
+            removed: changes.removed,
+            changed: changes.changed,
+            unchanged: changes.unchanged,
+        };
+        self.sinks.reload(&record)?;
+        let attached = follower.attached(AttachReason::Reload, &changes.sites, &self.probes);
+        for a in attached {
+            self.attached(a)?;
+        }
+        Ok(())
+    }
+
     /// Follows the targets while tracing ([`Follower`]).
-    pub fn set_follower(&mut self, follower: Follower) {
+    /// `polls`: check the target paths (probes for every process).
+    pub fn set_follower(&mut self, follower: Follower, polls: bool) {
         self.follower = Some(follower);
+        self.follow_polls = polls;
     }
 
     /// Probes attached (at start or while tracing) to the sinks.
@@ -211,9 +282,14 @@ impl Tracer {
         Ok(())
     }
 
-    pub async fn trace(&mut self, until: Until, mut child: Option<&mut Launched>) -> Result<Stop> {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
+    /// Runs until a stop: `signals` (installed before the `start` record,
+    /// so none is missed) or `until`.
+    pub async fn trace(
+        &mut self,
+        until: Until,
+        mut child: Option<&mut Launched>,
+        mut signals: Signals,
+    ) -> Result<Stop> {
         let deadline = until.duration.map(|d| tokio::time::Instant::now() + d);
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut stats = tokio::time::interval(self.stats_interval);
@@ -221,7 +297,7 @@ impl Tracer {
         let mut alerts = tokio::time::interval(ALERT_EVERY);
         let mut memory = tokio::time::interval(MEMORY_EVERY);
         let mut follow = tokio::time::interval(FOLLOW_EVERY);
-        let following = self.follower.is_some();
+        let following = self.follower.is_some() && self.follow_polls;
         let started = Instant::now();
         let mut next_pid_check = started;
         let mut next_sites = started + ALLOC_SITES_EVERY;
@@ -232,8 +308,10 @@ impl Tracer {
                 .next_tick()
                 .unwrap_or_else(|| Instant::now() + NO_TICK);
             tokio::select! {
-                _ = sigint.recv() => break Stop::Signal,
-                _ = sigterm.recv() => break Stop::Signal,
+                action = signals.next() => match action {
+                    Action::Stop => break Stop::Signal,
+                    Action::Reload => self.reload()?,
+                },
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
                 _ = drain.tick() => {
                     self.drain()?;

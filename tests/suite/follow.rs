@@ -204,3 +204,90 @@ fn a_launched_script_runs_the_replaced_binary_traced() {
     // Both runs, the second on the new inode.
     assert_eq!(out.spans_of("w").len(), 30, "{}", out.stderr);
 }
+
+fn stage_toml(name: &str, prog: &Path, symbol: &str) -> String {
+    format!(
+        "[[stage]]\nname = \"{name}\"\ntarget = \"{}\"\nsymbol = \"{symbol}\"\n",
+        prog.display()
+    )
+}
+
+/// Writes `text` to `config` and sends SIGHUP to the agent.
+fn reload(agent: &Agent, config: &Path, text: &str) {
+    std::fs::write(config, text).unwrap();
+    // SAFETY: kill(2) on the agent we started.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGHUP) };
+}
+
+fn reload_record(agent: &mut Agent) -> serde_json::Value {
+    agent
+        .wait_for_event(Duration::from_secs(10), |v| v["type"] == "reload")
+        .expect("a reload record")
+}
+
+#[test]
+fn sighup_reloads_the_config_keeping_what_was_counted() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("follow-reload");
+    let prog = dir.join("prog");
+    std::fs::copy(work_fixture(), &prog).unwrap();
+    let config = dir.join("pipeline.toml");
+    let w = stage_toml("w", &prog, "work");
+    let t = stage_toml("t", &prog, "tock");
+    std::fs::write(&config, &w).unwrap();
+    let mut agent = Agent::spawn(&["run", "--no-api", "--config", config.to_str().unwrap()]);
+    agent.wait_ready(T);
+    run_to_end(&prog, &["20"]);
+
+    // Add t.
+    reload(&agent, &config, &format!("{w}{t}"));
+    let r = reload_record(&mut agent);
+    assert_eq!(r["added"], serde_json::json!(["t"]), "{r}");
+    assert_eq!(r["unchanged"], serde_json::json!(["w"]));
+    assert_eq!(r["removed"], serde_json::json!([]));
+    let a = agent
+        .wait_for_event(Duration::from_secs(5), |v| v["reason"] == "reload")
+        .expect("an attach record for the new stage");
+    assert_eq!(a["probes"][0]["stage"], "t");
+    run_to_end(&prog, &["30"]);
+
+    // Remove w: it keeps its 50 calls.
+    reload(&agent, &config, &t);
+    let r = reload_record(&mut agent);
+    assert_eq!(r["removed"], serde_json::json!(["w"]), "{r}");
+    assert_eq!(r["unchanged"], serde_json::json!(["t"]));
+    run_to_end(&prog, &["10"]);
+
+    // t now times work(): changed, same series.
+    reload(&agent, &config, &stage_toml("t", &prog, "work"));
+    let r = reload_record(&mut agent);
+    assert_eq!(r["changed"], serde_json::json!(["t"]), "{r}");
+    run_to_end(&prog, &["7"]);
+
+    // A bad config is refused with one line; the running one goes on.
+    let before = agent.stderr_so_far();
+    reload(&agent, &config, "stage = [");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent.stderr_so_far() == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said = agent.stderr_so_far()[before.len()..].to_string();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "error: reload of {} refused, still tracing with the previous config: config {}:1:",
+            config.display(),
+            config.display()
+        )),
+        "{said}"
+    );
+    run_to_end(&prog, &["5"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = agent.output();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.summary_of("w").unwrap()["count"], 50);
+    assert_eq!(out.summary_of("t").unwrap()["count"], 30 + 10 + 7 + 5);
+    assert_eq!(out.of_type("reload").len(), 3);
+}

@@ -11,10 +11,11 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     alerts::{alerting::Alerting, engine::AlertEngine},
+    cli::RunArgs,
     config::Plan,
     container,
     events::{monotonic_ns, WallClock},
-    follow::Follower,
+    follow::{ConfigSource, Follower},
     journal::{self, Priority},
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
@@ -22,7 +23,8 @@ use crate::{
         check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
         Probes,
     },
-    sinks::{self, api::serve, OpenContext, ProbeInfo, Sink, Start},
+    signals::Signals,
+    sinks::{self, api::serve, AttachReason, OpenContext, ProbeInfo, Sink, Start},
     state::{LiveOptions, LiveState},
     symbols::process,
     tracer::{Tracer, Until, DRAIN_EVERY},
@@ -33,7 +35,7 @@ const CHILD_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the tracer until a signal, --duration, the launched command's exit,
 /// or the exit of every --pid.
-pub fn run(plan: Plan) -> Result<()> {
+pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     let stage_names: Vec<String> = plan.stages.iter().map(|s| s.name.clone()).collect();
     let gauge_names: Vec<String> = plan.gauges.iter().map(|g| g.name.clone()).collect();
     let engine = AlertEngine::from_specs(
@@ -96,13 +98,16 @@ pub fn run(plan: Plan) -> Result<()> {
         memory: plan.memory,
         follow_children: plan.follow_children && child.is_some(),
     };
-    let probes = Probes::attach(&sites, &opts)?;
-    // Probes for every process: follow the target files (docs/follow.md).
-    let follower = (pids.is_empty() || opts.follow_children).then(|| {
+    let mut probes = Probes::attach(&sites, &opts)?;
+    // Probes for every process: follow the target files; service mode:
+    // reload stages on SIGHUP (docs/follow.md).
+    let follower = (pids.is_empty() || opts.follow_children || plan.config.is_some()).then(|| {
         Follower::new(
             plan.stages.clone(),
             plan.gauges.clone(),
+            plan.pids.clone(),
             &sites,
+            &mut probes,
             !pids.is_empty(),
         )
     });
@@ -141,6 +146,11 @@ pub fn run(plan: Plan) -> Result<()> {
         }))?),
         None => None,
     };
+    // Before the start record: from then on a signal is expected.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::new(plan.config.is_some()).context("installing signal handlers")?
+    };
     live.set_processes(&pids);
     sinks.start(&Start {
         ts_ns: live.wall_ns(monotonic_ns()),
@@ -164,9 +174,11 @@ pub fn run(plan: Plan) -> Result<()> {
             None => String::new(),
         }
     );
+    let polls = pids.is_empty() || opts.follow_children;
     let started_files = follower
         .as_ref()
-        .map(|f| f.started(&sites, &probes))
+        .filter(|_| polls)
+        .map(|f| f.attached(AttachReason::Start, &sites, &probes))
         .unwrap_or_default();
     if let Some(c) = child.as_mut() {
         c.release();
@@ -184,13 +196,16 @@ pub fn run(plan: Plan) -> Result<()> {
         tracer.attached(attach)?;
     }
     if let Some(f) = follower {
-        tracer.set_follower(f);
+        tracer.set_follower(f, polls);
+    }
+    if let Some(path) = &plan.config {
+        tracer.set_config(path.display().to_string(), config_source(&plan, args));
     }
     let started = Instant::now();
     let until = Until {
         duration: plan.duration,
     };
-    let stop = runtime.block_on(tracer.trace(until, child.as_mut()))?;
+    let stop = runtime.block_on(tracer.trace(until, child.as_mut(), signals))?;
     // A launched command is ended first (it finishes its current call), so
     // the final drain sees every call it made.
     if let Some(c) = child.as_mut() {
@@ -219,6 +234,25 @@ pub fn run(plan: Plan) -> Result<()> {
         runtime.block_on(api.join())?;
     }
     Ok(())
+}
+
+/// Service mode: re-reads the config with the same flags. Only the stages
+/// change while tracing; other changed settings are named in a warning.
+fn config_source(plan: &Plan, args: &RunArgs) -> ConfigSource {
+    let (running, args) = (plan.clone(), args.clone());
+    Box::new(move || {
+        let new = Plan::from_args(&args).map_err(|e| e.to_string())?;
+        let mut same_but_stages = running.clone();
+        same_but_stages.stages = new.stages.clone();
+        same_but_stages.frame_stage = new.frame_stage.clone();
+        let warnings = match same_but_stages == new && running.frame_stage == new.frame_stage {
+            true => Vec::new(),
+            false => vec![
+                "a reload applies [[stage]] changes only: the other settings changed in the config take effect at the next start".to_string(),
+            ],
+        };
+        Ok((new.stages, warnings))
+    })
 }
 
 /// Reads the snapshot that `baseline` in alert rules refers to.

@@ -1,25 +1,33 @@
-//! Following the targets while tracing (docs/follow.md). Every
-//! [`FOLLOW_EVERY`] the [`Follower`] checks each target path: when it names
-//! another file than the one probed (a deploy: `mv prog.tmp prog`), the
-//! plan is resolved again, the new file's probes are attached (same stage
-//! ids: same names and series) and an `attach` record says so, with the
-//! processes that ran the new file before (`missed`). Probes of a replaced
-//! file stay while a process still maps it.
+//! Following the targets while tracing (docs/follow.md): the [`Follower`]
+//! owns every uprobe link once tracing runs, and changes them:
 //!
-//! Used whenever probes are placed for every process (no `-p`, or a
-//! command whose children are followed); `procs` reads procfs for it.
+//! - every [`FOLLOW_EVERY`] it checks each target path; when it names
+//!   another file than the one probed (a deploy: `mv prog.tmp prog`), the
+//!   stages are resolved again, the new file's probes attached (same stage
+//!   ids: same names and series) and an `attach` record says so, with the
+//!   processes that ran the new file before (`missed`). Probes of a
+//!   replaced file stay while a process still maps it;
+//! - [`Follower::reload`] applies a reloaded config's stages (`reload.rs`).
+//!
+//! `procs` reads procfs for it.
 pub mod procs;
+mod reload;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use procs::FileId;
 
+pub use reload::{ConfigSource, ReloadError, StageChanges};
+
 use crate::{
     probes::{
-        follow::SiteLinks, gauge::GaugeSpec, resolve_plan, ProbePlan, ProbeSite, Probes, StageSpec,
+        follow::{stage_sites, SiteLinks},
+        gauge::{self, GaugeSpec},
+        resolve::Resolver,
+        ProbeSite, Probes, StageSpec,
     },
     sinks::{Attach, AttachReason, AttachedProbe, Missed},
 };
@@ -35,9 +43,6 @@ const RETIRE_EVERY: Duration = Duration::from_secs(10);
 struct Target {
     path: PathBuf,
     file: FileId,
-    /// Links of a file attached while tracing (None: attached at start,
-    /// owned by [`Probes`]).
-    links: Option<SiteLinks>,
     /// A file found at `path` that cannot be probed (warned once).
     refused: Option<FileId>,
 }
@@ -58,9 +63,16 @@ pub enum Followed {
 }
 
 pub struct Follower {
-    stages: Vec<StageSpec>,
+    /// By stage id; None: removed by a reload (its id is kept for its name).
+    stages: Vec<Option<StageSpec>>,
+    /// Stage names by id (removed ones too).
+    names: Vec<String>,
     gauges: Vec<GaugeSpec>,
+    /// Processes bare target names are resolved for (`-p`).
+    pids: Vec<u32>,
     targets: Vec<Target>,
+    /// Every live uprobe link.
+    links: SiteLinks,
     retired: Vec<Retired>,
     next_retire: Instant,
     /// The kernel pid filter is on: only processes in it are traced.
@@ -68,48 +80,64 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Follows the files of `sites` (as resolved at start for `stages` and
-    /// `gauges`).
+    /// Takes over the links of `probes`, made for `sites` (resolved at start
+    /// for `stages` and `gauges`, for `pids`).
     pub fn new(
         stages: Vec<StageSpec>,
         gauges: Vec<GaugeSpec>,
+        pids: Vec<u32>,
         sites: &[ProbeSite],
+        probes: &mut Probes,
         filtered: bool,
     ) -> Follower {
-        let mut targets: Vec<Target> = Vec::new();
+        let mut f = Follower {
+            names: stages.iter().map(|s| s.name.clone()).collect(),
+            stages: stages.into_iter().map(Some).collect(),
+            gauges,
+            pids,
+            targets: Vec::new(),
+            links: probes.take_start_links(),
+            retired: Vec::new(),
+            next_retire: Instant::now() + RETIRE_EVERY,
+            filtered,
+        };
+        f.add_targets(sites);
+        f
+    }
+
+    fn add_targets(&mut self, sites: &[ProbeSite]) {
         for site in sites {
-            if targets.iter().any(|t| t.path == site.path) {
+            if self.targets.iter().any(|t| t.path == site.path) {
                 continue;
             }
             if let Ok((file, _)) = FileId::of(&site.path) {
-                targets.push(Target {
+                self.targets.push(Target {
                     path: site.path.clone(),
                     file,
-                    links: None,
                     refused: None,
                 });
             }
         }
-        Follower {
-            stages,
-            gauges,
-            targets,
-            retired: Vec::new(),
-            next_retire: Instant::now() + RETIRE_EVERY,
-            filtered,
-        }
     }
 
-    /// The `start` attach records: one per target file, with the processes
-    /// running it now.
-    pub fn started(&self, sites: &[ProbeSite], probes: &Probes) -> Vec<Attach> {
+    /// `attach` records for the files of `sites` (reason `start` or
+    /// `reload`), with the processes running them now.
+    pub fn attached(
+        &self,
+        reason: AttachReason,
+        sites: &[ProbeSite],
+        probes: &Probes,
+    ) -> Vec<Attach> {
         self.targets
             .iter()
-            .map(|t| {
-                let pids = self.traced(probes, procs::mapping(t.file));
+            .filter_map(|t| {
                 let of_target: Vec<ProbeSite> =
                     sites.iter().filter(|s| s.path == t.path).cloned().collect();
-                record(AttachReason::Start, t, None, pids, &of_target, Vec::new())
+                if of_target.is_empty() {
+                    return None;
+                }
+                let pids = self.traced(probes, procs::mapping(t.file));
+                Some(record(reason, t, None, pids, &of_target, Vec::new()))
             })
             .collect()
     }
@@ -144,9 +172,8 @@ impl Follower {
         changed_ns: u64,
     ) -> Followed {
         let path = self.targets[i].path.clone();
-        let sites = match self.resolve(&path) {
-            Ok(sites) if !sites.is_empty() => sites,
-            Ok(_) => return self.refuse(i, file, "none of the stages' functions is in it".into()),
+        let sites = match self.sites_in(&path) {
+            Ok(sites) => sites,
             Err(why) => return self.refuse(i, file, why),
         };
         let links = match probes.attach_sites(&sites) {
@@ -166,14 +193,14 @@ impl Follower {
                 })
             })
             .collect();
+        let previous = self.targets[i].file;
+        let old = self.links.take(|l| l.path == path);
+        self.retired.push(Retired {
+            file: previous,
+            links: old,
+        });
+        self.links.extend(links);
         let t = &mut self.targets[i];
-        let previous = t.file;
-        if let Some(old) = t.links.replace(links) {
-            self.retired.push(Retired {
-                file: previous,
-                links: old,
-            });
-        }
         t.file = file;
         t.refused = None;
         Followed::Attached(record(
@@ -197,20 +224,31 @@ impl Follower {
         ))
     }
 
-    /// The plan's sites in `path` (the plan resolved again: stage ids stay).
-    fn resolve(&self, path: &std::path::Path) -> Result<Vec<ProbeSite>, String> {
-        let resolved = resolve_plan(&ProbePlan {
-            stages: &self.stages,
-            gauges: &self.gauges,
-            pids: &[],
-            alloc: None,
-        })
-        .map_err(|e| e.to_string())?;
-        Ok(resolved
-            .sites
-            .into_iter()
-            .filter(|s| s.path == path)
-            .collect())
+    /// The sites of the current stages and gauges in `path`. A stage whose
+    /// own target fails to resolve (another file mid-deploy) is left out;
+    /// none at all is an error.
+    fn sites_in(&self, path: &Path) -> Result<Vec<ProbeSite>, String> {
+        let mut resolver = Resolver::new(&self.pids);
+        let mut sites = Vec::new();
+        let mut last_error = None;
+        for (id, stage) in self.stages.iter().enumerate() {
+            let Some(stage) = stage else { continue };
+            match stage_sites(&mut resolver, id as u32, stage) {
+                Ok(found) => sites.extend(found.into_iter().filter(|s| s.path == path)),
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        for (id, g) in self.gauges.iter().enumerate() {
+            match gauge::sites(&mut resolver, id as u32, g) {
+                Ok(found) => sites.extend(found.into_iter().filter(|s| s.path == path)),
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        match (sites.is_empty(), last_error) {
+            (false, _) => Ok(sites),
+            (true, Some(e)) => Err(e),
+            (true, None) => Err("none of the stages' functions is in it".into()),
+        }
     }
 
     /// Of `pids`, those traced (in the kernel pid filter when it is on).

@@ -16,11 +16,15 @@ use aya::{
     EbpfLoader,
 };
 
+use std::path::PathBuf;
+
 use super::{
-    attach_order,
-    site::{chain, ProbeError, ProbeSite, Tracepoint},
-    Probes,
+    attach_order, function,
+    resolve::Resolver,
+    site::{chain, ProbeError, ProbeSite, Program, Tracepoint},
+    Location, Probes, StageSpec,
 };
+use crate::symbols::TargetError;
 
 /// The fork and exit tracepoints that keep the pid filter following a
 /// traced process's descendants.
@@ -56,20 +60,66 @@ fn has_field(format: &str, decl: &str, offset: usize) -> bool {
     })
 }
 
-/// Links made by [`Probes::attach_sites`], to detach them later.
-#[derive(Debug, Default)]
-pub struct SiteLinks {
-    links: Vec<(&'static str, UProbeLinkId)>,
+/// One uprobe link: what it is for, to detach it later.
+#[derive(Debug)]
+pub struct SiteLink {
+    program: &'static str,
+    /// The site's cookie (stage id for stage sites).
+    pub cookie: u64,
+    /// A stage site (function entry or return), not a gauge or alloc site.
+    pub stage: bool,
+    /// The file attached to.
+    pub path: PathBuf,
+    id: UProbeLinkId,
 }
 
+/// Uprobe links, to detach later ([`Probes::detach_sites`]).
+#[derive(Debug, Default)]
+pub struct SiteLinks(Vec<SiteLink>);
+
 impl SiteLinks {
+    pub(super) fn push(&mut self, program: Program, site: &ProbeSite, id: UProbeLinkId) {
+        self.0.push(SiteLink {
+            program: program.name,
+            cookie: site.cookie,
+            stage: site.programs == function::PROGRAMS,
+            path: site.path.clone(),
+            id,
+        });
+    }
+
+    /// Moves the links matching `pred` out.
+    pub fn take(&mut self, pred: impl Fn(&SiteLink) -> bool) -> SiteLinks {
+        let (taken, kept) = std::mem::take(&mut self.0).into_iter().partition(pred);
+        self.0 = kept;
+        SiteLinks(taken)
+    }
+
+    pub fn extend(&mut self, other: SiteLinks) {
+        self.0.extend(other.0);
+    }
+
     /// Number of kernel attachments.
     pub fn len(&self) -> usize {
-        self.links.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.links.is_empty()
+        self.0.is_empty()
+    }
+}
+
+/// The sites of stage `id` (the one place besides [`super::resolve_plan`]
+/// that lists the kinds that time stages: a stage resolved while tracing).
+pub fn stage_sites(
+    resolver: &mut Resolver<'_>,
+    id: u32,
+    stage: &StageSpec,
+) -> Result<Vec<ProbeSite>, TargetError> {
+    match &stage.location {
+        Location::Function { target, symbol } => {
+            function::sites(resolver, id, &stage.name, target, symbol)
+        }
     }
 }
 
@@ -98,7 +148,7 @@ impl Probes {
                         reason,
                     });
                 match attached {
-                    Ok(id) => links.links.push((program.name, id)),
+                    Ok(id) => links.push(program, site, id),
                     Err(e) => {
                         self.detach_sites(links);
                         return Err(e);
@@ -112,11 +162,17 @@ impl Probes {
     /// Detaches links made by [`Probes::attach_sites`] (entry programs
     /// first, so no call is left open without its return probe).
     pub fn detach_sites(&mut self, links: SiteLinks) {
-        for (name, id) in links.links.into_iter().rev() {
-            if let Ok(prog) = self.uprobe(name) {
-                let _ = prog.detach(id);
+        for link in links.0.into_iter().rev() {
+            if let Ok(prog) = self.uprobe(link.program) {
+                let _ = prog.detach(link.id);
             }
         }
+    }
+
+    /// The links [`Probes::attach`] made, for the caller to detach some
+    /// of them later (once; dropping [`Probes`] detaches them all anyway).
+    pub fn take_start_links(&mut self) -> SiteLinks {
+        std::mem::take(&mut self.start_links)
     }
 
     /// Adds `pid` to the kernel pid filter (a process found running a target).

@@ -163,6 +163,8 @@ pub struct Probes {
     pub memory_untraced: Option<String>,
     /// Alloc mode's maps (None without --alloc).
     pub alloc: Option<AllocMaps>,
+    /// The uprobe links made here, until [`Probes::take_start_links`].
+    start_links: follow::SiteLinks,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -220,6 +222,7 @@ impl Probes {
                 .collect()
         };
         let mut attached = 0;
+        let mut start_links = follow::SiteLinks::default();
         for program in attach_order(sites) {
             let name = program.name;
             let prog: &mut UProbe = ebpf
@@ -234,13 +237,15 @@ impl Probes {
                         location: site.offset.into(),
                         cookie: Some(site.cookie),
                     };
-                    prog.attach(point, &site.path, *scope)
-                        .map_err(|e| ProbeError::Attach {
-                            stage: site.stage.clone(),
-                            symbol: site.symbol.clone(),
-                            path: site.path.display().to_string(),
-                            reason: chain(&e),
-                        })?;
+                    let id =
+                        prog.attach(point, &site.path, *scope)
+                            .map_err(|e| ProbeError::Attach {
+                                stage: site.stage.clone(),
+                                symbol: site.symbol.clone(),
+                                path: site.path.display().to_string(),
+                                reason: chain(&e),
+                            })?;
+                    start_links.push(program, site, id);
                     attached += 1;
                 }
             }
@@ -279,6 +284,7 @@ impl Probes {
             ebpf,
             attached,
             memory_untraced,
+            start_links,
         })
     }
 
