@@ -230,6 +230,12 @@ pub struct RunArgs {
     /// targets, where the kernel pid filter drops the untraced ones' calls.
     #[arg(long)]
     pub no_follow_children: bool,
+    /// With -p or a command: keep tracing when the processes exit, and
+    /// trace every process that starts running the same program again
+    /// (same arguments) or a stage's executable: a restarted pipeline is
+    /// picked up within a second. Children of -p processes are followed too.
+    #[arg(long)]
+    pub follow: bool,
     /// Launch this command, trace it and the processes it starts, and stop
     /// when it exits.
     #[arg(last = true, value_name = "COMMAND")]

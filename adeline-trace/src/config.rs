@@ -82,6 +82,8 @@ pub struct Plan {
     pub follow_children: bool,
     /// The config file (service mode: SIGHUP re-reads it).
     pub config: Option<PathBuf>,
+    /// `--follow`: pick up restarts of the traced processes.
+    pub follow: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -113,6 +115,8 @@ pub enum ConfigError {
     PidAndCommand,
     #[error("pid 0 is not a process id")]
     PidZero,
+    #[error("--follow needs -p PID or a command to launch: without them every process running the targets is traced already")]
+    FollowNeedsPids,
     #[error("--stats-interval must be at least 10ms")]
     StatsIntervalTooShort,
     #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 16777216")]
@@ -184,6 +188,8 @@ struct FileConfig {
     otlp: Option<FileOtlp>,
     kubelet_pods_dir: Option<PathBuf>,
     follow_children: Option<bool>,
+    #[serde(default)]
+    follow: bool,
 }
 
 /// The `[otlp]` table of a config file.
@@ -444,6 +450,10 @@ impl Plan {
         if !pids.is_empty() && !args.command.is_empty() {
             return Err(ConfigError::PidAndCommand);
         }
+        let follow = args.follow || file.follow;
+        if follow && pids.is_empty() && args.command.is_empty() {
+            return Err(ConfigError::FollowNeedsPids);
+        }
         let pick = |flag: &Option<String>, file: Option<String>| flag.clone().or(file);
         let duration = pick(&args.duration, file.duration)
             .map(|d| parse_duration("--duration", &d))
@@ -590,6 +600,7 @@ impl Plan {
             kubelet_pods_dir: args.kubelet_pods_dir.clone().or(file.kubelet_pods_dir),
             follow_children: !args.no_follow_children && file.follow_children.unwrap_or(true),
             config: args.config.clone(),
+            follow,
         })
     }
 }

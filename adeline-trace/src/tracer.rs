@@ -79,6 +79,8 @@ impl Stop {
 pub struct Until {
     /// `--duration`.
     pub duration: Option<Duration>,
+    /// `--follow`: the traced processes' exit does not stop tracing.
+    pub follow: bool,
 }
 
 /// Records read from the ring buffer, and the kernel's counters as last read.
@@ -257,13 +259,23 @@ impl Tracer {
             match found {
                 Followed::Attached(a) => {
                     let slowest = a.missed.iter().map(|m| m.gap_ms).max();
+                    let what = match a.reason {
+                        AttachReason::Restart => format!(
+                            "process {} started {} again: traced",
+                            a.pids.first().copied().unwrap_or(0),
+                            a.target
+                        ),
+                        _ => format!(
+                            "{} was replaced (inode {} -> {}): {} probes attached",
+                            a.target,
+                            a.previous_inode.unwrap_or(0),
+                            a.inode,
+                            a.probes.len()
+                        ),
+                    };
                     eprintln!(
-                        "{}adeline-trace: {} was replaced (inode {} -> {}): {} probes attached{}",
+                        "{}adeline-trace: {what}{}",
                         journal::prefix(Priority::Info),
-                        a.target,
-                        a.previous_inode.unwrap_or(0),
-                        a.inode,
-                        a.probes.len(),
                         match slowest {
                             Some(ms) => format!(
                                 "; {} processes ran it untraced for up to {ms} ms",
@@ -317,7 +329,8 @@ impl Tracer {
                     self.drain()?;
                     if Instant::now() >= next_pid_check {
                         next_pid_check += PID_CHECK_EVERY;
-                        if let Some(stop) = self.exited(child.as_deref_mut()) {
+                        let exited = self.exited(child.as_deref_mut());
+                        if let Some(stop) = exited.filter(|_| !until.follow) {
                             break stop;
                         }
                     }

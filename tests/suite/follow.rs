@@ -291,3 +291,131 @@ fn sighup_reloads_the_config_keeping_what_was_counted() {
     assert_eq!(out.summary_of("t").unwrap()["count"], 30 + 10 + 7 + 5);
     assert_eq!(out.of_type("reload").len(), 3);
 }
+
+/// Waits for the `restart` attach record of `pid`; how long it took from
+/// `since`.
+fn restart_of(agent: &mut Agent, pid: u32) -> serde_json::Value {
+    agent
+        .wait_for_event(Duration::from_secs(5), |v| {
+            v["reason"] == "restart" && v["pids"][0] == pid
+        })
+        .unwrap_or_else(|| panic!("no restart record for {pid}"))
+}
+
+/// A restarted process's spans: the calls of its gap (25 ms each) were
+/// not seen, every later one was.
+fn assert_seen_after_gap(out: &AgentOutput, pid: u32, calls: u64, gap_ms: u64) {
+    let seen = count_by_pid(out, pid) as u64;
+    assert!(
+        seen <= calls && seen + gap_ms / 25 + 1 >= calls,
+        "{seen} of {calls} seen after a gap of {gap_ms} ms"
+    );
+}
+
+#[test]
+fn follow_picks_up_a_restarted_command_within_a_second() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("follow-restart-cmd");
+    let prog = dir.join("prog");
+    std::fs::copy(work_fixture(), &prog).unwrap();
+    let stage = format!("w={}:work", prog.display());
+    let exe = prog.to_str().unwrap();
+    let mut agent = Agent::spawn(&[
+        "run", "--no-api", "--follow", "--stage", &stage, "--", exe, "8", "0", "25",
+    ]);
+    agent.wait_ready(T);
+    // The command exits; the agent goes on. A supervisor starts it again.
+    std::thread::sleep(Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    let mut again = Command::new(&prog)
+        .args(["40", "0", "25"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Other arguments: another program, not a restart.
+    let other = run_to_end(&prog, &["3"]);
+    let r = restart_of(&mut agent, again.id());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r["target"], exe);
+    let gap = r["missed"][0]["gap_ms"].as_u64().unwrap();
+    assert!(gap < 1000, "{r}");
+    assert!(again.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.output();
+    let launched = out.start().unwrap()["pids"][0].as_u64().unwrap() as u32;
+    assert_eq!(count_by_pid(&out, launched), 8);
+    assert_eq!(count_by_pid(&out, other), 0);
+    assert_seen_after_gap(&out, again.id(), 40, gap);
+    // One stage, one series across both processes.
+    let total = out.summary_of("w").unwrap()["count"].as_u64().unwrap();
+    assert_eq!(total as usize, out.spans_of("w").len());
+}
+
+#[test]
+fn follow_picks_up_a_restarted_pid_even_after_a_deploy() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("follow-restart-pid");
+    let prog = dir.join("prog");
+    std::fs::copy(work_fixture(), &prog).unwrap();
+    let first = Command::new(&prog)
+        .args(["40", "0", "25"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first_pid = first.id().to_string();
+    let stage = format!("w={}:work", prog.display());
+    let mut agent = Agent::spawn(&[
+        "run", "--no-api", "--follow", "-p", &first_pid, "--stage", &stage,
+    ]);
+    agent.wait_ready(T);
+    let mut first = first;
+    assert!(first.wait().unwrap().success());
+    // A deploy, then the restart on the new binary.
+    deploy(&work_fixture(), &prog);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let mut again = Command::new(&prog)
+        .args(["40", "0", "25"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = restart_of(&mut agent, again.id());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let gap = r["missed"][0]["gap_ms"].as_u64().unwrap();
+    assert!(again.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.output();
+    assert!(out.status.success(), "{}", out.stderr);
+    // The new binary got the probes (at the same check or the one before).
+    let replaced = out
+        .of_type("attach")
+        .into_iter()
+        .find(|v| v["reason"] == "replaced")
+        .cloned()
+        .expect("the new binary's probes");
+    assert_eq!(replaced["target"], prog.to_str().unwrap());
+    assert!(gap < 1000, "{r}");
+    assert_seen_after_gap(&out, again.id(), 40, gap);
+}
+
+#[test]
+fn follow_needs_pids_or_a_command() {
+    let out = Agent::run(&["run", "--follow", "--stage", "w=/bin/true:main"], T);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        "error: --follow needs -p PID or a command to launch: without them every process running the targets is traced already"
+    );
+}

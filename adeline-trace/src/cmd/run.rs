@@ -15,7 +15,7 @@ use crate::{
     config::Plan,
     container,
     events::{monotonic_ns, WallClock},
-    follow::{ConfigSource, Follower},
+    follow::{restart::Restarts, ConfigSource, Follower},
     journal::{self, Priority},
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
@@ -96,21 +96,26 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         frame_stage,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
-        follow_children: plan.follow_children && child.is_some(),
+        follow_children: plan.follow_children && (child.is_some() || plan.follow),
     };
     let mut probes = Probes::attach(&sites, &opts)?;
     // Probes for every process: follow the target files; service mode:
     // reload stages on SIGHUP (docs/follow.md).
-    let follower = (pids.is_empty() || opts.follow_children || plan.config.is_some()).then(|| {
-        Follower::new(
-            plan.stages.clone(),
-            plan.gauges.clone(),
-            plan.pids.clone(),
-            &sites,
-            &mut probes,
-            !pids.is_empty(),
-        )
-    });
+    let mut follower =
+        (pids.is_empty() || opts.follow_children || plan.config.is_some()).then(|| {
+            Follower::new(
+                plan.stages.clone(),
+                plan.gauges.clone(),
+                plan.pids.clone(),
+                &sites,
+                &mut probes,
+                !pids.is_empty(),
+            )
+        });
+    if let Some(f) = follower.as_mut().filter(|_| plan.follow) {
+        let targets = f.target_paths();
+        f.follow_restarts(Restarts::new(&plan.pids, &plan.command, &targets));
+    }
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
             eprintln!(
@@ -174,7 +179,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
             None => String::new(),
         }
     );
-    let polls = pids.is_empty() || opts.follow_children;
+    let polls = pids.is_empty() || opts.follow_children || plan.follow;
     let started_files = follower
         .as_ref()
         .filter(|_| polls)
@@ -204,6 +209,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     let started = Instant::now();
     let until = Until {
         duration: plan.duration,
+        follow: plan.follow,
     };
     let stop = runtime.block_on(tracer.trace(until, child.as_mut(), signals))?;
     // A launched command is ended first (it finishes its current call), so

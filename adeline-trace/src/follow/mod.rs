@@ -7,11 +7,14 @@
 //!   ids: same names and series) and an `attach` record says so, with the
 //!   processes that ran the new file before (`missed`). Probes of a
 //!   replaced file stay while a process still maps it;
-//! - [`Follower::reload`] applies a reloaded config's stages (`reload.rs`).
+//! - [`Follower::reload`] applies a reloaded config's stages (`reload.rs`);
+//! - with `--follow`, new processes of the followed executables join the
+//!   traced ones ([`restart::Restarts`]).
 //!
 //! `procs` reads procfs for it.
 pub mod procs;
 mod reload;
+pub mod restart;
 
 use std::{
     path::{Path, PathBuf},
@@ -77,6 +80,8 @@ pub struct Follower {
     next_retire: Instant,
     /// The kernel pid filter is on: only processes in it are traced.
     filtered: bool,
+    /// `--follow`: restarted processes join the traced ones.
+    restarts: Option<restart::Restarts>,
 }
 
 impl Follower {
@@ -100,9 +105,20 @@ impl Follower {
             retired: Vec::new(),
             next_retire: Instant::now() + RETIRE_EVERY,
             filtered,
+            restarts: None,
         };
         f.add_targets(sites);
         f
+    }
+
+    /// `--follow`: new processes of the followed executables join.
+    pub fn follow_restarts(&mut self, restarts: restart::Restarts) {
+        self.restarts = Some(restarts);
+    }
+
+    /// The stage target files (paths as resolved).
+    pub fn target_paths(&self) -> Vec<PathBuf> {
+        self.targets.iter().map(|t| t.path.clone()).collect()
     }
 
     fn add_targets(&mut self, sites: &[ProbeSite]) {
@@ -146,15 +162,26 @@ impl Follower {
     pub fn poll(&mut self, probes: &mut Probes) -> Vec<Followed> {
         let mut out = Vec::new();
         for i in 0..self.targets.len() {
-            let t = &self.targets[i];
-            // Missing: a deploy between its unlink and its rename.
-            let Ok((file, changed_ns)) = FileId::of(&t.path) else {
+            let t = &mut self.targets[i];
+            // Missing: a deploy between its unlink and its rename, or a
+            // /proc/PID/root path of a process gone: then the path as it saw it.
+            let found = FileId::of(&t.path).or_else(|e| {
+                let seen = procs::in_namespace(&t.path);
+                let (file, changed) = FileId::of(&seen).map_err(|_| e)?;
+                t.path = seen;
+                Ok::<_, std::io::Error>((file, changed))
+            });
+            let Ok((file, changed_ns)) = found else {
                 continue;
             };
+            let t = &self.targets[i];
             if file == t.file || Some(file) == t.refused {
                 continue;
             }
             out.push(self.replaced(probes, i, file, changed_ns));
+        }
+        if let Some(r) = self.restarts.as_mut() {
+            out.extend(r.poll(probes).into_iter().map(Followed::Attached));
         }
         if Instant::now() >= self.next_retire {
             self.next_retire = Instant::now() + RETIRE_EVERY;
@@ -227,7 +254,8 @@ impl Follower {
     /// The sites of the current stages and gauges in `path`. A stage whose
     /// own target fails to resolve (another file mid-deploy) is left out;
     /// none at all is an error.
-    fn sites_in(&self, path: &Path) -> Result<Vec<ProbeSite>, String> {
+    fn sites_in(&mut self, path: &Path) -> Result<Vec<ProbeSite>, String> {
+        self.drop_gone_pids();
         let mut resolver = Resolver::new(&self.pids);
         let mut sites = Vec::new();
         let mut last_error = None;
@@ -249,6 +277,13 @@ impl Follower {
             (true, Some(e)) => Err(e),
             (true, None) => Err("none of the stages' functions is in it".into()),
         }
+    }
+
+    /// Keeps the `-p` processes still running (targets resolve through
+    /// them; with none left, through the host's files).
+    fn drop_gone_pids(&mut self) {
+        self.pids
+            .retain(|&p| crate::symbols::process::ensure_running(p).is_ok());
     }
 
     /// Of `pids`, those traced (in the kernel pid filter when it is on).

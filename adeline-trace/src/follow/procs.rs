@@ -39,6 +39,24 @@ impl FileId {
     }
 }
 
+/// `path` without a `/proc/PID/root` prefix: the path as the process
+/// sees it (the host's path too when it shares the host's mounts).
+pub fn in_namespace(path: &Path) -> PathBuf {
+    let mut parts = path.components();
+    let prefix: Vec<_> = parts.by_ref().take(4).collect();
+    let is_root = prefix.len() == 4
+        && prefix[1].as_os_str() == "proc"
+        && prefix[2]
+            .as_os_str()
+            .to_str()
+            .is_some_and(|p| p.parse::<u32>().is_ok())
+        && prefix[3].as_os_str() == "root";
+    match is_root {
+        true => Path::new("/").join(parts.as_path()),
+        false => path.to_path_buf(),
+    }
+}
+
 /// Every process id in /proc.
 pub fn all_pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -115,6 +133,22 @@ pub fn wall_to_boot_ns(wall_ns: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_root_prefixes_are_dropped() {
+        assert_eq!(
+            in_namespace(Path::new("/proc/42/root/opt/app/prog")),
+            Path::new("/opt/app/prog")
+        );
+        assert_eq!(
+            in_namespace(Path::new("/opt/app/prog")),
+            Path::new("/opt/app/prog")
+        );
+        assert_eq!(
+            in_namespace(Path::new("/proc/self/root/x")),
+            Path::new("/proc/self/root/x")
+        );
+    }
 
     #[test]
     fn this_process_runs_its_executable() {

@@ -69,6 +69,7 @@ impl Follower {
             });
         }
         // Resolve every stage of the new config: it must stand on its own.
+        self.drop_gone_pids();
         let mut resolver = Resolver::new(&self.pids);
         let mut all = Vec::new();
         for (stage, &id) in new.iter().zip(&ids) {
