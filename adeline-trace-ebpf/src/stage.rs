@@ -56,7 +56,11 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     let calls = THREADS.current(false);
     if calls.is_null() {
-        bump(COUNTER_UNMATCHED_EXIT);
+        // Probes for every process with the pid filter on (following
+        // children): an untraced process's return is not unmatched.
+        if pid_allowed((pid_tgid >> 32) as u32) {
+            bump(COUNTER_UNMATCHED_EXIT);
+        }
         return 0;
     }
     // SAFETY: task-local storage of the current thread: no other writer.

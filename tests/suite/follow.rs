@@ -419,3 +419,29 @@ fn follow_needs_pids_or_a_command() {
         "error: --follow needs -p PID or a command to launch: without them every process running the targets is traced already"
     );
 }
+
+#[test]
+fn another_process_of_the_same_binary_is_neither_counted_nor_unmatched() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = scratch_dir("follow-other");
+    let prog = dir.join("prog");
+    std::fs::copy(work_fixture(), &prog).unwrap();
+    let stage = format!("w={}:work", prog.display());
+    let exe = prog.to_str().unwrap();
+    let mut agent = Agent::spawn(&[
+        "run", "--no-api", "--stage", &stage, "--", exe, "10", "0", "50",
+    ]);
+    agent.wait_ready(T);
+    // Probes are in every process running prog; the pid filter drops this one.
+    run_to_end(&prog, &["30"]);
+    agent.wait_exit(T);
+    let out = agent.output();
+    assert_eq!(out.spans_of("w").len(), 10);
+    assert!(
+        out.stderr.contains(" 0 unmatched returns"),
+        "{}",
+        out.stderr
+    );
+}
