@@ -5,10 +5,10 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext, EbpfContext,
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
-use crate::maps::PIDS;
+use crate::{maps::PIDS, memory::field};
 
 /// task:task_newtask: `pid` (the new task) and `clone_flags`
 /// (/sys/kernel/tracing/events/task/task_newtask/format).
@@ -17,20 +17,13 @@ const NEWTASK_CLONE_FLAGS: usize = 32;
 /// A new thread of the same process (not a new process).
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// sched:sched_process_exit: `group_dead` (Linux 6.16+; the agent sets
-/// `EXIT_GROUP_DEAD` when the format file has it at this offset).
+/// `EXIT_HAS_GROUP_DEAD` when the format file has it at this offset).
 const EXIT_GROUP_DEAD: usize = 32;
 
 /// Non-zero: sched_process_exit carries `group_dead` at [`EXIT_GROUP_DEAD`];
 /// zero: a process is taken as gone when its main thread exits.
 #[no_mangle]
 static EXIT_HAS_GROUP_DEAD: u32 = 0;
-
-#[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: `offset` is a field of this tracepoint's record (format file),
-    // inside the record and aligned to the field's size.
-    unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
-}
 
 /// Runs in the parent while the child is created (before it can run).
 #[tracepoint]
@@ -44,7 +37,7 @@ pub fn follow_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let child = field::<i32>(&ctx, NEWTASK_PID) as u32;
-    // Full map: the child is not traced (the agent counts the filter's size).
+    // A full map (MAX_PIDS processes): the child is not traced.
     let _ = PIDS.insert(&child, &1, 0);
     0
 }

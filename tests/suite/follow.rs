@@ -101,13 +101,27 @@ fn count_by_pid(out: &AgentOutput, pid: u32) -> usize {
         .count()
 }
 
-/// Runs `exe ARGS` to its end; its pid.
-fn run_to_end(exe: &Path, args: &[&str]) -> u32 {
-    let mut child = Command::new(exe)
+/// A fresh copy of the fixture, `<scratch>/prog`, and the stage `w` on
+/// its work().
+fn fresh_prog(name: &str) -> (PathBuf, String) {
+    let prog = scratch_dir(name).join("prog");
+    std::fs::copy(work_fixture(), &prog).unwrap();
+    let stage = format!("w={}:work", prog.display());
+    (prog, stage)
+}
+
+/// Starts `exe ARGS` (stdout discarded).
+fn start(exe: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(exe)
         .args(args)
         .stdout(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `exe ARGS` to its end; its pid.
+fn run_to_end(exe: &Path, args: &[&str]) -> u32 {
+    let mut child = start(exe, args);
     let pid = child.id();
     assert!(child.wait().unwrap().success());
     pid
@@ -125,10 +139,7 @@ fn a_binary_replaced_on_disk_is_traced_again_within_a_second() {
     if !require_bpf() {
         return;
     }
-    let dir = scratch_dir("follow-deploy");
-    let prog = dir.join("prog");
-    std::fs::copy(work_fixture(), &prog).unwrap();
-    let stage = format!("w={}:work", prog.display());
+    let (prog, stage) = fresh_prog("follow-deploy");
     let mut agent = Agent::spawn(&["run", "--no-api", "--stage", &stage]);
     agent.wait_ready(T);
     let first = run_to_end(&prog, &["10"]);
@@ -136,11 +147,7 @@ fn a_binary_replaced_on_disk_is_traced_again_within_a_second() {
     // A deploy, and the new binary started at once: 40 calls of 25 ms.
     deploy(&work_fixture(), &prog);
     let deployed = std::time::Instant::now();
-    let mut running = Command::new(&prog)
-        .args(["40", "0", "25"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut running = start(&prog, &["40", "0", "25"]);
     let attach = agent
         .wait_for_event(Duration::from_secs(5), |v| {
             v["type"] == "attach" && v["reason"] == "replaced"
@@ -317,10 +324,7 @@ fn follow_picks_up_a_restarted_command_within_a_second() {
     if !require_bpf() {
         return;
     }
-    let dir = scratch_dir("follow-restart-cmd");
-    let prog = dir.join("prog");
-    std::fs::copy(work_fixture(), &prog).unwrap();
-    let stage = format!("w={}:work", prog.display());
+    let (prog, stage) = fresh_prog("follow-restart-cmd");
     let exe = prog.to_str().unwrap();
     let mut agent = Agent::spawn(&[
         "run", "--no-api", "--follow", "--stage", &stage, "--", exe, "8", "0", "25",
@@ -329,11 +333,7 @@ fn follow_picks_up_a_restarted_command_within_a_second() {
     // The command exits; the agent goes on. A supervisor starts it again.
     std::thread::sleep(Duration::from_millis(600));
     let started = std::time::Instant::now();
-    let mut again = Command::new(&prog)
-        .args(["40", "0", "25"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut again = start(&prog, &["40", "0", "25"]);
     // Other arguments: another program, not a restart.
     let other = run_to_end(&prog, &["3"]);
     let r = restart_of(&mut agent, again.id());
@@ -365,11 +365,7 @@ fn follow_picks_up_a_restarted_pid_even_after_a_deploy() {
     let dir = scratch_dir("follow-restart-pid");
     let prog = dir.join("prog");
     std::fs::copy(work_fixture(), &prog).unwrap();
-    let first = Command::new(&prog)
-        .args(["40", "0", "25"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let first = start(&prog, &["40", "0", "25"]);
     let first_pid = first.id().to_string();
     let stage = format!("w={}:work", prog.display());
     let mut agent = Agent::spawn(&[
@@ -382,11 +378,7 @@ fn follow_picks_up_a_restarted_pid_even_after_a_deploy() {
     deploy(&work_fixture(), &prog);
     std::thread::sleep(Duration::from_millis(100));
     let started = std::time::Instant::now();
-    let mut again = Command::new(&prog)
-        .args(["40", "0", "25"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut again = start(&prog, &["40", "0", "25"]);
     let r = restart_of(&mut agent, again.id());
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -425,10 +417,7 @@ fn another_process_of_the_same_binary_is_neither_counted_nor_unmatched() {
     if !require_bpf() {
         return;
     }
-    let dir = scratch_dir("follow-other");
-    let prog = dir.join("prog");
-    std::fs::copy(work_fixture(), &prog).unwrap();
-    let stage = format!("w={}:work", prog.display());
+    let (prog, stage) = fresh_prog("follow-other");
     let exe = prog.to_str().unwrap();
     let mut agent = Agent::spawn(&[
         "run", "--no-api", "--stage", &stage, "--", exe, "10", "0", "50",

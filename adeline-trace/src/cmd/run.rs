@@ -96,7 +96,11 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         frame_stage,
         alloc: plan.alloc.clone(),
         memory: plan.memory,
-        follow_children: plan.follow_children && (child.is_some() || plan.follow),
+        // Alloc mode's allocator probes would trap in every process on the
+        // host while following: it traces the given processes only.
+        follow_children: plan.follow_children
+            && plan.alloc.is_none()
+            && (child.is_some() || plan.follow),
     };
     let mut probes = Probes::attach(&sites, &opts)?;
     // Probes for every process: follow the target files; service mode:
