@@ -5,6 +5,9 @@
 //! `#[repr(C)]`, fixed size and free of implicit padding.
 #![no_std]
 
+pub mod python;
+pub mod usdt;
+
 /// Record kinds (first `u32` of every ring-buffer record).
 pub const KIND_SPAN: u32 = 1;
 /// A gauge sample: an integer argument or return value of a function.
@@ -50,7 +53,7 @@ pub const fn gauge_cookie(gauge: u32, arg: u8) -> u64 {
 
 /// Deepest nesting of traced calls tracked per thread. Deeper calls are
 /// counted in `COUNTER_DEPTH_OVERFLOW` and produce no span.
-pub const MAX_DEPTH: usize = 16;
+pub const MAX_DEPTH: usize = 32;
 
 /// Most stages one agent can trace (stage ids are `0..MAX_STAGES`).
 pub const MAX_STAGES: u32 = 1024;
@@ -94,8 +97,15 @@ pub const COUNTER_OTHER_RING_FULL: u32 = 4;
 pub const COUNTER_ALLOC_MAP_FULL: u32 = 5;
 /// Alloc mode: the user stack of an allocation could not be collected.
 pub const COUNTER_ALLOC_NO_STACK: u32 = 6;
+/// Unwind support: a traced call was unwound by an exception (its span is
+/// marked `SPAN_FLAG_EXCEPTION`; counted even when filtered or lost).
+pub const COUNTER_UNWOUND: u32 = 7;
+/// An open call dropped at the entry of a later call made from the same
+/// or an outer frame: it left without a return the probes saw (longjmp,
+/// an exit instruction not probed).
+pub const COUNTER_ABANDONED: u32 = 8;
 /// Number of counters.
-pub const COUNTERS: u32 = 7;
+pub const COUNTERS: u32 = 9;
 
 /// One completed call of a traced stage function.
 #[repr(C)]
@@ -121,8 +131,22 @@ pub struct SpanRecord {
     pub frame_ns: u64,
     /// Number of traced calls open on this thread below this one.
     pub depth: u32,
-    pub _pad: u32,
+    /// `SPAN_FLAG_*` bits (one namespace for every probe kind).
+    pub flags: u32,
 }
+
+/// `SpanRecord::flags`, one namespace for every probe kind. A native call
+/// did not return: an exception (C++ throw, Rust panic, or a thread's
+/// forced unwind) unwound it. `dur_ns` runs to the catch (or the thread's
+/// exit for a forced unwind). JSON `"exception": true`.
+pub const SPAN_FLAG_EXCEPTION: u32 = 1;
+/// A Python call ended with an exception: the interpreter left its frame
+/// through the unwind path (an exact exit). JSON `"error": true`.
+pub const SPAN_FLAG_ERROR: u32 = 2;
+/// A Python generator or coroutine call, from its first resume to its
+/// final return (self time = its active time minus its children). JSON
+/// `"generator": true`.
+pub const SPAN_FLAG_GENERATOR: u32 = 4;
 
 /// One integer sampled by a gauge probe.
 #[repr(C)]
@@ -231,15 +255,39 @@ pub struct AllocStats {
     pub freed_bytes: u64,
 }
 
-/// One open traced call on a thread.
+/// `OpenCall::flags`: the open call is a Python frame (`key` = frame |
+/// epoch); without it, a native call (`key` = its return-address slot).
+pub const OPEN_PYTHON: u32 = 1;
+/// `OpenCall::flags`: ... of a generator or coroutine (one activation).
+pub const OPEN_GENERATOR: u32 = 2;
+/// `OpenCall::flags`: a USDT pair's call (`key` = the stack pointer at
+/// its entry probe, not a return-address slot): it may outlive the frame
+/// it started in, so only its return probe ends it (never the exit-
+/// instruction mode's abandonment, a catch, or another stage's exit scan).
+pub const OPEN_USDT: u32 = 4;
+
+/// One open traced call on a thread: native (stage.rs, unwind.rs) and
+/// Python (python.rs) calls share the per-thread stack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenCall {
     pub stage: u32,
-    pub _pad: u32,
+    /// `OPEN_*` bits; 0 for a native call.
+    pub flags: u32,
     pub start_ns: u64,
     /// Summed durations of the traced calls returned directly inside this one.
     pub child_ns: u64,
+    /// What pairs the entry with its exit. A native call: its
+    /// return-address slot, the stack pointer at the entry probe (which
+    /// sits before the stack pointer moves); exit instructions find their
+    /// call by it and a catch tells unwound calls by it. A Python call
+    /// (`OPEN_PYTHON`): the frame address and window epoch
+    /// (`python::PY_FRAME_MASK`).
+    pub key: u64,
+    /// A native call in exit-instruction mode: the return address in its
+    /// slot at entry (0 if unread): a slot that no longer holds it belongs
+    /// to a frame that is gone. 0 for a Python call.
+    pub orig: u64,
 }
 
 /// The traced calls open on one thread, innermost last.
@@ -252,6 +300,10 @@ pub struct ThreadCalls {
     /// Entry time of that frame-root call.
     pub frame_ns: u64,
     pub calls: [OpenCall; MAX_DEPTH],
+    /// Non-zero once a forced unwind (pthread_exit, pthread_cancel) started
+    /// on the thread: its open calls end as unwound when it exits.
+    pub forced_unwind: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -267,4 +319,10 @@ mod pod {
     unsafe impl aya::Pod for AllocInfo {}
     unsafe impl aya::Pod for AllocStats {}
     unsafe impl aya::Pod for RssState {}
+    unsafe impl aya::Pod for python::PySite {}
+    unsafe impl aya::Pod for python::PyPattern {}
+    unsafe impl aya::Pod for python::PyObjKey {}
+    unsafe impl aya::Pod for python::PyCodeInfo {}
+    unsafe impl aya::Pod for python::PyGenState {}
+    unsafe impl aya::Pod for usdt::UsdtArgSpec {}
 }

@@ -50,7 +50,7 @@ pub fn gauge_ret(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn emit(gauge: u32, value: i64) {
+pub fn emit(gauge: u32, value: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !pid_allowed((pid_tgid >> 32) as u32) {
         return;

@@ -1,4 +1,5 @@
-//! Kernel programs of adeline-trace. One file per concern; maps.rs holds every map.
+//! Kernel programs of adeline-trace. One file per concern; maps.rs holds
+//! every shared map (python.rs and usdt.rs keep their own).
 #![no_std]
 #![no_main]
 
@@ -7,7 +8,10 @@ mod follow;
 mod gauge;
 mod maps;
 mod memory;
+mod python;
 mod stage;
+mod unwind;
+mod usdt;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -23,6 +23,19 @@ static FILTER_PIDS: u32 = 0;
 #[no_mangle]
 static FRAME_STAGE: u32 = adeline_trace_common::NO_FRAME_STAGE;
 
+/// Non-zero when catch hooks are attached (unwind.rs, exit-instruction
+/// mode): the entry probe then reads each call's return address, which
+/// they compare against, and drops calls of frames that are gone.
+#[no_mangle]
+static READ_RETURN_ADDRESS: u32 = 0;
+
+/// Whether the entry probe records the return address (`OpenCall::orig`).
+#[inline(always)]
+pub fn read_return_address() -> bool {
+    // SAFETY: read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&READ_RETURN_ADDRESS) != 0 }
+}
+
 /// Spans shorter than this are counted but not sent (0 = send all).
 #[no_mangle]
 static MIN_DUR_NS: u64 = 0;

@@ -1,21 +1,33 @@
 //! Generic stage timing: one entry and one exit program serve every stage;
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
-    OpenCall, SpanRecord, ThreadCalls, COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT,
-    COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH, NO_STAGE,
+    OpenCall, SpanRecord, ThreadCalls, COUNTER_ABANDONED, COUNTER_DEPTH_OVERFLOW,
+    COUNTER_FILTERED_SHORT, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
+    NO_STAGE, OPEN_PYTHON, OPEN_USDT,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 
-use crate::maps::{bump, frame_stage, min_duration, pid_allowed, EVENTS, THREADS};
+use crate::maps::{
+    bump, frame_stage, min_duration, pid_allowed, read_return_address, EVENTS, THREADS,
+};
 
 #[uprobe]
 pub fn stage_entry(ctx: ProbeContext) -> u32 {
+    open_stage(&ctx, 0)
+}
+
+/// Opens a call of the stage (the cookie) on this thread's stack, with
+/// `OpenCall::flags` = `flags` (0: a native function; `OPEN_USDT`).
+#[inline(always)]
+pub fn open_stage(ctx: &ProbeContext, flags: u32) -> u32 {
     // SAFETY: plain helper calls on the probe's own context.
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -29,13 +41,52 @@ pub fn stage_entry(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
+    // Exit instructions and unwind support (unwind.rs) find a call by its
+    // return-address slot (`OpenCall::key`): the probe sits before the stack pointer moves.
+    // SAFETY: reading the probe's own register context.
+    let rsp = unsafe { (*ctx.regs).rsp };
+    // Exit-instruction mode (catch hooks attached): open calls whose slot
+    // is below this one's belong to frames that are gone (longjmp, an exit
+    // not probed): drop them, counted, so they are neither matched nor
+    // taken for unwound ones by a catch. (An equal slot is a uretprobe's
+    // chained tail call, alive.) Uretprobe mode keeps its old behaviour:
+    // a program that switches stacks (fibers, sigaltstack) is unaffected.
+    let unwind_mode = read_return_address();
+    for _ in 0..MAX_DEPTH {
+        if !unwind_mode {
+            break;
+        }
+        let d = calls.depth as usize;
+        if d == 0 || d > MAX_DEPTH {
+            break;
+        }
+        // A Python call's key is its frame, a USDT call's the stack
+        // pointer at its probe, not a slot: they stay.
+        let top = &calls.calls[(d - 1) & (MAX_DEPTH - 1)];
+        if top.flags & (OPEN_PYTHON | OPEN_USDT) != 0 || top.key >= rsp {
+            break;
+        }
+        calls.depth -= 1;
+        if calls.frame_level as usize >= d {
+            calls.frame_level = 0;
+        }
+        bump(COUNTER_ABANDONED);
+    }
     let depth = calls.depth as usize;
     if depth < MAX_DEPTH {
         calls.calls[depth] = OpenCall {
             stage,
-            _pad: 0,
+            flags,
             start_ns: now,
             child_ns: 0,
+            key: rsp,
+            // The return address, which tells a catch whether this frame is
+            // gone: read only when catch hooks are attached (~100 ns).
+            orig: match unwind_mode && flags == 0 {
+                // SAFETY: bpf_probe_read_user checks the address.
+                true => unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0),
+                false => 0,
+            },
         };
         if stage == frame_stage() && calls.frame_level == 0 {
             calls.frame_level = depth as u32 + 1;
@@ -54,6 +105,14 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let stage = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    end_stage(stage, now, pid_tgid);
+    0
+}
+
+/// Ends the innermost open call of `stage` on this thread at `now`. Shared
+/// by the uretprobe and USDT return probes (usdt.rs).
+#[inline(always)]
+pub fn end_stage(stage: u32, now: u64, pid_tgid: u64) {
     let calls = THREADS.current(false);
     if calls.is_null() {
         // Probes for every process with the pid filter on (following
@@ -61,18 +120,18 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         if pid_allowed((pid_tgid >> 32) as u32) {
             bump(COUNTER_UNMATCHED_EXIT);
         }
-        return 0;
+        return;
     }
     // SAFETY: task-local storage of the current thread: no other writer.
     let calls = unsafe { &mut *calls };
     let depth = calls.depth as usize;
     if depth == 0 {
         bump(COUNTER_UNMATCHED_EXIT);
-        return 0;
+        return;
     }
     if depth > MAX_DEPTH {
         calls.depth -= 1;
-        return 0;
+        return;
     }
     // The innermost open call of this stage: normally the top of the stack.
     // Calls above it were left without a return (exception, longjmp): drop
@@ -89,17 +148,30 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         }
         if found >= MAX_DEPTH {
             bump(COUNTER_UNMATCHED_EXIT);
-            return 0;
+            return;
         }
     }
-    let start_ns = calls.calls[found].start_ns;
-    let child_ns = calls.calls[found].child_ns;
+    close_call(calls, found, now, stage, pid_tgid, 0);
+}
+
+/// Pops the open call at index `found` (and any above it) that lasted
+/// `dur_ns`: adds it to its parent's child time (filtered or not) and
+/// updates the frame state. Returns the start of the frame it belongs to
+/// (0: none). Shared by every kind that ends calls (stage_exit, stage_ret,
+/// the unwind hooks, py_exit).
+#[inline(always)]
+pub fn pop_call(calls: &mut ThreadCalls, found: usize, dur_ns: u64) -> u64 {
+    let found = found & (MAX_DEPTH - 1);
     calls.depth = found as u32;
-    let dur_ns = now.wrapping_sub(start_ns);
-    // This call is part of its parent's child time (filtered or not).
     if found > 0 {
-        let parent = &mut calls.calls[(found - 1) & (MAX_DEPTH - 1)];
-        parent.child_ns = parent.child_ns.wrapping_add(dur_ns);
+        // A fresh bounded index: inlined into a loop, the compiler would
+        // otherwise address the parent as "this call - 1", a pointer offset
+        // the verifier cannot bound.
+        // SAFETY: a volatile read of a local.
+        let pidx = unsafe { core::ptr::read_volatile(&((found - 1) & (MAX_DEPTH - 1))) };
+        if let Some(parent) = calls.calls.get_mut(pidx) {
+            parent.child_ns = parent.child_ns.wrapping_add(dur_ns);
+        }
     }
     let level = calls.frame_level as usize;
     let frame_ns = if level != 0 && found + 1 >= level {
@@ -111,9 +183,30 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
         // The frame root itself returned (or was unwound past).
         calls.frame_level = 0;
     }
+    frame_ns
+}
+
+/// Ends the open call at index `found` (and drops any above it) at `now`:
+/// adds its duration to its parent's child time, updates the frame state,
+/// and sends its span (`flags`: `SPAN_FLAG_*`) unless it is shorter than
+/// the minimum duration. Shared by the return probe and unwind support.
+#[inline(always)]
+pub fn close_call(
+    calls: &mut ThreadCalls,
+    found: usize,
+    now: u64,
+    stage: u32,
+    pid_tgid: u64,
+    flags: u32,
+) {
+    let found = found & (MAX_DEPTH - 1);
+    let start_ns = calls.calls[found].start_ns;
+    let child_ns = calls.calls[found].child_ns;
+    let dur_ns = now.wrapping_sub(start_ns);
+    let frame_ns = pop_call(calls, found, dur_ns);
     if dur_ns < min_duration() {
         bump(COUNTER_FILTERED_SHORT);
-        return 0;
+        return;
     }
     match EVENTS.reserve::<SpanRecord>(0) {
         Some(mut entry) => {
@@ -127,13 +220,12 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
                 self_ns: dur_ns.saturating_sub(child_ns),
                 frame_ns,
                 depth: found as u32,
-                _pad: 0,
+                flags,
             });
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
         None => bump(COUNTER_RING_FULL),
     }
-    0
 }
 
 /// The innermost traced stage open on this thread and its frame start.

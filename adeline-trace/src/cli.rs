@@ -20,7 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Attach to stage functions and stream their latency as JSON Lines.
     Run(Box<RunArgs>),
-    /// List the functions (and USDT probes) of an executable or library that can be probed.
+    /// List the functions (and USDT probes) of an executable or library that
+    /// can be probed, or with --python -p PID the Python functions a
+    /// process has.
     List(ListArgs),
     /// Ask the running agent for per-stage latency, FPS and frame shares.
     Summary(SummaryArgs),
@@ -111,7 +113,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A stage to time: NAME=TARGET:SYMBOL. TARGET is a path or a bare library
-    /// name; SYMBOL an exact name or a glob over demangled names. Repeatable.
+    /// name; SYMBOL an exact name or a glob over demangled names. Also
+    /// NAME=python:INTERPRETER:PATTERN (docs/python.md) and
+    /// NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (docs/usdt.md). Repeatable.
     #[arg(long = "stage", value_name = "NAME=TARGET:SYMBOL")]
     pub stages: Vec<String>,
     /// Trace only this process (repeatable). Default: every process running the targets.
@@ -133,7 +137,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "STAGE")]
     pub frame_stage: Option<String>,
     /// Record an integer argument or return value on every call:
-    /// NAME=TARGET:SYMBOL:argN|ret (N = 0..5). Repeatable.
+    /// NAME=TARGET:SYMBOL:argN|ret (N = 0..5); or a USDT probe's decoded
+    /// argument, or 1 per hit: NAME=usdt:TARGET:PROVIDER:PROBE[:argN|:hits]
+    /// (docs/usdt.md). Repeatable.
     #[arg(long = "gauge", value_name = "NAME=TARGET:SYMBOL:argN|ret")]
     pub gauges: Vec<String>,
     /// An alert rule, e.g. 'p99(infer) > 50ms for 5s' (repeatable; see docs/alerts.md).
@@ -187,6 +193,26 @@ pub struct RunArgs {
     /// bytes per stage) or `off` (RSS from procfs only).
     #[arg(long, value_name = "full|maps|off", value_enum, default_value = "full")]
     pub memory: MemoryMode,
+    /// How stage returns are observed: `ret` puts uprobes on the function's
+    /// exit instructions, so C++ exceptions, Rust panics and thread
+    /// cancellation can cross it (a single-stepped trap per return);
+    /// `uretprobe` uses the kernel's return trampoline (cheaper, but an
+    /// exception that unwinds through the function terminates the
+    /// process); `auto` (default): `ret` for functions in files with
+    /// exception tables (C++, Rust) that call anything, else `uretprobe`.
+    /// See docs/unwind.md.
+    #[arg(
+        long,
+        value_name = "auto|ret|uretprobe",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub exit_probes: crate::probes::unwind::ExitProbes,
+    /// Python stages: attach the interpreter probes for WINDOW every
+    /// PERIOD (e.g. 1s/10s: exact spans inside each window, no cost
+    /// between), or `always` (every call; see docs/python.md for the cost).
+    #[arg(long, value_name = "WINDOW/PERIOD|always")]
+    pub python_window: Option<String>,
     /// Alloc mode: trace the C library's allocator (malloc, calloc, realloc,
     /// free, posix_memalign, aligned_alloc, memalign, valloc, mmap, munmap)
     /// of the traced process: allocations per stage, outstanding bytes and
@@ -205,6 +231,15 @@ pub struct RunArgs {
     /// Alloc mode: how many allocation sites to report (default 10).
     #[arg(long, value_name = "N", requires = "alloc")]
     pub alloc_top: Option<usize>,
+    /// Refuse to attach to more functions than this in one run (default
+    /// 1000; every match of every stage and gauge counts once).
+    #[arg(long, value_name = "N")]
+    pub max_probes: Option<usize>,
+    /// Benchmarks and tests: attach uprobes through `multi` (uprobe-multi
+    /// links, Linux 6.6+) or `perf` (a perf event per probe). Default: multi
+    /// when the kernel has it.
+    #[arg(long, value_name = "multi|perf", value_enum, hide = true)]
+    pub attach: Option<crate::probes::attach::AttachMode>,
     /// Send the per-stage metrics to an OpenTelemetry collector over OTLP
     /// HTTP/protobuf, e.g. http://127.0.0.1:4318 (/v1/metrics and
     /// /v1/traces are added).
@@ -244,13 +279,20 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Executable or shared library (path or bare library name).
-    pub target: String,
-    /// Only functions whose demangled or raw name matches this glob.
+    /// Executable or shared library (path or bare library name). With
+    /// --python: the interpreter (default with -p: the process's own).
+    pub target: Option<String>,
+    /// Only functions whose demangled or raw name (with --python: the
+    /// qualified name) matches this glob.
     pub glob: Option<String>,
-    /// Resolve a bare library name through this process's mappings.
+    /// Resolve a bare library name through this process's mappings; with
+    /// --python, the process whose Python functions to list.
     #[arg(short = 'p', long = "pid")]
     pub pid: Option<u32>,
+    /// List the Python functions a running interpreter (-p PID) has: every
+    /// live function object and the code on its threads' stacks.
+    #[arg(long)]
+    pub python: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

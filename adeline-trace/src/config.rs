@@ -1,6 +1,11 @@
 //! TOML file + CLI flags -> a validated [`Plan`]. All user-input validation
 //! that does not need the file system's ELF contents happens here.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::HashSet,
+    io::Read,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -8,10 +13,14 @@ use thiserror::Error;
 use crate::{
     alerts::AlertSpec,
     cli::RunArgs,
+    format::one_line,
     probes::{
         alloc::{AllocSpec, DEFAULT_MIN_AGE, DEFAULT_TOP},
+        attach::AttachMode,
         gauge::{GaugeSource, GaugeSpec},
         memory::MemoryMode,
+        python,
+        usdt::{self, UsdtValue},
         Location, StageSpec,
     },
     sinks::{
@@ -23,6 +32,34 @@ use crate::{
     },
     units::parse_size,
 };
+
+/// Longest stage or gauge name, in characters: names are table columns,
+/// Prometheus labels, alert rule operands and history keys.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Largest config file read. A config with every stage the agent can
+/// trace (1024) is well under 256 KiB; anything bigger is a mistake, and
+/// refusing it up front keeps parsing errors fast.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// User text quoted in an error is cut to this many characters (and kept on one line).
+const ECHO_CHARS: usize = 80;
+
+/// `text` as quoted in a one-line error.
+fn echo(text: &str) -> String {
+    one_line(text, ECHO_CHARS)
+}
+
+/// What a stage's TARGET:SYMBOL names: a native function, Python
+/// functions (`python:INTERPRETER:PATTERN`, TOML `kind = "python"`), or a
+/// pair of USDT probes (`usdt:TARGET:PROVIDER:ENTRY,RETURN`, TOML
+/// `kind = "usdt"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageKind {
+    Native,
+    Python,
+    Usdt,
+}
 
 /// Default Prometheus histogram bounds, seconds.
 pub const DEFAULT_PROM_BUCKETS: &str = "0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1";
@@ -75,6 +112,14 @@ pub struct Plan {
     pub memory: MemoryMode,
     /// Where results go (the sinks).
     pub outputs: Outputs,
+    /// At most this many probe sites (functions) per run (`--max-probes`).
+    pub max_probes: usize,
+    /// How to attach uprobes (`--attach`; None: detect).
+    pub attach: Option<AttachMode>,
+    /// How stage returns are observed (`--exit-probes`, probes/unwind.rs).
+    pub exit_probes: crate::probes::unwind::ExitProbes,
+    /// Python stages: probes attached for `.0` every `.1` (None: always).
+    pub python_window: Option<(Duration, Duration)>,
     /// The kubelet's pod log directory (None: the default).
     pub kubelet_pods_dir: Option<PathBuf>,
     /// Trace the processes the traced ones fork (`--no-follow-children`
@@ -86,12 +131,17 @@ pub struct Plan {
     pub follow: bool,
 }
 
+/// Default of `--max-probes`.
+pub const DEFAULT_MAX_PROBES: usize = 1000;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("malformed --stage '{spec}': expected NAME=TARGET:SYMBOL, e.g. infer=/opt/app/libdetector.so:'*Detector::infer*' ({problem})")]
+    #[error("malformed --stage '{}': expected NAME=TARGET:SYMBOL, e.g. infer=/opt/app/libdetector.so:'*Detector::infer*' ({problem})", echo(spec))]
     MalformedStage { spec: String, problem: &'static str },
     #[error("cannot read config {path}: {reason}")]
     ReadConfig { path: PathBuf, reason: String },
+    #[error("config {path} is larger than {} KiB: it cannot be an adeline-trace config (one with {} stages is far smaller)", MAX_CONFIG_BYTES >> 10, adeline_trace_common::MAX_STAGES)]
+    ConfigTooLarge { path: PathBuf },
     #[error("config {path}:{line}:{column}: {message}")]
     Toml {
         path: PathBuf,
@@ -99,7 +149,10 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("invalid {what} '{value}': {reason} (examples: 500us, 20ms, 5s, 2m)")]
+    #[error(
+        "invalid {what} '{}': {reason} (examples: 500us, 20ms, 5s, 2m)",
+        echo(value)
+    )]
     Duration {
         what: &'static str,
         value: String,
@@ -107,8 +160,20 @@ pub enum ConfigError {
     },
     #[error("stage '{name}' is defined twice")]
     DuplicateStage { name: String },
-    #[error("stage name '{name}' is invalid: use letters, digits, '_', '-' or '.'")]
-    BadStageName { name: String },
+    #[error(
+        "{kind} name '{}' is invalid: use letters, digits, '_', '-' or '.'",
+        echo(name)
+    )]
+    BadName { kind: &'static str, name: String },
+    #[error(
+        "{kind} name '{}' is too long ({chars} characters): at most {MAX_NAME_CHARS}",
+        echo(name)
+    )]
+    NameTooLong {
+        kind: &'static str,
+        name: String,
+        chars: usize,
+    },
     #[error("no stages to trace: give --stage NAME=TARGET:SYMBOL or a --config file with [[stage]] entries")]
     NoStages,
     #[error("--pid and a command to launch (after --) cannot be combined")]
@@ -117,21 +182,29 @@ pub enum ConfigError {
     PidZero,
     #[error("--follow needs -p PID or a command to launch: without them every process running the targets is traced already")]
     FollowNeedsPids,
+    #[error("--duration must be more than 0 (e.g. 30s); leave it out to trace until Ctrl-C")]
+    ZeroDuration,
     #[error("--stats-interval must be at least 10ms")]
     StatsIntervalTooShort,
     #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 16777216")]
     RingBytes(u32),
-    #[error("malformed --gauge '{spec}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret ({problem})")]
+    #[error("malformed --gauge '{}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret, or NAME=usdt:TARGET:PROVIDER:PROBE[:argN|:hits] ({problem})", echo(spec))]
     MalformedGauge { spec: String, problem: &'static str },
-    #[error("frame stage '{name}' is not one of the stages ({known})")]
+    #[error("frame stage '{}' is not one of the stages ({known})", echo(name))]
     UnknownFrameStage { name: String, known: String },
     #[error("gauge '{name}' is defined twice")]
     DuplicateGauge { name: String },
-    #[error("invalid --prom-buckets '{value}': {reason} (seconds, comma-separated, e.g. 0.001,0.01,0.1)")]
+    #[error(
+        "invalid --prom-buckets '{}': {reason} (seconds, comma-separated, e.g. 0.001,0.01,0.1)",
+        echo(value)
+    )]
     Buckets { value: String, reason: String },
-    #[error("--history-interval must be 1s, 10s or 60s (the windows the agent keeps), not {0}")]
+    #[error("--history-interval must be 1s, 10s or 60s (the windows the agent keeps), not {}", echo(.0))]
     HistoryInterval(String),
-    #[error("invalid {what} '{value}': {reason} (examples: 4096, 64KiB, 1MB)")]
+    #[error(
+        "invalid {what} '{}': {reason} (examples: 4096, 64KiB, 1MB)",
+        echo(value)
+    )]
     Size {
         what: &'static str,
         value: String,
@@ -156,6 +229,14 @@ pub enum ConfigError {
     OtlpWithoutEndpoint(&'static str),
     #[error("too many stages ({count}); at most {max}")]
     TooManyStages { count: usize, max: u32 },
+    #[error("--max-probes must be at least 1")]
+    MaxProbesZero,
+    #[error("invalid --python-window '{value}': {reason} (form WINDOW/PERIOD, e.g. 1s/10s, or 'always')")]
+    PythonWindow { value: String, reason: String },
+    #[error("stage '{name}': unknown kind '{kind}' (use \"native\", \"python\" or \"usdt\")")]
+    StageKindUnknown { name: String, kind: String },
+    #[error("gauge '{name}': unknown kind '{kind}' (use \"native\" or \"usdt\")")]
+    GaugeKindUnknown { name: String, kind: String },
 }
 
 /// The TOML file's shape. Unknown keys are errors (catches typos).
@@ -185,6 +266,8 @@ struct FileConfig {
     history_retention: Option<String>,
     trace_out: Option<PathBuf>,
     alloc: Option<FileAlloc>,
+    max_probes: Option<usize>,
+    python_window: Option<String>,
     otlp: Option<FileOtlp>,
     kubelet_pods_dir: Option<PathBuf>,
     follow_children: Option<bool>,
@@ -207,10 +290,13 @@ struct FileOtlp {
 #[serde(deny_unknown_fields)]
 struct FileGauge {
     name: String,
+    /// "native" (default) or "usdt".
+    kind: Option<String>,
     target: String,
+    /// The function, or for USDT PROVIDER:PROBE.
     symbol: String,
-    /// "arg0".."arg5" or "ret".
-    value: String,
+    /// "arg0".."arg5" or "ret"; USDT: "argN" or "hits" (the default).
+    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,7 +310,12 @@ struct FileAlert {
 #[serde(deny_unknown_fields)]
 struct FileStage {
     name: String,
+    /// "native" (default), "python" or "usdt".
+    kind: Option<String>,
     target: String,
+    /// The function: a symbol, for Python a [FILE:|MODULE:]QUALNAME
+    /// pattern, for USDT PROVIDER:ENTRY,RETURN.
+    #[serde(alias = "function")]
     symbol: String,
 }
 
@@ -303,19 +394,102 @@ pub fn parse_stage(spec: &str) -> Result<StageSpec, ConfigError> {
     if symbol.trim().is_empty() {
         return Err(bad("empty SYMBOL"));
     }
+    if target.trim() == "usdt" {
+        let stage = StageSpec {
+            name: name.trim().to_string(),
+            location: usdt_stage(symbol).map_err(bad)?,
+        };
+        check_name("stage", &stage.name)?;
+        return Ok(stage);
+    }
+    let (kind, target, symbol) = if target.trim() == "python" {
+        let (interp, pattern) = symbol
+            .split_once(':')
+            .ok_or_else(|| bad("python stages are NAME=python:INTERPRETER:PATTERN"))?;
+        if interp.trim().is_empty() || pattern.trim().is_empty() {
+            return Err(bad("empty INTERPRETER or PATTERN after python:"));
+        }
+        (StageKind::Python, interp, pattern)
+    } else {
+        (StageKind::Native, target, symbol)
+    };
     let stage = StageSpec {
         name: name.trim().to_string(),
-        location: Location::Function {
-            target: target.trim().to_string(),
-            symbol: symbol.trim().to_string(),
+        location: if kind == StageKind::Python {
+            Location::Python {
+                interpreter: target.trim().to_string(),
+                pattern: symbol.trim().to_string(),
+            }
+        } else {
+            Location::Function {
+                target: target.trim().to_string(),
+                symbol: symbol.trim().to_string(),
+            }
         },
     };
-    check_stage_name(&stage.name)?;
+    check_name("stage", &stage.name)?;
     Ok(stage)
 }
 
+/// `TARGET:PROVIDER:ENTRY,RETURN` (after `usdt:`): TARGET is everything
+/// before the last two ':'; the return probe has the entry's provider.
+fn usdt_stage(text: &str) -> Result<Location, &'static str> {
+    const FORM: &str =
+        "USDT stages are NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (a single probe is a --gauge)";
+    let mut parts = text.rsplitn(3, ':');
+    let (Some(probes), Some(provider), Some(target)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FORM);
+    };
+    let (entry, ret) = probes.split_once(',').ok_or(FORM)?;
+    let probe = |name: &str| usdt::ProbeName::parse(&format!("{provider}:{name}"));
+    match (target.trim(), probe(entry), probe(ret)) {
+        ("", _, _) => Err("empty TARGET after usdt:"),
+        (target, Some(entry), Some(ret)) => Ok(Location::Usdt {
+            target: target.to_string(),
+            entry,
+            ret,
+        }),
+        _ => Err(FORM),
+    }
+}
+
+/// `usdt:TARGET:PROVIDER:PROBE[:argN|:hits]` after `NAME=`.
+fn usdt_gauge(name: &str, text: &str) -> Result<GaugeSpec, &'static str> {
+    const FORM: &str = "USDT gauges are NAME=usdt:TARGET:PROVIDER:PROBE[:argN|:hits]";
+    let (rest, value) = match text.rsplit_once(':') {
+        Some((rest, "hits")) => (rest, UsdtValue::Hit),
+        Some((rest, last)) if last.starts_with("arg") => {
+            let n: u8 = last[3..]
+                .parse()
+                .map_err(|_| "USDT argument must be arg0..arg11")?;
+            if n > 11 {
+                return Err("USDT argument must be arg0..arg11");
+            }
+            (rest, UsdtValue::Arg(n))
+        }
+        _ => (text, UsdtValue::Hit),
+    };
+    let mut parts = rest.rsplitn(3, ':');
+    let (Some(probe), Some(provider), Some(target)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FORM);
+    };
+    let probe = usdt::ProbeName::parse(&format!("{provider}:{probe}")).ok_or(FORM)?;
+    if target.trim().is_empty() || name.trim().is_empty() {
+        return Err("empty NAME or TARGET");
+    }
+    Ok(GaugeSpec {
+        name: name.trim().to_string(),
+        target: target.trim().to_string(),
+        symbol: probe.to_string(),
+        source: GaugeSource::Usdt(value),
+    })
+}
+
 /// Parses `NAME=TARGET:SYMBOL:argN|ret`; the value source is after the
-/// last ':' so C++ `::` in the symbol is kept.
+/// last ':' so C++ `::` in the symbol is kept. `NAME=usdt:...` is a USDT
+/// gauge ([`usdt_gauge`]).
 pub fn parse_gauge(spec: &str) -> Result<GaugeSpec, ConfigError> {
     let bad = |problem| ConfigError::MalformedGauge {
         spec: spec.to_string(),
@@ -325,6 +499,11 @@ pub fn parse_gauge(spec: &str) -> Result<GaugeSpec, ConfigError> {
     let (target, rest) = rest
         .split_once(':')
         .ok_or_else(|| bad("missing ':' after TARGET"))?;
+    if target.trim() == "usdt" {
+        let gauge = usdt_gauge(name, rest).map_err(bad)?;
+        check_name("gauge", &gauge.name)?;
+        return Ok(gauge);
+    }
     let (symbol, source) = rest
         .rsplit_once(':')
         .ok_or_else(|| bad("missing ':argN' or ':ret' after SYMBOL"))?;
@@ -333,7 +512,7 @@ pub fn parse_gauge(spec: &str) -> Result<GaugeSpec, ConfigError> {
     }
     let source =
         parse_gauge_source(source.trim()).ok_or_else(|| bad("value must be arg0..arg5 or ret"))?;
-    check_stage_name(name.trim())?;
+    check_name("gauge", name.trim())?;
     Ok(GaugeSpec {
         name: name.trim().to_string(),
         target: target.trim().to_string(),
@@ -352,18 +531,34 @@ fn parse_gauge_source(s: &str) -> Option<GaugeSource> {
     }
 }
 
-fn check_stage_name(name: &str) -> Result<(), ConfigError> {
+/// A stage or gauge name (`kind`): 1 to [`MAX_NAME_CHARS`] ASCII letters,
+/// digits, '_', '-' or '.' (so it needs no quoting in a table, a rule, a
+/// Prometheus label or a URL).
+fn check_name(kind: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::BadStageName {
+    if !ok {
+        return Err(ConfigError::BadName {
+            kind,
             name: name.to_string(),
-        })
+        });
     }
+    if name.len() > MAX_NAME_CHARS {
+        return Err(ConfigError::NameTooLong {
+            kind,
+            name: name.to_string(),
+            chars: name.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The first name given twice, in a linear pass.
+fn first_duplicate<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = HashSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
 }
 
 /// Parses a human duration such as `500us`, `20ms`, `5s`, `2m`.
@@ -376,14 +571,32 @@ pub fn parse_duration(what: &'static str, value: &str) -> Result<Duration, Confi
 }
 
 fn load_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadConfig {
+    let unreadable = |e: std::io::Error| ConfigError::ReadConfig {
         path: path.clone(),
         reason: e.to_string(),
+    };
+    // Never more than the cap is read (the path may be a device or a FIFO).
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::ConfigTooLarge { path: path.clone() });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        ))
     })?;
-    toml::from_str(&text).map_err(|e| {
-        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         ConfigError::Toml {
-            path: path.clone(),
+            path: path.to_path_buf(),
             line,
             column,
             message: e.message().replace('\n', " ").trim().to_string(),
@@ -406,38 +619,70 @@ impl Plan {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let mut stages: Vec<StageSpec> = file
-            .stage
-            .into_iter()
-            .map(|s| {
-                check_stage_name(&s.name)?;
-                Ok(StageSpec {
-                    name: s.name,
-                    location: Location::Function {
-                        target: s.target,
-                        symbol: s.symbol,
-                    },
+        Plan::build(args, file)
+    }
+
+    /// The plan from config file contents `text` (as if read from `path`,
+    /// which only names the file in errors) and the flags; `args.config`
+    /// is not read.
+    pub fn from_config_text(args: &RunArgs, path: &Path, text: &str) -> Result<Plan, ConfigError> {
+        Plan::build(args, parse_file(path, text)?)
+    }
+
+    fn build(args: &RunArgs, file: FileConfig) -> Result<Plan, ConfigError> {
+        let mut stages: Vec<StageSpec> =
+            file.stage
+                .into_iter()
+                .map(|s| {
+                    check_name("stage", &s.name)?;
+                    let kind = match s.kind.as_deref() {
+                        None | Some("native") => StageKind::Native,
+                        Some("python") => StageKind::Python,
+                        Some("usdt") => StageKind::Usdt,
+                        Some(other) => {
+                            return Err(ConfigError::StageKindUnknown {
+                                name: s.name,
+                                kind: other.to_string(),
+                            })
+                        }
+                    };
+                    let location = match kind {
+                        StageKind::Python => Location::Python {
+                            interpreter: s.target,
+                            pattern: s.symbol,
+                        },
+                        StageKind::Native => Location::Function {
+                            target: s.target,
+                            symbol: s.symbol,
+                        },
+                        StageKind::Usdt => usdt_stage(&format!("{}:{}", s.target, s.symbol))
+                            .map_err(|problem| ConfigError::MalformedStage {
+                                spec: format!("{}=usdt:{}:{}", s.name, s.target, s.symbol),
+                                problem,
+                            })?,
+                    };
+                    Ok(StageSpec {
+                        name: s.name,
+                        location,
+                    })
                 })
-            })
-            .collect::<Result<_, ConfigError>>()?;
+                .collect::<Result<_, ConfigError>>()?;
         for spec in &args.stages {
             stages.push(parse_stage(spec)?);
         }
         if stages.is_empty() {
             return Err(ConfigError::NoStages);
         }
-        for (i, s) in stages.iter().enumerate() {
-            if stages[..i].iter().any(|o| o.name == s.name) {
-                return Err(ConfigError::DuplicateStage {
-                    name: s.name.clone(),
-                });
-            }
-        }
         let max = adeline_trace_common::MAX_STAGES;
         if stages.len() > max as usize {
             return Err(ConfigError::TooManyStages {
                 count: stages.len(),
                 max,
+            });
+        }
+        if let Some(name) = first_duplicate(stages.iter().map(|s| s.name.as_str())) {
+            return Err(ConfigError::DuplicateStage {
+                name: name.to_string(),
             });
         }
         let mut pids = file.pids;
@@ -458,6 +703,9 @@ impl Plan {
         let duration = pick(&args.duration, file.duration)
             .map(|d| parse_duration("--duration", &d))
             .transpose()?;
+        if duration == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroDuration);
+        }
         let min_duration = pick(&args.min_duration, file.min_duration)
             .map(|d| parse_duration("--min-duration", &d))
             .transpose()?
@@ -488,18 +736,29 @@ impl Plan {
         }
         let mut gauges = Vec::new();
         for g in file.gauge {
-            let spec = format!("{}={}:{}:{}", g.name, g.target, g.symbol, g.value);
+            let target = match g.kind.as_deref() {
+                None | Some("native") => g.target,
+                Some("usdt") => format!("usdt:{}", g.target),
+                Some(other) => {
+                    return Err(ConfigError::GaugeKindUnknown {
+                        name: g.name,
+                        kind: other.to_string(),
+                    })
+                }
+            };
+            let spec = match g.value {
+                Some(value) => format!("{}={target}:{}:{value}", g.name, g.symbol),
+                None => format!("{}={target}:{}", g.name, g.symbol),
+            };
             gauges.push(parse_gauge(&spec)?);
         }
         for spec in &args.gauges {
             gauges.push(parse_gauge(spec)?);
         }
-        for (i, g) in gauges.iter().enumerate() {
-            if gauges[..i].iter().any(|o| o.name == g.name) {
-                return Err(ConfigError::DuplicateGauge {
-                    name: g.name.clone(),
-                });
-            }
+        if let Some(name) = first_duplicate(gauges.iter().map(|g| g.name.as_str())) {
+            return Err(ConfigError::DuplicateGauge {
+                name: name.to_string(),
+            });
         }
         let mut alerts: Vec<AlertSpec> = file
             .alert
@@ -564,6 +823,20 @@ impl Plan {
         if alloc.is_some() && pids.is_empty() && args.command.is_empty() {
             return Err(ConfigError::AllocNeedsPids);
         }
+        let max_probes = args
+            .max_probes
+            .or(file.max_probes)
+            .unwrap_or(DEFAULT_MAX_PROBES);
+        if max_probes == 0 {
+            return Err(ConfigError::MaxProbesZero);
+        }
+        let python_window = python::parse_window(
+            pick(&args.python_window, file.python_window).as_deref(),
+            stages
+                .iter()
+                .any(|s| matches!(s.location, Location::Python { .. })),
+        )
+        .map_err(|(value, reason)| ConfigError::PythonWindow { value, reason })?;
         let otlp = otlp_spec(args, file.otlp, &prom_buckets_ns)?;
         if otlp.as_ref().is_some_and(|o| o.traces.is_some()) && frame_stage.is_none() {
             return Err(ConfigError::OtlpTracesNeedFrame);
@@ -597,6 +870,10 @@ impl Plan {
                 summary_out,
                 otlp,
             },
+            max_probes,
+            attach: args.attach,
+            exit_probes: args.exit_probes,
+            python_window,
             kubelet_pods_dir: args.kubelet_pods_dir.clone().or(file.kubelet_pods_dir),
             follow_children: !args.no_follow_children && file.follow_children.unwrap_or(true),
             config: args.config.clone(),
@@ -719,6 +996,102 @@ mod tests {
     }
 
     #[test]
+    fn names_are_short_plain_words() {
+        let long = "a".repeat(70_000);
+        let e = parse_stage(&format!("{long}=/x:f")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "stage name '{}...' is too long (70000 characters): at most 64",
+                "a".repeat(80)
+            )
+        );
+        assert!(parse_stage(&format!("{}=/x:f", "a".repeat(64))).is_ok());
+        assert!(parse_stage(&format!("{}=/x:f", "a".repeat(65))).is_err());
+        // Control characters never reach the one-line error.
+        let e = parse_stage("a\nb=/x:f").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "stage name 'a?b' is invalid: use letters, digits, '_', '-' or '.'"
+        );
+        let e = parse_gauge(&format!("{long}=/x:f:ret")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("gauge name 'aaa") && e.to_string().len() < 200,
+            "{e}"
+        );
+        // The same rule for names from a config file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            format!("[[stage]]\nname = \"{long}\"\ntarget = \"/x\"\nsymbol = \"f\"\n"),
+        )
+        .unwrap();
+        let e = Plan::from_args(&args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::NameTooLong { chars: 70_000, .. }),
+            "{e}"
+        );
+        // A malformed spec is echoed cut short.
+        let e = parse_stage(&long).unwrap_err().to_string();
+        assert!(e.len() < 250 && e.contains("(missing '=')"), "{e}");
+    }
+
+    #[test]
+    fn duration_zero_is_refused() {
+        for zero in ["0", "0s", "0ms"] {
+            let e = Plan::from_args(&args(&["--stage", "a=/x:f", "--duration", zero])).unwrap_err();
+            assert_eq!(e, ConfigError::ZeroDuration);
+        }
+        assert_eq!(
+            ConfigError::ZeroDuration.to_string(),
+            "--duration must be more than 0 (e.g. 30s); leave it out to trace until Ctrl-C"
+        );
+    }
+
+    #[test]
+    fn large_configs_are_refused_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        // Over the cap: refused before parsing.
+        let big = dir.path().join("big.toml");
+        let stage =
+            |i: usize| format!("[[stage]]\nname = \"s{i}\"\ntarget = \"/x\"\nsymbol = \"f\"\n");
+        let text: String = (0..200_000).map(stage).collect();
+        assert!(text.len() as u64 > 10 * MAX_CONFIG_BYTES);
+        std::fs::write(&big, &text).unwrap();
+        let started = std::time::Instant::now();
+        let e = Plan::from_args(&args(&["--config", big.to_str().unwrap()])).unwrap_err();
+        assert_eq!(e, ConfigError::ConfigTooLarge { path: big.clone() });
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config {} is larger than 1024 KiB: it cannot be an adeline-trace config (one with 1024 stages is far smaller)",
+                big.display()
+            )
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Under the cap, with too many stages: the count is checked before
+        // the (linear) duplicate check.
+        let many = dir.path().join("many.toml");
+        let text: String = (0..10_000).map(|_| stage(0)).collect();
+        assert!((text.len() as u64) < MAX_CONFIG_BYTES);
+        std::fs::write(&many, &text).unwrap();
+        let e = Plan::from_args(&args(&["--config", many.to_str().unwrap()])).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::TooManyStages {
+                count: 10_000,
+                max: 1024
+            }
+        );
+        // Not text.
+        let bin = dir.path().join("bin.toml");
+        std::fs::write(&bin, b"duration = \"\xff\"").unwrap();
+        let e = Plan::from_args(&args(&["--config", bin.to_str().unwrap()])).unwrap_err();
+        assert!(e.to_string().ends_with("not UTF-8 text (byte 12)"), "{e}");
+    }
+
+    #[test]
     fn flags_build_a_plan() {
         let plan = Plan::from_args(&args(&[
             "--stage",
@@ -795,6 +1168,36 @@ mod tests {
         assert_eq!(
             Plan::from_args(&args(&["--stage", "a=/x:f", "--alloc"])).unwrap_err(),
             ConfigError::AllocNeedsPids
+        );
+    }
+
+    #[test]
+    fn max_probes_and_attach_mode() {
+        let plan = Plan::from_args(&args(&["--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, DEFAULT_MAX_PROBES);
+        assert_eq!(plan.attach, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "max_probes = 5000\n").unwrap();
+        let config = path.to_str().unwrap();
+        let plan = Plan::from_args(&args(&["--config", config, "--stage", "a=/x:f"])).unwrap();
+        assert_eq!(plan.max_probes, 5000);
+        let plan = Plan::from_args(&args(&[
+            "--config",
+            config,
+            "--stage",
+            "a=/x:f",
+            "--max-probes",
+            "20",
+            "--attach",
+            "perf",
+        ]))
+        .unwrap();
+        assert_eq!(plan.max_probes, 20);
+        assert_eq!(plan.attach, Some(AttachMode::Perf));
+        assert_eq!(
+            Plan::from_args(&args(&["--stage", "a=/x:f", "--max-probes", "0"])).unwrap_err(),
+            ConfigError::MaxProbesZero
         );
     }
 
@@ -940,6 +1343,88 @@ mod tests {
         }
         let ok = Plan::from_args(&args(&["--stage", "a=/x:f", "--ring-bytes", "8192"])).unwrap();
         assert_eq!(ok.ring_bytes, 8192);
+    }
+
+    #[test]
+    fn usdt_stages_and_gauges() {
+        let probe = |p: &str, n: &str| usdt::ProbeName {
+            provider: p.into(),
+            name: n.into(),
+        };
+        let s = parse_stage("gc=usdt:/usr/bin/python3.11:python:gc__start,gc__done").unwrap();
+        assert_eq!(
+            s.location,
+            Location::Usdt {
+                target: "/usr/bin/python3.11".into(),
+                entry: probe("python", "gc__start"),
+                ret: probe("python", "gc__done"),
+            }
+        );
+        for (bad, problem) in [
+            ("gc=usdt:/x:python:gc__start", "USDT stages are NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (a single probe is a --gauge)"),
+            ("gc=usdt:python:a,b", "USDT stages are NAME=usdt:TARGET:PROVIDER:ENTRY,RETURN (a single probe is a --gauge)"),
+            ("gc=usdt::python:a,b", "empty TARGET after usdt:"),
+        ] {
+            assert_eq!(
+                parse_stage(bad),
+                Err(ConfigError::MalformedStage {
+                    spec: bad.into(),
+                    problem
+                }),
+                "{bad}"
+            );
+        }
+        let g = parse_gauge("depth=usdt:libq.so:q:push:arg1").unwrap();
+        assert_eq!(
+            (g.target.as_str(), g.symbol.as_str(), g.source),
+            ("libq.so", "q:push", GaugeSource::Usdt(UsdtValue::Arg(1)))
+        );
+        for hits in ["n=usdt:/bin/x:q:push", "n=usdt:/bin/x:q:push:hits"] {
+            let g = parse_gauge(hits).unwrap();
+            assert_eq!(
+                (g.target.as_str(), g.symbol.as_str(), g.source),
+                ("/bin/x", "q:push", GaugeSource::Usdt(UsdtValue::Hit))
+            );
+        }
+        let e = parse_gauge("n=usdt:/bin/x:q:push:arg12").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("(USDT argument must be arg0..arg11)"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().join(format!("adeline-usdt-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("c.toml");
+        std::fs::write(
+            &toml,
+            r#"
+[[stage]]
+name = "gc"
+kind = "usdt"
+target = "/usr/bin/python3.11"
+symbol = "python:gc__start,gc__done"
+
+[[gauge]]
+name = "collected"
+kind = "usdt"
+target = "/usr/bin/python3.11"
+symbol = "python:gc__done"
+value = "arg0"
+
+[[gauge]]
+name = "gcs"
+kind = "usdt"
+target = "/usr/bin/python3.11"
+symbol = "python:gc__start"
+"#,
+        )
+        .unwrap();
+        let plan = Plan::from_args(&args(&["--config", toml.to_str().unwrap()])).unwrap();
+        assert_eq!(plan.stages[0], s);
+        assert_eq!(plan.gauges[0].source, GaugeSource::Usdt(UsdtValue::Arg(0)));
+        assert_eq!(plan.gauges[1].source, GaugeSource::Usdt(UsdtValue::Hit));
+        assert_eq!(plan.gauges[1].symbol, "python:gc__start");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! `history`, `compare`, alert lines): one formatter for durations, one for
 //! byte sizes, and column alignment. JSON always carries raw integers. A
 //! leaf: imports only the unit tables.
-use std::fmt::Write as _;
 
 use crate::units::{PRINTED_BINARY, PRINTED_DECIMAL};
 
@@ -99,17 +98,27 @@ pub fn align<const N: usize>(rows: &[[String; N]], left: &[usize]) -> String {
     for row in rows {
         let mut line = String::new();
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            let sep = if i == 0 { "" } else { "  " };
-            if left.contains(&i) {
-                let _ = write!(line, "{sep}{cell:<w$}");
-            } else {
-                let _ = write!(line, "{sep}{cell:>w$}");
+            if i > 0 {
+                line.push_str("  ");
             }
+            line.push_str(&pad(cell, w, left.contains(&i)));
         }
         out.push_str(line.trim_end());
         out.push('\n');
     }
     out
+}
+
+/// `cell` padded with spaces to `width` characters: on the right when
+/// `left` (left-aligned), else on the left. Unlike a `{:<width$}` format it
+/// has no upper bound on `width` (format widths above 65535 panic).
+pub fn pad(cell: &str, width: usize, left: bool) -> String {
+    let fill = " ".repeat(width.saturating_sub(cell.chars().count()));
+    if left {
+        format!("{cell}{fill}")
+    } else {
+        format!("{fill}{cell}")
+    }
 }
 
 /// Text echoed in a one-line message (an HTTP error body): control

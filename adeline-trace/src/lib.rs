@@ -11,6 +11,7 @@ pub mod journal;
 pub mod launch;
 pub mod metrics;
 pub mod probes;
+pub mod python;
 pub mod signals;
 pub mod sinks;
 pub mod state;

@@ -5,13 +5,15 @@
 //! knows which outputs exist (sinks/).
 use std::{
     collections::HashMap,
+    io::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use adeline_trace_common::{
-    COUNTERS, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK, COUNTER_DEPTH_OVERFLOW,
-    COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT,
+    COUNTERS, COUNTER_ABANDONED, COUNTER_ALLOC_MAP_FULL, COUNTER_ALLOC_NO_STACK,
+    COUNTER_DEPTH_OVERFLOW, COUNTER_FILTERED_SHORT, COUNTER_OTHER_RING_FULL, COUNTER_RING_FULL,
+    COUNTER_UNMATCHED_EXIT, COUNTER_UNWOUND,
 };
 use anyhow::Result;
 
@@ -26,9 +28,9 @@ use crate::{
         snapshot::{Percentiles, Window},
     },
     probes::Probes,
-    signals::{Action, Signals},
+    signals::{OnSignal, Signals},
     sinks::{
-        Attach, AttachReason, Finish, Gauge, Memory, RankedSite, Reload, Sink, Sinks,
+        Attach, AttachReason, Finish, Gauge, Memory, RankedSite, Reload, Sink, SinkError, Sinks,
         SnapshotSource, Span, StageTotal, Stats,
     },
     state::LiveState,
@@ -57,21 +59,33 @@ const NO_TICK: Duration = Duration::from_secs(3600);
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
-    Signal,
+    /// A signal whose action is to stop (its name; signals.rs).
+    Signal(&'static str),
     Duration,
     CommandExited,
     PidsExited,
+    /// The reader of the JSON Lines events went away (a closed pipe).
+    OutputClosed,
 }
 
 impl Stop {
-    fn as_str(self) -> &'static str {
+    fn describe(self) -> String {
         match self {
-            Stop::Signal => "signal",
-            Stop::Duration => "duration reached",
-            Stop::CommandExited => "command exited",
-            Stop::PidsExited => "traced processes exited",
+            Stop::Signal(name) => format!("signal {name}"),
+            Stop::Duration => "duration reached".into(),
+            Stop::CommandExited => "command exited".into(),
+            Stop::PidsExited => "traced processes exited".into(),
+            Stop::OutputClosed => "events output closed".into(),
         }
     }
+}
+
+/// The loop stops on this error: the JSON Lines output's reader is gone.
+fn output_closed(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<SinkError>(),
+        Some(SinkError::Closed { .. })
+    )
 }
 
 /// When the loop stops by itself.
@@ -294,13 +308,14 @@ impl Tracer {
         Ok(())
     }
 
-    /// Runs until a stop: `signals` (installed before the `start` record,
-    /// so none is missed) or `until`.
+    /// Traces until a stop signal, `until`, the launched command's exit
+    /// (unless following restarts), the exit of every traced pid, or the
+    /// events output's reader going away. SIGHUP with a config reloads it.
     pub async fn trace(
         &mut self,
         until: Until,
         mut child: Option<&mut Launched>,
-        mut signals: Signals,
+        signals: &mut Signals,
     ) -> Result<Stop> {
         let deadline = until.duration.map(|d| tokio::time::Instant::now() + d);
         let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -314,41 +329,49 @@ impl Tracer {
         let mut next_pid_check = started;
         let mut next_sites = started + ALLOC_SITES_EVERY;
         let has_rules = self.alerting.has_rules();
-        let stop = loop {
+        loop {
             let sink_tick = self
                 .sinks
                 .next_tick()
                 .unwrap_or_else(|| Instant::now() + NO_TICK);
-            tokio::select! {
-                action = signals.next() => match action {
-                    Action::Stop => break Stop::Signal,
-                    Action::Reload => self.reload()?,
-                },
-                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
-                _ = drain.tick() => {
-                    self.drain()?;
-                    if Instant::now() >= next_pid_check {
-                        next_pid_check += PID_CHECK_EVERY;
-                        let exited = self.exited(child.as_deref_mut());
-                        if let Some(stop) = exited.filter(|_| !until.follow) {
-                            break stop;
-                        }
-                    }
+            let py_next = self.probes.python_next();
+            let step: Result<Option<Stop>> = tokio::select! {
+                _ = async { tokio::time::sleep_until(py_next.unwrap()).await }, if py_next.is_some() => {
+                    self.probes.python_toggle().map(|()| None).map_err(Into::into)
                 }
-                _ = stats.tick() => self.stats()?,
-                _ = follow.tick(), if following => self.follow()?,
-                _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
-                _ = memory.tick() => {
-                    self.sample_memory()?;
+                received = signals.recv() => match received.action {
+                    OnSignal::Stop => Ok(Some(Stop::Signal(received.name))),
+                    OnSignal::Reload => self.reload().map(|()| None),
+                },
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => Ok(Some(Stop::Duration)),
+                _ = drain.tick() => self.drain().map(|()| {
+                    if Instant::now() < next_pid_check {
+                        return None;
+                    }
+                    next_pid_check += PID_CHECK_EVERY;
+                    self.exited(child.as_deref_mut()).filter(|_| !until.follow)
+                }),
+                _ = stats.tick() => self.stats().map(|()| None),
+                _ = follow.tick(), if following => self.follow().map(|()| None),
+                _ = alerts.tick(), if has_rules => self.evaluate_alerts().map(|()| None),
+                _ = memory.tick() => self.sample_memory().and_then(|()| {
                     if self.probes.alloc.is_some() && Instant::now() >= next_sites {
                         next_sites += ALLOC_SITES_EVERY;
                         self.alloc_sites()?;
                     }
+                    Ok(None)
+                }),
+                _ = tokio::time::sleep_until(sink_tick.into()) => {
+                    self.sinks.tick(self.live.as_ref()).map(|()| None).map_err(Into::into)
                 }
-                _ = tokio::time::sleep_until(sink_tick.into()) => self.sinks.tick(self.live.as_ref())?,
+            };
+            match step {
+                Ok(Some(stop)) => return Ok(stop),
+                Ok(None) => {}
+                Err(e) if output_closed(&e) => return Ok(Stop::OutputClosed),
+                Err(e) => return Err(e),
             }
-        };
-        Ok(stop)
+        }
     }
 
     /// Whether the launched command, or every traced pid, has exited.
@@ -438,6 +461,8 @@ impl Tracer {
             unmatched_total: now[COUNTER_UNMATCHED_EXIT as usize],
             depth_overflow_total: now[COUNTER_DEPTH_OVERFLOW as usize],
             filtered_total: now[COUNTER_FILTERED_SHORT as usize],
+            unwound_total: now[COUNTER_UNWOUND as usize],
+            abandoned_total: now[COUNTER_ABANDONED as usize],
             processes: &processes,
             outputs: &outputs,
             interval: &interval,
@@ -575,17 +600,20 @@ impl Tracer {
             },
             self.live.as_ref(),
         )?;
-        eprintln!(
+        // Never a panic on a closed stderr: the outputs are written.
+        let _ = writeln!(
+            std::io::stderr(),
             "{}adeline-trace: stopped ({}) after {:.1}s: {} events, {} dropped, {} unmatched returns",
             journal::prefix(Priority::Info),
-            stop.as_str(),
+            stop.describe(),
             elapsed.as_secs_f64(),
             self.counts.records,
             all_drops(&counters),
             counters[COUNTER_UNMATCHED_EXIT as usize],
         );
         for o in self.sinks.health() {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}adeline-trace: {}: {} exported, {} dropped, {} failed exports",
                 journal::prefix(if o.dropped > 0 {
                     Priority::Warning
@@ -599,13 +627,21 @@ impl Tracer {
             );
         }
         if self.counts.decode_errors > 0 {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}adeline-trace: {} records could not be decoded",
                 journal::prefix(Priority::Warning),
                 self.counts.decode_errors
             );
         }
         self.alerting.finish();
+        let detached = self.probes.detach_uprobes();
+        eprintln!(
+            "adeline-trace: detached {} uprobes in {} ms (programs off after {} ms)",
+            detached.probes,
+            detached.elapsed.as_millis(),
+            detached.unhooked.as_millis()
+        );
         Ok(())
     }
 }

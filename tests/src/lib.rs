@@ -3,12 +3,14 @@
 //! - [`require_bpf`]: start every test that loads BPF with
 //!   `if !require_bpf() { return; }` (skips unless root; fails under CI=true).
 //! - Binaries: [`agent_bin`] and [`demo_bin`] build with cargo once per test
-//!   process; [`cpp_fixture`] builds the C++ fixture with g++ once.
+//!   process; [`cpp_fixture`] builds the C++ fixture with g++ once, and
+//!   [`many_fixture`] the 5,000-function C fixture with gcc.
 //! - [`Agent`] drives `adeline-trace` (JSON Lines on stdout, stderr captured);
 //!   [`AgentOutput`] holds what it printed.
 //! - [`Pipeline`] runs a fixture pipeline held at `--go-file` until
 //!   [`Pipeline::go`], so a tracer can attach by pid first.
-//! - [`adeline_bpf_programs`]: our BPF programs still loaded in the kernel.
+//! - [`adeline_bpf_programs`]: our BPF programs still loaded in the kernel;
+//!   [`bpf_link_types`]: the BPF links a process holds.
 //! - [`cgroup`]: real cgroups named as container runtimes name theirs;
 //!   [`otlp`]: an OTLP/HTTP receiver decoding with the upstream protobuf
 //!   definitions.
@@ -22,6 +24,8 @@
 //! Binaries are built with the same profile and into the same target
 //! directory as the running test executable (`<target>/<profile>/deps/...`),
 //! so `cargo test` and `cargo test --release` each find their own.
+
+pub mod python_env;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -38,7 +42,6 @@ pub mod cgroup;
 pub mod namespaces;
 pub mod otlp;
 mod python;
-pub mod python_env;
 pub use python::*;
 
 /// How long [`Agent::stop`] and [`Pipeline::wait`] wait before SIGKILL.
@@ -424,6 +427,42 @@ pub fn run_captured(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String
 }
 
 // ---------------------------------------------------------------------------
+// Many-functions fixture
+
+/// Functions in the many-functions fixture: `f0000` .. `f4999`.
+pub const MANY_FUNCTIONS: usize = 5000;
+
+/// The many-functions fixture (tests/fixtures/many/many.c), built once per
+/// test process with gcc into `<target>/fixtures/many-funcs`:
+/// `many-funcs STRIDE [GO_FILE]` calls every function whose index is a
+/// multiple of STRIDE, function i `1 + i / 1000` times (see
+/// [`many_expected_calls`]); `many-funcs usdt GO DONE` fires the USDT probe
+/// `many:tick`, which has a semaphore.
+pub fn many_fixture() -> &'static Path {
+    static FIXTURE: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURE.get_or_init(build_many_fixture)
+}
+
+/// Calls the many-functions fixture makes with `stride`, per thousand
+/// (`f0xxx`, `f1xxx`, ...).
+pub fn many_expected_calls(stride: usize) -> [u64; 5] {
+    let mut calls = [0u64; 5];
+    for i in (0..MANY_FUNCTIONS).step_by(stride.max(1)) {
+        calls[i / 1000] += 1 + (i / 1000) as u64;
+    }
+    calls
+}
+
+fn build_many_fixture() -> PathBuf {
+    small_fixture(
+        "many-funcs",
+        "many/many.c",
+        "gcc",
+        &["-O1", "-fno-ipa-icf", "-Wall", "-Wextra"],
+    )
+}
+
+// ---------------------------------------------------------------------------
 // Driving the agent
 
 /// A running `adeline-trace` with stdout (JSON Lines) and stderr captured.
@@ -770,6 +809,14 @@ impl Pipeline {
         Pipeline::spawn(cmd, go_file)
     }
 
+    /// `many-funcs STRIDE <scratch>/go` (see [`many_fixture`]).
+    pub fn many(stride: usize) -> Pipeline {
+        let go_file = scratch_dir("many").join("go");
+        let mut cmd = Command::new(many_fixture());
+        cmd.arg(stride.to_string()).arg(&go_file);
+        Pipeline::spawn(cmd, go_file)
+    }
+
     /// `cpp-pipeline FRAMES <scratch>/go` with `exe` = the fixture's `exe`
     /// or `stripped`.
     pub fn cpp(exe: &Path, frames: u64) -> Pipeline {
@@ -843,9 +890,42 @@ impl Drop for Pipeline {
 // Kernel state
 
 /// Names of the loaded BPF programs whose (15-character, truncated) name
-/// starts with `stage_` (`stage_entry`, `stage_exit`), from
-/// `bpftool prog show --json`. Needs root and bpftool.
+/// starts with `stage_` (`stage_entry`, `stage_exit`) and that no live
+/// process holds (an agent's leftovers: a program lives only as long as a
+/// descriptor or link refers to it, so one held by a running process is
+/// that process's, e.g. another agent on a shared machine). Waits up to 2
+/// s for the list to empty: the kernel frees a closed uprobe-multi link's
+/// program only after RCU grace periods. Needs root and bpftool.
 pub fn adeline_bpf_programs() -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let held = held_prog_ids();
+        let left: Vec<String> = loaded_programs()
+            .into_iter()
+            .filter(|(id, name)| name.starts_with("stage_") && !held.contains(id))
+            .map(|(_, name)| name)
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Names of the BPF programs `pid` holds (see [`bpf_prog_ids_of`]), sorted.
+pub fn bpf_prog_names_of(pid: u32) -> Vec<String> {
+    let ids = bpf_prog_ids_of(pid);
+    let mut names: Vec<String> = loaded_programs()
+        .into_iter()
+        .filter(|(id, _)| ids.contains(id))
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// (id, name) of every loaded BPF program, from `bpftool prog show --json`.
+fn loaded_programs() -> Vec<(u32, String)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -861,12 +941,92 @@ pub fn adeline_bpf_programs() -> Vec<String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|p| p["name"].as_str())
-                .filter(|n| n.starts_with("stage_"))
-                .map(str::to_string)
+                .filter_map(|p| Some((p["id"].as_u64()? as u32, p["name"].as_str()?.to_string())))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Ids of the BPF programs every live process holds (see [`bpf_prog_ids_of`]).
+fn held_prog_ids() -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .flat_map(bpf_prog_ids_of)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Ids of the BPF programs `pid` holds, directly or through its links
+/// (`prog_id` in /proc/PID/fdinfo).
+pub fn bpf_prog_ids_of(pid: u32) -> Vec<u32> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Waits up to `timeout` for the programs `ids` to be unloaded (a closed
+/// link frees its program after RCU grace periods); returns those still
+/// loaded. Unlike [`adeline_bpf_programs`] this ignores programs of other
+/// agents running on the machine.
+pub fn wait_programs_unloaded(ids: &[u32], timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run bpftool (install it: cargo xtask setup): {e}"));
+        let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let loaded: Vec<u32> = progs
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["id"].as_u64())
+                    .map(|i| i as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let left: Vec<u32> = ids.iter().copied().filter(|i| loaded.contains(i)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `link_type` of every BPF link `pid` holds open (`uprobe_multi`,
+/// `uretprobe_multi`, `perf`, ...), from /proc/PID/fdinfo.
+pub fn bpf_link_types(pid: u32) -> Vec<String> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("link_type:"))
+                .map(|t| t.trim().to_string())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 // ---------------------------------------------------------------------------

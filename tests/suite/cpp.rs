@@ -158,9 +158,10 @@ fn list_shows_functions_offsets_and_usdt() {
         .output()
         .unwrap();
     let text = String::from_utf8(listing.stdout).unwrap();
+    // Columns: offset, probe placement, name, [raw name].
     let names: Vec<&str> = text
         .lines()
-        .map(|l| l.split("  ").nth(1).unwrap())
+        .map(|l| l.split("  ").filter(|c| !c.is_empty()).nth(2).unwrap())
         .collect();
     assert_eq!(
         names,

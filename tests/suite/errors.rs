@@ -227,8 +227,13 @@ fn killed_agent_leaves_nothing_attached() {
     agent.wait_ready(Duration::from_secs(30));
     pipeline.go();
     assert_eq!(
-        adeline_bpf_programs().len(),
-        2,
+        bpf_prog_names_of(agent.pid())
+            .into_iter()
+            .filter(|n| n.starts_with("stage_"))
+            .collect::<Vec<_>>(),
+        // The demo is Rust: the default `--exit-probes auto` times its
+        // stages at their exit instructions.
+        ["stage_entry", "stage_ret"],
         "entry and exit loaded while tracing"
     );
     // SAFETY: kill(2) on our own child.
@@ -349,4 +354,98 @@ fn alloc_mode_and_memory_rules_bad_input() {
         args.extend_from_slice(extra);
         assert_eq!(fails(&args), expected, "{args:?}");
     }
+}
+
+/// Issue 9, smaller defects: a 70,000-character stage name (it panicked in
+/// the table code), `--duration 0` and a kernel thread's pid (both traced
+/// nothing), and a 10 MB config (34 s to be refused) are each one line.
+#[test]
+fn hostile_names_durations_pids_and_configs() {
+    let demo = demo_bin().display().to_string();
+    let long = "a".repeat(70_000);
+    assert_eq!(
+        fails(&["run", "--stage", &format!("{long}={demo}:track")]),
+        format!(
+            "error: stage name '{}...' is too long (70000 characters): at most 64",
+            "a".repeat(80)
+        )
+    );
+    let stage = demo_stage("track");
+    assert_eq!(
+        fails(&["run", "--stage", &stage, "--duration", "0", "--", &demo]),
+        "error: --duration must be more than 0 (e.g. 30s); leave it out to trace until Ctrl-C"
+    );
+    // kthreadd: pid 2 outside a pid namespace.
+    let stat = std::fs::read_to_string("/proc/2/stat").unwrap();
+    assert!(stat.starts_with("2 (kthreadd) "), "{stat}");
+    assert_eq!(
+        fails(&["run", "--stage", &stage, "-p", "2"]),
+        "error: pid 2 (kthreadd) is a kernel thread: kernel threads run no user code, so there \
+         is nothing to trace; pass the pid of a user process"
+    );
+    let dir = scratch_dir("big-config");
+    let config = dir.join("pipeline.toml");
+    let text: String = (0..250_000)
+        .map(|i| format!("[[stage]]\nname = \"s{i}\"\ntarget = \"{demo}\"\nsymbol = \"track\"\n"))
+        .collect();
+    assert!(text.len() > 10 << 20, "{} bytes", text.len());
+    std::fs::write(&config, text).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        fails(&["run", "--config", config.to_str().unwrap()]),
+        format!(
+            "error: config {} is larger than 1024 KiB: it cannot be an adeline-trace config (one \
+             with 1024 stages is far smaller)",
+            config.display()
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn too_many_matches_name_the_stage_pattern_and_count() {
+    let many = many_fixture().display().to_string();
+    let all = format!("all={many}:f*");
+    // `f*` also matches frame_dummy: 5,001 functions.
+    assert_eq!(
+        fails(&["run", "--stage", &all]),
+        format!(
+            "error: stage 'all' pattern '{many}:f*' matches 5001 functions, over the limit of 1000 probed functions per run; narrow the pattern, or raise the limit with --max-probes 5001 (config: max_probes = 5001)"
+        )
+    );
+    // The stage that goes over the limit is named, with the total so far.
+    let a = format!("a={many}:f0*");
+    let b = format!("b={many}:f1*");
+    let g = format!("g={many}:f4999:arg0");
+    assert_eq!(
+        fails(&["run", "--stage", &a, "--stage", &b, "--gauge", &g, "--max-probes", "2000"]),
+        format!(
+            "error: gauge 'g' pattern '{many}:f4999' matches 1 function (2001 with the stages and gauges before it), over the limit of 2000 probed functions per run; narrow the pattern, or raise the limit with --max-probes 2001 (config: max_probes = 2001)"
+        )
+    );
+    // The config key sets the limit too (the flag wins over it).
+    let dir = scratch_dir("maxprobes");
+    let config = dir.join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "max_probes = 999\n[[stage]]\nname = \"a\"\ntarget = \"{many}\"\nsymbol = \"f0*\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    assert_eq!(
+        fails(&["run", "--config", &config]),
+        format!(
+            "error: stage 'a' pattern '{many}:f0*' matches 1000 functions, over the limit of 999 probed functions per run; narrow the pattern, or raise the limit with --max-probes 1000 (config: max_probes = 1000)"
+        )
+    );
+    assert_eq!(
+        fails(&["run", "--config", &config, "--max-probes", "0"]),
+        "error: --max-probes must be at least 1"
+    );
 }

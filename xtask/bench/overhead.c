@@ -8,9 +8,16 @@
  * uprobe traps and BPF programs run on its behalf), so the bench can tell the
  * tracer's own CPU apart from the traced process's.
  *
- * The functions are written in assembly so their first instruction is exact:
- * the kernel emulates `push %rbp` at a uprobe but single-steps a `mov` (one
- * more trap per call). Built by the bench with `gcc -O2`. */
+ * `bench_push` and `bench_mov` are written in assembly so their first
+ * instruction is exact: the kernel emulates `push %rbp` at a uprobe but
+ * single-steps a `mov` (one more trap per call). The `cet_*` functions are C,
+ * built the way Ubuntu and Fedora build everything (`-fcf-protection=full`):
+ * they start with `endbr64`, which the kernel single-steps, followed by
+ *   cet_push      push %rbx
+ *   cet_test_je   test %rdi,%rdi; je
+ *   cet_mov_push  mov (a global); push %rbx
+ * Built by the bench with `gcc -O2 -fcf-protection=full` (the assembly
+ * functions get no `endbr64`). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +46,24 @@ __asm__(".text\n"
 int bench_push(int);
 int bench_mov(int);
 
+#define NOINLINE __attribute__((noinline, noipa))
+volatile char g_flag = 1;
+
+NOINLINE int bench_leaf(int x) { return x + 1; }
+NOINLINE int cet_push(int x) { return bench_leaf(x) + x; }
+NOINLINE int cet_test_je(int x) {
+    if (!x) return 0;
+    return bench_leaf(x) + 1;
+}
+NOINLINE int cet_mov_push(int x) {
+    int r;
+    if (g_flag)
+        r = bench_leaf(x);
+    else
+        r = bench_leaf(x + 1);
+    return r + x;
+}
+
 static double now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -47,7 +72,7 @@ static double now_ns(void) {
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s bench_push|bench_mov CALLS\n", argv[0]);
+        fprintf(stderr, "usage: %s bench_push|bench_mov|cet_push|cet_test_je|cet_mov_push CALLS\n", argv[0]);
         return 2;
     }
     int (*volatile fn)(int);
@@ -55,6 +80,12 @@ int main(int argc, char **argv) {
         fn = bench_push;
     } else if (strcmp(argv[1], "bench_mov") == 0) {
         fn = bench_mov;
+    } else if (strcmp(argv[1], "cet_push") == 0) {
+        fn = cet_push;
+    } else if (strcmp(argv[1], "cet_test_je") == 0) {
+        fn = cet_test_je;
+    } else if (strcmp(argv[1], "cet_mov_push") == 0) {
+        fn = cet_mov_push;
     } else {
         fprintf(stderr, "unknown function %s\n", argv[1]);
         return 2;

@@ -7,11 +7,15 @@
 //!   cargo xtask bench overhead [--runs R]     ns per traced call vs untraced and bpftrace (root)
 //!   cargo xtask bench agent [--runs R]        agent CPU per event at the highest rate (root)
 //!   cargo xtask bench alert [--steps N]       alert detection delay after a latency step (root)
+//!   cargo xtask bench soak [--minutes M]      the demo traced at its highest rate for M minutes (root)
+//!   cargo xtask fuzz [--seconds N] [TARGET..] build the cargo-fuzz targets, run each N s
+//!   cargo xtask bench attach [--sizes N,..]   attach/detach time of N uprobes: multi, perf, bpftrace (root)
 //!   cargo xtask deb [--binary PATH]           the Debian package (service, config, man, completions)
 
 mod bench;
 mod deb;
 mod demo;
+mod fuzz;
 // The Python fixtures' interpreter matrix, shared with the test harness.
 #[path = "../../tests/src/python_env.rs"]
 mod python_env;
@@ -41,8 +45,9 @@ enum Cmd {
         #[arg(long)]
         rebuild_bpf_linker: bool,
     },
-    /// setup, `cargo build --workspace`, then `cargo test --workspace --
-    /// --test-threads=1 TEST-ARGS...` (serial: the tests measure timing),
+    /// setup, `cargo build --workspace`, then `cargo test --workspace
+    /// --no-fail-fast -- --test-threads=1 TEST-ARGS...` (serial: the tests
+    /// measure timing; every suite runs even after a failure),
     /// both excluding adeline-trace-ebpf (BPF target only).
     Test {
         /// Passed to the test binaries (a name filter, --nocapture, ...).
@@ -56,6 +61,21 @@ enum Cmd {
         /// How long to trace.
         #[arg(long, default_value_t = 15)]
         seconds: u64,
+    },
+    /// setup, build the cargo-fuzz targets (fuzz/), then run each for
+    /// `--seconds` (libFuzzer, on the stable toolchain with
+    /// RUSTC_BOOTSTRAP=1); fails if any finds a crash, a hang or an
+    /// out-of-memory. Targets: alert_rule, config, elf_symbols,
+    /// usdt_notes, event_decode (default: all).
+    Fuzz {
+        /// How long to run each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// An input that runs longer than this many seconds is a hang.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
     },
     /// Benchmarks (release build); results go to BENCHMARKS.md. Needs root.
     Bench {
@@ -73,6 +93,11 @@ fn main() {
         Cmd::Setup { rebuild_bpf_linker } => setup::run(rebuild_bpf_linker).map(|()| 0),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { seconds } => demo::run(seconds),
+        Cmd::Fuzz {
+            seconds,
+            timeout,
+            targets,
+        } => fuzz::run(seconds.max(1), timeout.max(1), &targets),
         Cmd::Bench { what } => bench::run(what),
         Cmd::Deb(args) => deb::run(&args),
     };

@@ -25,6 +25,10 @@
 //!    for one, is one clear line (`NOT AVAILABLE` / `partial`), recorded in
 //!    the venv's status file, and does not fail setup: the Python tests say
 //!    what they skip (and fail under CI=true). A pip or venv error does.
+//! 7. cargo-fuzz 0.13.2 (`cargo xtask fuzz`), from crates.io with
+//!    `cargo install --locked`, when `cargo fuzz --version` is not that
+//!    version. It drives libFuzzer on the stable toolchain with
+//!    RUSTC_BOOTSTRAP=1 (see xtask/src/fuzz.rs).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,6 +37,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use crate::{cargo, is_root, python_env, root_dir, status};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const PACKAGES: [&str; 11] = [
     "bpftrace",
     "bpftool",
@@ -68,6 +73,7 @@ pub fn run(rebuild_bpf_linker: bool) -> Result<()> {
         bpf_linker(rebuild_bpf_linker),
     );
     item("tracefs", tracefs());
+    item(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"), cargo_fuzz());
     item("mosquitto", mosquitto());
     if let Some(note) = prune_venvs() {
         println!("setup: python venvs: {note}");
@@ -339,6 +345,43 @@ fn bpf_linker(force: bool) -> Result<String> {
         bail!("bpf-linker still unusable after the rebuild: {p}");
     }
     Ok(format!("rebuilt against {soname}{relinked_note}"))
+}
+
+// ---------------------------------------------------------------------------
+
+/// What `cargo fuzz --version` prints, or why it does not run.
+fn cargo_fuzz_version() -> std::result::Result<String, String> {
+    match cargo().args(["fuzz", "--version"]).output() {
+        Err(e) => Err(format!("cargo fuzz does not run ({e})")),
+        Ok(o) if !o.status.success() => Err("cargo fuzz is not installed".to_string()),
+        Ok(o) => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+    }
+}
+
+fn cargo_fuzz() -> Result<String> {
+    let problem = match cargo_fuzz_version() {
+        Ok(v) if v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION) => {
+            return Ok(format!("ok ({v})"))
+        }
+        Ok(v) => format!("found `{v}`"),
+        Err(why) => why,
+    };
+    println!("setup: cargo-fuzz {CARGO_FUZZ_VERSION}: {problem}: installing it from crates.io (about a minute) ...");
+    let st = status(
+        cargo()
+            .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+            .args(["--locked", "--force"]),
+    )?;
+    if !st.success() {
+        bail!("cargo install cargo-fuzz failed ({st})");
+    }
+    match cargo_fuzz_version() {
+        Ok(v) if v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION) => {
+            Ok(format!("installed ({v})"))
+        }
+        Ok(v) => bail!("`cargo fuzz --version` prints `{v}` after the install"),
+        Err(why) => bail!("{why} after the install"),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -19,6 +19,8 @@ pub fn run(test_args: &[String]) -> Result<i32> {
         cargo()
             .arg("test")
             .args(WORKSPACE)
+            // Every suite runs even after one fails: one run reports them all.
+            .arg("--no-fail-fast")
             .args(["--", "--test-threads=1"])
             .args(test_args),
     )?;

@@ -250,7 +250,9 @@ fn warn(exec: &str, outcome: &HookOutcome) {
         HookOutcome::Error(e) => e.clone(),
         HookOutcome::Skipped => format!("was skipped: {MAX_RUNNING_HOOKS} hooks are still running"),
     };
-    eprintln!(
+    // During the run: a closed stderr must not stop it (eprintln! panics).
+    let _ = writeln!(
+        std::io::stderr(),
         "{}warning: alert hook {exec:?} {what}",
         journal::prefix(Priority::Warning)
     );

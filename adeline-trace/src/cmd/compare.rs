@@ -2,7 +2,8 @@
 //!
 //! Each input is a snapshot JSON (`run --summary-out`, `summary --json`) or a
 //! JSON Lines event stream (`run -o`) whose last `summary` record is used.
-//! Both carry every stage's latency in the one schema, [`Percentiles`].
+//! Both carry every stage's latency in the one schema,
+//! [`Percentiles`](crate::metrics::snapshot::Percentiles).
 //! Stages are matched by name and one statistic (`--metric`, default p95)
 //! is compared. A stage present in only one file (or with no calls in it) is
 //! reported as NEW or MISSING but does not fail the gate. Frames (snapshot
@@ -15,15 +16,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::{
-    cli::CompareArgs,
-    format,
-    metrics::snapshot::{Percentiles, Stat},
-};
+use crate::{cli::CompareArgs, format, metrics::snapshot::Stat};
 
 /// The label of the end-to-end frame latency row.
 const FRAMES_ROW: &str = "(frames)";
@@ -59,6 +55,18 @@ pub enum CompareError {
         path: PathBuf,
         stage: String,
         detail: String,
+    },
+    #[error(
+        "{}: stage '{stage}' has no {metric} (no \"{metric}_ns\": the file was written \
+         before adeline-trace recorded it); pass a --metric it has ({present}), or write \
+         the file again",
+        .path.display()
+    )]
+    MissingMetric {
+        path: PathBuf,
+        stage: String,
+        metric: &'static str,
+        present: String,
     },
     #[error("--max-regression '{0}': expected a percentage of 0 or more, such as 10%")]
     BadThreshold(String),
@@ -194,20 +202,53 @@ fn find_summary(path: &Path, text: &str) -> Result<Value, CompareError> {
     }
 }
 
-/// `stat` of a stage (or frames) object, read as [`Percentiles`]; None if
-/// it made no calls.
+/// `stat` of a stage (or frames) object (its `count` and the statistic's
+/// field, `<stat>_ns`, of the `Percentiles` schema); None if it made no
+/// calls. Only these two fields are read, so a file written before a
+/// statistic existed (p95 and p99.9 came later) still serves the others.
 fn stat_of(
     path: &Path,
     name: &str,
     stage: &Value,
     stat: Stat,
 ) -> Result<Option<u64>, CompareError> {
-    let latency = Percentiles::deserialize(stage).map_err(|e| CompareError::BadLatency {
+    let number = |field: &str| {
+        let v = stage.get(field)?;
+        v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64))
+    };
+    let bad = |detail: String| CompareError::BadLatency {
         path: path.to_path_buf(),
         stage: name.to_string(),
-        detail: e.to_string(),
-    })?;
-    Ok((latency.count > 0).then(|| latency.get(stat)))
+        detail,
+    };
+    let count = number("count").ok_or_else(|| bad("no \"count\"".to_string()))?;
+    if count == 0 {
+        return Ok(None);
+    }
+    let field = format!("{}_ns", stat.as_str());
+    match (stage.get(&field), number(&field)) {
+        (_, Some(v)) => Ok(Some(v)),
+        (None, _) => Err(CompareError::MissingMetric {
+            path: path.to_path_buf(),
+            stage: name.to_string(),
+            metric: stat.as_str(),
+            present: stats_present(stage),
+        }),
+        (Some(v), None) => Err(bad(format!("\"{field}\" is {v}, not a number"))),
+    }
+}
+
+/// The statistics a stage object carries, for the missing-metric hint.
+fn stats_present(stage: &Value) -> String {
+    let present: Vec<&str> = Stat::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|s| stage.get(format!("{s}_ns")).is_some())
+        .collect();
+    match present.is_empty() {
+        true => "none".to_string(),
+        false => present.join(", "),
+    }
 }
 
 /// How one stage compares.
@@ -548,16 +589,53 @@ mod tests {
         // The stream's summary has the snapshot's latency schema: every statistic.
         assert_eq!(run(&args(&b, &c, "10%", "p95")).0, 0);
         assert_eq!(run(&args(&b, &b, "0%", "p999")).0, 0);
-        // A stage object without the whole schema is bad input naming the field.
-        let old = f.put("old.jsonl", &jsonl(&one.replace("\"p95_ns\":1150000,", "")));
-        let (code, out) = run(&args(&old, &c, "10%", "p99"));
-        assert_eq!((code, out.as_str()), (2, ""));
+        // A stream written before p95 and p99.9 were recorded (its summary
+        // has count, min, mean, p50, p90, p99 and max): still compared on
+        // the statistics it has.
+        let before = one
+            .replace("\"p95_ns\":1150000,", "")
+            .replace("\"p999_ns\":1250000,", "");
+        let old = f.put("old.jsonl", &jsonl(&before));
+        for metric in ["p50", "p90", "p99", "mean", "min", "max"] {
+            assert_eq!(
+                run(&args(&old, &c, "10%", metric)).0,
+                u8::from(metric == "p99")
+            );
+        }
+        let (code, out) = run(&args(&old, &c, "30%", "p99"));
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("decode        1.20ms       1.50ms  +25.0%  OK"),
+            "{out}"
+        );
+        // A statistic it does not have: one line naming the file and the metric.
+        for (metric, file) in [("p95", &old), ("p999", &old)] {
+            let (code, out) = run(&args(file, &c, "10%", metric));
+            assert_eq!((code, out.as_str()), (2, ""));
+            assert_eq!(
+                err(&args(file, &c, "10%", metric)),
+                format!(
+                    "{}: stage 'decode' has no {metric} (no \"{metric}_ns\": the file was \
+                     written before adeline-trace recorded it); pass a --metric it has (p50, \
+                     p90, p99, mean, min, max), or write the file again",
+                    old.display()
+                )
+            );
+        }
+        // The current file is checked the same way.
+        let e = err(&args(&c, &old, "10%", "p95"));
+        assert!(
+            e.starts_with(&format!("{}: stage 'decode' has no p95", old.display())),
+            "{e}"
+        );
+        // A field of the wrong type is still bad input.
+        let odd = f.put("odd.jsonl", &jsonl(&one.replace("1200000", "\"x\"")));
         assert_eq!(
-            err(&args(&old, &c, "10%", "p99")),
+            err(&args(&odd, &c, "10%", "p99")),
             format!(
-                "{}: stage 'decode' is not a latency summary (missing field `p95_ns`); write the \
-                 file again with this version of adeline-trace",
-                old.display()
+                "{}: stage 'decode' is not a latency summary (\"p99_ns\" is \"x\", not a \
+                 number); write the file again with this version of adeline-trace",
+                odd.display()
             )
         );
         // A snapshot against a stream works too.

@@ -51,14 +51,16 @@ mod tests {
             write_completions(shell, &mut out);
             let text = String::from_utf8(out).unwrap();
             assert!(text.contains(marker), "{shell:?}");
-            for word in [
-                "run",
-                "summary",
-                "--otlp",
-                "--frame-stage",
-                "--kubelet-pods-dir",
-            ] {
+            for word in ["run", "summary"] {
                 assert!(text.contains(word), "{shell:?} lacks {word}");
+            }
+            // Fish spells a long flag `-l NAME`, the others `--NAME`.
+            for flag in ["otlp", "frame-stage", "kubelet-pods-dir"] {
+                let word = match shell {
+                    Shell::Fish => format!("-l {flag} "),
+                    _ => format!("--{flag}"),
+                };
+                assert!(text.contains(&word), "{shell:?} lacks {word}");
             }
         }
     }

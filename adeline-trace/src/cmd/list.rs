@@ -1,10 +1,17 @@
-//! `adeline-trace list TARGET [GLOB]`: what can be probed in a file.
+//! `adeline-trace list TARGET [GLOB]`: what can be probed in a file;
+//! `list --python -p PID [TARGET [GLOB]]`: the Python functions a running
+//! interpreter has (python/list.rs).
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
     cli::ListArgs,
-    symbols::{elf::ElfFile, process, usdt},
+    python::{list::PyFunction, Interpreter},
+    symbols::{
+        elf::ElfFile,
+        placement::{place_symbol, Needs, Placement},
+        process, usdt,
+    },
 };
 
 #[derive(Serialize)]
@@ -21,6 +28,11 @@ struct Function<'a> {
     raw: &'a str,
     offset: u64,
     size: u64,
+    /// Where a stage's probes would sit (None: the kernel refuses it).
+    placement: Option<Placement>,
+    /// Why the kernel refuses a probe on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unprobeable: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -36,20 +48,34 @@ pub fn list(args: &ListArgs) -> Result<()> {
     if let Some(pid) = args.pid {
         process::ensure_running(pid)?;
     }
+    if args.python {
+        return python(args);
+    }
+    let Some(target) = &args.target else {
+        anyhow::bail!("list needs a TARGET (an executable or library), or --python -p PID");
+    };
     let pids: Vec<u32> = args.pid.into_iter().collect();
-    let path = process::resolve_target(&args.target, &pids)?;
+    let path = process::resolve_target(target, &pids)?;
     let elf = ElfFile::open(&path)?;
     let probes = usdt::usdt_probes(&path)?;
     let functions: Vec<Function> = elf
         .list(args.glob.as_deref())
         .into_iter()
-        .map(|f| Function {
-            name: &f.demangled,
-            raw: &f.raw,
-            offset: f.file_offset,
-            size: f.size,
+        .map(|f| {
+            let (placement, unprobeable) = match place_symbol(&path, &elf, f, &Needs::CALL)? {
+                Ok(p) => (Some(p), None),
+                Err(refusal) => (None, Some(refusal.0)),
+            };
+            Ok(Function {
+                name: &f.demangled,
+                raw: &f.raw,
+                offset: f.file_offset,
+                size: f.size,
+                placement,
+                unprobeable,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let usdt: Vec<Usdt> = probes
         .iter()
         .filter(|p| {
@@ -87,7 +113,15 @@ pub fn list(args: &ListArgs) -> Result<()> {
         } else {
             format!("  [{}]", f.raw)
         };
-        out.push_str(&format!("{:#010x}  {}{}\n", f.offset, f.name, raw));
+        let site = match (&f.placement, f.unprobeable) {
+            (Some(p), _) if p.emulated => p.short(),
+            (Some(p), _) => format!("{} (stepped)", p.short()),
+            (None, why) => format!("refused: {}", why.unwrap_or("?")),
+        };
+        out.push_str(&format!(
+            "{:#010x}  {site:<28}  {}{}\n",
+            f.offset, f.name, raw
+        ));
     }
     for u in &usdt {
         out.push_str(&format!(
@@ -105,14 +139,127 @@ pub fn list(args: &ListArgs) -> Result<()> {
     }
     print!("{out}");
     eprintln!(
-        "{} functions, {} USDT probes in {}{}",
+        "{} functions ({} probed on an emulated instruction), {} USDT probes in {}{}",
         functions.len(),
+        functions
+            .iter()
+            .filter(|f| f.placement.as_ref().is_some_and(|p| p.emulated))
+            .count(),
         usdt.len(),
         path.display(),
         if elf.stripped {
             " (stripped: dynamic symbols only)"
         } else {
             ""
+        }
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PythonListing<'a> {
+    interpreter: String,
+    version: String,
+    layout: &'static str,
+    /// None without a process: functions exist only in a running one.
+    pid: Option<u32>,
+    functions: Option<Vec<&'a PyFunction>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    incomplete: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// `list --python`: the functions of process `-p` (TARGET: its
+/// interpreter, by default its own executable), or without a process what
+/// the interpreter offers.
+fn python(args: &ListArgs) -> Result<()> {
+    let pids: Vec<u32> = args.pid.into_iter().collect();
+    let target = match (&args.target, args.pid) {
+        (Some(t), _) => t.clone(),
+        (None, Some(pid)) => std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_err(|e| anyhow::anyhow!("cannot read /proc/{pid}/exe: {e}"))?
+            .display()
+            .to_string(),
+        (None, None) => anyhow::bail!(
+            "list --python needs -p PID (a running interpreter) or a TARGET interpreter"
+        ),
+    };
+    let interp = Interpreter::open(&target, &pids)?;
+    let glob = match &args.glob {
+        Some(g) => Some(globset::Glob::new(g)?.compile_matcher()),
+        None => None,
+    };
+    let listing = match args.pid {
+        Some(pid) => Some(crate::python::list::list(pid, &interp)?),
+        None => None,
+    };
+    let functions: Option<Vec<&PyFunction>> = listing.as_ref().map(|l| {
+        l.functions
+            .iter()
+            .filter(|f| glob.as_ref().is_none_or(|g| g.is_match(&f.qualname)))
+            .collect()
+    });
+    let note = listing.is_none().then(|| {
+        format!(
+            "Python functions exist only in a running interpreter: give -p PID of a process running {} to list them; a stage names them as python:{target}:[FILE.py:|MODULE:]QUALNAME",
+            interp.path.display()
+        )
+    });
+    if args.json {
+        let out = PythonListing {
+            interpreter: interp.path.display().to_string(),
+            version: interp.version.to_string(),
+            layout: interp.layout_source,
+            pid: args.pid,
+            functions: functions.clone(),
+            objects: listing.as_ref().map(|l| l.objects),
+            threads: listing.as_ref().map(|l| l.threads),
+            incomplete: listing.as_ref().map_or(&[], |l| &l.incomplete),
+            note,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let what = format!(
+        "CPython {} ({}, {} offsets)",
+        interp.version,
+        interp.path.display(),
+        interp.layout_source
+    );
+    let (Some(listing), Some(functions)) = (&listing, functions) else {
+        println!("{what}: {} eval-loop probe sites", interp.sites.len());
+        eprintln!("{}", note.unwrap_or_default());
+        return Ok(());
+    };
+    let width = functions
+        .iter()
+        .map(|f| f.qualname.len())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    let mut out = String::new();
+    for f in &functions {
+        let stack = if f.source == "stack" { "  (stack)" } else { "" };
+        out.push_str(&format!(
+            "{:<width$}  {}:{}{stack}\n",
+            f.qualname, f.file, f.line
+        ));
+    }
+    print!("{out}");
+    eprintln!(
+        "{} Python functions in pid {} ({} GC objects, {} threads read), {what}{}",
+        functions.len(),
+        args.pid.unwrap_or_default(),
+        listing.objects,
+        listing.threads,
+        match listing.incomplete.is_empty() {
+            true => String::new(),
+            false => format!("; incomplete: {}", listing.incomplete.join("; ")),
         }
     );
     Ok(())

@@ -3,6 +3,7 @@
 //! user error is reported before anything is attached or launched) and
 //! tears it down; tracer.rs is the loop in between.
 use std::{
+    io::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,11 +21,13 @@ use crate::{
     launch::Launched,
     metrics::{snapshot::Snapshot, Metrics},
     probes::{
-        check_privileges, memory::MemoryMode, resolve_plan, ProbeOptions, ProbePlan, ProbeSite,
-        Probes,
+        check_privileges, memory::MemoryMode, resolve_plan, unwind, ProbeOptions, ProbePlan,
+        ProbeSite, Probes,
     },
     signals::Signals,
-    sinks::{self, api::serve, AttachReason, OpenContext, ProbeInfo, Sink, Start},
+    sinks::{
+        self, api::ApiThread, AttachReason, OpenContext, PlacementInfo, ProbeInfo, Sink, Start,
+    },
     state::{LiveOptions, LiveState},
     symbols::process,
     tracer::{Tracer, Until, DRAIN_EVERY},
@@ -57,17 +60,20 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     }
     for &pid in &plan.pids {
         process::ensure_running(pid)?;
+        ensure_user_process(pid)?;
     }
     let resolved = resolve_plan(&ProbePlan {
         stages: &plan.stages,
         gauges: &plan.gauges,
         pids: &plan.pids,
         alloc: plan.alloc.as_ref(),
+        max_probes: plan.max_probes,
+        exit_probes: plan.exit_probes,
     })?;
     for w in &resolved.warnings {
         eprintln!("{}warning: {w}", journal::prefix(Priority::Warning));
     }
-    let sites = resolved.sites;
+    let (sites, unwind_warnings) = (resolved.sites, resolved.unwind_warnings);
     check_privileges()?;
     let mut sinks = sinks::open(
         &plan.outputs,
@@ -79,6 +85,17 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     let mut child = match plan.command.is_empty() {
         true => None,
         false => Some(Launched::spawn(&plan.command)?),
+    };
+    // The signals are handled from here on (signals.rs): after the fork,
+    // so the held child keeps the default actions; before attaching, so one
+    // that arrives while the probes are attached ends the run as it starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut signals = {
+        let _inside = runtime.enter();
+        Signals::install(plan.config.is_some()).context("installing the signal handlers")?
     };
     let pids: Vec<u32> = match &child {
         Some(c) => vec![c.pid()],
@@ -101,8 +118,12 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         follow_children: plan.follow_children
             && plan.alloc.is_none()
             && (child.is_some() || plan.follow),
+        attach: plan.attach,
+        python: resolved.python.clone(),
+        python_window: plan.python_window,
+        usdt_args: resolved.usdt_args.clone(),
     };
-    let mut probes = Probes::attach(&sites, &opts)?;
+    let probes = Probes::attach(&sites, &opts)?;
     // Probes for every process: follow the target files; service mode:
     // reload stages on SIGHUP (docs/follow.md).
     let mut follower =
@@ -112,7 +133,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
                 plan.gauges.clone(),
                 plan.pids.clone(),
                 &sites,
-                &mut probes,
+                plan.exit_probes,
                 !pids.is_empty(),
             )
         });
@@ -122,7 +143,8 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     }
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}warning: memory mappings are not traced: {why}",
                 journal::prefix(Priority::Warning)
             );
@@ -144,35 +166,38 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
             kubelet_pods_dir: plan.kubelet_pods_dir.clone(),
         },
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    // On a thread of its own: no request can delay the loop below.
     let api = match &plan.api {
-        Some(spec) => Some(runtime.block_on(serve(spec, live.clone(), async move {
-            let _ = api_stopped.await;
-        }))?),
+        Some(spec) => Some(ApiThread::start(spec, live.clone())?),
         None => None,
-    };
-    // Before the start record: from then on a signal is expected.
-    let signals = {
-        let _runtime = runtime.enter();
-        Signals::new(plan.config.is_some()).context("installing signal handlers")?
     };
     live.set_processes(&pids);
     sinks.start(&Start {
         ts_ns: live.wall_ns(monotonic_ns()),
         pids: &pids,
         processes: &live.traced_processes(),
-        probes: &probe_infos(&sites),
+        probes: &probe_infos(
+            sites
+                .iter()
+                .filter(|s| !unwind::is_exit(s) && !unwind::is_hook(s)),
+        ),
+        exits: &probe_infos(sites.iter().filter(|s| unwind::is_exit(s))),
+        unwind: &probe_infos(sites.iter().filter(|s| unwind::is_hook(s))),
+        unwind_warnings: &unwind_warnings,
     })?;
-    eprintln!(
-        "{}adeline-trace: {} probes on {} functions in {} stages; {}{}; Ctrl-C to stop",
+    let (mode, attach_time) = probes.attach_mode();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{}adeline-trace: {} probes on {} functions in {} stages ({mode}, attached in {} ms); {}{}; Ctrl-C to stop",
         journal::prefix(Priority::Info),
         probes.attached(),
-        sites.len(),
+        // Functions: the exit-instruction and unwind hooks are not counted.
+        sites
+            .iter()
+            .filter(|s| !unwind::is_exit(s) && !unwind::is_hook(s))
+            .count(),
         plan.stages.len(),
+        attach_time.as_millis(),
         match (&child, pids.is_empty()) {
             (Some(c), _) => format!("tracing command pid {}", c.pid()),
             (None, true) => "tracing every process".to_string(),
@@ -215,7 +240,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         duration: plan.duration,
         follow: plan.follow,
     };
-    let stop = runtime.block_on(tracer.trace(until, child.as_mut(), signals))?;
+    let stop = runtime.block_on(tracer.trace(until, child.as_mut(), &mut signals))?;
     // A launched command is ended first (it finishes its current call), so
     // the final drain sees every call it made.
     if let Some(c) = child.as_mut() {
@@ -226,7 +251,8 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
             std::thread::sleep(DRAIN_EVERY / 2);
         }
         if let Some(code) = c.terminate(Duration::ZERO) {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}adeline-trace: command exited with status {code}",
                 journal::prefix(Priority::Info)
             );
@@ -239,9 +265,8 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     tracer.stats()?;
     tracer.alloc_sites()?;
     tracer.finish(started.elapsed(), stop)?;
-    let _ = api_stop.send(());
     if let Some(api) = api {
-        runtime.block_on(api.join())?;
+        api.stop()?;
     }
     Ok(())
 }
@@ -265,6 +290,37 @@ fn config_source(plan: &Plan, args: &RunArgs) -> ConfigSource {
     })
 }
 
+/// `PF_KTHREAD` of a task's flags (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Refuses a kernel thread (`-p 2`): it runs no user code, so no probe
+/// could ever fire in it. (A process check that belongs with
+/// `symbols::process::ensure_running`; kept here while symbols/ is being
+/// reworked elsewhere.)
+fn ensure_user_process(pid: u32) -> Result<()> {
+    // Unreadable: ensure_running has just said what is wrong, or the
+    // process is gone and the run reports it.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Ok(());
+    };
+    match kernel_thread(&stat) {
+        Some(comm) => anyhow::bail!(
+            "pid {pid} ({comm}) is a kernel thread: kernel threads run no user code, so there \
+             is nothing to trace; pass the pid of a user process"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The name of the task of a `/proc/PID/stat` line if it is a kernel thread.
+fn kernel_thread(stat: &str) -> Option<&str> {
+    let (head, after_comm) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags: u64 = after_comm.split_whitespace().nth(6)?.parse().ok()?;
+    (flags & PF_KTHREAD != 0).then_some(comm)
+}
+
 /// Reads the snapshot that `baseline` in alert rules refers to.
 fn load_baseline(path: &std::path::Path) -> Result<Snapshot> {
     let text = std::fs::read_to_string(path)
@@ -278,14 +334,45 @@ fn load_baseline(path: &std::path::Path) -> Result<Snapshot> {
 }
 
 /// The `start` record's list: one entry per function attached.
-fn probe_infos(sites: &[ProbeSite]) -> Vec<ProbeInfo> {
+fn probe_infos<'a>(sites: impl Iterator<Item = &'a ProbeSite>) -> Vec<ProbeInfo> {
     sites
-        .iter()
         .map(|s| ProbeInfo {
             stage: s.stage.clone(),
             target: s.path.display().to_string(),
             symbol: s.symbol.clone(),
             offset: s.offset,
+            placement: PlacementInfo {
+                offset: s.placement.offset,
+                address: s.probe_offset(),
+                insn: s.placement.insn.clone(),
+                emulated: s.placement.emulated,
+                reason: s.placement.reason.to_string(),
+            },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_threads_are_told_apart_from_processes() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 3 0 0 20 0 1 0 30";
+        assert_eq!(kernel_thread(kthreadd), Some("kthreadd"));
+        let user = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 439 0 0 0";
+        assert_eq!(kernel_thread(user), None);
+        assert_eq!(kernel_thread("garbage"), None);
+        // kthreadd is pid 2 (outside a pid namespace), and this test is a
+        // user process.
+        if std::fs::read_to_string("/proc/2/stat").is_ok_and(|s| s.starts_with("2 (kthreadd)")) {
+            let e = ensure_user_process(2).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "pid 2 (kthreadd) is a kernel thread: kernel threads run no user code, so there \
+                 is nothing to trace; pass the pid of a user process"
+            );
+        }
+        ensure_user_process(std::process::id()).unwrap();
+    }
 }

@@ -1,5 +1,5 @@
 //! Following the targets while tracing (docs/follow.md): the [`Follower`]
-//! owns every uprobe link once tracing runs, and changes them:
+//! changes the uprobe links ([`Probes`] keeps them) while tracing:
 //!
 //! - every [`FOLLOW_EVERY`] it checks each target path; when it names
 //!   another file than the one probed (a deploy: `mv prog.tmp prog`), the
@@ -30,6 +30,7 @@ use crate::{
         follow::{stage_sites, SiteLinks},
         gauge::{self, GaugeSpec},
         resolve::Resolver,
+        unwind::ExitProbes,
         ProbeSite, Probes, StageSpec,
     },
     sinks::{Attach, AttachReason, AttachedProbe, Missed},
@@ -74,8 +75,8 @@ pub struct Follower {
     /// Processes bare target names are resolved for (`-p`).
     pids: Vec<u32>,
     targets: Vec<Target>,
-    /// Every live uprobe link.
-    links: SiteLinks,
+    /// How stage returns are observed (`--exit-probes`).
+    exit_probes: ExitProbes,
     retired: Vec<Retired>,
     next_retire: Instant,
     /// The kernel pid filter is on: only processes in it are traced.
@@ -85,14 +86,14 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Takes over the links of `probes`, made for `sites` (resolved at start
-    /// for `stages` and `gauges`, for `pids`).
+    /// Follows the files of `sites` (resolved at start for `stages` and
+    /// `gauges`, for `pids`; their links stay in [`Probes`]).
     pub fn new(
         stages: Vec<StageSpec>,
         gauges: Vec<GaugeSpec>,
         pids: Vec<u32>,
         sites: &[ProbeSite],
-        probes: &mut Probes,
+        exit_probes: ExitProbes,
         filtered: bool,
     ) -> Follower {
         let mut f = Follower {
@@ -101,7 +102,7 @@ impl Follower {
             gauges,
             pids,
             targets: Vec::new(),
-            links: probes.take_start_links(),
+            exit_probes,
             retired: Vec::new(),
             next_retire: Instant::now() + RETIRE_EVERY,
             filtered,
@@ -185,7 +186,7 @@ impl Follower {
         }
         if Instant::now() >= self.next_retire {
             self.next_retire = Instant::now() + RETIRE_EVERY;
-            self.retire(probes);
+            self.retire();
         }
         out
     }
@@ -221,12 +222,12 @@ impl Follower {
             })
             .collect();
         let previous = self.targets[i].file;
-        let old = self.links.take(|l| l.path == path);
+        let old = probes.take_links(|l| l.path == path);
         self.retired.push(Retired {
             file: previous,
             links: old,
         });
-        self.links.extend(links);
+        probes.keep_links(links);
         let t = &mut self.targets[i];
         t.file = file;
         t.refused = None;
@@ -261,9 +262,15 @@ impl Follower {
         let mut last_error = None;
         for (id, stage) in self.stages.iter().enumerate() {
             let Some(stage) = stage else { continue };
-            match stage_sites(&mut resolver, id as u32, stage) {
+            match stage_sites(
+                &mut resolver,
+                id as u32,
+                stage,
+                self.exit_probes,
+                &self.pids,
+            ) {
                 Ok(found) => sites.extend(found.into_iter().filter(|s| s.path == path)),
-                Err(e) => last_error = Some(e.to_string()),
+                Err(e) => last_error = Some(e),
             }
         }
         for (id, g) in self.gauges.iter().enumerate() {
@@ -295,13 +302,13 @@ impl Follower {
     }
 
     /// Detaches the probes of replaced files no process maps any more.
-    fn retire(&mut self, probes: &mut Probes) {
+    fn retire(&mut self) {
         let (gone, kept): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut self.retired)
             .into_iter()
             .partition(|r| procs::mapping(r.file).is_empty());
         self.retired = kept;
         for r in gone {
-            probes.detach_sites(r.links);
+            r.links.detach();
         }
     }
 }

@@ -7,6 +7,7 @@
 use thiserror::Error;
 
 use super::Follower;
+use crate::probes::Location;
 use crate::probes::{
     follow::stage_sites, resolve::check_overlaps, resolve::Resolver, ProbeError, ProbeSite, Probes,
     StageSpec,
@@ -73,8 +74,15 @@ impl Follower {
         let mut resolver = Resolver::new(&self.pids);
         let mut all = Vec::new();
         for (stage, &id) in new.iter().zip(&ids) {
-            let sites = stage_sites(&mut resolver, id, stage)
-                .map_err(|e| ReloadError::Resolve(e.to_string()))?;
+            // An unchanged Python stage keeps its probes (Python stages are
+            // not resolved while tracing).
+            let old = self.stages.get(id as usize).and_then(Option::as_ref);
+            if matches!(stage.location, Location::Python { .. }) && old == Some(stage) {
+                all.push(Vec::new());
+                continue;
+            }
+            let sites = stage_sites(&mut resolver, id, stage, self.exit_probes, &self.pids)
+                .map_err(ReloadError::Resolve)?;
             all.push(sites);
         }
         let flat: Vec<ProbeSite> = all.iter().flatten().cloned().collect();
@@ -123,12 +131,12 @@ impl Follower {
         // The new probes are in: detach the removed and changed stages' old ones.
         let old_ids: Vec<u64> = gone.iter().chain(&redo).map(|&id| u64::from(id)).collect();
         let is_old = |l: &crate::probes::follow::SiteLink| l.stage && old_ids.contains(&l.cookie);
-        let mut old = self.links.take(is_old);
+        let mut old = probes.take_links(is_old);
         for r in &mut self.retired {
             old.extend(r.links.take(is_old));
         }
-        probes.detach_sites(old);
-        self.links.extend(links);
+        old.detach();
+        probes.keep_links(links);
         for id in gone {
             self.stages[id as usize] = None;
         }

@@ -16,10 +16,15 @@ use aya::{
 };
 use thiserror::Error;
 
-use crate::symbols::{insn::uprobe_refusal, process, symbolize::StackSymbolizer, TargetError};
+use crate::symbols::{
+    placement::{place_symbol, Needs},
+    process,
+    symbolize::StackSymbolizer,
+    TargetError,
+};
 
 use super::{
-    resolve::{first_bytes, Resolver},
+    resolve::Resolver,
     site::{chain, ProbeError, ProbeSite, Program},
 };
 
@@ -86,66 +91,51 @@ fn sites_in(resolver: &mut Resolver<'_>, libc: &Path) -> Result<Vec<ProbeSite>, 
     let elf = resolver.open(libc)?;
     let mut sites: Vec<ProbeSite> = Vec::new();
     let mut seen: Vec<u64> = Vec::new();
-    let mut add = |symbol: &'static str, programs: &'static [Program], cookie: u32| {
-        let Some(f) = elf.matching(symbol).ok().and_then(|f| f.first().copied()) else {
-            return false;
+    // Each function's probes go where the placement rules allow (past a
+    // NULL check's `test`, onto a `push` or a `jcc`, see
+    // symbols/placement.rs): the entry probe must still see the arguments
+    // its program reads.
+    let mut add =
+        |symbol: &'static str, programs: &'static [Program], needs: Needs, cookie: u32| {
+            let Some(f) = elf.matching(symbol).ok().and_then(|f| f.first().copied()) else {
+                return Ok(false);
+            };
+            if seen.contains(&f.file_offset) {
+                return Ok(true);
+            }
+            let Ok(placement) = place_symbol(libc, elf, f, &needs)? else {
+                return Ok(false);
+            };
+            seen.push(f.file_offset);
+            sites.push(ProbeSite {
+                stage: ALLOC_SITE_NAME.into(),
+                cookie: u64::from(cookie),
+                path: libc.to_path_buf(),
+                symbol: symbol.into(),
+                offset: f.file_offset,
+                placement,
+                ref_ctr_offset: 0,
+                programs,
+            });
+            Ok::<bool, TargetError>(true)
         };
-        if seen.contains(&f.file_offset) {
-            return true;
-        }
-        if first_bytes(libc, f.file_offset)
-            .and_then(|c| uprobe_refusal(&c))
-            .is_some()
-        {
-            return false;
-        }
-        seen.push(f.file_offset);
-        // An entry-only probe may sit past a NULL check (see past_null_check).
-        let offset = if programs == RELEASER {
-            let skip = first_bytes(libc, f.file_offset).map_or(0, |c| past_null_check(&c));
-            f.file_offset + skip
-        } else {
-            f.file_offset
-        };
-        sites.push(ProbeSite {
-            stage: ALLOC_SITE_NAME.into(),
-            cookie: u64::from(cookie),
-            path: libc.to_path_buf(),
-            symbol: symbol.into(),
-            offset,
-            programs,
-        });
-        true
-    };
     let missing = |symbol| AllocSiteError::Missing {
         path: libc.display().to_string(),
         symbol,
     };
     for &(symbol, cookie) in ALLOCATORS {
-        if !add(symbol, ALLOCATOR, cookie) && symbol == "malloc" {
+        // One site for both programs: the entry reads the arguments, the
+        // return probe needs the return address at [rsp].
+        if !add(symbol, ALLOCATOR, Needs::ALLOC_ARGS, cookie)? && symbol == "malloc" {
             return Err(missing("malloc"));
         }
     }
     for &symbol in RELEASERS {
-        if !add(symbol, RELEASER, 0) && symbol == "free" {
+        if !add(symbol, RELEASER, Needs::FIRST_ARG, 0)? && symbol == "free" {
             return Err(missing("free"));
         }
     }
     Ok(sites)
-}
-
-/// Bytes to skip so a probe on `free(ptr)` sits after its NULL check:
-/// `test %rdi,%rdi` then `je` (short or near), as glibc's `free` starts.
-/// The kernel single-steps a `test` at a uprobe (an extra trap, ~5 us on a
-/// VM) but emulates the `push` that follows on the non-NULL path, where
-/// `%rdi` still holds the pointer; free(NULL) is a no-op to us anyway.
-/// 0 when the code starts otherwise.
-fn past_null_check(code: &[u8]) -> u64 {
-    match code {
-        [0x48, 0x85, 0xff, 0x74, _, ..] => 5,
-        [0x48, 0x85, 0xff, 0x0f, 0x84, _, _, _, _, ..] => 9,
-        _ => 0,
-    }
 }
 
 /// The kernel globals and map sizes of alloc mode; without it its big maps
@@ -336,17 +326,6 @@ mod tests {
         assert_eq!(calloc.cookie, u64::from(ALLOC_FN_CALLOC));
         assert!(calloc.path.to_string_lossy().contains("libc.so"));
         assert!(sites.iter().all(|s| s.stage == ALLOC_SITE_NAME));
-    }
-
-    #[test]
-    fn free_is_probed_past_its_null_check() {
-        assert_eq!(past_null_check(&[0x48, 0x85, 0xff, 0x74, 0x10, 0x55]), 5);
-        assert_eq!(
-            past_null_check(&[0x48, 0x85, 0xff, 0x0f, 0x84, 1, 2, 0, 0, 0x55]),
-            9
-        );
-        assert_eq!(past_null_check(&[0x55, 0x48, 0x85, 0xff]), 0);
-        assert_eq!(past_null_check(&[0x48, 0x85, 0xff]), 0);
     }
 
     #[test]

@@ -7,24 +7,18 @@
 //! Probes attached here are for every process (the pid filter, when on,
 //! decides who is traced): a new process of a target must be traced from
 //! its first call without attaching anything for it.
-use aya::{
-    maps::HashMap,
-    programs::{
-        uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        ProgramError, UProbe,
-    },
-    EbpfLoader,
-};
+use std::{collections::HashMap as Programs, path::PathBuf};
 
-use std::path::PathBuf;
+use aya::{maps::HashMap, Ebpf, EbpfLoader};
 
 use super::{
-    attach_order, function,
+    attach::{LinkSet, LoadedUprobe, ProgramLoader, UprobeLink, UprobeSpec},
+    attach_error, attach_order, function,
     resolve::Resolver,
-    site::{chain, ProbeError, ProbeSite, Program, Tracepoint},
-    Location, Probes, StageSpec,
+    site::{chain, ProbeError, ProbeSite, Tracepoint},
+    unwind::{self, ExitProbes},
+    usdt, Location, Probes, StageSpec,
 };
-use crate::symbols::TargetError;
 
 /// The fork and exit tracepoints that keep the pid filter following a
 /// traced process's descendants.
@@ -60,34 +54,48 @@ fn has_field(format: &str, decl: &str, offset: usize) -> bool {
     })
 }
 
-/// One uprobe link: what it is for, to detach it later.
-#[derive(Debug)]
+/// One uprobe link: the sites of one program in one file, for one stage
+/// (stage sites) or for everything else there.
 pub struct SiteLink {
-    program: &'static str,
-    /// The site's cookie (stage id for stage sites).
+    /// The stage id (stage sites).
     pub cookie: u64,
-    /// A stage site (function entry or return), not a gauge or alloc site.
+    /// A stage site (entry, return or exit instruction of a stage), not a
+    /// gauge, alloc, Python or unwind-hook site.
     pub stage: bool,
     /// The file attached to.
     pub path: PathBuf,
-    id: UProbeLinkId,
+    link: UprobeLink,
 }
 
-/// Uprobe links, to detach later ([`Probes::detach_sites`]).
-#[derive(Debug, Default)]
+/// Whether `site` times a stage (its cookie is the stage id).
+fn is_stage(site: &ProbeSite) -> bool {
+    [
+        function::PROGRAMS,
+        unwind::ENTRY,
+        unwind::EXIT,
+        usdt::ENTRY,
+        usdt::RETURN,
+    ]
+    .contains(&site.programs)
+}
+
+/// Uprobe links, in attach order (detached in reverse: entry programs
+/// first, so no call is left open without its end being watched).
+#[derive(Default)]
 pub struct SiteLinks(Vec<SiteLink>);
 
-impl SiteLinks {
-    pub(super) fn push(&mut self, program: Program, site: &ProbeSite, id: UProbeLinkId) {
-        self.0.push(SiteLink {
-            program: program.name,
-            cookie: site.cookie,
-            stage: site.programs == function::PROGRAMS,
-            path: site.path.clone(),
-            id,
-        });
+impl std::fmt::Debug for SiteLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SiteLinks({} links, {} probes)",
+            self.0.len(),
+            self.probes()
+        )
     }
+}
 
+impl SiteLinks {
     /// Moves the links matching `pred` out.
     pub fn take(&mut self, pred: impl Fn(&SiteLink) -> bool) -> SiteLinks {
         let (taken, kept) = std::mem::take(&mut self.0).into_iter().partition(pred);
@@ -99,80 +107,133 @@ impl SiteLinks {
         self.0.extend(other.0);
     }
 
-    /// Number of kernel attachments.
-    pub fn len(&self) -> usize {
-        self.0.len()
+    /// Number of probe sites attached.
+    pub fn probes(&self) -> usize {
+        self.0.iter().map(|l| l.link.probes()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// One set, to close every link together ([`LinkSet::detach`]).
+    pub fn into_set(self) -> LinkSet {
+        let mut set = LinkSet::default();
+        for l in self.0 {
+            set.push(l.link);
+        }
+        set
+    }
+
+    /// Detaches now, entry programs first.
+    pub fn detach(self) {
+        self.0.into_iter().rev().for_each(drop);
+    }
+}
+
+/// Sites of one link: by file and stage id (None: not a stage's).
+type Group<'a> = ((&'a PathBuf, Option<u64>), Vec<&'a ProbeSite>);
+
+/// Attaches `sites` for each of `scopes` (a pid, or None: every process),
+/// return programs first, one link per program, file and stage (the rest
+/// of a file's sites together). Programs are loaded once, into
+/// `programs`. On error, what this call attached is detached again.
+pub(super) fn attach_links(
+    ebpf: &mut Ebpf,
+    loader: &ProgramLoader,
+    programs: &mut Programs<&'static str, LoadedUprobe>,
+    sites: &[ProbeSite],
+    scopes: &[Option<u32>],
+) -> Result<SiteLinks, ProbeError> {
+    let mut links = SiteLinks::default();
+    for program in attach_order(sites) {
+        if !programs.contains_key(program.name) {
+            let loaded = loader
+                .load(ebpf, program.name)
+                .map_err(|e| ProbeError::Load(chain(&e)))?;
+            programs.insert(program.name, loaded);
+        }
+        let prog = &programs[program.name];
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for site in sites.iter().filter(|s| s.programs.contains(&program)) {
+            let key = (&site.path, is_stage(site).then_some(site.cookie));
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, g)) => g.push(site),
+                None => groups.push((key, vec![site])),
+            }
+        }
+        for ((path, stage), group) in groups {
+            let specs: Vec<UprobeSpec> = group.iter().map(|s| s.spec()).collect();
+            for &pid in scopes {
+                let link = prog
+                    .attach(path, &specs, pid)
+                    .map_err(|e| attach_error(&group, &e))?;
+                links.0.push(SiteLink {
+                    cookie: stage.unwrap_or(u64::MAX),
+                    stage: stage.is_some(),
+                    path: path.clone(),
+                    link,
+                });
+            }
+        }
+    }
+    Ok(links)
 }
 
 /// The sites of stage `id` (the one place besides [`super::resolve_plan`]
-/// that lists the kinds that time stages: a stage resolved while tracing).
+/// that lists the kinds that time stages: a stage resolved while tracing),
+/// with `--exit-probes` applied. Unwind hooks are left out: those of the
+/// start stay attached. Python stages are not resolved while tracing
+/// (their interpreter tables are filled at start).
 pub fn stage_sites(
     resolver: &mut Resolver<'_>,
     id: u32,
     stage: &StageSpec,
-) -> Result<Vec<ProbeSite>, TargetError> {
-    match &stage.location {
+    exit_probes: ExitProbes,
+    pids: &[u32],
+) -> Result<Vec<ProbeSite>, String> {
+    let mut sites = match &stage.location {
         Location::Function { target, symbol } => {
-            function::sites(resolver, id, &stage.name, target, symbol)
+            function::sites(resolver, id, &stage.name, target, symbol).map_err(|e| e.to_string())?
         }
-    }
+        Location::Usdt { target, entry, ret } => {
+            usdt::stage_sites(resolver, id, &stage.name, target, entry, ret)
+                .map_err(|e| e.to_string())?
+        }
+        Location::Python { .. } => {
+            return Err(format!(
+                "Python stage '{}' cannot be resolved while tracing: restart the agent to add or change it",
+                stage.name
+            ))
+        }
+    };
+    unwind::plan(&mut sites, exit_probes, pids);
+    sites.retain(is_stage);
+    Ok(sites)
 }
 
 impl Probes {
-    /// Attaches `sites` (programs already loaded by [`Probes::attach`]) for
-    /// every process, return programs first. On error what this call
-    /// attached is detached again.
+    /// Attaches `sites` for every process (the pid filter, when on,
+    /// decides who is traced). On error nothing of them stays attached.
     pub fn attach_sites(&mut self, sites: &[ProbeSite]) -> Result<SiteLinks, ProbeError> {
-        let mut links = SiteLinks::default();
-        for program in attach_order(sites) {
-            for site in sites.iter().filter(|s| s.programs.contains(&program)) {
-                let point = UProbeAttachPoint {
-                    location: site.offset.into(),
-                    cookie: Some(site.cookie),
-                };
-                let attached = self
-                    .uprobe(program.name)
-                    .and_then(|prog| {
-                        prog.attach(point, &site.path, UProbeScope::AllProcesses)
-                            .map_err(|e| chain(&e))
-                    })
-                    .map_err(|reason| ProbeError::Attach {
-                        stage: site.stage.clone(),
-                        symbol: site.symbol.clone(),
-                        path: site.path.display().to_string(),
-                        reason,
-                    });
-                match attached {
-                    Ok(id) => links.push(program, site, id),
-                    Err(e) => {
-                        self.detach_sites(links);
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(links)
+        attach_links(
+            &mut self.ebpf,
+            &self.loader,
+            &mut self.programs,
+            sites,
+            &[None],
+        )
     }
 
-    /// Detaches links made by [`Probes::attach_sites`] (entry programs
-    /// first, so no call is left open without its return probe).
-    pub fn detach_sites(&mut self, links: SiteLinks) {
-        for link in links.0.into_iter().rev() {
-            if let Ok(prog) = self.uprobe(link.program) {
-                let _ = prog.detach(link.id);
-            }
-        }
+    /// Links kept by [`Probes`] (detached with the others at the end).
+    pub fn keep_links(&mut self, links: SiteLinks) {
+        self.uprobes.extend(links);
     }
 
-    /// The links [`Probes::attach`] made, for the caller to detach some
-    /// of them later (once; dropping [`Probes`] detaches them all anyway).
-    pub fn take_start_links(&mut self) -> SiteLinks {
-        std::mem::take(&mut self.start_links)
+    /// Moves the links matching `pred` out of [`Probes`] (to detach later,
+    /// or now with [`SiteLinks::detach`]).
+    pub fn take_links(&mut self, pred: impl Fn(&SiteLink) -> bool) -> SiteLinks {
+        self.uprobes.take(pred)
     }
 
     /// Adds `pid` to the kernel pid filter (a process found running a target).
@@ -197,21 +258,6 @@ impl Probes {
             return false;
         };
         HashMap::<_, u32, u8>::try_from(map).is_ok_and(|m| m.get(&pid, 0).is_ok())
-    }
-
-    /// Program `name`, loaded (a kind the first attach did not use is
-    /// loaded now).
-    fn uprobe(&mut self, name: &str) -> Result<&mut UProbe, String> {
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing from the object"))?
-            .try_into()
-            .map_err(|e: ProgramError| chain(&e))?;
-        match prog.load() {
-            Ok(()) | Err(ProgramError::AlreadyLoaded) => Ok(prog),
-            Err(e) => Err(chain(&e)),
-        }
     }
 }
 

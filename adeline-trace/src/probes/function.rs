@@ -1,7 +1,7 @@
 //! Probe kind `function`: a stage timed at the entry and return of
 //! functions (a uprobe and a uretprobe each), with the stage id as the
 //! attach cookie. Kernel side: adeline-trace-ebpf/src/stage.rs.
-use crate::symbols::TargetError;
+use crate::symbols::{placement::Needs, TargetError};
 
 use super::{
     resolve::Resolver,
@@ -21,5 +21,5 @@ pub fn sites(
     target: &str,
     symbol: &str,
 ) -> Result<Vec<ProbeSite>, TargetError> {
-    resolver.functions(name, u64::from(id), target, symbol, PROGRAMS)
+    resolver.functions(name, u64::from(id), target, symbol, PROGRAMS, &Needs::CALL)
 }

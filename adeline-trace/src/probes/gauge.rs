@@ -3,14 +3,17 @@
 //! and the argument index. Kernel side: adeline-trace-ebpf/src/gauge.rs.
 use adeline_trace_common::gauge_cookie;
 
-use crate::symbols::TargetError;
+use crate::symbols::{placement::Needs, TargetError};
 
 use super::{
     resolve::Resolver,
     site::{ProbeSite, Program},
+    usdt::UsdtValue,
 };
 
-/// A gauge: NAME=TARGET:SYMBOL:argN|ret.
+/// A gauge: NAME=TARGET:SYMBOL:argN|ret, or a USDT probe's argument or
+/// hits (NAME=usdt:TARGET:PROVIDER:PROBE[:argN], `symbol` =
+/// PROVIDER:PROBE; see [`super::usdt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GaugeSpec {
     pub name: String,
@@ -26,20 +29,28 @@ pub enum GaugeSource {
     Arg(u8),
     /// Return value.
     Ret,
+    /// A USDT probe's argument, or 1 per hit ([`super::usdt`]).
+    Usdt(UsdtValue),
 }
 
-const ARG: &[Program] = &[Program::entry("gauge_arg")];
-const RET: &[Program] = &[Program::ret("gauge_ret")];
+/// An argument gauge's program (at entry).
+pub const ARG: &[Program] = &[Program::entry("gauge_arg")];
+/// A return-value gauge's program.
+pub const RET: &[Program] = &[Program::ret("gauge_ret")];
 
-/// Sites of gauge `id`: every function its target and symbol match.
+/// Sites of function gauge `id`: every function its target and symbol
+/// match (a USDT gauge has none here: [`super::usdt::gauge_sites`]).
 pub fn sites(
     resolver: &mut Resolver<'_>,
     id: u32,
     gauge: &GaugeSpec,
 ) -> Result<Vec<ProbeSite>, TargetError> {
-    let (programs, cookie) = match gauge.source {
-        GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n)),
-        GaugeSource::Ret => (RET, u64::from(id)),
+    // An argument gauge's probe must come before its register changes.
+    let (programs, cookie, needs) = match gauge.source {
+        GaugeSource::Arg(n) => (ARG, gauge_cookie(id, n), Needs::arg(n)),
+        GaugeSource::Ret => (RET, u64::from(id), Needs::CALL),
+        GaugeSource::Usdt(_) => return Ok(Vec::new()),
     };
-    resolver.functions(&gauge.name, cookie, &gauge.target, &gauge.symbol, programs)
+    let (name, target, symbol) = (&gauge.name, &gauge.target, &gauge.symbol);
+    resolver.functions(name, cookie, target, symbol, programs, &needs)
 }

@@ -3,12 +3,14 @@
 //! refusals. A kind's own file says which functions and which programs.
 use std::{
     collections::HashMap,
-    fs::File,
-    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
-use crate::symbols::{elf::ElfFile, insn::uprobe_refusal, process, FunctionSymbol, TargetError};
+use crate::symbols::{
+    elf::ElfFile,
+    placement::{place_symbol, Needs},
+    process, FunctionSymbol, TargetError,
+};
 
 use super::site::{ProbeSite, Program};
 
@@ -44,10 +46,11 @@ impl<'a> Resolver<'a> {
     }
 
     /// One site per function of `target` matching `symbol`, each with
-    /// `programs`. Every glob match joins; no match is an error naming close
-    /// candidates. A function the kernel cannot probe is an error when named
-    /// exactly, and is skipped with a warning when a glob matched it among
-    /// others.
+    /// `programs`, placed where the programs find what they `need`
+    /// (symbols/placement.rs). Every glob match joins; no match is an error
+    /// naming close candidates. A function the kernel cannot probe is an
+    /// error when named exactly, and is skipped with a warning when a glob
+    /// matched it among others.
     pub fn functions(
         &mut self,
         label: &str,
@@ -55,42 +58,45 @@ impl<'a> Resolver<'a> {
         target: &str,
         symbol: &str,
         programs: &'static [Program],
+        needs: &Needs,
     ) -> Result<Vec<ProbeSite>, TargetError> {
         let path = process::resolve_target(target, self.pids)?;
-        let matches: Vec<FunctionSymbol> = self
-            .open(&path)?
-            .matching(symbol)?
-            .into_iter()
-            .cloned()
-            .collect();
-        let mut refused = None;
-        let mut sites = Vec::new();
-        for f in matches {
-            let refusal = if f.ifunc {
-                Some(TargetError::Ifunc {
+        let elf = self.open(&path)?;
+        let mut placed = Vec::new();
+        for f in elf.matching(symbol)? {
+            let placement = if f.ifunc {
+                Err(TargetError::Ifunc {
                     symbol: f.demangled.clone(),
                     path: path.clone(),
                 })
             } else {
-                first_bytes(&path, f.file_offset)
-                    .and_then(|c| uprobe_refusal(&c))
-                    .map(|reason| TargetError::Unprobeable {
-                        symbol: f.demangled.clone(),
-                        path: path.clone(),
-                        reason,
-                    })
+                place_symbol(&path, elf, f, needs)?.map_err(|refusal| TargetError::Unprobeable {
+                    symbol: f.demangled.clone(),
+                    path: path.clone(),
+                    reason: refusal.0,
+                })
             };
-            if let Some(err) = refusal {
-                self.warnings.push(format!("'{label}': skipping: {err}"));
-                refused.get_or_insert(err);
-                continue;
-            }
+            placed.push((FunctionSymbol::clone(f), placement));
+        }
+        let mut refused = None;
+        let mut sites = Vec::new();
+        for (f, placement) in placed {
+            let placement = match placement {
+                Ok(p) => p,
+                Err(err) => {
+                    self.warnings.push(format!("'{label}': skipping: {err}"));
+                    refused.get_or_insert(err);
+                    continue;
+                }
+            };
             sites.push(ProbeSite {
                 stage: label.to_string(),
                 cookie,
                 path: path.clone(),
-                symbol: f.demangled.clone(),
+                symbol: f.demangled,
                 offset: f.file_offset,
+                placement,
+                ref_ctr_offset: 0,
                 programs,
             });
         }
@@ -99,6 +105,29 @@ impl<'a> Resolver<'a> {
             _ => Ok(sites),
         }
     }
+}
+
+/// Refuses more than `max` stage and gauge sites (functions) in all:
+/// `total` so far, the last `matches` of them from stage or gauge `name`
+/// (`what`) with TARGET:SYMBOL `pattern`.
+pub fn check_max_probes(
+    (total, matches): (usize, usize),
+    max: usize,
+    what: &'static str,
+    name: &str,
+    pattern: &str,
+) -> Result<(), TargetError> {
+    if total <= max {
+        return Ok(());
+    }
+    Err(TargetError::TooManyProbes {
+        what,
+        name: name.to_string(),
+        pattern: pattern.to_string(),
+        matches,
+        total,
+        max,
+    })
 }
 
 /// Refuses two stages on one function. Both would push an open call at
@@ -130,12 +159,4 @@ pub fn check_overlaps(sites: &[ProbeSite]) -> Result<(), TargetError> {
         }
     }
     Ok(())
-}
-
-/// The first bytes of the function at `offset` (None if unreadable).
-pub fn first_bytes(path: &Path, offset: u64) -> Option<[u8; 16]> {
-    let mut buf = [0u8; 16];
-    let file = File::open(path).ok()?;
-    let n = file.read_at(&mut buf, offset).ok()?;
-    (n > 0).then_some(buf)
 }

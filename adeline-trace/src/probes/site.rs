@@ -5,11 +5,17 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-/// A kernel program of the object, and whether it runs at a return.
+use crate::symbols::placement::Placement;
+
+use super::attach::UprobeSpec;
+
+/// A kernel program of the object, and whether it ends calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Program {
     pub name: &'static str,
-    /// A uretprobe (attached before every entry program).
+    /// It ends calls: a uretprobe, a probe on an exit instruction or an
+    /// unwind hook. Attached before every entry program, so no entry is
+    /// recorded without its end being watched.
     pub ret: bool,
 }
 
@@ -18,7 +24,13 @@ impl Program {
         Program { name, ret: false }
     }
 
+    /// A uretprobe.
     pub const fn ret(name: &'static str) -> Program {
+        Program { name, ret: true }
+    }
+
+    /// A uprobe that ends calls (exit instructions, unwind hooks).
+    pub const fn exit(name: &'static str) -> Program {
         Program { name, ret: true }
     }
 }
@@ -53,10 +65,31 @@ pub struct ProbeSite {
     pub path: PathBuf,
     /// Demangled name of the function.
     pub symbol: String,
-    /// File offset of the probe.
+    /// File offset of the function.
     pub offset: u64,
+    /// Where its probes sit, from the function's entry.
+    pub placement: Placement,
+    /// File offset of the USDT semaphore the kernel raises while the probe
+    /// is attached (0: none).
+    pub ref_ctr_offset: u64,
     /// Programs attached here, in attach order.
     pub programs: &'static [Program],
+}
+
+impl ProbeSite {
+    /// The file offset the kernel probes: the function plus its placement.
+    pub fn probe_offset(&self) -> u64 {
+        self.offset + self.placement.offset
+    }
+
+    /// What the attach module needs of the site.
+    pub fn spec(&self) -> UprobeSpec {
+        UprobeSpec {
+            offset: self.probe_offset(),
+            cookie: self.cookie,
+            ref_ctr_offset: self.ref_ctr_offset,
+        }
+    }
 }
 
 #[derive(Debug, Error)]

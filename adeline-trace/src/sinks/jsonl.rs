@@ -2,6 +2,7 @@
 //! [`SCHEMA_VERSION`]): one object per record, written whole lines at a time.
 use std::{fs::File, io::Write, os::fd::AsFd, path::PathBuf};
 
+use adeline_trace_common::{SPAN_FLAG_ERROR, SPAN_FLAG_EXCEPTION, SPAN_FLAG_GENERATOR};
 use serde::Serialize;
 
 use super::{
@@ -36,6 +37,16 @@ enum Record<'a> {
         /// Wall-clock start of the frame this call belongs to (absent outside frames).
         #[serde(skip_serializing_if = "Option::is_none")]
         frame_ts_ns: Option<u64>,
+        /// The call did not return: an exception unwound it (present only then).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        exception: bool,
+        /// Python stages: the call ended with an exception.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        error: bool,
+        /// Python stages: a generator or coroutine (start to final return;
+        /// self_ns = its active time minus its children).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        generator: bool,
     },
     /// Memory every stats interval: the traced processes' RSS and growth
     /// (10 s) and CPU use, per-stage mmap/munmap bytes (whole run), and the
@@ -78,6 +89,8 @@ pub struct JsonlSink {
     buf: Vec<u8>,
     /// Write a `span` line per call.
     spans: bool,
+    /// The output is a pipe whose reader went away: nothing more is written.
+    closed: bool,
 }
 
 impl JsonlSink {
@@ -108,11 +121,30 @@ impl JsonlSink {
             out,
             buf: Vec::with_capacity(4 * PIPE_BUF),
             spans,
+            closed: false,
         }
     }
 
     fn write(&mut self, record: &Record<'_>) -> Result<(), SinkError> {
-        self.put(record).map_err(SinkError::write("the events"))
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.put(record);
+        self.outcome(result)
+    }
+
+    /// A write's result. A broken pipe (the reader of the stream exited,
+    /// e.g. `| head`) is reported once as [`SinkError::Closed`], which
+    /// stops the run cleanly; every later record is dropped.
+    fn outcome(&mut self, result: std::io::Result<()>) -> Result<(), SinkError> {
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                self.buf = Vec::new();
+                Err(SinkError::Closed { what: "the events" })
+            }
+            result => result.map_err(SinkError::write("the events")),
+        }
     }
 
     fn put(&mut self, record: &Record<'_>) -> std::io::Result<()> {
@@ -176,6 +208,9 @@ impl Sink for JsonlSink {
             self_ns: r.self_ns,
             depth: r.depth,
             frame_ts_ns: span.frame_ts_ns,
+            exception: r.flags & SPAN_FLAG_EXCEPTION != 0,
+            error: r.flags & SPAN_FLAG_ERROR != 0,
+            generator: r.flags & SPAN_FLAG_GENERATOR != 0,
         })
     }
 
@@ -220,7 +255,11 @@ impl Sink for JsonlSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.write_out().map_err(SinkError::write("the events"))
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.write_out();
+        self.outcome(result)
     }
 
     fn finish(&mut self, finish: &Finish<'_>, _: &dyn SnapshotSource) -> Result<(), SinkError> {
@@ -261,6 +300,9 @@ mod tests {
             self_ns: 3,
             depth: 0,
             frame_ts_ns: None,
+            exception: false,
+            error: false,
+            generator: false,
         })
         .unwrap();
         sink.flush().unwrap();
@@ -268,6 +310,26 @@ mod tests {
         assert_eq!(
             text,
             "{\"v\":1,\"type\":\"span\",\"ts_ns\":1,\"pid\":2,\"tid\":3,\"stage\":\"infer\",\"dur_ns\":4,\"self_ns\":3,\"depth\":0}\n"
+        );
+        sink.write(&Record::Span {
+            ts_ns: 1,
+            pid: 2,
+            tid: 3,
+            stage: "infer",
+            dur_ns: 4,
+            self_ns: 3,
+            depth: 0,
+            frame_ts_ns: None,
+            exception: true,
+            error: false,
+            generator: false,
+        })
+        .unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.ends_with(",\"depth\":0,\"exception\":true}\n"),
+            "{text}"
         );
     }
 
@@ -285,6 +347,9 @@ mod tests {
                 self_ns: 4,
                 depth: 0,
                 frame_ts_ns: Some(1),
+                exception: false,
+                error: false,
+                generator: false,
             })
             .unwrap();
         }

@@ -32,8 +32,8 @@ pub mod table;
 pub mod trace_out;
 
 pub use sink::{
-    Attach, AttachReason, AttachedProbe, Finish, Gauge, Memory, Missed, ProbeInfo, RankedSite,
-    Reload, Sink, SinkError, Span, StageTotal, Start, Stats,
+    Attach, AttachReason, AttachedProbe, Finish, Gauge, Memory, Missed, PlacementInfo, ProbeInfo,
+    RankedSite, Reload, Sink, SinkError, Span, StageTotal, Start, Stats,
 };
 pub use source::{OutputHealth, SnapshotSource};
 
@@ -65,37 +65,56 @@ impl Sinks {
     }
 }
 
-/// Hands each record to every sink in turn; the first error stops.
+impl Sinks {
+    /// Hands a record to every sink, even after one failed (a closed
+    /// events pipe must not keep the record from the other outputs); the
+    /// first error is returned.
+    fn each(
+        &mut self,
+        mut f: impl FnMut(&mut (dyn Sink + Send)) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        for sink in &mut self.0 {
+            let result = f(sink.as_mut());
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+/// Hands each record to every sink in turn.
 impl Sink for Sinks {
     fn start(&mut self, start: &Start<'_>) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.start(start))
+        self.each(|s| s.start(start))
     }
     fn span(&mut self, span: &Span<'_>) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.span(span))
+        self.each(|s| s.span(span))
     }
     fn gauge(&mut self, gauge: &Gauge<'_>) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.gauge(gauge))
+        self.each(|s| s.gauge(gauge))
     }
     fn stats(&mut self, stats: &Stats<'_>) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.stats(stats))
+        self.each(|s| s.stats(stats))
     }
     fn memory(&mut self, memory: &Memory<'_>) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.memory(memory))
+        self.each(|s| s.memory(memory))
     }
     fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.alert(event))
+        self.each(|s| s.alert(event))
     }
     fn alloc_site(&mut self, site: &RankedSite<'_>) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.alloc_site(site))
+        self.each(|s| s.alloc_site(site))
     }
     fn attach(&mut self, attach: &Attach) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.attach(attach))
+        self.each(|s| s.attach(attach))
     }
     fn reload(&mut self, reload: &Reload) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.reload(reload))
+        self.each(|s| s.reload(reload))
     }
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.flush())
+        self.each(|s| s.flush())
     }
     fn health(&self) -> Vec<OutputHealth> {
         self.0.iter().flat_map(|s| s.health()).collect()
@@ -106,17 +125,17 @@ impl Sink for Sinks {
     /// Ticks the sinks whose time has come.
     fn tick(&mut self, source: &dyn SnapshotSource) -> Result<(), SinkError> {
         let now = Instant::now();
-        self.0
-            .iter_mut()
-            .filter(|s| s.next_tick().is_some_and(|t| t <= now))
-            .try_for_each(|s| s.tick(source))
+        self.each(|s| match s.next_tick() {
+            Some(t) if t <= now => s.tick(source),
+            _ => Ok(()),
+        })
     }
     fn finish(
         &mut self,
         finish: &Finish<'_>,
         source: &dyn SnapshotSource,
     ) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.finish(finish, source))
+        self.each(|s| s.finish(finish, source))
     }
 }
 

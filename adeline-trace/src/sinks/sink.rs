@@ -39,6 +39,9 @@ pub enum SinkError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The reader of a pipe went away (EPIPE): the run stops cleanly.
+    #[error("the reader of {what} went away (broken pipe)")]
+    Closed { what: &'static str },
     #[error(transparent)]
     History(#[from] HistoryError),
     #[error("{0}")]
@@ -59,6 +62,23 @@ pub struct ProbeInfo {
     pub target: String,
     pub symbol: String,
     pub offset: u64,
+    /// Where the probes sit, and why.
+    pub placement: PlacementInfo,
+}
+
+/// Where a function's probes sit (docs/events.md, `start`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementInfo {
+    /// Bytes from the function's entry.
+    pub offset: u64,
+    /// File offset probed (`offset` of the function + this `offset`).
+    pub address: u64,
+    /// The probed instruction, Intel syntax.
+    pub insn: String,
+    /// The kernel emulates it (false: single-stepped, one more trap).
+    pub emulated: bool,
+    /// Why this instruction.
+    pub reason: String,
 }
 
 /// Tracing starts: every probe is attached.
@@ -70,6 +90,17 @@ pub struct Start<'a> {
     /// What is known of each of `pids`: pid namespace, cgroup, container.
     pub processes: &'a [ProcessInfo],
     pub probes: &'a [ProbeInfo],
+    /// Stages timed at their exit instructions (`--exit-probes`): one
+    /// entry per exit instruction (absent when none).
+    #[serde(skip_serializing_if = "<[ProbeInfo]>::is_empty")]
+    pub exits: &'a [ProbeInfo],
+    /// The catch and forced-unwind hooks that end calls an exception
+    /// unwound (absent when none) ...
+    #[serde(skip_serializing_if = "<[ProbeInfo]>::is_empty")]
+    pub unwind: &'a [ProbeInfo],
+    /// ... and why exceptions may still terminate a traced process.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub unwind_warnings: &'a [String],
 }
 
 /// Why probes were attached (the `attach` record, docs/follow.md).
@@ -184,6 +215,10 @@ pub struct Stats<'a> {
     pub unmatched_total: u64,
     pub depth_overflow_total: u64,
     pub filtered_total: u64,
+    /// Traced calls ended by an exception, and open calls dropped
+    /// without a return (longjmp, an exit that was not probed).
+    pub unwound_total: u64,
+    pub abandoned_total: u64,
     /// The processes traced now (given, or seen recently).
     pub processes: &'a [ProcessInfo],
     /// Outputs that send records elsewhere and may lose them (OTLP).

@@ -87,3 +87,22 @@ pub const ECHO_CHARS: usize = 80;
 
 /// The shared state every HTTP handler reads.
 pub type Source = Arc<dyn SnapshotSource>;
+
+/// Runs `read` over `source` on the runtime's blocking pool and waits for
+/// it. A handler reads the source this way: computing a snapshot waits for
+/// the tracer's locks, and waiting there never stalls the server's own
+/// thread (accepting, timeouts, `/healthz`), and a request that waits too
+/// long can still be answered by the request timeout.
+pub async fn read_source<T: Send + 'static>(
+    source: &Source,
+    read: impl FnOnce(&dyn SnapshotSource) -> T + Send + 'static,
+) -> T {
+    let source = source.clone();
+    match tokio::task::spawn_blocking(move || read(source.as_ref())).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down, which drops this
+        // request too.
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -40,6 +40,10 @@ pub struct ElfFile {
     pub stripped: bool,
     /// Every name (canonical and aliases) pointing into `functions`.
     names: Vec<NameEntry>,
+    /// GCC's split fragments (`f.cold`, `f.part.0`): (raw name, file
+    /// offset, size). Not functions, but their branches can jump back into
+    /// their function's body (probe placement scans them).
+    pub fragments: Vec<(String, u64, u64)>,
 }
 
 /// A name a function can be found by.
@@ -144,11 +148,14 @@ pub(crate) fn parse_elf<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<
     }
 }
 
-/// The `PT_LOAD` segments of a parsed ELF file.
+/// The `PT_LOAD` segments of a parsed ELF file. A segment whose file range
+/// runs past the end of the file (a corrupt header) has no file-backed
+/// part: no probe or semaphore offset is ever taken from it.
 pub(crate) fn load_segments(obj: &object::File<'_>) -> Vec<LoadSegment> {
     obj.segments()
         .map(|seg| {
             let (offset, filesz) = seg.file_range();
+            let filesz = if seg.data().is_ok() { filesz } else { 0 };
             let executable = match seg.flags() {
                 SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
                 _ => false,
@@ -406,16 +413,31 @@ impl NameEntry {
 impl ElfFile {
     /// Read the function symbols of the ELF executable or shared library at `path`.
     pub fn open(path: &Path) -> Result<ElfFile, TargetError> {
-        let data = read_elf(path)?;
-        let obj = parse_elf(path, &data)?;
+        ElfFile::parse(path, &read_elf(path)?)
+    }
+
+    /// The function symbols of the file contents `data`, as if read from
+    /// `path` (which only names the file in errors and in `path`).
+    pub fn parse(path: &Path, data: &[u8]) -> Result<ElfFile, TargetError> {
+        let obj = parse_elf(path, data)?;
         let segments = load_segments(&obj);
         let stripped = obj.section_by_name(".symtab").is_none();
         let (functions, names) = build_tables(collect_symbols(&obj), &segments);
+        let fragments = obj
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .filter_map(|s| {
+                let name = s.name().ok()?;
+                let offset = vaddr_to_offset(&segments, s.address())?;
+                is_split_fragment(name).then(|| (name.to_string(), offset, s.size()))
+            })
+            .collect();
         Ok(ElfFile {
             path: path.to_path_buf(),
             functions,
             stripped,
             names,
+            fragments,
         })
     }
 
@@ -609,6 +631,26 @@ int main(int argc, char **argv) { return stage_one(argc) + stage_two(argc); }
 
     fn demangled(found: &[&FunctionSymbol]) -> Vec<String> {
         found.iter().map(|f| f.demangled.clone()).collect()
+    }
+
+    /// Fuzz finding (elf_symbols): the seed `cpp` with its `PT_LOAD`
+    /// p_offset mutated to 0x1d0000000000, far past the end of the
+    /// 1840-byte file. The segment's file range was taken as is, so every
+    /// function got a file offset outside the file (a uprobe there fails to
+    /// attach, or hits another file's code after a rebuild).
+    #[test]
+    fn segment_past_end_of_file_gives_no_offsets() {
+        let data = include_bytes!("../../../fuzz/seeds/elf_symbols/crash-segment-past-eof");
+        let path = Path::new("crash.elf");
+        let obj = parse_elf(path, data).unwrap();
+        let segments = load_segments(&obj);
+        assert_eq!(segments.len(), 1);
+        assert_eq!(
+            (segments[0].offset, segments[0].filesz),
+            (0x1d00_0000_0000, 0)
+        );
+        let elf = ElfFile::parse(path, data).unwrap();
+        assert_eq!(elf.functions.len(), 0, "{:?}", elf.functions);
     }
 
     #[test]

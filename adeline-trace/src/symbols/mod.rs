@@ -8,10 +8,12 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod elf;
-pub mod insn;
+pub mod exits;
+pub mod placement;
 pub mod process;
 pub mod symbolize;
 pub mod usdt;
+pub mod x86;
 
 pub use elf::{ElfFile, FunctionSymbol};
 pub use process::{ensure_running, exe_path, mapped_files, resolve_target};
@@ -108,7 +110,7 @@ pub enum TargetError {
         /// Human-readable list of the places searched.
         searched: String,
     },
-    /// The kernel would accept the probe but never fire it (see insn.rs).
+    /// The kernel would accept the probe but never fire it (see placement.rs).
     #[error("cannot probe {symbol} in {}: {reason}, which the kernel's x86 uprobes refuse (the probe would never fire); probe its caller or a function it calls", path.display())]
     Unprobeable {
         /// Demangled name of the function.
@@ -141,6 +143,45 @@ pub enum TargetError {
         /// File that holds it.
         path: PathBuf,
     },
+
+    /// The stages' and gauges' patterns match more functions than the
+    /// per-run limit (`--max-probes`).
+    #[error("{}", too_many_message(what, name, pattern, *matches, *total, *max))]
+    TooManyProbes {
+        /// "stage" or "gauge".
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// TARGET:SYMBOL as the user gave it.
+        pattern: String,
+        /// Functions this stage's pattern matched.
+        matches: usize,
+        /// Functions matched so far, this stage included.
+        total: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+fn too_many_message(
+    what: &str,
+    name: &str,
+    pattern: &str,
+    matches: usize,
+    total: usize,
+    max: usize,
+) -> String {
+    let functions = match matches {
+        1 => "function",
+        _ => "functions",
+    };
+    let with_others = match total > matches {
+        true => format!(" ({total} with the stages and gauges before it)"),
+        false => String::new(),
+    };
+    format!(
+        "{what} '{name}' pattern '{pattern}' matches {matches} {functions}{with_others}, over the limit of {max} probed functions per run; narrow the pattern, or raise the limit with --max-probes {total} (config: max_probes = {total})"
+    )
 }
 
 impl TargetError {

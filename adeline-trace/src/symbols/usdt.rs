@@ -402,8 +402,13 @@ impl Context<'_, '_> {
 /// Every USDT probe in the ELF file at `path`, in note order; empty when the
 /// file has no `.note.stapsdt` section.
 pub fn usdt_probes(path: &Path) -> Result<Vec<UsdtProbe>, TargetError> {
-    let data = read_elf(path)?;
-    let obj = parse_elf(path, &data)?;
+    usdt_probes_in(path, &read_elf(path)?)
+}
+
+/// The USDT probes of the ELF file contents `data`, as if read from `path`
+/// (which only names the file in errors).
+pub fn usdt_probes_in(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>, TargetError> {
+    let obj = parse_elf(path, data)?;
     let Some(section) = obj.section_by_name(NOTE_SECTION) else {
         return Ok(Vec::new());
     };
@@ -570,6 +575,24 @@ __attribute__((noinline)) void with_semaphore(int x) {
 
     fn find<'a>(probes: &'a [UsdtProbe], name: &str) -> &'a UsdtProbe {
         probes.iter().find(|p| p.name == name).unwrap()
+    }
+
+    /// Fuzz finding (usdt_notes): the seed `static` with the p_offset of
+    /// its text segment mutated to 0x7b99eb0c89, past the end of the
+    /// 2632-byte file. The probe got a file offset outside the file; the
+    /// segment now has no file-backed part, so the first note is refused.
+    #[test]
+    fn probe_in_segment_past_end_of_file_is_refused() {
+        let data = include_bytes!("../../../fuzz/seeds/usdt_notes/crash-segment-past-eof");
+        let err = usdt_probes_in(Path::new("crash.elf"), data).unwrap_err();
+        let TargetError::BadUsdtNote { index, reason, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*index, 0);
+        assert_eq!(
+            reason,
+            "probe address 0x40017c is outside every loadable segment"
+        );
     }
 
     #[test]

@@ -227,7 +227,7 @@ fn wait_for_start(events: &Path) -> Result<()> {
 
 /// Waits for `child` (at most RUN_TIMEOUT, then kills it): its own CPU
 /// time (user + system, ns) from wait4's rusage, and its exit code.
-fn wait4(child: &mut Child) -> Result<(f64, i32)> {
+pub(super) fn wait4(child: &mut Child) -> Result<(f64, i32)> {
     let pid = child.id() as libc::pid_t;
     let deadline = Instant::now() + RUN_TIMEOUT;
     loop {

@@ -3,8 +3,12 @@
 
 mod agent;
 mod alert;
+mod attach;
+mod emulation;
 mod memory;
 mod overhead;
+mod python;
+mod soak;
 
 use std::fs::File;
 use std::path::Path;
@@ -18,17 +22,25 @@ use crate::{root_dir, status};
 
 #[derive(Subcommand)]
 pub enum Bench {
-    /// ns per traced call of an empty function (push- and mov-first), for
-    /// untraced, adeline-trace, bpftrace and bpftrace with empty programs
-    /// (the floor of a probe pair). Root.
+    /// ns per traced call of a tiny function (push- and mov-first, and
+    /// CET-built endbr64-first ones), for untraced, adeline-trace and a
+    /// bpftrace timing script. Root.
     Overhead {
         /// Runs per configuration (interleaved); the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Calls per run for every function (default: 500000 for bench_push,
-        /// 150000 for bench_mov, about 0.5-1 s traced each).
+        /// Calls per run for every function (default: 300000 for bench_push,
+        /// 100000 for the others, about 0.5-2 s traced each).
         #[arg(long)]
         calls: Option<u64>,
+    },
+    /// Which x86-64 instructions the kernel emulates at a uprobe and which
+    /// it single-steps or refuses: tracefs uprobes on one tiny function per
+    /// instruction, CPU ns per call with and without. Root.
+    Emulation {
+        /// Interleaved runs per instruction; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Agent CPU per event (decode + aggregate) at the highest event rate a
     /// 2-thread demo pipeline produces, and drops. Root.
@@ -71,6 +83,45 @@ pub enum Bench {
         #[arg(long, default_value_t = 300_000)]
         calls: u64,
     },
+    /// The demo pipeline at its highest rate traced for `--minutes` by one
+    /// agent (spans included): exact counts (span lines == summary spans ==
+    /// the fixture's calls, per stage; 0 drops), a flat agent RSS after the
+    /// first minute, its peak, and the slowdown against the untraced demo
+    /// run before and after. Root.
+    Soak {
+        /// How long to trace (at least 2).
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        /// The largest agent RSS slope after the first minute that counts
+        /// as flat, in MB/min.
+        #[arg(long, default_value_t = 0.25)]
+        max_slope: f64,
+        /// Seconds between RSS samples.
+        #[arg(long, default_value_t = 5)]
+        sample_secs: u64,
+        /// Seconds of each untraced baseline run (before and after).
+        #[arg(long, default_value_t = 30)]
+        baseline_secs: u64,
+    },
+    /// Attach and detach time of N uprobes through uprobe-multi links, the
+    /// perf-event fallback and bpftrace (5,000-function fixture). Root.
+    /// The perf-event path takes ~85 ms per probe to detach here: the
+    /// default sizes take ~15 minutes, most of it in perf-event detaches.
+    Attach {
+        /// Numbers of probes (entry + return on N/2 functions), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+        sizes: Vec<usize>,
+        /// Runs per size and tracer; the median is reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Only sizes up to this many probes for the perf-event path and
+        /// bpftrace (their detach is ~85 ms per probe here).
+        #[arg(long, default_value_t = 5000)]
+        perf_max: usize,
+        /// Skip bpftrace.
+        #[arg(long)]
+        no_bpftrace: bool,
+    },
     /// Seconds from a latency step to the alert firing, beyond the rule's
     /// `for` duration (goal <= 2 s), and to resolving. Root.
     Alert {
@@ -78,11 +129,25 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// Python stages: ns per Python call (stage and non-stage) untraced and
+    /// traced, and the fixture pipeline's slowdown per mode. Root.
+    Python {
+        /// Runs per configuration (interleaved); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Calls per run of each function in pycalls.py.
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+        /// Frames of the fixture pipeline per run.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+    },
 }
 
 pub fn run(what: Bench) -> Result<i32> {
     match what {
         Bench::Overhead { runs, calls } => overhead::overhead(runs.max(1), calls),
+        Bench::Emulation { runs } => emulation::emulation(runs.max(1)),
         Bench::Agent { runs, frames } => agent::agent(runs.max(1), frames),
         Bench::Memory {
             runs,
@@ -95,6 +160,28 @@ pub fn run(what: Bench) -> Result<i32> {
         }
         Bench::Alloc { runs, calls } => memory::alloc(runs.max(1), calls.max(1)),
         Bench::Alert { steps } => alert::alert(steps.max(1)),
+        Bench::Soak {
+            minutes,
+            sample_secs,
+            baseline_secs,
+            max_slope,
+        } => soak::soak(
+            minutes.max(2),
+            sample_secs.max(1),
+            baseline_secs.max(1),
+            max_slope,
+        ),
+        Bench::Attach {
+            sizes,
+            runs,
+            perf_max,
+            no_bpftrace,
+        } => attach::attach(&sizes, runs.max(1), perf_max, !no_bpftrace),
+        Bench::Python {
+            runs,
+            calls,
+            frames,
+        } => python::python(runs.max(1), calls.max(1), frames.max(1)),
     }
 }
 
@@ -163,13 +250,20 @@ pub(crate) fn fmt_ns(ns: f64) -> String {
 
 /// Compiles xtask/bench/`name`.c with `gcc -O2` into `out`.
 pub(crate) fn build_c_fixture(name: &str, out: &Path) -> Result<()> {
+    build_c_fixture_with(name, out, &[])
+}
+
+/// Compiles xtask/bench/`name`.c with `gcc -O2` and `flags` into `out`.
+pub(crate) fn build_c_fixture_with(name: &str, out: &Path, flags: &[&str]) -> Result<()> {
     let src = root_dir()
         .join("xtask")
         .join("bench")
         .join(format!("{name}.c"));
     let ok = status(
         Command::new("gcc")
-            .args(["-O2", "-Wall", "-Wextra", "-o"])
+            .args(["-O2", "-Wall", "-Wextra"])
+            .args(flags)
+            .arg("-o")
             .arg(out)
             .arg(&src),
     )?;

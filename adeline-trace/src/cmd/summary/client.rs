@@ -2,22 +2,29 @@
 //! connection (`Connection: close`) over TCP or a unix socket, no
 //! dependencies beyond std. It reads Content-Length, chunked and
 //! read-to-close bodies; that is all the API sends.
+//!
+//! Every wait is bounded: connecting by [`CONNECT_TIMEOUT`], and sending
+//! the request and reading the whole response by [`RESPONSE_TIMEOUT`]
+//! together (a deadline, not a per-read timeout, so a server that trickles
+//! a byte at a time cannot hold the client either).
 use std::{
     fmt, io,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
 use thiserror::Error;
 
-/// How long to wait for a TCP connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long to wait on a read or write once connected.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::sinks::api::listen::connect_unix;
+
+/// How long to wait for a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long sending a request and reading its whole response may take.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response accepted (a snapshot is a few kilobytes).
 const MAX_RESPONSE: u64 = 16 << 20;
 
@@ -37,6 +44,26 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// How long a request may wait ([`Timeouts::DEFAULT`]: [`CONNECT_TIMEOUT`],
+/// [`RESPONSE_TIMEOUT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+impl Timeouts {
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT,
+        response: RESPONSE_TIMEOUT,
+    };
+}
+
+/// Whole seconds (or their fraction) for a message.
+fn secs(d: &Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
 /// Why a request got no HTTP response.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -49,13 +76,15 @@ pub enum ClientError {
         endpoint: Endpoint,
         error: io::Error,
     },
+    #[error("the adeline-trace agent on {endpoint} did not take the connection within {}", secs(.after))]
+    ConnectTimeout { endpoint: Endpoint, after: Duration },
     #[error("lost the connection to the adeline-trace agent on {endpoint}: {error}")]
     Io {
         endpoint: Endpoint,
         error: io::Error,
     },
-    #[error("the adeline-trace agent on {endpoint} did not answer within {}s", IO_TIMEOUT.as_secs())]
-    Timeout { endpoint: Endpoint },
+    #[error("the adeline-trace agent on {endpoint} did not answer within {}", secs(.after))]
+    Timeout { endpoint: Endpoint, after: Duration },
     #[error("the adeline-trace agent on {endpoint} closed the connection without answering")]
     Closed { endpoint: Endpoint },
     #[error("malformed HTTP response from {endpoint}: {problem}")]
@@ -109,49 +138,108 @@ pub fn request(
     method: &str,
     path_and_query: &str,
 ) -> Result<Response, ClientError> {
+    request_within(endpoint, method, path_and_query, Timeouts::DEFAULT)
+}
+
+/// A connected stream of either kind.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<Stream> {
+        Ok(match endpoint {
+            Endpoint::Tcp(addr) => Stream::Tcp(TcpStream::connect_timeout(addr, timeout)?),
+            Endpoint::Unix(path) => Stream::Unix(connect_unix(path, timeout)?),
+        })
+    }
+
+    /// Read and write timeouts of `left` (at least 1 ms: zero means none).
+    fn wait_at_most(&self, left: Duration) -> io::Result<()> {
+        let left = Some(left.max(Duration::from_millis(1)));
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(left).and(s.set_write_timeout(left)),
+            Stream::Unix(s) => s.set_read_timeout(left).and(s.set_write_timeout(left)),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf),
+            Stream::Unix(s) => s.write_all(buf),
+        }
+    }
+}
+
+/// [`request`] within `timeouts`.
+pub fn request_within(
+    endpoint: &Endpoint,
+    method: &str,
+    path_and_query: &str,
+    timeouts: Timeouts,
+) -> Result<Response, ClientError> {
+    let timed_out = || ClientError::Timeout {
+        endpoint: endpoint.clone(),
+        after: timeouts.response,
+    };
     let io_error = |error: io::Error| match error.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
-            endpoint: endpoint.clone(),
-        },
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
         _ => ClientError::Io {
             endpoint: endpoint.clone(),
             error,
         },
     };
-    let (host, mut stream): (String, Box<dyn ReadWrite>) = match endpoint {
-        Endpoint::Tcp(addr) => {
-            let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
-                .map_err(|e| connect_error(endpoint, e))?;
-            set_io_timeouts(&stream).map_err(io_error)?;
-            (addr.to_string(), Box::new(stream))
-        }
-        Endpoint::Unix(path) => {
-            let stream = UnixStream::connect(path).map_err(|e| connect_error(endpoint, e))?;
-            set_io_timeouts(&stream).map_err(io_error)?;
-            ("localhost".to_string(), Box::new(stream))
-        }
+    let mut stream = Stream::connect(endpoint, timeouts.connect).map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ClientError::ConnectTimeout {
+            endpoint: endpoint.clone(),
+            after: timeouts.connect,
+        },
+        _ => connect_error(endpoint, e),
+    })?;
+    let deadline = Instant::now() + timeouts.response;
+    let host = match endpoint {
+        Endpoint::Tcp(addr) => addr.to_string(),
+        Endpoint::Unix(_) => "localhost".to_string(),
     };
     let head = format!(
         "{method} {path_and_query} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\
          User-Agent: adeline-trace/{}\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
+    stream.wait_at_most(timeouts.response).map_err(io_error)?;
     stream.write_all(head.as_bytes()).map_err(io_error)?;
-    stream.flush().map_err(io_error)?;
     let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE + 1)
-        .read_to_end(&mut raw)
-        .map_err(io_error)?;
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream.wait_at_most(left).map_err(io_error)?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error(e)),
+        }
+        if raw.len() as u64 > MAX_RESPONSE {
+            return Err(ClientError::Malformed {
+                endpoint: endpoint.clone(),
+                problem: "response larger than 16 MiB",
+            });
+        }
+    }
     if raw.is_empty() {
         return Err(ClientError::Closed {
             endpoint: endpoint.clone(),
-        });
-    }
-    if raw.len() as u64 > MAX_RESPONSE {
-        return Err(ClientError::Malformed {
-            endpoint: endpoint.clone(),
-            problem: "response larger than 16 MiB",
         });
     }
     parse_response(&raw).map_err(|problem| ClientError::Malformed {
@@ -159,9 +247,6 @@ pub fn request(
         problem,
     })
 }
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 fn connect_error(endpoint: &Endpoint, error: io::Error) -> ClientError {
     let endpoint = endpoint.clone();
@@ -242,13 +327,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Read and write timeouts of [`IO_TIMEOUT`] on a TCP or unix stream.
-fn set_io_timeouts(stream: &impl std::os::fd::AsFd) -> std::io::Result<()> {
-    let sock = socket2::SockRef::from(stream);
-    sock.set_read_timeout(Some(IO_TIMEOUT))?;
-    sock.set_write_timeout(Some(IO_TIMEOUT))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +386,98 @@ mod tests {
             format!(
                 "no adeline-trace agent is listening on 127.0.0.1:{port}: start one with \
                  'adeline-trace run ...' (or pass --api-port/--api-socket)"
+            )
+        );
+    }
+
+    /// A server on 127.0.0.1 that accepts one connection and hands it to `serve`.
+    fn fake_server(serve: impl FnOnce(TcpStream) + Send + 'static) -> Endpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((stream, _)) = listener.accept() {
+                serve(stream);
+            }
+        });
+        Endpoint::Tcp(addr)
+    }
+
+    const SHORT: Timeouts = Timeouts {
+        connect: Duration::from_millis(300),
+        response: Duration::from_millis(500),
+    };
+
+    #[test]
+    fn a_server_that_trickles_or_says_nothing_times_out() {
+        let trickle = fake_server(|mut s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n");
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(50));
+                if s.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        let silent = fake_server(|s| {
+            std::thread::sleep(Duration::from_secs(3));
+            drop(s);
+        });
+        for at in [trickle, silent] {
+            let started = Instant::now();
+            let e = request_within(&at, "GET", "/api/summary", SHORT).unwrap_err();
+            let took = started.elapsed();
+            assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+            assert!(!e.agent_gone());
+            assert_eq!(
+                e.to_string(),
+                format!("the adeline-trace agent on {at} did not answer within 0.5s")
+            );
+            assert!(
+                took >= SHORT.response && took < Duration::from_millis(1500),
+                "{took:?}"
+            );
+        }
+        assert_eq!(
+            ClientError::Timeout {
+                endpoint: Endpoint::Unix("/run/a.sock".into()),
+                after: RESPONSE_TIMEOUT
+            }
+            .to_string(),
+            "the adeline-trace agent on /run/a.sock did not answer within 5s"
+        );
+    }
+
+    #[test]
+    fn a_unix_socket_whose_backlog_is_full_times_out_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        // Listening with the smallest backlog, never accepting.
+        let socket =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&socket2::SockAddr::unix(&path).unwrap())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            match connect_unix(&path, Duration::from_millis(50)) {
+                Ok(s) => queued.push(s),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+                    break;
+                }
+            }
+            assert!(queued.len() < 10, "the backlog never filled");
+        }
+        let at = Endpoint::Unix(path.clone());
+        let started = Instant::now();
+        let e = request_within(&at, "GET", "/healthz", SHORT).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the adeline-trace agent on {} did not take the connection within 0.3s",
+                path.display()
             )
         );
     }

@@ -7,14 +7,18 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener};
 
-/// Connections the kernel queues before the server accepts them.
-const BACKLOG: i32 = 128;
+/// Connections the kernel queues before the server accepts them. Under a
+/// flood of connections a full queue drops new ones (the client retries a
+/// second later, `/healthz` included), so it is deep; queued connections
+/// cost the agent no descriptor (the kernel caps it at net.core.somaxconn).
+const BACKLOG: i32 = 1024;
 
 /// Why the API could not be served.
 #[derive(Debug, Error)]
@@ -116,8 +120,13 @@ fn clear_stale(path: &Path) -> Result<(), ApiError> {
             path: path.to_path_buf(),
         });
     }
-    match std::os::unix::net::UnixStream::connect(path) {
+    // A live agent whose backlog is full (a flood) does not take the
+    // connection in time: it is in use all the same.
+    match connect_unix(path, STALE_CHECK_TIMEOUT) {
         Ok(_) => Err(ApiError::SocketInUse {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ApiError::SocketInUse {
             path: path.to_path_buf(),
         }),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -131,6 +140,38 @@ fn clear_stale(path: &Path) -> Result<(), ApiError> {
             error,
         }),
     }
+}
+
+/// How long [`clear_stale`] tries to connect to an existing socket.
+const STALE_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connects to the unix socket at `path`, waiting at most `timeout` for a
+/// listener whose backlog is full (a blocking connect would wait for as
+/// long as it stays full). `TimedOut` when it does not take the connection.
+pub fn connect_unix(path: &Path, timeout: Duration) -> io::Result<std::os::unix::net::UnixStream> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let addr = SockAddr::unix(path)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match socket.connect(&addr) {
+            Ok(()) => break,
+            // A unix socket's backlog is full: EAGAIN, try again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the listener did not take the connection in time",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    socket.set_nonblocking(false)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]

@@ -5,13 +5,23 @@
 //!
 //! - [`listen`]: binding the listeners, socket file hygiene, [`ApiError`]
 //! - [`routes`]: the endpoints and their JSON error bodies
-//! - [`server`]: [`serve`] and the [`ApiHandle`] of a running server
+//! - [`server`]: [`serve`], the [`ApiHandle`] of a running server, and the
+//!   [`ApiThread`] the agent runs it on
+//! - [`limits`] and [`conn`]: what a client can make the server hold
+//!   (connections, time, memory) and the connection loop that enforces it
+//! - [`cache`]: snapshots computed at most every 100 ms, whatever the load
+#[cfg(test)]
+mod abuse_tests;
+pub mod cache;
+pub mod conn;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod limits;
 pub mod listen;
 pub mod routes;
 pub mod server;
 
+pub use limits::Limits;
 pub use listen::ApiError;
 
 use std::path::PathBuf;
@@ -27,4 +37,4 @@ pub struct ApiSpec {
     /// Unix socket path (mode 0600).
     pub socket: Option<PathBuf>,
 }
-pub use server::{serve, ApiHandle};
+pub use server::{serve, serve_with, ApiHandle, ApiThread};

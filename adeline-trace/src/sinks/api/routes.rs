@@ -11,25 +11,26 @@ use axum::{
 };
 use serde::Serialize;
 
+use super::limits::Limits;
 use crate::{
     alerts::AlertEvent,
     format,
     metrics::snapshot::{Snapshot, StageStats, Window},
-    sinks::source::{Source, ECHO_CHARS},
+    sinks::source::{read_source, Source, ECHO_CHARS},
 };
 
 /// The window used when a request names none.
 pub const DEFAULT_WINDOW: Window = Window::S10;
 
-/// The router over `source`, ready for `axum::serve`.
-pub fn router(source: Source) -> Router {
+/// The router over `source`; `limits` bounds the dashboard's streams.
+pub fn router(source: Source, limits: Limits) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/summary", get(summary))
         .route("/api/stages/{name}", get(stage))
         .route("/api/alerts", get(alerts))
         .merge(crate::sinks::prometheus::routes())
-        .merge(crate::sinks::dashboard::routes())
+        .merge(crate::sinks::dashboard::routes(limits.max_streams))
         .merge(crate::sinks::history::api::routes())
         .fallback(not_found)
         // After the routes: it applies to the routes already added.
@@ -84,7 +85,9 @@ async fn summary(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Snapshot>, ApiFailure> {
     let window = window_param(query)?;
-    Ok(Json(source.snapshot(window)))
+    Ok(Json(
+        read_source(&source, move |s| s.snapshot(window)).await,
+    ))
 }
 
 /// `GET /api/stages/{name}?window=W`: one stage of the snapshot.
@@ -94,7 +97,7 @@ async fn stage(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<StageStats>, ApiFailure> {
     let window = window_param(query)?;
-    let snapshot = source.snapshot(window);
+    let snapshot = read_source(&source, move |s| s.snapshot(window)).await;
     if let Some(stats) = snapshot.stage(&name) {
         return Ok(Json(stats.clone()));
     }
@@ -126,7 +129,7 @@ async fn alerts(
         return Err(unknown_param(key, "none"));
     }
     Ok(Json(Alerts {
-        alerts: source.alerts(),
+        alerts: read_source(&source, |s| s.alerts()).await,
     }))
 }
 

@@ -1,25 +1,43 @@
 //! Running the API: bind every listener first (so a taken port fails the
-//! run at start), then serve them in a spawned task until shutdown.
-use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+//! run at start), then serve them in a spawned task until shutdown, within
+//! [`Limits`] (conn.rs). The agent runs the server on a thread of its own
+//! ([`ApiThread`]), so no request can hold up the tracer's loop.
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::ApiSpec;
 use super::{
+    cache::CachedSource,
+    conn::Connections,
+    limits::Limits,
     listen::{bind_tcp, bind_unix, ApiError, SocketFile},
     routes::router,
+    ApiSpec,
 };
-use crate::sinks::SnapshotSource;
+use crate::sinks::{source::Source, SnapshotSource};
 
 /// How long connections may take to finish once shutdown is asked for;
 /// after that they are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// Threads of the API runtime's blocking pool.
+const BLOCKING_THREADS: usize = 4;
+
+/// The API thread's nice value: under CPU contention the tracer's thread
+/// (nice 0) runs first.
+const API_NICE: libc::c_int = 5;
+
 /// A running API server.
 #[derive(Debug)]
 pub struct ApiHandle {
     tcp: Option<SocketAddr>,
-    socket: Option<std::path::PathBuf>,
+    socket: Option<PathBuf>,
     task: JoinHandle<Result<(), ApiError>>,
 }
 
@@ -44,15 +62,26 @@ impl ApiHandle {
     }
 }
 
-/// Binds what `spec` asks for (TCP on 127.0.0.1:`port`, `Some(0)` meaning an
-/// ephemeral port; and/or a unix socket with mode 0600), then serves the API
-/// over `source` in a spawned task until `shutdown` completes. Bind errors
-/// are returned before anything is served. Must be called inside a tokio
-/// runtime; the socket file is removed when the server stops or the runtime
-/// is dropped.
+/// [`serve_with`] the default limits, lowered to the descriptors this
+/// process has left ([`Limits::for_this_process`]).
 pub async fn serve(
     spec: &ApiSpec,
-    source: Arc<dyn SnapshotSource>,
+    source: Source,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ApiHandle, ApiError> {
+    serve_with(spec, source, Limits::for_this_process(), shutdown).await
+}
+
+/// Binds what `spec` asks for (TCP on 127.0.0.1:`port`, `Some(0)` meaning an
+/// ephemeral port; and/or a unix socket with mode 0600), then serves the API
+/// over `source` (through a [`CachedSource`]) in a spawned task until
+/// `shutdown` completes. Bind errors are returned before anything is
+/// served. Must be called inside a tokio runtime; the socket file is
+/// removed when the server stops or the runtime is dropped.
+pub async fn serve_with(
+    spec: &ApiSpec,
+    source: Source,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ApiHandle, ApiError> {
     let tcp = match spec.port {
@@ -68,50 +97,46 @@ pub async fn serve(
         None => None,
     };
     let socket = unix.as_ref().map(|(_, file)| file.path().to_path_buf());
-    let app = router(source);
+    let app = router(Arc::new(CachedSource::new(source)), limits);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let connections = Connections::new(limits, stop_rx);
     let task = tokio::spawn(async move {
         let (unix, socket_file): (_, Option<SocketFile>) = match unix {
             Some((listener, file)) => (Some(listener), Some(file)),
             None => (None, None),
         };
-        let tcp_app = app.clone();
-        let tcp_stop = stop_rx.clone();
-        let serve_tcp = async move {
-            match tcp {
-                Some(listener) => {
-                    axum::serve(listener, tcp_app)
-                        .with_graceful_shutdown(stopped(tcp_stop))
-                        .await
+        let serving = async {
+            let tcp = async {
+                if let Some(listener) = tcp {
+                    connections
+                        .clone()
+                        .accept_until_stopped(listener, app.clone())
+                        .await;
                 }
-                None => Ok(()),
-            }
-        };
-        let serve_unix = async move {
-            match unix {
-                Some(listener) => {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped(stop_rx))
-                        .await
+            };
+            let unix = async {
+                if let Some(listener) = unix {
+                    connections
+                        .clone()
+                        .accept_until_stopped(listener, app.clone())
+                        .await;
                 }
-                None => Ok(()),
-            }
-        };
-        let servers = async {
-            let (t, u) = tokio::join!(serve_tcp, serve_unix);
-            t.and(u).map_err(ApiError::Serve)
+            };
+            tokio::join!(tcp, unix, connections.clone().sweep_until_stopped());
         };
         let stop = async {
             shutdown.await;
             let _ = stop_tx.send(true);
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            // Requests in progress may finish; idle connections close now.
+            let grace = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+            while connections.count() > 0 && tokio::time::Instant::now() < grace {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            connections.close_all();
         };
-        let result = tokio::select! {
-            result = servers => result,
-            () = stop => Ok(()),
-        };
+        tokio::join!(serving, stop);
         drop(socket_file);
-        result
+        Ok(())
     });
     Ok(ApiHandle {
         tcp: tcp_addr,
@@ -120,10 +145,124 @@ pub async fn serve(
     })
 }
 
-/// Completes once shutdown was signalled.
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    // An error means the sender is gone, which only happens after it sent.
-    let _ = rx.wait_for(|stop| *stop).await;
+/// The API served from a thread of its own with its own runtime, so that
+/// requests, however many, never run on (or delay) the tracer's thread.
+/// Dropping it stops the server (and removes its socket file).
+#[derive(Debug)]
+pub struct ApiThread {
+    tcp: Option<SocketAddr>,
+    socket: Option<PathBuf>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ApiError>>>,
+}
+
+impl ApiThread {
+    /// Binds and starts serving; returns once the listeners are bound (or
+    /// with the bind error).
+    pub fn start(spec: &ApiSpec, source: Arc<dyn SnapshotSource>) -> Result<ApiThread, ApiError> {
+        type Bound = Result<(Option<SocketAddr>, Option<PathBuf>), ApiError>;
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Bound>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let spec = spec.clone();
+        let thread = std::thread::Builder::new()
+            .name("adeline-api".into())
+            .spawn(move || {
+                lower_priority();
+                // Handlers read the agent on the blocking pool
+                // (source::read_source): a few threads, so that requests
+                // waiting for the tracer's locks can never pile up threads.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .max_blocking_threads(BLOCKING_THREADS)
+                    .thread_name("adeline-api")
+                    .build()
+                    .map_err(ApiError::Serve)?;
+                runtime.block_on(async move {
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    match serve(&spec, source, shutdown).await {
+                        Ok(handle) => {
+                            let at = (
+                                handle.tcp_addr(),
+                                handle.socket_path().map(Path::to_path_buf),
+                            );
+                            let _ = bound_tx.send(Ok(at));
+                            handle.join().await
+                        }
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            Ok(())
+                        }
+                    }
+                })
+            })
+            .map_err(ApiError::Serve)?;
+        match bound_rx.recv() {
+            Ok(Ok((tcp, socket))) => Ok(ApiThread {
+                tcp,
+                socket,
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            // The thread ended without a word: its runtime failed to start.
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(ApiError::Serve(std::io::Error::other(
+                    "the API thread ended at start",
+                ))),
+            },
+        }
+    }
+
+    /// The TCP address actually bound.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// The unix socket served.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket.as_deref()
+    }
+
+    /// Stops the server (connections get [`SHUTDOWN_GRACE`]) and waits for
+    /// its thread; the socket file is removed.
+    pub fn stop(mut self) -> Result<(), ApiError> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<(), ApiError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(|t| t.join()) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ApiError::Serve(std::io::Error::other(
+                "the API thread panicked",
+            ))),
+        }
+    }
+}
+
+impl Drop for ApiThread {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}
+
+/// Lowers the calling thread's CPU priority to [`API_NICE`] (Linux nice
+/// values are per thread). Best effort.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority on the calling thread only.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, API_NICE);
+    }
 }
 
 #[cfg(test)]
@@ -239,9 +378,12 @@ mod tests {
             let (status, body) = fetch(&at, "GET", &format!("/api/summary?window={query}")).await;
             assert_eq!(status, 200);
             assert_eq!(body["window"], window.as_str());
-            assert_eq!(source.windows().last(), Some(&window));
+            assert!(source.windows().contains(&window));
         }
 
+        // Snapshots are cached for MAX_AGE (cache.rs): past it, the
+        // source is asked again.
+        tokio::time::sleep(super::super::cache::MAX_AGE).await;
         let (status, body) = fetch(&at, "GET", "/api/stages/inference?window=1s").await;
         assert_eq!(status, 200);
         assert_eq!(body, infer.clone());

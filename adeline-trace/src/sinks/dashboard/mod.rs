@@ -6,7 +6,7 @@ use axum::{
     http::{header, HeaderName, HeaderValue},
     response::{IntoResponse, Response},
     routing::get,
-    Router,
+    Extension, Router,
 };
 
 use crate::sinks::source::Source;
@@ -27,13 +27,15 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; connect-src 'self'; img-src 'self' data:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// Routes served by this module (merged into the API router).
-pub fn routes() -> Router<Source> {
+/// Routes served by this module (merged into the API router); at most
+/// `max_streams` `/api/stream` streams at once.
+pub fn routes(max_streams: usize) -> Router<Source> {
     Router::new()
+        .route(stream::PATH, get(stream::stream))
+        .layer(Extension(stream::StreamSlots::new(max_streams)))
         .route("/", get(index))
         .route(SCRIPT_PATH, get(script))
         .route(STYLE_PATH, get(style))
-        .route(stream::PATH, get(stream::stream))
 }
 
 async fn index() -> Response {

@@ -4,10 +4,16 @@
 //! (docs/dashboard.md). The stream never ends by itself; the server drops
 //! it at shutdown (after the API's grace period), and the browser's
 //! `EventSource` reconnects after [`RETRY`].
-use std::time::Duration;
+//!
+//! A stream holds one of the [`StreamSlots`] while it is open. An update
+//! is made only when the server can send it (the stream is polled while
+//! the connection's buffer has room) and missed ticks are skipped, so a
+//! client that reads slowly gets fresh data and never a backlog; one that
+//! stops reading is dropped by the server's stall timeout.
+use std::{sync::Arc, time::Duration};
 
 use axum::{
-    extract::{RawQuery, State},
+    extract::{Extension, RawQuery, State},
     http::StatusCode,
     response::{
         sse::{Event, Sse},
@@ -16,12 +22,13 @@ use axum::{
     Json,
 };
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::{
     alerts::AlertEvent,
     format::one_line,
     metrics::snapshot::{Snapshot, Window},
-    sinks::source::{SnapshotSource, Source, ECHO_CHARS},
+    sinks::source::{read_source, SnapshotSource, Source, ECHO_CHARS},
 };
 
 /// Where the stream is served.
@@ -85,8 +92,29 @@ struct ErrorBody {
     error: String,
 }
 
-/// `GET /api/stream`: `text/event-stream` of `update` events.
-pub async fn stream(State(source): State<Source>, RawQuery(query): RawQuery) -> Response {
+/// The streams that may be open at once.
+#[derive(Debug, Clone)]
+pub struct StreamSlots {
+    free: Arc<Semaphore>,
+    max: usize,
+}
+
+impl StreamSlots {
+    pub fn new(max: usize) -> StreamSlots {
+        StreamSlots {
+            free: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+/// `GET /api/stream`: `text/event-stream` of `update` events; `503` when
+/// every stream slot is taken.
+pub async fn stream(
+    State(source): State<Source>,
+    Extension(slots): Extension<StreamSlots>,
+    RawQuery(query): RawQuery,
+) -> Response {
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         let error = format!(
             "unknown query '{}': {PATH} takes no parameters",
@@ -94,14 +122,24 @@ pub async fn stream(State(source): State<Source>, RawQuery(query): RawQuery) -> 
         );
         return (StatusCode::BAD_REQUEST, Json(ErrorBody { error })).into_response();
     }
+    let Ok(slot) = slots.free.clone().try_acquire_owned() else {
+        let error = format!(
+            "the agent serves at most {} streams and they are all open; close a dashboard, \
+             or try again later",
+            slots.max
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response();
+    };
     let mut ticks = tokio::time::interval(PERIOD);
     // A client that reads slowly gets fresh data, not a backlog.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let events = futures_util::stream::unfold((source, ticks), |(source, mut ticks)| async move {
+    // The slot is freed when the stream is dropped (its connection closed).
+    let state = (source, ticks, slot);
+    let events = futures_util::stream::unfold(state, |(source, mut ticks, slot)| async move {
         // The first tick completes at once: a new client is filled right away.
         ticks.tick().await;
-        let event = Update::from_source(source.as_ref()).into_event();
-        Some((event, (source, ticks)))
+        let event = read_source(&source, Update::from_source).await.into_event();
+        Some((event, (source, ticks, slot)))
     });
     Sse::new(events).into_response()
 }

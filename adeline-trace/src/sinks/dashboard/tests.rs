@@ -13,7 +13,10 @@ use crate::sinks::api::{fixtures::FakeSource, routes::router};
 async fn start() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(Arc::new(FakeSource::default()));
+    let app = router(
+        Arc::new(FakeSource::default()),
+        crate::sinks::api::Limits::DEFAULT,
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }

@@ -7,7 +7,7 @@ use crate::{
     alerts::AlertEvent,
     metrics::snapshot::Window,
     sinks::{
-        sink::{Sink, SinkError, Start},
+        sink::{Finish, Sink, SinkError, Start},
         source::SnapshotSource,
     },
 };
@@ -65,8 +65,25 @@ impl Sink for HistorySink {
         if let Some(next) = self.next.as_mut() {
             *next += self.every;
         }
+        self.record_period(source)
+    }
+
+    /// The last, partial interval (from the last row to the end of the
+    /// run; its `interval_ns` says how long it was), so a run's rows cover
+    /// all of it.
+    fn finish(&mut self, _: &Finish<'_>, source: &dyn SnapshotSource) -> Result<(), SinkError> {
+        self.next = None;
+        self.record_period(source)
+    }
+}
+
+impl HistorySink {
+    /// Rows for the period since the previous ones (none when no time passed).
+    fn record_period(&mut self, source: &dyn SnapshotSource) -> Result<(), SinkError> {
         if let Some(snapshot) = source.take_period(self.window) {
-            self.store.record(&snapshot, &self.recent_alerts)?;
+            if snapshot.window_ns > 0 {
+                self.store.record(&snapshot, &self.recent_alerts)?;
+            }
         }
         Ok(())
     }

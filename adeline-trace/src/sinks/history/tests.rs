@@ -476,6 +476,82 @@ fn since_parses_durations_and_names_bad_ones() {
 }
 
 // ---------------------------------------------------------------------------
+// The sink
+
+/// A running agent whose periods are given in advance.
+struct Periods(std::sync::Mutex<Vec<Snapshot>>);
+
+impl crate::sinks::SnapshotSource for Periods {
+    fn snapshot(&self, window: Window) -> Snapshot {
+        crate::sinks::api::fixtures::sample_snapshot(window)
+    }
+    fn alerts(&self) -> Vec<AlertEvent> {
+        vec![]
+    }
+    fn take_period(&self, _: Window) -> Option<Snapshot> {
+        let mut periods = self.0.lock().unwrap();
+        (!periods.is_empty()).then(|| periods.remove(0))
+    }
+}
+
+#[test]
+fn the_sink_writes_the_last_partial_interval_at_the_end_of_the_run() {
+    use crate::sinks::{Finish, Sink, Start};
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut partial = snapshot(T0 + 13 * SEC, 3, false);
+    partial.window_ns = 3 * SEC;
+    let mut empty = snapshot(T0 + 13 * SEC, 0, false);
+    empty.window_ns = 0;
+    // A full interval, the partial one at the end, then (a second finish)
+    // an empty one, which writes nothing.
+    let source = Periods(std::sync::Mutex::new(vec![
+        snapshot(T0 + 10 * SEC, 10, false),
+        partial,
+        empty,
+    ]));
+    let mut sink = HistorySink::open(&HistorySpec {
+        path: path.clone(),
+        interval: Duration::from_secs(10),
+        retention: WEEK,
+    })
+    .unwrap();
+    sink.start(&Start {
+        ts_ns: T0,
+        pids: &[],
+        processes: &[],
+        probes: &[],
+        exits: &[],
+        unwind: &[],
+        unwind_warnings: &[],
+    })
+    .unwrap();
+    assert!(sink.next_tick().is_some());
+    sink.tick(&source).unwrap();
+    let finish = Finish {
+        ts_ns: T0 + 13 * SEC,
+        duration_ns: 13 * SEC,
+        events: 0,
+        drops: 0,
+        spans: 0,
+        span_drops: 0,
+        stages: &[],
+    };
+    sink.finish(&finish, &source).unwrap();
+    assert_eq!(sink.next_tick(), None, "no tick after the end");
+    sink.finish(&finish, &source).unwrap();
+    let rows = query(&path, Some("infer"), 0).unwrap();
+    let got: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .map(|r| (r.ts_ns, r.interval_ns, r.stats.latency.count))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(T0 + 10 * SEC, 10 * SEC, 20), (T0 + 13 * SEC, 3 * SEC, 6)]
+    );
+}
+
+// ---------------------------------------------------------------------------
 // GET /api/history
 
 /// A source that only answers with its history database.

@@ -7,7 +7,7 @@ use axum::{extract::State, http::header, response::IntoResponse, routing::get, R
 
 use crate::{
     metrics::snapshot::Window,
-    sinks::source::{SnapshotSource, Source},
+    sinks::source::{read_source, SnapshotSource, Source},
 };
 
 pub mod families;
@@ -24,7 +24,7 @@ pub fn routes() -> Router<Source> {
 async fn metrics(State(source): State<Source>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, text::CONTENT_TYPE)],
-        exposition(source.as_ref()),
+        read_source(&source, exposition).await,
     )
 }
 
