@@ -440,7 +440,11 @@ fn default_scope_traces_every_process_running_the_target() {
     b.wait(RUN_TIMEOUT);
     let out = agent.output();
     assert!(out.status.success(), "{}", out.stderr);
-    assert!(out.stderr.contains("stopped (signal SIGINT)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stopped (signal SIGINT)"),
+        "{}",
+        out.stderr
+    );
     let of = |pid: u32| out.spans().iter().filter(|s| s["pid"] == pid).count();
     assert_eq!(of(pid_a), 7);
     assert_eq!(of(pid_b), 11);

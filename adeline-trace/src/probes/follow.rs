@@ -266,6 +266,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_python_stage_is_not_resolved_while_tracing() {
+        let stage = StageSpec {
+            name: "handle".into(),
+            location: Location::Python {
+                interpreter: "python3".into(),
+                pattern: "app:handle".into(),
+            },
+        };
+        let mut resolver = Resolver::new(&[]);
+        assert_eq!(
+            stage_sites(&mut resolver, 0, &stage, ExitProbes::Auto, &[]),
+            Err("Python stage 'handle' cannot be resolved while tracing: restart the agent to add or change it".to_string())
+        );
+    }
+
+    #[test]
     fn group_dead_is_found_at_its_offset() {
         let format = "name: sched_process_exit\nformat:\n\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
         assert!(has_field(format, "bool group_dead", 32));
