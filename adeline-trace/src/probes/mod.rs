@@ -330,6 +330,10 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         fill_pid_filter(&mut ebpf, pids)?;
+        if let Some(tables) = &opts.python {
+            python::fill_maps(&mut ebpf, tables)?;
+        }
+        usdt::fill_map(&mut ebpf, &opts.usdt_args)?;
         let started = Instant::now();
         let mode = opts.attach.unwrap_or_else(AttachMode::detect);
         let loader =
