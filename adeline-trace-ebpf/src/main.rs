@@ -4,6 +4,7 @@
 #![no_main]
 
 mod alloc;
+mod follow;
 mod gauge;
 mod maps;
 mod memory;

@@ -43,7 +43,7 @@ const MM_SWAPENTS: usize = 2;
 /// context (tracepoint programs may read their record; a probe-read helper
 /// call per field costs ~25 ns, which kmem:rss_stat pays per page fault).
 #[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+pub fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     // SAFETY: `offset` is a field of this tracepoint's record (format file),
     // inside the record and aligned to the field's size.
     unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }

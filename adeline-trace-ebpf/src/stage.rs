@@ -118,7 +118,11 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
 pub fn end_stage(stage: u32, now: u64, pid_tgid: u64) {
     let calls = THREADS.current(false);
     if calls.is_null() {
-        bump(COUNTER_UNMATCHED_EXIT);
+        // Probes for every process with the pid filter on (following
+        // children): an untraced process's return is not unmatched.
+        if pid_allowed((pid_tgid >> 32) as u32) {
+            bump(COUNTER_UNMATCHED_EXIT);
+        }
         return;
     }
     // SAFETY: task-local storage of the current thread: no other writer.

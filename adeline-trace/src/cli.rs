@@ -136,7 +136,7 @@ pub struct CompareArgs {
     pub metric: String,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// TOML file with stages and options (flags given here add to / override it).
     #[arg(long, value_name = "FILE")]
@@ -307,7 +307,20 @@ pub struct RunArgs {
     /// found by pod UID (default /var/log/pods).
     #[arg(long, value_name = "DIR")]
     pub kubelet_pods_dir: Option<PathBuf>,
-    /// Launch this command, trace only it, and stop when it exits.
+    /// Do not trace the processes a launched command (or, with --follow,
+    /// a -p process) forks: probe only the launched process itself.
+    /// Following them puts the probes in every process running the
+    /// targets, where the kernel pid filter drops the untraced ones' calls.
+    #[arg(long)]
+    pub no_follow_children: bool,
+    /// With -p or a command: keep tracing when the processes exit, and
+    /// trace every process that starts running the same program again
+    /// (same arguments) or a stage's executable: a restarted pipeline is
+    /// picked up within a second. Children of -p processes are followed too.
+    #[arg(long)]
+    pub follow: bool,
+    /// Launch this command, trace it and the processes it starts, and stop
+    /// when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

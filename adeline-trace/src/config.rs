@@ -127,6 +127,13 @@ pub struct Plan {
     pub python_window: Option<(Duration, Duration)>,
     /// The kubelet's pod log directory (None: the default).
     pub kubelet_pods_dir: Option<PathBuf>,
+    /// Trace the processes the traced ones fork (`--no-follow-children`
+    /// turns it off).
+    pub follow_children: bool,
+    /// The config file (service mode: SIGHUP re-reads it).
+    pub config: Option<PathBuf>,
+    /// `--follow`: pick up restarts of the traced processes.
+    pub follow: bool,
 }
 
 /// Default of `--max-probes`.
@@ -178,6 +185,8 @@ pub enum ConfigError {
     PidAndCommand,
     #[error("pid 0 is not a process id")]
     PidZero,
+    #[error("--follow needs -p PID or a command to launch: without them every process running the targets is traced already")]
+    FollowNeedsPids,
     #[error("--duration must be more than 0 (e.g. 30s); leave it out to trace until Ctrl-C")]
     ZeroDuration,
     #[error("--stats-interval must be at least 10ms")]
@@ -269,6 +278,9 @@ struct FileConfig {
     python_window: Option<String>,
     otlp: Option<FileOtlp>,
     kubelet_pods_dir: Option<PathBuf>,
+    follow_children: Option<bool>,
+    #[serde(default)]
+    follow: bool,
 }
 
 /// The `[otlp]` table of a config file.
@@ -708,6 +720,10 @@ impl Plan {
         if !pids.is_empty() && !args.command.is_empty() {
             return Err(ConfigError::PidAndCommand);
         }
+        let follow = args.follow || file.follow;
+        if follow && pids.is_empty() && args.command.is_empty() {
+            return Err(ConfigError::FollowNeedsPids);
+        }
         let pick = |flag: &Option<String>, file: Option<String>| flag.clone().or(file);
         let duration = pick(&args.duration, file.duration)
             .map(|d| parse_duration("--duration", &d))
@@ -929,6 +945,9 @@ impl Plan {
             exit_probes: args.exit_probes,
             python_window,
             kubelet_pods_dir: args.kubelet_pods_dir.clone().or(file.kubelet_pods_dir),
+            follow_children: !args.no_follow_children && file.follow_children.unwrap_or(true),
+            config: args.config.clone(),
+            follow,
         })
     }
 }

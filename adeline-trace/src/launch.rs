@@ -29,7 +29,9 @@ pub struct Launched {
     status: Option<i32>,
 }
 
-fn find_program(name: &str) -> Result<PathBuf, LaunchError> {
+/// The program `name` runs: a path, or the first executable of that name
+/// in `$PATH`.
+pub fn find_program(name: &str) -> Result<PathBuf, LaunchError> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| {

@@ -5,6 +5,7 @@ pub mod cmd;
 pub mod config;
 pub mod container;
 pub mod events;
+pub mod follow;
 pub mod format;
 pub mod journal;
 pub mod launch;

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => Plan::from_args(args)
             .map_err(anyhow::Error::from)
-            .and_then(adeline_trace::cmd::run::run),
+            .and_then(|plan| adeline_trace::cmd::run::run(plan, args)),
         Command::List(args) => adeline_trace::cmd::list::list(args),
         Command::Summary(args) => adeline_trace::cmd::summary::summary(args),
         Command::History(args) => adeline_trace::cmd::history::history(args),

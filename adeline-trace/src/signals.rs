@@ -7,10 +7,10 @@
 //!   output is finished (the end-of-run table, `--summary-out`, history's
 //!   last interval), the API's socket file is removed and the launched
 //!   command is ended.
-//! - SIGHUP (the terminal closed) stops it the same way instead of its
-//!   default action (killed, nothing written); it is meant to become a
-//!   config reload: add an [`OnSignal`] variant, map SIGHUP to it here, and
-//!   handle it where the run loop matches on [`OnSignal`].
+//! - SIGHUP reloads the config in service mode (`--config`: the Follower
+//!   re-reads it, follow/reload.rs); without a config file it stops the
+//!   agent the same way instead of its default action (killed, nothing
+//!   written).
 //! - SIGPIPE is not handled here: Rust's runtime ignores it before `main`,
 //!   so a write to a closed pipe fails instead, and when that pipe is the
 //!   JSON Lines output the run stops cleanly.
@@ -27,6 +27,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 pub enum OnSignal {
     /// Stop cleanly, with every output written.
     Stop,
+    /// Re-read the config file (only when there is one: else Stop).
+    Reload,
 }
 
 /// Every signal the agent handles: its number, its name, its action.
@@ -34,8 +36,8 @@ pub const HANDLED: [(libc::c_int, &str, OnSignal); 4] = [
     (libc::SIGINT, "SIGINT", OnSignal::Stop),
     (libc::SIGTERM, "SIGTERM", OnSignal::Stop),
     (libc::SIGQUIT, "SIGQUIT", OnSignal::Stop),
-    // Until the config reload exists: a clean stop.
-    (libc::SIGHUP, "SIGHUP", OnSignal::Stop),
+    // A clean stop when there is no config file to re-read.
+    (libc::SIGHUP, "SIGHUP", OnSignal::Reload),
 ];
 
 /// A signal received: its name and what to do.
@@ -52,10 +54,15 @@ pub struct Signals {
 
 impl Signals {
     /// Installs the handlers; must be called inside the tokio runtime.
-    pub fn install() -> std::io::Result<Signals> {
+    /// `reloads`: there is a config file to re-read (else Reload stops).
+    pub fn install(reloads: bool) -> std::io::Result<Signals> {
         let handlers = HANDLED
             .iter()
             .map(|&(number, name, action)| {
+                let action = match action {
+                    OnSignal::Reload if !reloads => OnSignal::Stop,
+                    action => action,
+                };
                 let handler = signal(SignalKind::from_raw(number))?;
                 Ok((Received { name, action }, handler))
             })
@@ -91,14 +98,20 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let mut signals = Signals::install().unwrap();
-            for (number, name, action) in HANDLED {
-                // SAFETY: raise(3) on this process, whose handler is installed.
-                assert_eq!(unsafe { libc::raise(number) }, 0);
-                let got = tokio::time::timeout(Duration::from_secs(5), signals.recv())
-                    .await
-                    .unwrap_or_else(|_| panic!("{name} not received"));
-                assert_eq!(got, Received { name, action });
+            for reloads in [true, false] {
+                let mut signals = Signals::install(reloads).unwrap();
+                for (number, name, action) in HANDLED {
+                    // SAFETY: raise(3) on this process, whose handler is installed.
+                    assert_eq!(unsafe { libc::raise(number) }, 0);
+                    let got = tokio::time::timeout(Duration::from_secs(5), signals.recv())
+                        .await
+                        .unwrap_or_else(|_| panic!("{name} not received"));
+                    let action = match action {
+                        OnSignal::Reload if !reloads => OnSignal::Stop,
+                        action => action,
+                    };
+                    assert_eq!(got, Received { name, action });
+                }
             }
         });
         let names: Vec<&str> = HANDLED.iter().map(|h| h.1).collect();

@@ -20,6 +20,7 @@ use anyhow::Result;
 use crate::{
     alerts::{alerting::Alerting, parse_rule, AlertEvent, AlertState},
     events::{decode, monotonic_ns, Event},
+    follow::{ConfigSource, Followed, Follower, FOLLOW_EVERY},
     journal::{self, Priority},
     launch::Launched,
     metrics::{
@@ -30,8 +31,8 @@ use crate::{
     probes::Probes,
     signals::{OnSignal, Signals},
     sinks::{
-        Finish, Gauge, Memory, RankedSite, Sink, SinkError, Sinks, SnapshotSource, Span,
-        StageTotal, Stats,
+        Attach, AttachReason, Finish, Gauge, Memory, RankedSite, Reload, Sink, SinkError, Sinks,
+        SnapshotSource, Span, StageTotal, Stats,
     },
     state::LiveState,
     symbols::process,
@@ -93,6 +94,8 @@ fn output_closed(e: &anyhow::Error) -> bool {
 pub struct Until {
     /// `--duration`.
     pub duration: Option<Duration>,
+    /// `--follow`: the traced processes' exit does not stop tracing.
+    pub follow: bool,
 }
 
 /// Records read from the ring buffer, and the kernel's counters as last read.
@@ -153,6 +156,12 @@ pub struct Tracer {
     /// Profiles on alert: how long to capture, and the captures running.
     alert_capture: Option<Duration>,
     captures: Vec<PendingCapture>,
+    /// Owns the uprobe links while tracing: follows replaced target files
+    /// (when `follow_polls`), applies reloads.
+    follower: Option<Follower>,
+    follow_polls: bool,
+    /// Service mode: the config file SIGHUP re-reads.
+    config: Option<(String, ConfigSource)>,
 }
 
 /// An alert's profile being captured.
@@ -189,6 +198,9 @@ impl Tracer {
             frame_stage,
             alert_capture: None,
             captures: Vec::new(),
+            follower: None,
+            follow_polls: false,
+            config: None,
         }
     }
 
@@ -199,8 +211,130 @@ impl Tracer {
         self
     }
 
-    /// Traces until a stop signal, `until`, the launched command's exit,
-    /// the exit of every traced pid, or the events output's reader going away.
+    /// Service mode: SIGHUP re-reads `path` through `source` (needs a
+    /// [`Follower`]).
+    pub fn set_config(&mut self, path: String, source: ConfigSource) {
+        self.config = Some((path, source));
+    }
+
+    /// SIGHUP: applies the config file's stages again, or refuses it with
+    /// one line (the running config stays).
+    fn reload(&mut self) -> Result<()> {
+        let (Some((path, source)), Some(follower)) = (self.config.as_mut(), self.follower.as_mut())
+        else {
+            return Ok(());
+        };
+        let refuse = |why: &str| {
+            eprintln!(
+                "{}error: reload of {path} refused, still tracing with the previous config: {why}",
+                journal::prefix(Priority::Err)
+            );
+        };
+        let (stages, warnings) = match source() {
+            Ok(new) => new,
+            Err(why) => {
+                refuse(&why);
+                return Ok(());
+            }
+        };
+        let live = &self.live;
+        let changes = match follower.reload(&mut self.probes, &stages, |name| {
+            live.metrics().add_stage(name.to_string())
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                refuse(&e.to_string());
+                return Ok(());
+            }
+        };
+        for w in warnings.iter().chain(&changes.warnings) {
+            eprintln!("{}warning: {w}", journal::prefix(Priority::Warning));
+        }
+        eprintln!(
+            "{}adeline-trace: reloaded {path}: {} stages added, {} removed, {} changed, {} unchanged",
+            journal::prefix(Priority::Info),
+            changes.added.len(),
+            changes.removed.len(),
+            changes.changed.len(),
+            changes.unchanged.len()
+        );
+        let record = Reload {
+            ts_ns: self.live.wall_ns(monotonic_ns()),
+            config: path.clone(),
+            added: changes.added,
+            removed: changes.removed,
+            changed: changes.changed,
+            unchanged: changes.unchanged,
+        };
+        self.sinks.reload(&record)?;
+        let attached = follower.attached(AttachReason::Reload, &changes.sites, &self.probes);
+        for a in attached {
+            self.attached(a)?;
+        }
+        Ok(())
+    }
+
+    /// Follows the targets while tracing ([`Follower`]).
+    /// `polls`: check the target paths (probes for every process).
+    pub fn set_follower(&mut self, follower: Follower, polls: bool) {
+        self.follower = Some(follower);
+        self.follow_polls = polls;
+    }
+
+    /// Probes attached (at start or while tracing) to the sinks.
+    pub fn attached(&mut self, mut attach: Attach) -> Result<()> {
+        attach.ts_ns = self.live.wall_ns(monotonic_ns());
+        self.sinks.attach(&attach)?;
+        Ok(())
+    }
+
+    /// Checks the followed targets; reports what changed.
+    fn follow(&mut self) -> Result<()> {
+        let Some(follower) = self.follower.as_mut() else {
+            return Ok(());
+        };
+        for found in follower.poll(&mut self.probes) {
+            match found {
+                Followed::Attached(a) => {
+                    let slowest = a.missed.iter().map(|m| m.gap_ms).max();
+                    let what = match a.reason {
+                        AttachReason::Restart => format!(
+                            "process {} started {} again: traced",
+                            a.pids.first().copied().unwrap_or(0),
+                            a.target
+                        ),
+                        _ => format!(
+                            "{} was replaced (inode {} -> {}): {} probes attached",
+                            a.target,
+                            a.previous_inode.unwrap_or(0),
+                            a.inode,
+                            a.probes.len()
+                        ),
+                    };
+                    eprintln!(
+                        "{}adeline-trace: {what}{}",
+                        journal::prefix(Priority::Info),
+                        match slowest {
+                            Some(ms) => format!(
+                                "; {} processes ran it untraced for up to {ms} ms",
+                                a.missed.len()
+                            ),
+                            None => String::new(),
+                        }
+                    );
+                    self.attached(a)?;
+                }
+                Followed::Warning(w) => {
+                    eprintln!("{}warning: {w}", journal::prefix(Priority::Warning))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Traces until a stop signal, `until`, the launched command's exit
+    /// (unless following restarts), the exit of every traced pid, or the
+    /// events output's reader going away. SIGHUP with a config reloads it.
     pub async fn trace(
         &mut self,
         until: Until,
@@ -213,6 +347,8 @@ impl Tracer {
         stats.tick().await;
         let mut alerts = tokio::time::interval(ALERT_EVERY);
         let mut memory = tokio::time::interval(MEMORY_EVERY);
+        let mut follow = tokio::time::interval(FOLLOW_EVERY);
+        let following = self.follower.is_some() && self.follow_polls;
         let started = Instant::now();
         let mut next_pid_check = started;
         let mut next_sites = started + ALLOC_SITES_EVERY;
@@ -229,6 +365,7 @@ impl Tracer {
                 }
                 received = signals.recv() => match received.action {
                     OnSignal::Stop => Ok(Some(Stop::Signal(received.name))),
+                    OnSignal::Reload => self.reload().map(|()| None),
                 },
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => Ok(Some(Stop::Duration)),
                 _ = drain.tick() => self.drain().map(|()| {
@@ -236,9 +373,10 @@ impl Tracer {
                         return None;
                     }
                     next_pid_check += PID_CHECK_EVERY;
-                    self.exited(child.as_deref_mut())
+                    self.exited(child.as_deref_mut()).filter(|_| !until.follow)
                 }),
                 _ = stats.tick() => self.stats().map(|()| None),
+                _ = follow.tick(), if following => self.follow().map(|()| None),
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts().map(|()| None),
                 _ = memory.tick() => self.sample_memory().and_then(|()| {
                     if self.probes.alloc.is_some() && Instant::now() >= next_sites {

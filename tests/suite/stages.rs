@@ -306,7 +306,7 @@ fn summary_matches_the_spans_and_schema_holds() {
     assert_eq!(types.last(), Some(&"summary"));
     assert!(types
         .iter()
-        .all(|t| ["start", "span", "stats", "memory", "summary"].contains(t)));
+        .all(|t| ["start", "attach", "span", "stats", "memory", "summary"].contains(t)));
     assert!(types.contains(&"stats"));
     for s in out.spans() {
         for field in ["ts_ns", "pid", "tid", "dur_ns", "self_ns", "depth"] {

@@ -12,9 +12,11 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     alerts::{alerting::Alerting, engine::AlertEngine},
+    cli::RunArgs,
     config::Plan,
     container,
     events::{monotonic_ns, WallClock},
+    follow::{restart::Restarts, ConfigSource, Follower},
     journal::{self, Priority},
     launch::Launched,
     metrics::{profile::ProfileStore, snapshot::Snapshot, Metrics},
@@ -23,7 +25,9 @@ use crate::{
         ProbeSite, Probes,
     },
     signals::Signals,
-    sinks::{self, api::ApiThread, OpenContext, PlacementInfo, ProbeInfo, Sink, Start},
+    sinks::{
+        self, api::ApiThread, AttachReason, OpenContext, PlacementInfo, ProbeInfo, Sink, Start,
+    },
     state::{LiveOptions, LiveState},
     symbols::process,
     tracer::{Tracer, Until, DRAIN_EVERY},
@@ -34,7 +38,7 @@ const CHILD_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the tracer until a signal, --duration, the launched command's exit,
 /// or the exit of every --pid.
-pub fn run(plan: Plan) -> Result<()> {
+pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     let stage_names: Vec<String> = plan.stages.iter().map(|s| s.name.clone()).collect();
     let gauge_names: Vec<String> = plan.gauges.iter().map(|g| g.name.clone()).collect();
     let engine = AlertEngine::from_specs(
@@ -91,7 +95,7 @@ pub fn run(plan: Plan) -> Result<()> {
         .context("starting the async runtime")?;
     let mut signals = {
         let _inside = runtime.enter();
-        Signals::install().context("installing the signal handlers")?
+        Signals::install(plan.config.is_some()).context("installing the signal handlers")?
     };
     let pids: Vec<u32> = match &child {
         Some(c) => vec![c.pid()],
@@ -110,12 +114,34 @@ pub fn run(plan: Plan) -> Result<()> {
         alloc: plan.alloc.clone(),
         memory: plan.memory,
         profile: plan.profile.clone(),
+        // Alloc mode's allocator probes would trap in every process on the
+        // host while following: it traces the given processes only.
+        follow_children: plan.follow_children
+            && plan.alloc.is_none()
+            && (child.is_some() || plan.follow),
         attach: plan.attach,
         python: resolved.python.clone(),
         python_window: plan.python_window,
         usdt_args: resolved.usdt_args.clone(),
     };
     let probes = Probes::attach(&sites, &opts)?;
+    // Probes for every process: follow the target files; service mode:
+    // reload stages on SIGHUP (docs/follow.md).
+    let mut follower =
+        (pids.is_empty() || opts.follow_children || plan.config.is_some()).then(|| {
+            Follower::new(
+                plan.stages.clone(),
+                plan.gauges.clone(),
+                plan.pids.clone(),
+                &sites,
+                plan.exit_probes,
+                !pids.is_empty(),
+            )
+        });
+    if let Some(f) = follower.as_mut().filter(|_| plan.follow) {
+        let targets = f.target_paths();
+        f.follow_restarts(Restarts::new(&plan.pids, &plan.command, &targets));
+    }
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
             let _ = writeln!(
@@ -191,6 +217,12 @@ pub fn run(plan: Plan) -> Result<()> {
             None => String::new(),
         }
     );
+    let polls = pids.is_empty() || opts.follow_children || plan.follow;
+    let started_files = follower
+        .as_ref()
+        .filter(|_| polls)
+        .map(|f| f.attached(AttachReason::Start, &sites, &probes))
+        .unwrap_or_default();
     if let Some(c) = child.as_mut() {
         c.release();
     }
@@ -204,9 +236,19 @@ pub fn run(plan: Plan) -> Result<()> {
         frame_stage,
     )
     .with_alert_profiles(plan.alert_profile.unwrap_or_default());
+    for attach in started_files {
+        tracer.attached(attach)?;
+    }
+    if let Some(f) = follower {
+        tracer.set_follower(f, polls);
+    }
+    if let Some(path) = &plan.config {
+        tracer.set_config(path.display().to_string(), config_source(&plan, args));
+    }
     let started = Instant::now();
     let until = Until {
         duration: plan.duration,
+        follow: plan.follow,
     };
     let stop = runtime.block_on(tracer.trace(until, child.as_mut(), &mut signals))?;
     // A launched command is ended first (it finishes its current call), so
@@ -237,6 +279,25 @@ pub fn run(plan: Plan) -> Result<()> {
         api.stop()?;
     }
     Ok(())
+}
+
+/// Service mode: re-reads the config with the same flags. Only the stages
+/// change while tracing; other changed settings are named in a warning.
+fn config_source(plan: &Plan, args: &RunArgs) -> ConfigSource {
+    let (running, args) = (plan.clone(), args.clone());
+    Box::new(move || {
+        let new = Plan::from_args(&args).map_err(|e| e.to_string())?;
+        let mut same_but_stages = running.clone();
+        same_but_stages.stages = new.stages.clone();
+        same_but_stages.frame_stage = new.frame_stage.clone();
+        let warnings = match same_but_stages == new && running.frame_stage == new.frame_stage {
+            true => Vec::new(),
+            false => vec![
+                "a reload applies [[stage]] changes only: the other settings changed in the config take effect at the next start".to_string(),
+            ],
+        };
+        Ok((new.stages, warnings))
+    })
 }
 
 /// `PF_KTHREAD` of a task's flags (include/linux/sched.h).

@@ -90,6 +90,15 @@ pub struct Report {
 impl<H: Dist> Agg<H> {
     /// Empty, for `stages` stages and `gauges` gauges; `empty` is an empty
     /// distribution.
+    /// One more stage, empty (a stage added by a config reload).
+    pub fn add_stage(&mut self, empty: H) {
+        self.stages.push(StageAgg {
+            hist: empty,
+            self_ns: 0,
+            frame_self_ns: 0,
+        });
+    }
+
     pub fn new(stages: usize, gauges: usize, empty: H) -> Agg<H> {
         let stage = StageAgg {
             hist: empty.clone(),

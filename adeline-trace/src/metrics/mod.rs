@@ -124,6 +124,24 @@ impl Metrics {
         }
     }
 
+    /// A stage added while tracing (a config reload), with the next id;
+    /// the existing stages keep theirs and everything they counted.
+    pub fn add_stage(&mut self, name: String) -> u32 {
+        self.names.push(name);
+        self.total.add_stage(LatencyHistogram::new());
+        self.interval.push(LogHist::new());
+        for ring in &mut self.rings {
+            ring.for_each_mut(|agg| agg.add_stage(LogHist::new()));
+        }
+        if let Some((period, _)) = self.period.as_mut() {
+            period.add_stage(LogHist::new());
+        }
+        // The last entry is "no stage".
+        let none = self.mapped.len() - 1;
+        self.mapped.insert(none, [0; 3]);
+        (self.names.len() - 1) as u32
+    }
+
     /// Name of stage `id`, None if not in the plan.
     pub fn stage_name(&self, id: u32) -> Option<&str> {
         self.names.get(id as usize).map(String::as_str)

@@ -298,6 +298,35 @@ fn gauges_over_windows() {
 }
 
 #[test]
+fn a_stage_added_while_tracing_counts_from_zero_and_the_others_keep_theirs() {
+    let mut m = Metrics::new(names(&["a"]), vec![], None);
+    m.track_periods(0);
+    for _ in 0..5 {
+        m.record_span(&span(0, 2 * S, 1_000));
+    }
+    m.record_span(&span(1, 2 * S, 1_000));
+    assert_eq!(m.unknown_stage, 1);
+    assert_eq!(m.add_stage("b".into()), 1);
+    for _ in 0..3 {
+        m.record_span(&span(1, 3 * S, 2_000));
+    }
+    m.record_span(&span(0, 3 * S, 1_000));
+    let totals = m.totals();
+    assert_eq!(
+        totals
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.count))
+            .collect::<Vec<_>>(),
+        [("a".to_string(), 6), ("b".to_string(), 3)]
+    );
+    let s10 = snap(&m, Window::S10, 3 * S);
+    assert_eq!(s10.stages[1].stage, "b");
+    assert_eq!(s10.stages[1].latency.count, 3);
+    assert_eq!(s10.stages[0].latency.count, 6);
+    assert_eq!(m.take_interval()[1].1.count, 3);
+}
+
+#[test]
 fn totals_and_interval_still_work() {
     let mut m = Metrics::new(names(&["a", "b"]), vec![], None);
     for v in 1..=100u64 {

@@ -60,6 +60,11 @@ impl<T: SlotData> Ring<T> {
     }
 
     /// Width of one slot in nanoseconds.
+    /// Applies `f` to every slot's value (e.g. to grow them all).
+    pub fn for_each_mut(&mut self, f: impl FnMut(&mut T)) {
+        self.slots.iter_mut().map(|(_, v)| v).for_each(f);
+    }
+
     pub fn width_ns(&self) -> u64 {
         self.width_ns
     }

@@ -37,6 +37,7 @@ use aya::{
 };
 pub mod alloc;
 pub mod attach;
+pub mod follow;
 pub mod function;
 pub mod gauge;
 pub mod memory;
@@ -49,7 +50,8 @@ pub mod usdt;
 
 use alloc::{AllocMaps, AllocSiteError, AllocSpec};
 use attach::{
-    group_by_path, AttachError, AttachMode, Detached, LinkSet, ProgramLoader, UprobeSpec,
+    group_by_path, AttachError, AttachMode, Detached, LinkSet, LoadedUprobe, ProgramLoader,
+    UprobeSpec,
 };
 use site::chain;
 pub use site::{ProbeError, ProbeSite, Program, Tracepoint};
@@ -222,6 +224,9 @@ pub struct ProbeOptions {
     pub memory: MemoryMode,
     /// The profiler (`--profile`), attached after every probe.
     pub profile: Option<ProfileSpec>,
+    /// Follow the pids' descendants ([`follow`]): probes for every
+    /// process, the pid filter kept by fork and exit tracepoints.
+    pub follow_children: bool,
     /// How to attach uprobes (None: uprobe-multi when the kernel has it).
     pub attach: Option<AttachMode>,
     /// Python stages: the kernel tables ...
@@ -257,8 +262,14 @@ pub struct Probes {
     // Field order matters for drop: links (inside `ebpf`) go last.
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    /// The uprobe links (dropped before the programs and maps in `ebpf`).
-    uprobes: LinkSet,
+    /// The uprobe links (dropped before the programs and maps in `ebpf`),
+    /// by file and stage: the Follower attaches and detaches some while
+    /// tracing ([`follow`]).
+    uprobes: follow::SiteLinks,
+    /// Loads programs for links made while tracing ...
+    loader: ProgramLoader,
+    /// ... and those loaded so far, by name.
+    programs: std::collections::HashMap<&'static str, LoadedUprobe>,
     // Owns the programs, the maps and the tracepoint links.
     ebpf: Ebpf,
     attached: usize,
@@ -327,6 +338,7 @@ impl Probes {
         alloc_globals.configure(&mut loader);
         let profile_globals = profile::Globals::new(opts.profile.as_ref());
         profile_globals.configure(&mut loader);
+        follow::configure(&mut loader);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
@@ -339,53 +351,55 @@ impl Probes {
         let mode = opts.attach.unwrap_or_else(AttachMode::detect);
         let loader =
             ProgramLoader::new(mode, OBJECT, &ebpf).map_err(|e| ProbeError::Load(chain(&e)))?;
-        let scopes: Vec<Option<u32>> = match pids.is_empty() {
+        // Following children: probes for every process (the pid filter
+        // decides who is traced).
+        let scopes: Vec<Option<u32>> = match pids.is_empty() || opts.follow_children {
             true => vec![None],
             false => pids.iter().map(|&p| Some(p)).collect(),
         };
-        let mut uprobes = LinkSet::default();
         // Windowed Python mode: the Python probes get links of their own
         // and keep their loaded programs to attach again.
         let windowed = opts.python_window.is_some();
+        let (py_sites, other): (Vec<ProbeSite>, Vec<ProbeSite>) = sites
+            .iter()
+            .cloned()
+            .partition(|s| windowed && python::is_python(s));
+        let mut programs = std::collections::HashMap::new();
+        let uprobes = follow::attach_links(&mut ebpf, &loader, &mut programs, &other, &scopes)?;
         let (mut py_links, mut py_programs) = (LinkSet::default(), Vec::new());
-        for program in attach_order(sites) {
+        for program in attach_order(&py_sites) {
             let prog = loader
                 .load(&mut ebpf, program.name)
                 .map_err(|e| ProbeError::Load(chain(&e)))?;
-            let of_program = sites.iter().filter(|s| s.programs.contains(&program));
-            let python = windowed && of_program.clone().any(python::is_python);
+            let of_program = py_sites.iter().filter(|s| s.programs.contains(&program));
             for (path, group) in group_by_path(of_program, |s| &s.path) {
                 let specs: Vec<UprobeSpec> = group.iter().map(|s| s.spec()).collect();
                 for &pid in &scopes {
                     let link = prog
                         .attach(path, &specs, pid)
                         .map_err(|e| attach_error(&group, &e))?;
-                    match python {
-                        true => py_links.push(link),
-                        false => uprobes.push(link),
-                    }
+                    py_links.push(link);
                 }
             }
-            if python {
-                let programs = match program.ret {
-                    true => python::EXIT,
-                    false => python::ENTRY,
-                };
-                py_programs.push((programs, prog));
-            }
+            let programs = match program.ret {
+                true => python::EXIT,
+                false => python::ENTRY,
+            };
+            py_programs.push((programs, prog));
         }
         let mut attached = uprobes.probes() + py_links.probes();
         let python = opts
             .python_window
             .filter(|_| !py_programs.is_empty())
-            .map(|w| {
-                let py_sites = sites.iter().filter(|s| python::is_python(s)).cloned();
-                python::Windows::new(w, py_programs, py_sites.collect(), scopes.clone(), py_links)
-            });
+            .map(|w| python::Windows::new(w, py_programs, py_sites, scopes.clone(), py_links));
         // Unwind support: a forced unwind ends at the thread's exit.
         if sites.iter().any(|s| s.programs == unwind::FORCED) {
             attached += attach_tracepoints(&mut ebpf, &[unwind::THREAD_EXIT])
                 .map_err(|e| load_err(format!("unwind support: {e}")))?;
+        }
+        if opts.follow_children && !pids.is_empty() {
+            attached += attach_tracepoints(&mut ebpf, &follow::TRACEPOINTS)
+                .map_err(|e| load_err(format!("following child processes: {e}")))?;
         }
         let attach_time = started.elapsed();
         let memory_untraced = match memory::tracepoints(opts.memory, pids)
@@ -432,6 +446,8 @@ impl Probes {
             attach_time,
             memory_untraced,
             python,
+            loader,
+            programs,
         })
     }
 
@@ -462,7 +478,7 @@ impl Probes {
     /// Detaches every uprobe now (dropping [`Probes`] does it too); how
     /// many and how long it took.
     pub fn detach_uprobes(&mut self) -> Detached {
-        self.uprobes.detach()
+        std::mem::take(&mut self.uprobes).into_set().detach()
     }
 
     /// The resident set of `pid` as `kmem:rss_stat` last reported it (None

@@ -6,7 +6,9 @@ use adeline_trace_common::{SPAN_FLAG_ERROR, SPAN_FLAG_EXCEPTION, SPAN_FLAG_GENER
 use serde::Serialize;
 
 use super::{
-    sink::{Finish, Gauge, Memory, RankedSite, Sink, SinkError, Span, Start, Stats},
+    sink::{
+        Attach, Finish, Gauge, Memory, RankedSite, Reload, Sink, SinkError, Span, Start, Stats,
+    },
     source::SnapshotSource,
 };
 use crate::{alerts::AlertEvent, events::SCHEMA_VERSION};
@@ -54,6 +56,10 @@ enum Record<'a> {
     AllocSite(&'a RankedSite<'a>),
     /// An alert transition (fields of [`AlertEvent`]).
     Alert(&'a AlertEvent),
+    /// Probes attached, or a process joined (docs/follow.md).
+    Attach(&'a Attach),
+    /// A reloaded config (SIGHUP).
+    Reload(&'a Reload),
     Gauge {
         ts_ns: u64,
         pid: u32,
@@ -236,6 +242,16 @@ impl Sink for JsonlSink {
 
     fn alloc_site(&mut self, site: &RankedSite<'_>) -> Result<(), SinkError> {
         self.write(&Record::AllocSite(site))
+    }
+
+    fn attach(&mut self, attach: &Attach) -> Result<(), SinkError> {
+        self.write(&Record::Attach(attach))?;
+        self.flush()
+    }
+
+    fn reload(&mut self, reload: &Reload) -> Result<(), SinkError> {
+        self.write(&Record::Reload(reload))?;
+        self.flush()
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

@@ -34,8 +34,8 @@ pub mod table;
 pub mod trace_out;
 
 pub use sink::{
-    Finish, Gauge, Memory, PlacementInfo, ProbeInfo, RankedSite, Sink, SinkError, Span, StageTotal,
-    Start, Stats,
+    Attach, AttachReason, AttachedProbe, Finish, Gauge, Memory, Missed, PlacementInfo, ProbeInfo,
+    RankedSite, Reload, Sink, SinkError, Span, StageTotal, Start, Stats,
 };
 pub use source::{OutputHealth, SnapshotSource};
 
@@ -110,6 +110,12 @@ impl Sink for Sinks {
     }
     fn alloc_site(&mut self, site: &RankedSite<'_>) -> Result<(), SinkError> {
         self.each(|s| s.alloc_site(site))
+    }
+    fn attach(&mut self, attach: &Attach) -> Result<(), SinkError> {
+        self.each(|s| s.attach(attach))
+    }
+    fn reload(&mut self, reload: &Reload) -> Result<(), SinkError> {
+        self.each(|s| s.reload(reload))
     }
     fn flush(&mut self) -> Result<(), SinkError> {
         self.each(|s| s.flush())

@@ -103,6 +103,83 @@ pub struct Start<'a> {
     pub unwind_warnings: &'a [String],
 }
 
+/// Why probes were attached (the `attach` record, docs/follow.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachReason {
+    /// At start, for every target file.
+    Start,
+    /// The target's path now names another file (a deploy): the new file
+    /// got its probes.
+    Replaced,
+    /// A new process of a followed executable (`--follow`) joined the
+    /// traced processes.
+    Restart,
+    /// A reloaded config (SIGHUP) added stages.
+    Reload,
+}
+
+/// A probe of an `attach` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttachedProbe {
+    pub stage: String,
+    pub symbol: String,
+    pub offset: u64,
+}
+
+/// A process that ran a target file before its probes were attached (or
+/// before it joined the traced processes): its calls in `gap_ms` were not
+/// seen, and how many there were is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Missed {
+    pub pid: u32,
+    /// From its start (or the file's replacement, if later) to the attach.
+    pub gap_ms: u64,
+}
+
+/// Probes attached to a target file, or processes that joined the traced
+/// ones: at start, and whenever that changes while tracing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attach {
+    pub ts_ns: u64,
+    pub reason: AttachReason,
+    /// The file, as attached to.
+    pub target: String,
+    /// Its inode (a replaced file has a new one).
+    pub inode: u64,
+    /// The file this path named before (`replaced`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_inode: Option<u64>,
+    /// Processes running the file when its probes were attached (at most
+    /// [`Attach::MAX_PIDS`]; `pids_total` counts them all), or the process
+    /// that joined (`restart`).
+    pub pids: Vec<u32>,
+    pub pids_total: usize,
+    /// The probes attached (empty for `restart`: the process runs a file
+    /// that already has them).
+    pub probes: Vec<AttachedProbe>,
+    /// Processes that ran the file untraced before this.
+    pub missed: Vec<Missed>,
+}
+
+impl Attach {
+    pub const MAX_PIDS: usize = 64;
+}
+
+/// A reloaded config (SIGHUP): the stages removed (their probes detached,
+/// their counts kept) and added, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reload {
+    pub ts_ns: u64,
+    pub config: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Stages whose target or symbol changed: detached and attached again
+    /// (their series go on).
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
 /// One completed call.
 #[derive(Debug)]
 pub struct Span<'a> {
@@ -227,6 +304,12 @@ pub trait Sink {
         Ok(())
     }
     fn alloc_site(&mut self, _site: &RankedSite<'_>) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn attach(&mut self, _attach: &Attach) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn reload(&mut self, _reload: &Reload) -> Result<(), SinkError> {
         Ok(())
     }
     /// The end of a batch of records: write out what is buffered.
