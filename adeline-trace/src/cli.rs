@@ -178,6 +178,11 @@ pub struct RunArgs {
     /// and the API still work): the cheapest way to watch a high-rate pipeline.
     #[arg(long)]
     pub no_spans: bool,
+    /// With --no-spans: a stage called more than RATE times a second is
+    /// counted in kernel histograms (no record per call; percentiles within
+    /// 0.78%). 0: every stage from the start. Default 10000.
+    #[arg(long, value_name = "RATE")]
+    pub aggregate_above: Option<u64>,
     /// Show a live per-stage latency table on stderr.
     #[arg(long)]
     pub live: bool,

@@ -18,11 +18,13 @@ use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    aggregating::Aggregating,
     alerts::alerting::Alerting,
     events::{decode, monotonic_ns, Event},
     journal::{self, Priority},
     launch::Launched,
     metrics::{
+        inkernel,
         memory::alloc::name_sites,
         snapshot::{Percentiles, Window},
     },
@@ -135,6 +137,8 @@ pub struct Tracer {
     stats_interval: Duration,
     /// Stage id of the frame root.
     frame_stage: Option<u32>,
+    /// In-kernel aggregation (None: off).
+    aggregating: Option<Aggregating>,
 }
 
 impl Tracer {
@@ -146,6 +150,7 @@ impl Tracer {
         pids: Vec<u32>,
         stats_interval: Duration,
         frame_stage: Option<u32>,
+        aggregating: Option<Aggregating>,
     ) -> Tracer {
         let seen = SeenPids(pids.is_empty().then(HashMap::new));
         Tracer {
@@ -158,6 +163,7 @@ impl Tracer {
             counts: Counts::default(),
             stats_interval,
             frame_stage,
+            aggregating,
         }
     }
 
@@ -170,6 +176,8 @@ impl Tracer {
         stats.tick().await;
         let mut alerts = tokio::time::interval(ALERT_EVERY);
         let mut memory = tokio::time::interval(MEMORY_EVERY);
+        let mut kernel_agg = tokio::time::interval(Duration::from_millis(inkernel::READ_EVERY_MS));
+        let aggregating = self.aggregating.is_some();
         let started = Instant::now();
         let mut next_pid_check = started;
         let mut next_sites = started + ALLOC_SITES_EVERY;
@@ -197,6 +205,7 @@ impl Tracer {
                     }
                 }
                 _ = stats.tick() => self.stats()?,
+                _ = kernel_agg.tick(), if aggregating => self.read_aggregates()?,
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts()?,
                 _ = memory.tick() => {
                     self.sample_memory()?;
@@ -233,6 +242,9 @@ impl Tracer {
                 Ok(Event::Span(record)) => {
                     self.counts.spans += 1;
                     metrics.record_span(&record);
+                    if let Some(a) = self.aggregating.as_mut() {
+                        a.saw_span(record.stage);
+                    }
                     if self.seen.saw(record.pid, record.start_ns) {
                         // Read while it runs: it may be gone at the next sample.
                         self.live.note_process(record.pid);
@@ -270,6 +282,15 @@ impl Tracer {
         self.live
             .set_counts(self.counts.records, all_drops(&self.counts.last_counters));
         self.sinks.flush()?;
+        Ok(())
+    }
+
+    /// Reads the kernel's histograms of the aggregated stages.
+    pub fn read_aggregates(&mut self) -> Result<()> {
+        if let (Some(a), Some(maps)) = (self.aggregating.as_mut(), self.probes.aggregation.as_mut())
+        {
+            a.tick(maps, &mut self.live.metrics())?;
+        }
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
+    aggregating::Aggregating,
     alerts::{alerting::Alerting, engine::AlertEngine},
     config::Plan,
     container,
@@ -98,8 +99,22 @@ pub fn run(plan: Plan) -> Result<()> {
         attach: plan.attach,
         python: resolved.python.clone(),
         python_window: plan.python_window,
+        aggregate_stages: match plan.aggregate_above {
+            Some(_) => plan.stages.len() as u32,
+            None => 0,
+        },
     };
-    let probes = Probes::attach(&sites, &opts)?;
+    let mut probes = Probes::attach(&sites, &opts)?;
+    // Before the command runs: with --aggregate-above 0 no call is a record.
+    let aggregating = match (plan.aggregate_above, probes.aggregation.as_mut()) {
+        (Some(above), Some(maps)) => Some(Aggregating::new(
+            maps,
+            plan.stages.len(),
+            above,
+            frame_stage,
+        )?),
+        _ => None,
+    };
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
             eprintln!(
@@ -182,6 +197,7 @@ pub fn run(plan: Plan) -> Result<()> {
         pids,
         plan.stats_interval,
         frame_stage,
+        aggregating,
     );
     let started = Instant::now();
     let until = Until {
@@ -205,6 +221,7 @@ pub fn run(plan: Plan) -> Result<()> {
         }
     }
     tracer.drain()?;
+    tracer.read_aggregates()?;
     // A last stats object, so the stream's totals include every call (and
     // every allocation and mapping: memory totals are read again first).
     tracer.refresh_memory()?;

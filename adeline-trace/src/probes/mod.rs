@@ -29,6 +29,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
+pub mod aggregation;
 pub mod alloc;
 pub mod attach;
 pub mod function;
@@ -190,6 +191,9 @@ pub struct ProbeOptions {
     /// ... and the window: probes attached for `.0` every `.1` (None:
     /// always).
     pub python_window: Option<(Duration, Duration)>,
+    /// In-kernel aggregation: the number of stages whose calls may be
+    /// aggregated (0: off).
+    pub aggregate_stages: u32,
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -229,6 +233,8 @@ pub struct Probes {
     pub alloc: Option<AllocMaps>,
     /// Windowed Python mode: the Python probes' own links.
     python: Option<python::Windows>,
+    /// In-kernel aggregation's maps (None when off).
+    pub aggregation: Option<aggregation::AggMaps>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -269,6 +275,7 @@ impl Probes {
             .as_ref()
             .map_or(0u32, |p| p.patterns.len() as u32);
         let alloc_globals = alloc::Globals::new(opts.alloc.as_ref());
+        let aggregate = u32::from(opts.aggregate_stages > 0);
         let mut loader = EbpfLoader::new();
         // THREADS is a task-storage map, which aya creates but has no type for.
         loader
@@ -278,6 +285,8 @@ impl Probes {
             .override_global("FRAME_STAGE", &frame_stage, true)
             .override_global("READ_RETURN_ADDRESS", &read_return, true)
             .override_global("PY_NPATTERNS", &py_npatterns, true)
+            .override_global("AGGREGATE", &aggregate, true)
+            .map_max_entries("STAGE_AGG", opts.aggregate_stages.max(1))
             .map_max_entries("EVENTS", opts.ring_bytes);
         alloc_globals.configure(&mut loader);
         let mut ebpf = loader
@@ -363,7 +372,12 @@ impl Probes {
             Some(spec) => Some(AllocMaps::take(&mut ebpf, spec.clone())?),
             None => None,
         };
+        let aggregation = match opts.aggregate_stages {
+            0 => None,
+            _ => Some(aggregation::AggMaps::take(&mut ebpf)?),
+        };
         Ok(Probes {
+            aggregation,
             ring,
             counters,
             alloc,
