@@ -150,7 +150,6 @@ impl Tracer {
         pids: Vec<u32>,
         stats_interval: Duration,
         frame_stage: Option<u32>,
-        aggregating: Option<Aggregating>,
     ) -> Tracer {
         let seen = SeenPids(pids.is_empty().then(HashMap::new));
         Tracer {
@@ -163,8 +162,14 @@ impl Tracer {
             counts: Counts::default(),
             stats_interval,
             frame_stage,
-            aggregating,
+            aggregating: None,
         }
+    }
+
+    /// With in-kernel aggregation (its control loop).
+    pub fn with_aggregating(mut self, aggregating: Option<Aggregating>) -> Tracer {
+        self.aggregating = aggregating;
+        self
     }
 
     pub async fn trace(&mut self, until: Until, mut child: Option<&mut Launched>) -> Result<Stop> {

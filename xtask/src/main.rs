@@ -8,6 +8,7 @@
 //!   cargo xtask bench agent [--runs R]        agent CPU per event at the highest rate (root)
 //!   cargo xtask bench alert [--steps N]       alert detection delay after a latency step (root)
 //!   cargo xtask bench attach [--sizes N,..]   attach/detach time of N uprobes: multi, perf, bpftrace (root)
+//!   cargo xtask bench footprint [--minutes M] agent RSS with 50 and 500 stages, steady load (root)
 //!   cargo xtask deb [--binary PATH]           the Debian package (service, config, man, completions)
 
 mod bench;

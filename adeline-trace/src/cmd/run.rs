@@ -197,8 +197,8 @@ pub fn run(plan: Plan) -> Result<()> {
         pids,
         plan.stats_interval,
         frame_stage,
-        aggregating,
-    );
+    )
+    .with_aggregating(aggregating);
     let started = Instant::now();
     let until = Until {
         duration: plan.duration,

@@ -476,7 +476,9 @@ fn mappings_are_attributed_to_the_stage_running_and_per_frame() {
 fn kernel_counts_agree_with_the_same_spans_within_a_bin() {
     use super::inkernel::KernelReads;
     use adeline_trace_common::{agg_bin, StageHist};
-    let durs: Vec<u64> = (0..5000u64).map(|i| 1_000 + (i * 7919) % 3_000_000).collect();
+    let durs: Vec<u64> = (0..5000u64)
+        .map(|i| 1_000 + (i * 7919) % 3_000_000)
+        .collect();
     let mut spans = Metrics::new(names(&["a"]), vec![], None);
     let mut kernel = Metrics::new(names(&["a"]), vec![], None);
     let mut h = Box::<StageHist>::default();
