@@ -86,22 +86,13 @@ impl LogHist {
     /// Adds one value.
     #[inline]
     pub fn record(&mut self, v: u64) {
-        let (c, i) = bin(v);
-        let slot = &mut self.chunk_mut(c)[i];
-        *slot = slot.saturating_add(1);
-        if self.count == 0 {
-            self.min = v;
-            self.max = v;
-        } else {
-            self.min = self.min.min(v);
-            self.max = self.max.max(v);
-        }
-        self.count += 1;
+        self.record_n(v, 1);
         self.sum = self.sum.saturating_add(v);
     }
 
     /// Adds `n` values `v` (a bin's middle) to the counts, min and max,
     /// not to the sum (see [`LogHist::add_sum`]).
+    #[inline]
     pub fn record_n(&mut self, v: u64, n: u64) {
         if n == 0 {
             return;
