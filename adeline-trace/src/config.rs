@@ -99,6 +99,10 @@ pub struct Plan {
     pub aggregate_above: Option<u64>,
 }
 
+/// The ring buffer's default size with `--no-spans` (4 MiB: 65,536 span
+/// records, 130 ms of 500,000 records a second; 16 MiB otherwise).
+pub const NO_SPANS_RING_BYTES: u32 = 1 << 22;
+
 /// `--aggregate-above`'s default, calls per second: the agent's ~0.4 us of
 /// CPU per record makes 10,000 records/s cost it ~0.4% of a core.
 pub const DEFAULT_AGGREGATE_ABOVE: u64 = 10_000;
@@ -528,7 +532,12 @@ impl Plan {
         if stats_interval < Duration::from_millis(10) {
             return Err(ConfigError::StatsIntervalTooShort);
         }
-        let ring_bytes = args.ring_bytes.unwrap_or(adeline_trace_common::RING_BYTES);
+        // --no-spans sends fewer records (aggregation takes the busy
+        // stages), and the ring's pages count in the agent's RSS twice.
+        let ring_bytes = args.ring_bytes.unwrap_or(match args.no_spans {
+            true => NO_SPANS_RING_BYTES,
+            false => adeline_trace_common::RING_BYTES,
+        });
         if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
             return Err(ConfigError::RingBytes(ring_bytes));
         }
@@ -1052,6 +1061,39 @@ mod tests {
         }
         let ok = Plan::from_args(&args(&["--stage", "a=/x:f", "--ring-bytes", "8192"])).unwrap();
         assert_eq!(ok.ring_bytes, 8192);
+    }
+
+    #[test]
+    fn no_spans_aggregates_and_shrinks_the_ring() {
+        let spans = Plan::from_args(&args(&["--stage", "a=/x:f"])).unwrap();
+        assert_eq!((spans.ring_bytes, spans.aggregate_above), (1 << 24, None));
+        let agg = Plan::from_args(&args(&["--stage", "a=/x:f", "--no-spans"])).unwrap();
+        assert_eq!(
+            (agg.ring_bytes, agg.aggregate_above),
+            (NO_SPANS_RING_BYTES, Some(DEFAULT_AGGREGATE_ABOVE))
+        );
+        let all = ["--stage", "a=/x:f", "--no-spans", "--aggregate-above", "0"];
+        assert_eq!(
+            Plan::from_args(&args(&all)).unwrap().aggregate_above,
+            Some(0)
+        );
+        for bad in [
+            &["--stage", "a=/x:f", "--aggregate-above", "5"][..],
+            &[
+                "--stage",
+                "a=/x:f",
+                "--no-spans",
+                "--trace-out",
+                "t.json",
+                "--aggregate-above",
+                "5",
+            ],
+        ] {
+            assert_eq!(
+                Plan::from_args(&args(bad)).unwrap_err(),
+                ConfigError::AggregateNeedsNoSpans
+            );
+        }
     }
 
     #[test]
