@@ -86,7 +86,7 @@ fn run_one(
     let bin = fixture.display().to_string();
     let mut cmd = Command::new(agent);
     cmd.args(["run", "--no-api", "-o", "/dev/null"]);
-    cmd.args(mode.split(' ').filter(|a| a.starts_with("--")));
+    cmd.args(mode.split(' ').filter(|a| *a != "records"));
     for i in 0..n {
         cmd.arg("--stage").arg(format!("s{i:03}={bin}:fn{i:03}"));
     }
