@@ -268,6 +268,67 @@ pub const RETURN_ADDRESS_UNWIND: u32 = 1;
 /// back where a uretprobe replaced it.
 pub const RETURN_ADDRESS_PROFILE: u32 = 2;
 
+/// In-kernel aggregation (`--no-spans` with `--aggregate-above`): the
+/// histogram of a stage's durations, binned exactly as the agent's window
+/// histograms (`LogHist`): 0..64 ns one bin each, then each octave
+/// `[2^k, 2^(k+1))` for k in 6..42 in 64 equal bins. A quantile read at
+/// a bin's middle is within 1/128 (0.78%) of the exact value. Durations
+/// of 2^42 ns (~73 min) or more fall in the last bin.
+pub const AGG_SUB_BITS: u32 = 6;
+/// Bins of [`StageHist`]: 64 exact ones, then 36 octaves of 64.
+pub const AGG_BINS: usize = 64 + 36 * 64;
+
+/// Bin of a duration in [`StageHist::bins`] (chunk `c` = bin / 64 and
+/// index `i` = bin % 64 as in the agent's `LogHist`).
+#[inline(always)]
+pub const fn agg_bin(v: u64) -> usize {
+    if v < (1 << AGG_SUB_BITS) {
+        return v as usize;
+    }
+    let k = 63 - v.leading_zeros();
+    let b = ((k - AGG_SUB_BITS + 1) as usize) << AGG_SUB_BITS
+        | (((v >> (k - AGG_SUB_BITS)) as usize) & ((1 << AGG_SUB_BITS) - 1));
+    if b < AGG_BINS {
+        b
+    } else {
+        AGG_BINS - 1
+    }
+}
+
+/// `AGG_MODE` values: the stage's calls are sent as span records ...
+pub const AGG_OFF: u32 = 0;
+/// ... or counted in its `STAGE_AGG` histogram (no record per call).
+pub const AGG_ON: u32 = 1;
+
+/// Calls of one stage counted in the kernel instead of sent (per CPU;
+/// the agent sums the CPUs and takes differences between reads, so the
+/// counters only ever grow; bins wrap at 2^32, which the differences
+/// absorb).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageHist {
+    pub count: u64,
+    /// Sum of the durations, ns.
+    pub sum_ns: u64,
+    /// Sum of the self times, ns.
+    pub self_ns: u64,
+    /// Sum of the self times of the calls made inside a frame, ns.
+    pub frame_self_ns: u64,
+    pub bins: [u32; AGG_BINS],
+}
+
+impl Default for StageHist {
+    fn default() -> Self {
+        StageHist {
+            count: 0,
+            sum_ns: 0,
+            self_ns: 0,
+            frame_self_ns: 0,
+            bins: [0; AGG_BINS],
+        }
+    }
+}
+
 /// `OpenCall::flags`: the open call is a Python frame (`key` = frame |
 /// epoch); without it, a native call (`key` = its return-address slot).
 pub const OPEN_PYTHON: u32 = 1;
@@ -335,6 +396,7 @@ mod pod {
     unsafe impl aya::Pod for profile::SampleHeader {}
     unsafe impl aya::Pod for profile::SampleBuf {}
     unsafe impl aya::Pod for profile::PyProc {}
+    unsafe impl aya::Pod for StageHist {}
     unsafe impl aya::Pod for python::PySite {}
     unsafe impl aya::Pod for python::PyPattern {}
     unsafe impl aya::Pod for python::PyObjKey {}

@@ -2,14 +2,14 @@
 use core::{ffi::c_void, ptr};
 
 use adeline_trace_common::{
-    AllocInfo, AllocPending, AllocStats, RssState, ThreadCalls, COUNTERS as N_COUNTERS, MAX_ALLOCS,
-    MAX_ALLOC_STACKS, MAX_PIDS, MAX_STAGES, RING_BYTES,
+    AllocInfo, AllocPending, AllocStats, RssState, StageHist, ThreadCalls, AGG_ON,
+    COUNTERS as N_COUNTERS, MAX_ALLOCS, MAX_ALLOC_STACKS, MAX_PIDS, MAX_STAGES, RING_BYTES,
 };
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_LOCAL_STORAGE_GET_F_CREATE},
     helpers::{bpf_get_current_task_btf, bpf_task_storage_get},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 
 // Configuration set by the agent at load time (constants to the verifier:
@@ -50,6 +50,11 @@ pub fn record_return_address() -> bool {
 /// Spans shorter than this are counted but not sent (0 = send all).
 #[no_mangle]
 static MIN_DUR_NS: u64 = 0;
+
+/// Non-zero when in-kernel aggregation may be on (`AGG_MODE` is read
+/// only then).
+#[no_mangle]
+static AGGREGATE: u32 = 0;
 
 /// Alloc mode: allocations smaller than this are not tracked.
 #[no_mangle]
@@ -165,6 +170,29 @@ pub static MM_IDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PIDS, 0);
 /// The last program break (brk) seen per traced tgid.
 #[map(name = "BRKS")]
 pub static BRKS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PIDS, 0);
+
+/// Per stage: `AGG_ON` when its calls go to `STAGE_AGG` instead of the
+/// ring buffer (set by the agent by call rate).
+#[map(name = "AGG_MODE")]
+pub static AGG_MODE: Array<u32> = Array::with_max_entries(MAX_STAGES, 0);
+
+/// Per stage (index = stage id), per CPU: the histogram of its aggregated
+/// calls. The agent sets the size to its number of stages.
+#[map(name = "STAGE_AGG")]
+pub static STAGE_AGG: PerCpuArray<StageHist> = PerCpuArray::with_max_entries(1, 0);
+
+/// The aggregation histogram of `stage` when its calls are aggregated.
+#[inline(always)]
+pub fn aggregated(stage: u32) -> Option<*mut StageHist> {
+    // SAFETY: read of a load-time constant.
+    if unsafe { core::ptr::read_volatile(&AGGREGATE) } == 0 {
+        return None;
+    }
+    if AGG_MODE.get(stage).copied() != Some(AGG_ON) {
+        return None;
+    }
+    STAGE_AGG.get_ptr_mut(stage)
+}
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

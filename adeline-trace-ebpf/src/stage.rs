@@ -1,7 +1,7 @@
 //! Generic stage timing: one entry and one exit program serve every stage;
 //! the stage id is the attach cookie.
 use adeline_trace_common::{
-    OpenCall, SpanRecord, ThreadCalls, COUNTER_ABANDONED, COUNTER_DEPTH_OVERFLOW,
+    agg_bin, OpenCall, SpanRecord, ThreadCalls, COUNTER_ABANDONED, COUNTER_DEPTH_OVERFLOW,
     COUNTER_FILTERED_SHORT, COUNTER_RING_FULL, COUNTER_UNMATCHED_EXIT, KIND_SPAN, MAX_DEPTH,
     NO_STAGE, OPEN_PYTHON, OPEN_USDT,
 };
@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    bump, frame_stage, min_duration, pid_allowed, read_return_address, record_return_address,
-    EVENTS, THREADS,
+    aggregated, bump, frame_stage, min_duration, pid_allowed, read_return_address,
+    record_return_address, EVENTS, THREADS,
 };
 
 #[uprobe]
@@ -211,6 +211,28 @@ pub fn close_call(
         bump(COUNTER_FILTERED_SHORT);
         return;
     }
+    let self_ns = dur_ns.saturating_sub(child_ns);
+    // The frame root keeps its records: frames are measured from them.
+    if stage != frame_stage() {
+        if let Some(h) = aggregated(stage) {
+            // SAFETY: this CPU's slot of a per-CPU map; no other writer.
+            let h = unsafe { &mut *h };
+            h.count += 1;
+            h.sum_ns = h.sum_ns.wrapping_add(dur_ns);
+            h.self_ns = h.self_ns.wrapping_add(self_ns);
+            if frame_ns != 0 {
+                h.frame_self_ns = h.frame_self_ns.wrapping_add(self_ns);
+            }
+            // Opaque to the compiler, so the bound check the verifier
+            // needs is not folded into agg_bin's own clamp.
+            // SAFETY: a volatile read of a local.
+            let b = unsafe { core::ptr::read_volatile(&agg_bin(dur_ns)) };
+            if let Some(n) = h.bins.get_mut(b) {
+                *n = n.wrapping_add(1);
+            }
+            return;
+        }
+    }
     match EVENTS.reserve::<SpanRecord>(0) {
         Some(mut entry) => {
             entry.write(SpanRecord {
@@ -220,7 +242,7 @@ pub fn close_call(
                 tid: pid_tgid as u32,
                 start_ns,
                 dur_ns,
-                self_ns: dur_ns.saturating_sub(child_ns),
+                self_ns,
                 frame_ns,
                 depth: found as u32,
                 flags,

@@ -206,13 +206,19 @@ pub struct RunArgs {
     /// Write spans as a Chrome trace-event JSON file (opens in Perfetto / chrome://tracing).
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
-    /// Ring buffer size in bytes: a power of two, at least 4096 (default 16777216).
+    /// Ring buffer size in bytes: a power of two, at least 4096 (default
+    /// 16777216; 4194304 with --no-spans).
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
     /// Do not write a `span` event per call (summaries, stats, gauges, alerts
     /// and the API still work): the cheapest way to watch a high-rate pipeline.
     #[arg(long)]
     pub no_spans: bool,
+    /// With --no-spans: a stage called more than RATE times a second is
+    /// counted in kernel histograms (no record per call; percentiles within
+    /// 0.78%). 0: every stage from the start. Default 10000.
+    #[arg(long, value_name = "RATE")]
+    pub aggregate_above: Option<u64>,
     /// Show a live per-stage latency table on stderr.
     #[arg(long)]
     pub live: bool,

@@ -1,4 +1,5 @@
 //! adeline-trace agent: Plan -> probes -> ring buffer -> events -> metrics -> sinks.
+pub mod aggregating;
 pub mod alerts;
 pub mod cli;
 pub mod cmd;

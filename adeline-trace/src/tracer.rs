@@ -18,12 +18,14 @@ use adeline_trace_common::{
 use anyhow::Result;
 
 use crate::{
+    aggregating::Aggregating,
     alerts::{alerting::Alerting, parse_rule, AlertEvent, AlertState},
     events::{decode, monotonic_ns, Event},
     follow::{ConfigSource, Followed, Follower, FOLLOW_EVERY},
     journal::{self, Priority},
     launch::Launched,
     metrics::{
+        inkernel,
         memory::alloc::name_sites,
         profile::{alert_profile_path, AlertCapture, ProfileQuery},
         snapshot::{Percentiles, Window},
@@ -162,6 +164,8 @@ pub struct Tracer {
     follow_polls: bool,
     /// Service mode: the config file SIGHUP re-reads.
     config: Option<(String, ConfigSource)>,
+    /// In-kernel aggregation (None: off).
+    aggregating: Option<Aggregating>,
 }
 
 /// An alert's profile being captured.
@@ -201,7 +205,14 @@ impl Tracer {
             follower: None,
             follow_polls: false,
             config: None,
+            aggregating: None,
         }
+    }
+
+    /// With in-kernel aggregation (its control loop).
+    pub fn with_aggregating(mut self, aggregating: Option<Aggregating>) -> Tracer {
+        self.aggregating = aggregating;
+        self
     }
 
     /// Captures a stage's profile for `capture` when an alert on it fires
@@ -349,6 +360,8 @@ impl Tracer {
         let mut memory = tokio::time::interval(MEMORY_EVERY);
         let mut follow = tokio::time::interval(FOLLOW_EVERY);
         let following = self.follower.is_some() && self.follow_polls;
+        let mut kernel_agg = tokio::time::interval(Duration::from_millis(inkernel::READ_EVERY_MS));
+        let aggregating = self.aggregating.is_some();
         let started = Instant::now();
         let mut next_pid_check = started;
         let mut next_sites = started + ALLOC_SITES_EVERY;
@@ -377,6 +390,7 @@ impl Tracer {
                 }),
                 _ = stats.tick() => self.stats().map(|()| None),
                 _ = follow.tick(), if following => self.follow().map(|()| None),
+                _ = kernel_agg.tick(), if aggregating => self.read_aggregates().map(|()| None),
                 _ = alerts.tick(), if has_rules => self.evaluate_alerts().map(|()| None),
                 _ = memory.tick() => self.sample_memory().and_then(|()| {
                     if self.probes.alloc.is_some() && Instant::now() >= next_sites {
@@ -421,6 +435,9 @@ impl Tracer {
                 Ok(Event::Span(record)) => {
                     self.counts.spans += 1;
                     metrics.record_span(&record);
+                    if let Some(a) = self.aggregating.as_mut() {
+                        a.saw_span(record.stage);
+                    }
                     if self.seen.saw(record.pid, record.start_ns) {
                         // Read while it runs: it may be gone at the next sample.
                         self.live.note_process(record.pid);
@@ -477,6 +494,15 @@ impl Tracer {
         self.live
             .set_counts(self.counts.records, all_drops(&self.counts.last_counters));
         self.sinks.flush()?;
+        Ok(())
+    }
+
+    /// Reads the kernel's histograms of the aggregated stages.
+    pub fn read_aggregates(&mut self) -> Result<()> {
+        if let (Some(a), Some(maps)) = (self.aggregating.as_mut(), self.probes.aggregation.as_mut())
+        {
+            a.tick(maps, &mut self.live.metrics())?;
+        }
         Ok(())
     }
 

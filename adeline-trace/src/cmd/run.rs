@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
+    aggregating::Aggregating,
     alerts::{alerting::Alerting, engine::AlertEngine},
     cli::RunArgs,
     config::Plan,
@@ -123,8 +124,22 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         python: resolved.python.clone(),
         python_window: plan.python_window,
         usdt_args: resolved.usdt_args.clone(),
+        aggregate_stages: match plan.aggregate_above {
+            Some(_) => plan.stages.len() as u32,
+            None => 0,
+        },
     };
-    let probes = Probes::attach(&sites, &opts)?;
+    let mut probes = Probes::attach(&sites, &opts)?;
+    // Before the command runs: with --aggregate-above 0 no call is a record.
+    let aggregating = match (plan.aggregate_above, probes.aggregation.as_mut()) {
+        (Some(above), Some(maps)) => Some(Aggregating::new(
+            maps,
+            plan.stages.len(),
+            above,
+            frame_stage,
+        )?),
+        _ => None,
+    };
     // Probes for every process: follow the target files; service mode:
     // reload stages on SIGHUP (docs/follow.md).
     let mut follower =
@@ -235,7 +250,8 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         plan.stats_interval,
         frame_stage,
     )
-    .with_alert_profiles(plan.alert_profile.unwrap_or_default());
+    .with_alert_profiles(plan.alert_profile.unwrap_or_default())
+    .with_aggregating(aggregating);
     for attach in started_files {
         tracer.attached(attach)?;
     }
@@ -269,6 +285,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         }
     }
     tracer.drain()?;
+    tracer.read_aggregates()?;
     // A last stats object, so the stream's totals include every call (and
     // every allocation and mapping: memory totals are read again first).
     tracer.refresh_memory()?;

@@ -7,6 +7,7 @@ use adeline_trace_common::SpanRecord;
 use super::{
     frames,
     gauges::GaugeAgg,
+    inkernel::KernelDelta,
     latency::LatencyHistogram,
     loghist::LogHist,
     snapshot::{FrameStats, GaugeStats, Percentiles, StageStats},
@@ -16,6 +17,8 @@ use super::{
 /// A distribution of durations.
 pub trait Dist: Clone {
     fn record(&mut self, v: u64);
+    /// Adds the calls counted in the kernel (bins' middles, exact sum).
+    fn record_bins(&mut self, d: &KernelDelta);
     fn count(&self) -> u64;
     /// Sum of the values, saturated to `u64`.
     fn sum(&self) -> u64;
@@ -27,6 +30,12 @@ pub trait Dist: Clone {
 impl Dist for LogHist {
     fn record(&mut self, v: u64) {
         LogHist::record(self, v)
+    }
+    fn record_bins(&mut self, d: &KernelDelta) {
+        for &(v, n) in &d.bins {
+            self.record_n(v, n);
+        }
+        self.add_sum(d.sum_ns);
     }
     fn count(&self) -> u64 {
         LogHist::count(self)
@@ -45,6 +54,12 @@ impl Dist for LogHist {
 impl Dist for LatencyHistogram {
     fn record(&mut self, v: u64) {
         LatencyHistogram::record(self, v)
+    }
+    fn record_bins(&mut self, d: &KernelDelta) {
+        for &(v, n) in &d.bins {
+            self.record_n(v, n);
+        }
+        self.add_sum(d.sum_ns);
     }
     fn count(&self) -> u64 {
         LatencyHistogram::count(self)
@@ -124,6 +139,14 @@ impl<H: Dist> Agg<H> {
         if frame {
             self.frames.record(span.dur_ns);
         }
+    }
+
+    /// Adds the calls of stage `i` (in range) counted in the kernel.
+    pub fn record_kernel(&mut self, i: usize, d: &KernelDelta) {
+        let s = &mut self.stages[i];
+        s.hist.record_bins(d);
+        s.self_ns = s.self_ns.saturating_add(d.self_ns);
+        s.frame_self_ns = s.frame_self_ns.saturating_add(d.frame_self_ns);
     }
 
     /// Adds a sample of gauge `i` (in range).

@@ -50,6 +50,23 @@ impl LatencyHistogram {
         self.max_ns = self.max_ns.max(dur_ns);
     }
 
+    /// Adds `n` durations `v` (a bin's middle) to the counts, min and
+    /// max, not to the sum (see [`LatencyHistogram::add_sum`]).
+    pub fn record_n(&mut self, v: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let _ = self.hist.record_n(v.max(1), n);
+        self.count += n;
+        self.min_ns = self.min_ns.min(v);
+        self.max_ns = self.max_ns.max(v);
+    }
+
+    /// Adds to the sum (of durations added by [`LatencyHistogram::record_n`]).
+    pub fn add_sum(&mut self, s: u64) {
+        self.sum_ns += u128::from(s);
+    }
+
     /// Number of durations.
     pub fn count(&self) -> u64 {
         self.count

@@ -55,6 +55,12 @@ fn mid(c: u32, i: usize) -> u64 {
     low + ((1u64 << shift) >> 1)
 }
 
+/// Middle of bin `b` numbered as in-kernel aggregation numbers them
+/// (`adeline_trace_common::agg_bin`: chunk `b / 64`, index `b % 64`).
+pub fn bin_mid(b: usize) -> u64 {
+    mid((b / SUB) as u32, b % SUB)
+}
+
 impl LogHist {
     /// Upper bound of [`LogHist::heap_bytes`].
     pub const MAX_HEAP_BYTES: usize = CHUNKS as usize * std::mem::size_of::<[u32; SUB]>();
@@ -80,9 +86,20 @@ impl LogHist {
     /// Adds one value.
     #[inline]
     pub fn record(&mut self, v: u64) {
+        self.record_n(v, 1);
+        self.sum = self.sum.saturating_add(v);
+    }
+
+    /// Adds `n` values `v` (a bin's middle) to the counts, min and max,
+    /// not to the sum (see [`LogHist::add_sum`]).
+    #[inline]
+    pub fn record_n(&mut self, v: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
         let (c, i) = bin(v);
         let slot = &mut self.chunk_mut(c)[i];
-        *slot = slot.saturating_add(1);
+        *slot = slot.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         if self.count == 0 {
             self.min = v;
             self.max = v;
@@ -90,8 +107,12 @@ impl LogHist {
             self.min = self.min.min(v);
             self.max = self.max.max(v);
         }
-        self.count += 1;
-        self.sum = self.sum.saturating_add(v);
+        self.count += n;
+    }
+
+    /// Adds to the sum (of values added by [`LogHist::record_n`]).
+    pub fn add_sum(&mut self, s: u64) {
+        self.sum = self.sum.saturating_add(s);
     }
 
     /// Adds every value of `other`.

@@ -27,6 +27,7 @@ pub mod bottleneck;
 pub mod buckets;
 pub mod frames;
 pub mod gauges;
+pub mod inkernel;
 pub mod latency;
 pub mod loghist;
 pub mod memory;
@@ -58,7 +59,7 @@ pub(crate) fn test_span(
 
 use adeline_trace_common::{GaugeRecord, MapRecord, SpanRecord, MAP_OP_MMAP, MAP_OP_MUNMAP};
 
-use aggregate::Agg;
+use aggregate::{Agg, Dist as _};
 use loghist::LogHist;
 use snapshot::{Bottleneck, Percentiles, Snapshot, StageMemory, Window, SNAPSHOT_VERSION};
 use window::Ring;
@@ -173,6 +174,25 @@ impl Metrics {
                 if let Some(slot) = ring.slot_mut(end) {
                     slot.record_span(i, span, frame);
                 }
+            }
+        }
+    }
+
+    /// Adds the calls of stage `i` counted in the kernel, in the windows
+    /// at `now_ns` (monotonic, the read's time; see [`inkernel`]).
+    pub fn record_kernel(&mut self, i: usize, now_ns: u64, d: &inkernel::KernelDelta) {
+        if i >= self.names.len() || d.count == 0 {
+            return;
+        }
+        self.total.record_kernel(i, d);
+        self.interval[i].record_bins(d);
+        if let Some((period, _)) = self.period.as_mut() {
+            period.record_kernel(i, d);
+        }
+        self.seen(now_ns);
+        for ring in &mut self.rings {
+            if let Some(slot) = ring.slot_mut(now_ns) {
+                slot.record_kernel(i, d);
             }
         }
     }

@@ -500,3 +500,39 @@ fn mappings_are_attributed_to_the_stage_running_and_per_frame() {
     assert_eq!(mem[1].stage, "(no stage)");
     assert_eq!(mem[1].mapped_bytes, 1_000);
 }
+
+#[test]
+fn kernel_counts_agree_with_the_same_spans_within_a_bin() {
+    use super::inkernel::KernelReads;
+    use adeline_trace_common::{agg_bin, StageHist};
+    let durs: Vec<u64> = (0..5000u64)
+        .map(|i| 1_000 + (i * 7919) % 3_000_000)
+        .collect();
+    let mut spans = Metrics::new(names(&["a"]), vec![], None);
+    let mut kernel = Metrics::new(names(&["a"]), vec![], None);
+    let mut h = Box::<StageHist>::default();
+    for &d in &durs {
+        spans.record_span(&span(0, 10 * S, d));
+        h.count += 1;
+        h.sum_ns += d;
+        h.self_ns += d;
+        h.bins[agg_bin(d)] += 1;
+    }
+    let mut reads = KernelReads::new(1);
+    kernel.record_kernel(0, 10 * S, &reads.delta(0, h));
+    let (s, k) = (spans.totals()[0].1, kernel.totals()[0].1);
+    assert_eq!((k.count, k.mean_ns), (s.count, s.mean_ns));
+    for (sv, kv) in [
+        (s.p50_ns, k.p50_ns),
+        (s.p90_ns, k.p90_ns),
+        (s.p99_ns, k.p99_ns),
+        (s.p999_ns, k.p999_ns),
+    ] {
+        let err = (sv as f64 - kv as f64).abs() / sv as f64;
+        assert!(err <= 1.0 / 128.0 + 0.001, "{sv} vs {kv}");
+    }
+    // The windows see them too, at the read's time.
+    let snap = kernel.snapshot(Window::S1, 10 * S + MS, 0, 0, 0);
+    assert_eq!(snap.stages[0].latency.count, 5000);
+    assert_eq!(snap.stages[0].self_ns, durs.iter().sum::<u64>());
+}

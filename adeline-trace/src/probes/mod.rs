@@ -35,6 +35,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
+pub mod aggregation;
 pub mod alloc;
 pub mod attach;
 pub mod follow;
@@ -236,6 +237,9 @@ pub struct ProbeOptions {
     pub python_window: Option<(Duration, Duration)>,
     /// USDT gauges: how each site decodes its value (index = cookie).
     pub usdt_args: Vec<UsdtArgSpec>,
+    /// In-kernel aggregation: the number of stages whose calls may be
+    /// aggregated (0: off).
+    pub aggregate_stages: u32,
 }
 
 /// Checks the effective capabilities: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
@@ -283,6 +287,8 @@ pub struct Probes {
     pub profile: Option<ProfileMaps>,
     /// Windowed Python mode: the Python probes' own links.
     python: Option<python::Windows>,
+    /// In-kernel aggregation's maps (None when off).
+    pub aggregation: Option<aggregation::AggMaps>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> ProbeError {
@@ -325,6 +331,7 @@ impl Probes {
             .as_ref()
             .map_or(0u32, |p| p.patterns.len() as u32);
         let alloc_globals = alloc::Globals::new(opts.alloc.as_ref());
+        let aggregate = u32::from(opts.aggregate_stages > 0);
         let mut loader = EbpfLoader::new();
         // THREADS is a task-storage map, which aya creates but has no type for.
         loader
@@ -334,6 +341,8 @@ impl Probes {
             .override_global("FRAME_STAGE", &frame_stage, true)
             .override_global("READ_RETURN_ADDRESS", &read_return, true)
             .override_global("PY_NPATTERNS", &py_npatterns, true)
+            .override_global("AGGREGATE", &aggregate, true)
+            .map_max_entries("STAGE_AGG", opts.aggregate_stages.max(1))
             .map_max_entries("EVENTS", opts.ring_bytes);
         alloc_globals.configure(&mut loader);
         let profile_globals = profile::Globals::new(opts.profile.as_ref());
@@ -434,7 +443,12 @@ impl Probes {
             Some(spec) => Some(AllocMaps::take(&mut ebpf, spec.clone())?),
             None => None,
         };
+        let aggregation = match opts.aggregate_stages {
+            0 => None,
+            _ => Some(aggregation::AggMaps::take(&mut ebpf)?),
+        };
         Ok(Probes {
+            aggregation,
             ring,
             counters,
             alloc,

@@ -5,6 +5,7 @@ mod agent;
 mod alert;
 mod attach;
 mod emulation;
+mod footprint;
 mod memory;
 mod overhead;
 mod profile;
@@ -137,6 +138,19 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// Agent RSS over a steady load on 50 and 500 stages, with records
+    /// and with --no-spans (goal <= 40 MB at 50 stages). Root.
+    Footprint {
+        /// Stage counts (1..500), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "50,500")]
+        stages: Vec<usize>,
+        /// Minutes per run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Calls per second in all, spread round-robin over the stages.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+    },
     /// Python stages: ns per Python call (stage and non-stage) untraced and
     /// traced, and the fixture pipeline's slowdown per mode. Root.
     Python {
@@ -186,6 +200,11 @@ pub fn run(what: Bench) -> Result<i32> {
             perf_max,
             no_bpftrace,
         } => attach::attach(&sizes, runs.max(1), perf_max, !no_bpftrace),
+        Bench::Footprint {
+            stages,
+            minutes,
+            rate,
+        } => footprint::footprint(&stages, minutes, rate.max(1)),
         Bench::Python {
             runs,
             calls,

@@ -55,14 +55,18 @@ enum Config {
     /// adeline-trace with `--exit-probes ret`: exit-instruction probes
     /// (exception-safe) instead of the uretprobe trampoline.
     AdelineRet,
+    /// adeline-trace with in-kernel aggregation (`--no-spans
+    /// --aggregate-above 0`): no record per call.
+    AdelineAgg,
     Bpftrace,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [
+    const ALL: [Config; 5] = [
         Config::Untraced,
         Config::Adeline,
         Config::AdelineRet,
+        Config::AdelineAgg,
         Config::Bpftrace,
     ];
 
@@ -71,13 +75,17 @@ impl Config {
             Config::Untraced => "untraced",
             Config::Adeline => "adeline-trace",
             Config::AdelineRet => "adeline-trace --exit-probes ret",
+            Config::AdelineAgg => "adeline-trace --no-spans (in-kernel aggregation)",
             Config::Bpftrace => "bpftrace (hist)",
         }
     }
 
     /// Runs the agent and checks its spans.
     fn is_adeline(self) -> bool {
-        matches!(self, Config::Adeline | Config::AdelineRet)
+        matches!(
+            self,
+            Config::Adeline | Config::AdelineRet | Config::AdelineAgg
+        )
     }
 
     fn uses_bpftrace(self) -> bool {
@@ -239,12 +247,15 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
             c.arg(func).arg(calls.to_string());
             c
         }
-        Config::Adeline | Config::AdelineRet => {
+        Config::Adeline | Config::AdelineRet | Config::AdelineAgg => {
             let mut c = Command::new(&paths.agent);
             // No API: the default port may be taken by another agent.
             c.args(["run", "--no-api"]);
             if config == Config::AdelineRet {
                 c.args(["--exit-probes", "ret"]);
+            }
+            if config == Config::AdelineAgg {
+                c.args(["--no-spans", "--aggregate-above", "0"]);
             }
             c.args(["--stage", &stage, "-o"]);
             let _ = std::fs::remove_file(&spans_file);
@@ -285,11 +296,22 @@ fn run_one(paths: &Paths, config: Config, func: &str, calls: u64) -> Result<Samp
     if config.is_adeline() {
         let text = std::fs::read_to_string(&spans_file)
             .with_context(|| format!("reading {}", spans_file.display()))?;
-        spans = Some(
-            text.lines()
-                .filter(|l| l.contains("\"type\":\"span\""))
-                .count() as u64,
-        );
+        let summary = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"type\":\"summary\""));
+        // Aggregated: no span lines; the summary's count is the calls seen.
+        spans = match config {
+            Config::AdelineAgg => summary
+                .and_then(|l| l.split("\"stages\":").nth(1))
+                .and_then(|l| json_number(l, "count"))
+                .map(|c| c as u64),
+            _ => Some(
+                text.lines()
+                    .filter(|l| l.contains("\"type\":\"span\""))
+                    .count() as u64,
+            ),
+        };
         drops = text
             .lines()
             .rev()
@@ -423,6 +445,8 @@ fn report(
         "\nCommands (BIN = the fixture, FN = the function, N = calls/run):\n\n\
          - untraced: `BIN FN N`\n\
          - adeline-trace: `adeline-trace run --no-api --stage FN=BIN:FN -o target/bench/adeline-FN.jsonl -- BIN FN N`\n\
+         - in-kernel aggregation: the same with `--no-spans --aggregate-above 0` (the \
+         check column then compares the summary's count with the calls)\n\
          - bpftrace (hist): `bpftrace -e 'uprobe:BIN:FN {{ @s[tid] = nsecs; }} \
          uretprobe:BIN:FN /@s[tid]/ {{ @h = hist(nsecs - @s[tid]); delete(@s[tid]); }}' -c 'BIN FN N'`"
     );
@@ -460,6 +484,41 @@ fn report(
             show(ratio(&medians, fi, Config::Adeline, Config::Bpftrace)),
             extra(Config::Adeline),
             extra(Config::Bpftrace),
+        );
+    }
+    // In-kernel aggregation against spans and bpftrace: ns per call (the
+    // traced process's CPU) and tracer CPU per call (start-up included).
+    let _ = writeln!(
+        out,
+        "\n| function | traced - untraced, ns (CPU): spans | aggregation | bpftrace | tracer CPU per call, ns: spans | aggregation | bpftrace |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for (fi, &(func, _)) in FUNCTIONS.iter().enumerate() {
+        let extra = |c: Config| match (idx(c), idx(Config::Untraced)) {
+            (Some(c), Some(u)) => fmt_ns(cpu_medians[fi][c] - cpu_medians[fi][u]),
+            _ => "-".to_string(),
+        };
+        let tracer = |c: Config| match idx(c) {
+            Some(ci) => {
+                let ns = median(
+                    samples[fi][ci]
+                        .iter()
+                        .filter_map(|s| s.tracer_cpu_ns)
+                        .collect(),
+                );
+                fmt_ns(ns / n_calls[fi] as f64)
+            }
+            None => "-".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| `{func}` | {} | {} | {} | {} | {} | {} |",
+            extra(Config::Adeline),
+            extra(Config::AdelineAgg),
+            extra(Config::Bpftrace),
+            tracer(Config::Adeline),
+            tracer(Config::AdelineAgg),
+            tracer(Config::Bpftrace),
         );
     }
     out
