@@ -257,24 +257,11 @@ fn placement_fixture() {
 }
 
 #[test]
-fn profile_split_fixture() {
+fn profile_split() {
     if !require_bpf() {
         return;
     }
-    // The flags of suite/profile.rs.
-    let exe = small_fixture(
-        "profile-split",
-        "profile/split.c",
-        "gcc",
-        &[
-            "-O2",
-            "-g",
-            "-pthread",
-            "-fno-omit-frame-pointer",
-            "-mno-omit-leaf-frame-pointer",
-            "-fno-optimize-sibling-calls",
-        ],
-    );
+    let exe = profile_split_fixture();
     // "calls" is how many 10 ms calls fit in the 0.3 s run: timing.
     let got = compare(
         "split",
