@@ -426,6 +426,25 @@ pub fn run_captured(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String
     )
 }
 
+/// The profiler fixture (tests/fixtures/profile/split.c, `split MODE
+/// SECONDS [GO_FILE]`), built with frame pointers into
+/// `<target>/fixtures/profile-split`.
+pub fn profile_split_fixture() -> PathBuf {
+    small_fixture(
+        "profile-split",
+        "profile/split.c",
+        "gcc",
+        &[
+            "-O2",
+            "-g",
+            "-pthread",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+            "-fno-optimize-sibling-calls",
+        ],
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Many-functions fixture
 

@@ -5,30 +5,9 @@
 //! profile and its link. Accuracy numbers are benchmarks (`cargo xtask
 //! bench profile`); the bounds here are loose enough for a shared 2-CPU
 //! machine.
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use adeline_trace_tests::*;
-
-/// The fixture, built once per test process.
-fn split_fixture() -> PathBuf {
-    small_fixture(
-        "profile-split",
-        "profile/split.c",
-        "gcc",
-        &[
-            "-O2",
-            "-g",
-            "-pthread",
-            "-fno-omit-frame-pointer",
-            "-mno-omit-leaf-frame-pointer",
-            "-fno-optimize-sibling-calls",
-        ],
-    )
-}
 
 /// Runs the agent on `split MODE SECONDS` with `--profile HZ`, the given
 /// stages and extra flags; returns the folded profile and the output.
@@ -39,7 +18,7 @@ fn profile_run(
     stages: &[&str],
     extra: &[&str],
 ) -> (Vec<(String, u64)>, AgentOutput) {
-    let exe = split_fixture();
+    let exe = profile_split_fixture();
     let dir = scratch_dir("profile");
     let out = dir.join("profile.folded");
     let mut args: Vec<String> = vec!["run".into(), "--no-api".into(), "--no-spans".into()];
@@ -400,7 +379,7 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
 
 /// The agent on `split MODE 600` with the API on a free port.
 fn live_agent(mode: &str, stages: &[&str], extra: &[&str]) -> (Agent, u16) {
-    let exe = split_fixture();
+    let exe = profile_split_fixture();
     let port = free_port();
     let mut args: Vec<String> = vec![
         "run".into(),
