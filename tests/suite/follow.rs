@@ -274,6 +274,14 @@ fn sighup_reloads_the_config_keeping_what_was_counted() {
     run_to_end(&prog, &["7"]);
 
     // A bad config is refused with one line; the running one goes on.
+    // The previous reload's stderr line is written before its record, but
+    // read by another thread: wait for it so it is not taken for this one's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.stderr_so_far().contains("1 changed, 0 unchanged")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = agent.stderr_so_far();
     reload(&agent, &config, "stage = [");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
