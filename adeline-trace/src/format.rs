@@ -154,6 +154,22 @@ fn fixed3(v: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// Joins an error and its sources into one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let msg = inner.to_string();
+        // Some errors already print their source; do not repeat it.
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

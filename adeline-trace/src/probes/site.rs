@@ -110,17 +110,4 @@ pub enum ProbeError {
 }
 
 /// Joins an error and its sources into one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let msg = inner.to_string();
-        // Some errors already print their source; do not repeat it.
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = inner.source();
-    }
-    s
-}
+pub(crate) use crate::format::error_chain as chain;

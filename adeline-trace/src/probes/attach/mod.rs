@@ -148,7 +148,7 @@ impl ProgramLoader {
             None => {
                 let err = |e: &dyn std::error::Error| AttachError::Load {
                     program: name.to_string(),
-                    reason: error_chain(e),
+                    reason: crate::format::error_chain(e),
                 };
                 let prog: &mut UProbe = ebpf
                     .program_mut(name)
@@ -201,20 +201,6 @@ impl LoadedUprobe {
     ) -> Result<UprobeLink, AttachError> {
         attach(self.mode, self.fd.as_fd(), path, sites, pid, self.direction)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let msg = inner.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 /// One site: a file offset, the cookie the program reads, and the file
