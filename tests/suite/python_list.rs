@@ -99,9 +99,29 @@ fn without_a_process_it_says_what_can_be_listed() {
             note.starts_with("Python functions exist only in a running interpreter: give -p PID"),
             "{note}"
         );
+        // The probe sites a stage would use: calls enter and leave somewhere.
+        let sites = v["sites"].as_array().expect("sites[]");
+        for role in ["entry", "exit"] {
+            assert!(sites.iter().any(|s| s["role"] == role), "no {role} site: {v}");
+        }
         let out = Agent::run(&["list", "--python", &python], Duration::from_secs(60));
         assert!(out.status.success());
         assert!(out.stderr.contains("give -p PID"), "{}", out.stderr);
+        assert!(
+            out.stdout
+                .contains(&format!("{} eval-loop probe sites", sites.len())),
+            "{}",
+            out.stdout
+        );
+        for s in sites {
+            let (address, what) = (s["address"].as_str().unwrap(), s["what"].as_str().unwrap());
+            assert!(address.starts_with("0x"), "{s}");
+            assert!(
+                out.stdout.lines().any(|l| l.contains(address) && l.contains(what)),
+                "site {s} not in:\n{}",
+                out.stdout
+            );
+        }
     }
     // Not a Python process: one line, exit 1.
     let mut sleeper = std::process::Command::new("sleep")

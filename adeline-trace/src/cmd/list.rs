@@ -161,6 +161,8 @@ struct PythonListing<'a> {
     interpreter: String,
     version: String,
     layout: &'static str,
+    /// The eval-loop probe sites a Python stage attaches to.
+    sites: Vec<PySiteRow>,
     /// None without a process: functions exist only in a running one.
     pid: Option<u32>,
     functions: Option<Vec<&'a PyFunction>>,
@@ -172,6 +174,38 @@ struct PythonListing<'a> {
     incomplete: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
+}
+
+/// One eval-loop probe site, as `list --python` shows it.
+#[derive(Serialize)]
+struct PySiteRow {
+    /// Virtual address in the interpreter's file (hex).
+    address: String,
+    /// Its offset in the file (hex), what a uprobe is placed by.
+    offset: Option<String>,
+    /// "entry" (a call starts or resumes) or "exit" (it returns, raises
+    /// or suspends).
+    role: &'static str,
+    what: String,
+    /// Whether the kernel emulates the probed instruction (else it is
+    /// single-stepped, ~10x the cost per hit).
+    emulated: bool,
+}
+
+impl PySiteRow {
+    fn new(interp: &Interpreter, s: &crate::python::sites::Site) -> PySiteRow {
+        use adeline_trace_common::python::{PY_ROLE_ENTRY, PY_ROLE_ENTRY_310};
+        PySiteRow {
+            address: format!("{:#x}", s.vaddr),
+            offset: interp.image.file_offset(s.vaddr).map(|o| format!("{o:#x}")),
+            role: match s.role {
+                PY_ROLE_ENTRY | PY_ROLE_ENTRY_310 => "entry",
+                _ => "exit",
+            },
+            what: s.what.clone(),
+            emulated: s.emulated,
+        }
+    }
 }
 
 /// `list --python`: the functions of process `-p` (TARGET: its
@@ -215,6 +249,11 @@ fn python(args: &ListArgs) -> Result<()> {
             interpreter: interp.path.display().to_string(),
             version: interp.version.to_string(),
             layout: interp.layout_source,
+            sites: interp
+                .sites
+                .iter()
+                .map(|s| PySiteRow::new(&interp, s))
+                .collect(),
             pid: args.pid,
             functions: functions.clone(),
             objects: listing.as_ref().map(|l| l.objects),
@@ -233,6 +272,10 @@ fn python(args: &ListArgs) -> Result<()> {
     );
     let (Some(listing), Some(functions)) = (&listing, functions) else {
         println!("{what}: {} eval-loop probe sites", interp.sites.len());
+        for s in interp.sites.iter().map(|s| PySiteRow::new(&interp, s)) {
+            let stepped = if s.emulated { "" } else { " (single-stepped)" };
+            println!("  {:<12} {:<5}  {}{stepped}", s.address, s.role, s.what);
+        }
         eprintln!("{}", note.unwrap_or_default());
         return Ok(());
     };

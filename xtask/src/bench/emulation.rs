@@ -13,13 +13,12 @@
 //! own events are created and removed (`-:GROUP/EVENT`), never the whole
 //! uprobe_events file. Needs root and tracefs.
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
+use super::tracefs::{self, Events};
 use super::{build_c_fixture, fmt_ns, json_number, median};
 use crate::target_dir;
 
@@ -66,7 +65,7 @@ pub(crate) fn emulation(runs: usize) -> Result<i32> {
     build_c_fixture("emulation", &fixture)?;
     let fixture = fixture.canonicalize()?;
     let addresses = symbols(&fixture)?;
-    let tracefs = tracefs()?;
+    let tracefs = tracefs::root()?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -86,14 +85,14 @@ pub(crate) fn emulation(runs: usize) -> Result<i32> {
                 .1
                 + within;
             untraced[i].push(run(&fixture, func)?);
-            let probe = Probe::new(&tracefs, &fixture, offset, false)?;
+            let probe = Events::new(&tracefs, &fixture, &[("p", offset)])?;
             entry[i].push(run(&fixture, func)?);
-            hits[i].0 = probe.hits()?.0;
+            hits[i].0 = probe.hits()?[0];
             drop(probe);
             if ret {
-                let probe = Probe::new(&tracefs, &fixture, offset, true)?;
+                let probe = Events::new(&tracefs, &fixture, &[("p", offset), ("r", offset)])?;
                 both[i].push(run(&fixture, func)?);
-                hits[i].1 = probe.hits()?.1;
+                hits[i].1 = probe.hits()?[1];
             }
             eprintln!(
                 "bench emulation [run {}/{runs}] {label:<34} {:>8} ns/call with a uprobe",
@@ -197,88 +196,4 @@ fn symbols(bin: &Path) -> Result<Vec<(String, u64)>> {
         bail!("the fixture's text segment is not mapped at file offset = address");
     }
     Ok(v)
-}
-
-fn tracefs() -> Result<PathBuf> {
-    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        let p = PathBuf::from(p);
-        if p.join("uprobe_events").exists() {
-            return Ok(p);
-        }
-    }
-    bail!("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing), or not root")
-}
-
-/// One probed instruction: `p:` (and `r:`) events in a private group and
-/// instance, removed again on drop.
-struct Probe {
-    tracefs: PathBuf,
-    group: String,
-    events: Vec<String>,
-}
-
-impl Probe {
-    fn new(tracefs: &Path, bin: &Path, offset: u64, ret: bool) -> Result<Probe> {
-        let group = format!("adeline_emu_{}", std::process::id());
-        let mut probe = Probe {
-            tracefs: tracefs.to_path_buf(),
-            group: group.clone(),
-            events: Vec::new(),
-        };
-        let mut kinds = vec![("p", "e")];
-        if ret {
-            kinds.push(("r", "r"));
-        }
-        for (kind, name) in kinds {
-            let event = format!("{name}{}", std::process::id());
-            probe.write(
-                "uprobe_events",
-                &format!("{kind}:{group}/{event} {}:{offset:#x}\n", bin.display()),
-            )?;
-            probe.events.push(event);
-        }
-        let instance = tracefs.join("instances").join(&group);
-        if !instance.exists() {
-            std::fs::create_dir(&instance).context("creating a tracefs instance")?;
-        }
-        probe.write(&format!("instances/{group}/events/{group}/enable"), "1\n")?;
-        Ok(probe)
-    }
-
-    fn write(&self, file: &str, line: &str) -> Result<()> {
-        let path = self.tracefs.join(file);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        f.write_all(line.as_bytes())
-            .with_context(|| format!("writing '{}' to {}", line.trim(), path.display()))
-    }
-
-    /// Hits of the entry and the return event (uprobe_profile).
-    fn hits(&self) -> Result<(u64, u64)> {
-        let text = std::fs::read_to_string(self.tracefs.join("uprobe_profile"))?;
-        let count = |event: Option<&String>| {
-            event
-                .and_then(|e| {
-                    text.lines().find_map(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        (f.len() == 3 && f[1] == e).then(|| f[2].parse().ok())?
-                    })
-                })
-                .unwrap_or(0)
-        };
-        Ok((count(self.events.first()), count(self.events.get(1))))
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        let group = self.group.clone();
-        let _ = self.write(&format!("instances/{group}/events/{group}/enable"), "0\n");
-        for e in std::mem::take(&mut self.events) {
-            let _ = self.write("uprobe_events", &format!("-:{group}/{e}\n"));
-        }
-        let _ = std::fs::remove_dir(self.tracefs.join("instances").join(&group));
-    }
 }

@@ -11,6 +11,7 @@ mod overhead;
 mod profile;
 mod python;
 mod soak;
+mod tracefs;
 
 use std::fs::File;
 use std::path::Path;
@@ -163,6 +164,10 @@ pub enum Bench {
         /// Frames of the fixture pipeline per run.
         #[arg(long, default_value_t = 300)]
         frames: u64,
+        /// Untraced length of the windowed-mode runs, seconds (several
+        /// periods of the 30 s default).
+        #[arg(long, default_value_t = 60)]
+        window_seconds: u64,
     },
 }
 
@@ -209,7 +214,13 @@ pub fn run(what: Bench) -> Result<i32> {
             runs,
             calls,
             frames,
-        } => python::python(runs.max(1), calls.max(1), frames.max(1)),
+            window_seconds,
+        } => python::python(
+            runs.max(1),
+            calls.max(1),
+            frames.max(1),
+            window_seconds.max(1),
+        ),
     }
 }
 
