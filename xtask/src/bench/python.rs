@@ -220,10 +220,14 @@ pub fn python(runs: usize, calls: u64, frames: u64, window_seconds: u64) -> Resu
             pycalls.display().to_string(),
             calls.to_string(),
         ];
-        let stage = vec![
-            "--stage".to_string(),
-            format!("s=python:{exe_s}:pycalls.py:bench_stage"),
-        ];
+        let stage = [
+            "--stage",
+            &format!("s=python:{exe_s}:pycalls.py:bench_stage"),
+            "--python-window",
+            "always",
+        ]
+        .map(String::from)
+        .to_vec();
         let (file, offsets) = sites(&exe_s)?;
         let probes: Vec<(&str, u64)> = offsets.iter().map(|&o| ("p", o)).collect();
         let modes = [
