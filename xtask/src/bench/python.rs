@@ -151,26 +151,30 @@ fn pipeline_stages(py: &str) -> Vec<String> {
     .collect()
 }
 
-/// Runs `c` and returns the pipeline's frame-loop time from its report, ns.
-fn frame_loop_ns(c: &mut Command, report: &Path, work: &Path) -> Result<f64> {
+/// Runs `c` and returns the pipeline's frame-loop wall and CPU time
+/// (the whole process, traps included) from its report, ns.
+fn frame_loop_ns(c: &mut Command, report: &Path, work: &Path) -> Result<(f64, f64)> {
     run_captured(c, work)?;
-    let text = std::fs::read_to_string(report)?;
-    json_number(&text.replace([' ', '\n'], ""), "elapsed_ns")
-        .context("no elapsed_ns in the pipeline's report")
+    let text = std::fs::read_to_string(report)?.replace([' ', '\n'], "");
+    let get = |key| {
+        json_number(&text, key).with_context(|| format!("no {key} in the pipeline's report"))
+    };
+    Ok((get("elapsed_ns")?, get("cpu_ns")?))
 }
 
 /// Runs each mode `runs` times, interleaved; the pipeline's frame-loop
-/// times per mode. A mode is None (untraced) or a `--python-window` value.
+/// (wall, CPU) times per mode. A mode is None (untraced) or a
+/// `--python-window` value.
 fn pipeline_modes(
     py: &str,
     frames: u64,
     modes: &[Option<&str>],
     runs: usize,
     work: &Path,
-) -> Result<Vec<Vec<f64>>> {
+) -> Result<Vec<Vec<(f64, f64)>>> {
     let report = work.join("report.json");
     let cmd = pipeline(py, frames, &report);
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut times: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
     for _ in 0..runs {
         for (i, window) in modes.iter().enumerate() {
             let mut c = match window {
@@ -187,14 +191,23 @@ fn pipeline_modes(
     Ok(times)
 }
 
-/// Table cells: median time and its ratio to the first mode's.
-fn cells(times: &[Vec<f64>]) -> String {
-    let base = median(times[0].clone());
+/// Table cells: median wall time and its ratio to the first mode's, and
+/// the same ratio of CPU time.
+fn cells(times: &[Vec<(f64, f64)>]) -> String {
+    let med = |t: &Vec<(f64, f64)>, cpu: bool| {
+        median(t.iter().map(|x| if cpu { x.1 } else { x.0 }).collect())
+    };
+    let (wall, cpu) = (med(&times[0], false), med(&times[0], true));
     times
         .iter()
         .map(|t| {
-            let m = median(t.clone());
-            format!("{:.2} s ({:.3}x)", m / 1e9, m / base)
+            let w = med(t, false);
+            format!(
+                "{:.2} s ({:.3}x), CPU {:.3}x",
+                w / 1e9,
+                w / wall,
+                med(t, true) / cpu
+            )
         })
         .collect::<Vec<_>>()
         .join(" | ")
@@ -302,7 +315,7 @@ pub fn python(runs: usize, calls: u64, frames: u64, window_seconds: u64) -> Resu
         let times = pipeline_modes(&py, frames, &[None, Some("always")], runs, &work)?;
         println!("| {label} | {} |", cells(&times));
         if windowed_py.is_none() {
-            windowed_py = Some((label, py, median(times[0].clone())));
+            windowed_py = Some((label, py, median(times[0].iter().map(|x| x.0).collect())));
         }
     }
     let Some((label, py, untraced_ns)) = windowed_py else {
