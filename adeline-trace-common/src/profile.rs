@@ -151,4 +151,66 @@ pub const PCOUNTER_OFF_CPU_SHORT: u32 = 3;
 /// Samples of a known CPython process whose thread state was not found
 /// (no per-thread state yet, or an unreadable one).
 pub const PCOUNTER_PY_NO_TSTATE: u32 = 4;
-pub const PCOUNTERS: u32 = 5;
+/// Off-CPU intervals of traced threads that ended, recorded or not (the
+/// sampled ones are `PCOUNTER_OFF_CPU`).
+pub const PCOUNTER_OFF_CPU_SEEN: u32 = 5;
+pub const PCOUNTERS: u32 = 6;
+
+/// Off-CPU sampling: an interval's probability of being recorded, in
+/// units of 1/`OFF_CPU_PI_ONE` (the kernel draws it when the thread
+/// leaves the CPU, from the thread's recent intervals; a recorded
+/// interval's times are divided by it, so the expected total is the true
+/// one).
+pub const OFF_CPU_PI_ONE: u32 = 1 << 16;
+/// The lowest probability: 1/64 (a thread whose intervals are all short
+/// still gets one in 64 recorded, so a rare long one is not lost for long).
+pub const OFF_CPU_PI_MIN: u32 = OFF_CPU_PI_ONE / 64;
+
+/// The probability, in 1/`OFF_CPU_PI_ONE`, of recording an off-CPU
+/// interval of a thread whose recent intervals average `avg_ns` (0: none
+/// yet) at sampling period `period_ns`: the expected share of a sampling
+/// period the interval covers, so a thread off the CPU is recorded about as
+/// often as an on-CPU thread is sampled; 1 for intervals of a period or
+/// more, and for a thread's first one.
+pub const fn off_cpu_probability(avg_ns: u64, period_ns: u64) -> u32 {
+    if avg_ns == 0 || period_ns == 0 || avg_ns >= period_ns {
+        return OFF_CPU_PI_ONE;
+    }
+    // avg_ns < period_ns; past 2^48 the period is above 2^48 too: scale it
+    // down instead of the average up (the product would overflow).
+    // (checked_div: no panic path, which a BPF program cannot hold).
+    let p = if avg_ns > (u64::MAX >> 16) {
+        avg_ns.checked_div(period_ns >> 16)
+    } else {
+        (avg_ns << 16).checked_div(period_ns)
+    };
+    let Some(p) = p else {
+        return OFF_CPU_PI_ONE;
+    };
+    if p < OFF_CPU_PI_MIN as u64 {
+        OFF_CPU_PI_MIN
+    } else if p >= OFF_CPU_PI_ONE as u64 {
+        OFF_CPU_PI_ONE
+    } else {
+        p as u32
+    }
+}
+
+/// A recorded interval's time `ns` divided by its probability `pi`.
+pub const fn off_cpu_weight(ns: u64, pi: u32) -> u64 {
+    if pi >= OFF_CPU_PI_ONE {
+        return ns;
+    }
+    let w = if ns > (u64::MAX >> 16) {
+        match ns.checked_div(pi as u64) {
+            Some(w) => Some(w.saturating_mul(OFF_CPU_PI_ONE as u64)),
+            None => None,
+        }
+    } else {
+        (ns << 16).checked_div(pi as u64)
+    };
+    match w {
+        Some(w) => w,
+        None => ns,
+    }
+}

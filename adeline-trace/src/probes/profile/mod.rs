@@ -12,8 +12,8 @@ use std::{
 };
 
 use adeline_trace_common::profile::{
-    PyProc, PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE,
-    PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
+    PyProc, PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SEEN, PCOUNTER_OFF_CPU_SHORT,
+    PCOUNTER_PY_NO_TSTATE, PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
 };
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
@@ -132,8 +132,10 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 pub struct ProfileCounters {
     /// On-CPU samples taken of traced threads.
     pub samples: u64,
-    /// Off-CPU intervals recorded.
+    /// Off-CPU intervals recorded (sampled).
     pub off_cpu: u64,
+    /// Off-CPU intervals of traced threads, recorded or not.
+    pub off_cpu_seen: u64,
     /// Samples and intervals lost: the ring buffer was full.
     pub ring_full: u64,
     /// Off-CPU intervals shorter than the minimum.
@@ -263,6 +265,7 @@ impl ProfileMaps {
         Ok(ProfileCounters {
             samples: out[PCOUNTER_SAMPLES as usize],
             off_cpu: out[PCOUNTER_OFF_CPU as usize],
+            off_cpu_seen: out[PCOUNTER_OFF_CPU_SEEN as usize],
             ring_full: out[PCOUNTER_RING_FULL as usize],
             off_cpu_short: out[PCOUNTER_OFF_CPU_SHORT as usize],
             py_no_tstate: out[PCOUNTER_PY_NO_TSTATE as usize],
@@ -327,6 +330,10 @@ impl ProfileMaps {
 
 #[cfg(test)]
 mod tests {
+    use adeline_trace_common::profile::{
+        off_cpu_probability, off_cpu_weight, OFF_CPU_PI_MIN, OFF_CPU_PI_ONE,
+    };
+
     use super::*;
 
     #[test]
@@ -335,5 +342,24 @@ mod tests {
         assert!(me.is_some());
         assert_eq!(start_time(std::process::id()), me);
         assert_eq!(start_time(u32::MAX), None);
+    }
+
+    #[test]
+    fn probability_is_the_share_of_a_period() {
+        let period = 10_000_000;
+        assert_eq!(off_cpu_probability(0, period), OFF_CPU_PI_ONE);
+        assert_eq!(off_cpu_probability(period, period), OFF_CPU_PI_ONE);
+        assert_eq!(off_cpu_probability(5 * period, period), OFF_CPU_PI_ONE);
+        assert_eq!(off_cpu_probability(period / 4, period), OFF_CPU_PI_ONE / 4);
+        assert_eq!(off_cpu_probability(1_000, period), OFF_CPU_PI_MIN);
+        assert_eq!(off_cpu_probability(1 << 60, 1 << 62), OFF_CPU_PI_ONE / 4);
+    }
+
+    #[test]
+    fn weight_undoes_the_probability() {
+        assert_eq!(off_cpu_weight(1_500_000, OFF_CPU_PI_ONE), 1_500_000);
+        assert_eq!(off_cpu_weight(1_500_000, OFF_CPU_PI_ONE / 4), 6_000_000);
+        assert_eq!(off_cpu_weight(1_000, OFF_CPU_PI_MIN), 64_000);
+        assert_eq!(off_cpu_weight(u64::MAX / 2, 2), u64::MAX);
     }
 }
