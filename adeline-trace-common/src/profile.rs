@@ -7,7 +7,8 @@
 //! (u64 each, innermost first); it is submitted with only the frames it
 //! holds (variable size).
 //!
-//! A Python frame is the address of its code object, with
+//! A Python frame is the address of its code object and the instruction
+//! it is at ([`py_code`], [`py_instr`]), with
 //! [`PY_LAST_OF_EVAL`] set on the outermost frame that one C call of the
 //! interpreter's eval loop runs (what the agent needs to put each group of
 //! Python frames in place of its `_PyEval_EvalFrameDefault` native frame).
@@ -46,8 +47,27 @@ pub const PY_LAST_OF_EVAL: u64 = 1 << 63;
 /// (3.12+, owned by the C stack): the frame before it was that call's
 /// outermost one.
 pub const PY_CSTACK_ENTRY: u64 = 1 << 62;
-/// The flag bits of a Python frame value (the rest is the code object).
-pub const PY_FRAME_FLAGS: u64 = PY_LAST_OF_EVAL | PY_CSTACK_ENTRY;
+/// The bits of a Python frame value that hold its code object (a user
+/// address, below 2^47 on x86-64).
+pub const PY_CODE_MASK: u64 = (1 << 47) - 1;
+/// Bits 47-61 of a Python frame value: 1 + the index (in code units) of the
+/// instruction the frame is at, 0 when unknown or past 2^15 - 2.
+pub const PY_INSTR_SHIFT: u32 = 47;
+/// The largest stored 1 + index.
+pub const PY_INSTR_MAX: u64 = (1 << 15) - 1;
+
+/// The code object of a Python frame value.
+pub const fn py_code(frame: u64) -> u64 {
+    frame & PY_CODE_MASK
+}
+
+/// The instruction index (code units) of a Python frame value, if known.
+pub const fn py_instr(frame: u64) -> Option<u32> {
+    match (frame >> PY_INSTR_SHIFT) & PY_INSTR_MAX {
+        0 => None,
+        i => Some(i as u32 - 1),
+    }
+}
 
 /// Fixed part of a sample record.
 #[repr(C)]
@@ -137,6 +157,13 @@ pub struct PyProc {
     pub entry_kind: u32,
     /// Offset of the byte `entry_kind` reads.
     pub entry_off: u32,
+    /// Frame + this: where the frame is in its code: 3.10 `f_lasti` (an
+    /// int, index in code units); 3.11+ a pointer to the instruction
+    /// (`prev_instr`, 3.13 `instr_ptr`).
+    pub frame_instr: u32,
+    /// Code object + this = its first instruction (3.11+
+    /// `co_code_adaptive`); 0: `frame_instr` is an index (3.10).
+    pub code_units: u32,
 }
 
 /// Per-CPU counters of the profiler (`PROFILE_COUNTERS`).

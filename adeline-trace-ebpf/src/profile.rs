@@ -36,9 +36,9 @@ use adeline_trace_common::{
         FRAME_SLOTS, KIND_SAMPLE, MAX_FRAMES, MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES,
         OFF_CPU_PI_ONE, PCOUNTERS as N_PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SEEN,
         PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE, PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
-        PY_CSTACK_ENTRY, PY_ENTRY_CSTACK_FRAME, PY_ENTRY_EVERY_FRAME, PY_ENTRY_FLAG,
-        PY_LAST_OF_EVAL, PY_OWNED_BY_CSTACK, SAMPLE_OFF_CPU, SAMPLE_ON_CPU, SAMPLE_PREEMPTED,
-        SAMPLE_USER_COMPLETE, SAMPLE_WOKEN,
+        PY_CODE_MASK, PY_CSTACK_ENTRY, PY_ENTRY_CSTACK_FRAME, PY_ENTRY_EVERY_FRAME, PY_ENTRY_FLAG,
+        PY_INSTR_MAX, PY_INSTR_SHIFT, PY_LAST_OF_EVAL, PY_OWNED_BY_CSTACK, SAMPLE_OFF_CPU,
+        SAMPLE_ON_CPU, SAMPLE_PREEMPTED, SAMPLE_USER_COMPLETE, SAMPLE_WOKEN,
     },
     ThreadCalls, MAX_DEPTH, NO_STAGE, OPEN_PYTHON,
 };
@@ -313,7 +313,9 @@ fn walk_python(buf: &mut SampleBuf, tgid: u32) {
         let Some(code) = read_user_u64(frame + p.frame_code as u64) else {
             break;
         };
-        buf.frames[(base + n) & (FRAME_SLOTS - 1)] = code | mark;
+        let instr = instr_index(p, frame, code);
+        buf.frames[(base + n) & (FRAME_SLOTS - 1)] =
+            (code & PY_CODE_MASK) | (instr << PY_INSTR_SHIFT) | mark;
         n += 1;
         match read_user_u64(frame + p.frame_previous as u64) {
             Some(prev) => frame = prev,
@@ -321,6 +323,32 @@ fn walk_python(buf: &mut SampleBuf, tgid: u32) {
         }
     }
     buf.header.n_py = n as u32;
+}
+
+/// 1 + the index (code units) of the instruction `frame` (running `code`)
+/// is at, or 0 when unknown.
+#[inline(always)]
+fn instr_index(p: &PyProc, frame: u64, code: u64) -> u64 {
+    let at = frame + p.frame_instr as u64;
+    let i = if p.code_units == 0 {
+        // SAFETY: a checked read of user memory (3.10 `f_lasti`, an int;
+        // -1 before the first instruction).
+        match unsafe { bpf_probe_read_user(at as *const i32) } {
+            Ok(i) if i >= 0 => i as u64 + 1,
+            _ => 0,
+        }
+    } else {
+        let first = code + p.code_units as u64;
+        match read_user_u64(at) {
+            Some(ptr) if ptr >= first => (ptr - first) / 2 + 1,
+            _ => 0,
+        }
+    };
+    if i > PY_INSTR_MAX {
+        0
+    } else {
+        i
+    }
 }
 
 /// The current thread's own Python thread state: `_PyRuntime`'s pthread

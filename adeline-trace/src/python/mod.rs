@@ -21,6 +21,7 @@ use crate::symbols::{process, TargetError};
 pub mod check;
 pub mod image;
 pub mod layout;
+pub mod lines;
 pub mod list;
 pub mod memory;
 pub mod pattern;

@@ -11,11 +11,17 @@ use adeline_trace_common::{
     python::PyLayout,
 };
 
-use super::{check::first_vaddr, image::Image, layout, memory, version_of, Version};
+use super::{
+    check::first_vaddr, image::Image, layout, lines::LineTable, memory, version_of, Version,
+};
 
 /// glibc x86-64 (2.36): `struct pthread`'s `specific_1stblock`, from the
 /// thread pointer.
 const GLIBC_TSD_OFF: u32 = 0x310;
+
+/// The longest line table read (bytes; a longer one is left out, its
+/// frames show their first line).
+pub const LINE_TABLE_MAX: usize = 1 << 16;
 
 /// Where a code object keeps its names (user-space reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +31,9 @@ pub struct CodeNames {
     pub filename: u64,
     /// `co_firstlineno` (an int).
     pub firstlineno: u64,
+    /// `co_linetable` (a bytes object) and its format.
+    pub linetable: u64,
+    pub lines: LineTable,
     /// Start of a compact ASCII string's characters.
     pub ascii_data: u64,
 }
@@ -39,17 +48,39 @@ pub struct Sampled {
     pub path: PathBuf,
 }
 
-/// Sampling offsets of one version: (`autoTSSkey._key` in `_PyRuntime`,
-/// entry marker kind and offset, `co_firstlineno`). Runtime-verified
-/// against each interpreter of the matrix (3.13 has no debug offset for
-/// the key).
-fn sampling_offsets(v: Version) -> Option<(u32, u32, u32, u64)> {
-    Some(match v.minor {
-        10 => (588, PY_ENTRY_EVERY_FRAME, 0, 40),
-        11 => (596, PY_ENTRY_FLAG, 68, 72),
-        12 => (1548, PY_ENTRY_CSTACK_FRAME, 70, 68),
-        13 => (2164, PY_ENTRY_CSTACK_FRAME, 70, 68),
+/// Sampling offsets of one version beyond the shared layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Offsets {
+    /// `autoTSSkey._key` in `_PyRuntime`.
+    tss_key: u32,
+    /// `PY_ENTRY_*` and the offset of the byte it reads.
+    entry_kind: u32,
+    entry_off: u32,
+    /// In the code object: `co_firstlineno`, `co_linetable`, and the first
+    /// instruction (`co_code_adaptive`, 3.11+; 0 on 3.10).
+    firstlineno: u64,
+    linetable: u64,
+    code_units: u32,
+}
+
+/// Sampling offsets of one version. Runtime-verified against each
+/// interpreter of the matrix (3.13 has no debug offset for the key); the
+/// first instruction is at the code type's `__basicsize__`.
+fn sampling_offsets(v: Version) -> Option<Offsets> {
+    let (tss_key, entry_kind, entry_off, firstlineno, linetable, code_units) = match v.minor {
+        10 => (588, PY_ENTRY_EVERY_FRAME, 0, 40, 120, 0),
+        11 => (596, PY_ENTRY_FLAG, 68, 72, 136, 184),
+        12 => (1548, PY_ENTRY_CSTACK_FRAME, 70, 68, 136, 192),
+        13 => (2164, PY_ENTRY_CSTACK_FRAME, 70, 68, 136, 200),
         _ => return None,
+    };
+    Some(Offsets {
+        tss_key,
+        entry_kind,
+        entry_off,
+        firstlineno,
+        linetable,
+        code_units,
     })
 }
 
@@ -93,28 +124,33 @@ impl Interpreters {
             let Some(bias) = memory::load_bias(pid, &path, k.first_vaddr) else {
                 continue;
             };
-            let Some((tss_key_off, entry_kind, entry_off, firstlineno)) =
-                sampling_offsets(k.version)
-            else {
+            let Some(o) = sampling_offsets(k.version) else {
                 continue;
             };
             let l = &k.layout;
             return Some(Sampled {
                 proc: PyProc {
                     runtime: k.runtime.wrapping_add(bias),
-                    tss_key_off,
+                    tss_key_off: o.tss_key,
                     tsd_off: GLIBC_TSD_OFF,
                     tstate_frame: l.tstate_frame,
                     cframe_frame: l.cframe_frame,
                     frame_code: l.frame_code,
                     frame_previous: l.frame_previous,
-                    entry_kind,
-                    entry_off,
+                    entry_kind: o.entry_kind,
+                    entry_off: o.entry_off,
+                    frame_instr: l.frame_instr,
+                    code_units: o.code_units,
                 },
                 names: CodeNames {
                     qualname: u64::from(l.code_qualname),
                     filename: u64::from(l.code_filename),
-                    firstlineno,
+                    firstlineno: o.firstlineno,
+                    linetable: o.linetable,
+                    lines: match o.code_units {
+                        0 => LineTable::Pep626,
+                        _ => LineTable::Locations,
+                    },
                     ascii_data: u64::from(l.str_ascii_data),
                 },
                 version: k.version,
