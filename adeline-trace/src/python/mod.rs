@@ -27,6 +27,7 @@ pub mod memory;
 pub mod pattern;
 pub mod sampling;
 pub mod sites;
+pub mod tsd;
 
 use image::Image;
 

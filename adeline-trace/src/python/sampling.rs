@@ -12,11 +12,12 @@ use adeline_trace_common::{
 };
 
 use super::{
-    check::first_vaddr, image::Image, layout, lines::LineTable, memory, version_of, Version,
+    check::first_vaddr, image::Image, layout, lines::LineTable, memory, tsd, version_of, Version,
 };
 
 /// glibc x86-64 (2.36): `struct pthread`'s `specific_1stblock`, from the
-/// thread pointer.
+/// thread pointer: assumed when the process's C library does not tell
+/// ([`tsd::offset_in`]).
 const GLIBC_TSD_OFF: u32 = 0x310;
 
 /// The longest line table read (bytes; a longer one is left out, its
@@ -46,6 +47,9 @@ pub struct Sampled {
     pub version: Version,
     /// The interpreter file (the executable or its libpython).
     pub path: PathBuf,
+    /// The C library `proc.tsd_off` was read from (None: not found, the
+    /// glibc 2.36 value is assumed).
+    pub tsd_from: Option<PathBuf>,
 }
 
 /// Sampling offsets of one version beyond the shared layout.
@@ -96,6 +100,17 @@ struct Known {
 #[derive(Default)]
 pub struct Interpreters {
     files: HashMap<(u64, u64), Option<Known>>,
+    /// C libraries read so far, by (device, inode): their thread-specific
+    /// data offset.
+    libcs: HashMap<(u64, u64), Option<u32>>,
+}
+
+/// Whether a mapped file's name looks like the C library.
+fn libc_named(path: &std::path::Path) -> bool {
+    path.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with("libc.so") || (n.starts_with("libc-") && n.ends_with(".so"))
+    })
 }
 
 /// Whether a mapped file's name looks like a CPython interpreter.
@@ -111,6 +126,7 @@ impl Interpreters {
     /// knows and its runtime is found in the process.
     pub fn process(&mut self, pid: u32) -> Option<Sampled> {
         let files = crate::symbols::process::mapped_files(pid).ok()?;
+        let (tsd_off, tsd_from) = self.tsd_offset(pid, &files);
         for file in files.iter().filter(|f| candidate(f)) {
             let path = PathBuf::from(format!("/proc/{pid}/root{}", file.display()));
             let Ok(meta) = std::fs::metadata(&path) else {
@@ -132,7 +148,7 @@ impl Interpreters {
                 proc: PyProc {
                     runtime: k.runtime.wrapping_add(bias),
                     tss_key_off: o.tss_key,
-                    tsd_off: GLIBC_TSD_OFF,
+                    tsd_off,
                     tstate_frame: l.tstate_frame,
                     cframe_frame: l.cframe_frame,
                     frame_code: l.frame_code,
@@ -155,9 +171,29 @@ impl Interpreters {
                 },
                 version: k.version,
                 path: file.clone(),
+                tsd_from,
             });
         }
         None
+    }
+
+    /// The thread-specific data offset of the C library `pid` maps, and
+    /// that library; the glibc 2.36 value and None when not found.
+    fn tsd_offset(&mut self, pid: u32, files: &[PathBuf]) -> (u32, Option<PathBuf>) {
+        for file in files.iter().filter(|f| libc_named(f)) {
+            let path = PathBuf::from(format!("/proc/{pid}/root{}", file.display()));
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let off = *self
+                .libcs
+                .entry((meta.dev(), meta.ino()))
+                .or_insert_with(|| tsd::offset_in(&path));
+            if let Some(off) = off {
+                return (off, Some(file.clone()));
+            }
+        }
+        (GLIBC_TSD_OFF, None)
     }
 }
 

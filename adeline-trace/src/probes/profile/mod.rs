@@ -301,7 +301,15 @@ impl ProfileMaps {
         self.python.insert(pid, found.proc, 0).ok()?;
         self.found.push((
             pid,
-            format!("CPython {}, {}", found.version, found.path.display()),
+            format!(
+                "CPython {}, {}; thread data {}",
+                found.version,
+                found.path.display(),
+                match &found.tsd_from {
+                    Some(libc) => format!("+{:#x} from {}", found.proc.tsd_off, libc.display()),
+                    None => format!("+{:#x} assumed (glibc 2.36)", found.proc.tsd_off),
+                }
+            ),
         ));
         Some(found)
     }
