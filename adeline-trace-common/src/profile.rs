@@ -29,8 +29,8 @@ pub const SAMPLE_USER_COMPLETE: u32 = 1;
 /// The thread left the CPU preempted (still runnable): all of its off-CPU
 /// time was a wait for a CPU.
 pub const SAMPLE_PREEMPTED: u32 = 2;
-/// A wake-up was seen: `weight_ns` ends at the wake-up, `wait_ns` runs from
-/// it to the switch back in.
+/// The thread waited for a CPU after its wake-up: `weight_ns` is the time
+/// blocked, `wait_ns` the wait after it (the thread's `run_delay`).
 pub const SAMPLE_WOKEN: u32 = 4;
 
 /// Most user frames walked (frame pointers) per sample.

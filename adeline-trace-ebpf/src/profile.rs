@@ -19,9 +19,9 @@
 //! thread leaves the CPU, its entry in `OFF_CPU` keeps the time; at its
 //! next switch-out the CPU's note says when it came back, which closes the
 //! interval (its weight is the whole time it was off: blocked, then waiting
-//! for a CPU). A `sched_wakeup` program notes when a blocked traced thread
-//! is woken: the interval is then blocked time up to the wake-up and a
-//! wait for a CPU after it.
+//! for a CPU). The thread's own `sched_info.run_delay` (the kernel's total
+//! of its waits for a CPU, read at both switch-outs) tells how much of it
+//! was a wait for a CPU after the wake-up: the rest was blocked.
 //!
 //! Off-CPU intervals are sampled: the stacks are taken (the costly part)
 //! for an interval with probability `off_cpu_probability` of the thread's
@@ -78,10 +78,11 @@ static SWITCH_HAS_STATE: u32 = 0;
 #[no_mangle]
 static TASK_FSBASE_OFF: u64 = 0;
 
-/// Offset of `pid` (the thread id) in `task_struct` (BTF); 0: unknown, no
-/// wake-up times (an interval's blocked time then runs to the switch-in).
+/// Offset of `sched_info.run_delay` (ns the thread waited for a CPU, in
+/// total) in `task_struct` (BTF); 0: unknown, an interval's blocked time
+/// then runs to the switch-in.
 #[no_mangle]
-static TASK_PID_OFF: u64 = 0;
+static TASK_RUN_DELAY_OFF: u64 = 0;
 
 /// CPython processes whose Python frames are walked, by tgid.
 #[map(name = "PROFILE_PY")]
@@ -107,8 +108,8 @@ pub struct OffCpu {
     pi: u32,
     /// When the open interval began.
     start_ns: u64,
-    /// When the open sampled interval's thread was woken (0: not yet).
-    woke_ns: u64,
+    /// The thread's `run_delay` when the open interval began.
+    run_delay: u64,
     /// Moving average of the thread's intervals (ns; 0: none yet).
     avg_ns: u64,
     /// The open sampled interval's record: header and stacks.
@@ -479,24 +480,23 @@ fn off_cpu_entry(tid: u32) -> Option<&'static mut OffCpu> {
     Some(unsafe { &mut *p })
 }
 
-/// Ends the sampled interval of `e` that the thread came back from at
-/// `ran_from` (`off` ns after it began): sends it, its times divided by
-/// its probability.
+/// Ends the sampled interval of `e` (`off` ns, of which `waited` for a
+/// CPU): sends it, its times divided by its probability.
 #[inline(always)]
-fn close_sampled(e: &mut OffCpu, off: u64, ran_from: u64) {
+fn close_sampled(e: &mut OffCpu, off: u64, waited: u64) {
     // SAFETY: read of a load-time constant.
     if off < unsafe { core::ptr::read_volatile(&OFF_CPU_MIN_NS) } {
         pbump(PCOUNTER_OFF_CPU_SHORT);
         return;
     }
-    let woke = e.woke_ns;
     let h = &mut e.sample.header;
     let (blocked, wait) = if h.flags & SAMPLE_PREEMPTED != 0 {
         (0, off)
-    } else if woke > e.start_ns && woke <= ran_from {
+    } else if waited > 0 {
         // Blocked until the wake-up, then waiting for a CPU.
         h.flags |= SAMPLE_WOKEN;
-        (woke - e.start_ns, ran_from - woke)
+        let wait = waited.min(off);
+        (off - wait, wait)
     } else {
         (off, 0)
     };
@@ -504,6 +504,19 @@ fn close_sampled(e: &mut OffCpu, off: u64, ran_from: u64) {
     h.wait_ns = off_cpu_weight(wait, e.pi);
     pbump(PCOUNTER_OFF_CPU);
     submit(&e.sample);
+}
+
+/// The current thread's `sched_info.run_delay` (0: unknown).
+#[inline(always)]
+fn run_delay() -> u64 {
+    // SAFETY: read of a load-time constant.
+    let off = unsafe { core::ptr::read_volatile(&TASK_RUN_DELAY_OFF) };
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: the current task (a BTF pointer); a checked kernel read.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    unsafe { bpf_probe_read_kernel((task + off) as *const u64) }.unwrap_or(0)
 }
 
 /// `sched_switch(preempt, prev, next, prev_state)`; runs as `prev`.
@@ -528,6 +541,7 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
     let Some(e) = off_cpu_entry(tid) else {
         return 0;
     };
+    let run_delay = run_delay();
     // The interval that ended when this thread came back (at `ran_from`).
     if e.open != OPEN_NONE && ran_from > e.start_ns {
         let off = ran_from - e.start_ns;
@@ -537,12 +551,12 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
         };
         pbump(PCOUNTER_OFF_CPU_SEEN);
         if e.open == OPEN_SAMPLED {
-            close_sampled(e, off, ran_from);
+            close_sampled(e, off, run_delay.saturating_sub(e.run_delay));
         }
     }
     e.open = OPEN_NONE;
     e.start_ns = now;
-    e.woke_ns = 0;
+    e.run_delay = run_delay;
     // SAFETY: read of a load-time constant.
     let period = unsafe { core::ptr::read_volatile(&PROFILE_PERIOD_NS) };
     let pi = off_cpu_probability(e.avg_ns, period);
@@ -571,35 +585,6 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
     kernel_stack(&ctx, buf);
     walk_python(buf, (pid_tgid >> 32) as u32);
     e.open = OPEN_SAMPLED;
-    0
-}
-
-/// `sched_wakeup(p)`: a traced thread blocked in a sampled interval is
-/// woken: its blocked time ends now (the rest, until the switch-in closes
-/// the interval, is a wait for a CPU).
-#[raw_tracepoint(tracepoint = "sched_wakeup")]
-pub fn profile_wakeup(ctx: RawTracePointContext) -> u32 {
-    // SAFETY: read of a load-time constant.
-    let off = unsafe { core::ptr::read_volatile(&TASK_PID_OFF) };
-    if off == 0 {
-        return 0;
-    }
-    let task: u64 = ctx.arg(0);
-    // SAFETY: a checked kernel read of the woken task's pid.
-    let Ok(tid) = (unsafe { bpf_probe_read_kernel((task + off) as *const u32) }) else {
-        return 0;
-    };
-    let Some(e) = OFF_CPU.get_ptr_mut(&tid) else {
-        return 0;
-    };
-    // SAFETY: the woken thread's entry; it is off the CPU, so its own
-    // switch program does not run now.
-    let e = unsafe { &mut *e };
-    if e.open != OPEN_SAMPLED || e.woke_ns != 0 || e.sample.header.flags & SAMPLE_PREEMPTED != 0 {
-        return 0;
-    }
-    // SAFETY: plain helper call.
-    e.woke_ns = unsafe { bpf_ktime_get_ns() };
     0
 }
 

@@ -59,7 +59,7 @@ impl ProfileSpec {
 pub struct Globals {
     has_state: u32,
     fsbase_off: u64,
-    pid_off: u64,
+    run_delay_off: u64,
     period_ns: u64,
     off_cpu_min_ns: u64,
     off_cpu_threads: u32,
@@ -69,12 +69,12 @@ impl Globals {
     pub fn new(spec: Option<&ProfileSpec>) -> Globals {
         match spec {
             Some(s) => {
-                // Without them: no Python frames, no wake-up times.
-                let (fsbase_off, pid_off) = btf::task_offsets();
+                // Without them: no Python frames, no split of off-CPU time.
+                let (fsbase_off, run_delay_off) = btf::task_offsets();
                 Globals {
                     has_state: u32::from(kernel_at_least(5, 18)),
                     fsbase_off,
-                    pid_off,
+                    run_delay_off,
                     period_ns: s.period_ns(),
                     off_cpu_min_ns: u64::try_from(s.off_cpu_min.as_nanos()).unwrap_or(u64::MAX),
                     off_cpu_threads: if s.off_cpu { OFF_CPU_THREADS } else { 1 },
@@ -83,7 +83,7 @@ impl Globals {
             None => Globals {
                 has_state: 0,
                 fsbase_off: 0,
-                pid_off: 0,
+                run_delay_off: 0,
                 period_ns: 0,
                 off_cpu_min_ns: 0,
                 off_cpu_threads: 1,
@@ -103,7 +103,7 @@ impl Globals {
             .override_global("OFF_CPU_MIN_NS", &self.off_cpu_min_ns, true)
             .override_global("SWITCH_HAS_STATE", &self.has_state, true)
             .override_global("TASK_FSBASE_OFF", &self.fsbase_off, true)
-            .override_global("TASK_PID_OFF", &self.pid_off, true)
+            .override_global("TASK_RUN_DELAY_OFF", &self.run_delay_off, true)
             .map_max_entries("OFF_CPU", self.off_cpu_threads);
     }
 }
@@ -160,9 +160,8 @@ pub struct ProfileMaps {
     pub cpus: usize,
     /// CPython processes the kernel walks (tgid -> where).
     python: BpfHashMap<MapData, u32, PyProc>,
-    /// Processes looked at: when, whether they run a known CPython, and
-    /// their start time.
-    checked: HashMap<u32, (Instant, bool, Option<u64>)>,
+    /// Processes looked at.
+    checked: HashMap<u32, Checked>,
     interpreters: Interpreters,
     /// Whether the kernel can find a thread's pthread data (BTF).
     python_frames: bool,
@@ -171,6 +170,23 @@ pub struct ProfileMaps {
     /// The last look for exited processes (their pids may be reused).
     swept: Instant,
 }
+
+/// A process looked at for a CPython.
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    when: Instant,
+    /// It runs a known CPython.
+    found: bool,
+    /// Its start time (a reused pid is another process).
+    start: Option<u64>,
+    /// Its executable is named like Python, as seen at `named_at`.
+    named: bool,
+    named_at: Instant,
+}
+
+/// How often the executable's name of a process without a known CPython is
+/// looked at again (samples come much more often: no system call each).
+const PYTHON_NAME_RECHECK: Duration = Duration::from_millis(100);
 
 /// How often the processes looked at are checked for having exited.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -216,10 +232,7 @@ pub fn attach(
         })?;
     }
     if spec.off_cpu {
-        for (name, tracepoint) in [
-            ("profile_switch", "sched_switch"),
-            ("profile_wakeup", "sched_wakeup"),
-        ] {
+        for (name, tracepoint) in [("profile_switch", "sched_switch")] {
             let prog: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| ProbeError::Load(format!("program {name} missing from the object")))?
@@ -285,18 +298,34 @@ impl ProfileMaps {
             self.swept = now;
             self.sweep();
         }
-        if let Some(&(when, found, _)) = self.checked.get(&pid) {
-            let wait = match python_named(pid) {
+        // (Called for every sample: no system call unless it is time.)
+        if let Some(c) = self.checked.get_mut(&pid) {
+            if c.found {
+                return None;
+            }
+            if !c.named && now.duration_since(c.named_at) >= PYTHON_NAME_RECHECK {
+                c.named = python_named(pid);
+                c.named_at = now;
+            }
+            let wait = match c.named {
                 true => PYTHON_RECHECK_SOON,
                 false => PYTHON_RECHECK,
             };
-            if found || now.duration_since(when) < wait {
+            if now.duration_since(c.when) < wait {
                 return None;
             }
         }
         let found = self.interpreters.process(pid);
-        self.checked
-            .insert(pid, (now, found.is_some(), start_time(pid)));
+        self.checked.insert(
+            pid,
+            Checked {
+                when: now,
+                found: found.is_some(),
+                start: start_time(pid),
+                named: python_named(pid),
+                named_at: now,
+            },
+        );
         let found = found?;
         self.python.insert(pid, found.proc, 0).ok()?;
         self.found.push((
@@ -325,11 +354,11 @@ impl ProfileMaps {
         let gone: Vec<u32> = self
             .checked
             .iter()
-            .filter(|(&pid, &(_, _, start))| start_time(pid) != start)
+            .filter(|(&pid, c)| start_time(pid) != c.start)
             .map(|(&pid, _)| pid)
             .collect();
         for pid in gone {
-            if self.checked.remove(&pid).is_some_and(|(_, found, _)| found) {
+            if self.checked.remove(&pid).is_some_and(|c| c.found) {
                 let _ = self.python.remove(&pid);
             }
         }
