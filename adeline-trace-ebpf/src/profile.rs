@@ -541,7 +541,6 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
     let Some(e) = off_cpu_entry(tid) else {
         return 0;
     };
-    let run_delay = run_delay();
     // The interval that ended when this thread came back (at `ran_from`).
     if e.open != OPEN_NONE && ran_from > e.start_ns {
         let off = ran_from - e.start_ns;
@@ -551,12 +550,11 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
         };
         pbump(PCOUNTER_OFF_CPU_SEEN);
         if e.open == OPEN_SAMPLED {
-            close_sampled(e, off, run_delay.saturating_sub(e.run_delay));
+            close_sampled(e, off, run_delay().saturating_sub(e.run_delay));
         }
     }
     e.open = OPEN_NONE;
     e.start_ns = now;
-    e.run_delay = run_delay;
     // SAFETY: read of a load-time constant.
     let period = unsafe { core::ptr::read_volatile(&PROFILE_PERIOD_NS) };
     let pi = off_cpu_probability(e.avg_ns, period);
@@ -566,6 +564,8 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     e.pi = pi;
+    // (Read only for the sampled intervals: the others need no split.)
+    e.run_delay = run_delay();
     let buf = &mut e.sample;
     header(buf, SAMPLE_OFF_CPU, pid_tgid, now);
     let preempt: u64 = ctx.arg(0);
