@@ -192,6 +192,9 @@ mod tests {
         let delay = btf.offset_of("sched_info", &["run_delay"]).unwrap();
         assert_eq!(task_offsets(), (thread + fs, info + delay));
         // sched_info is early, thread is the last big member.
-        assert!(info > 0 && info < thread, "sched_info {info} thread {thread}");
+        assert!(
+            info > 0 && info < thread,
+            "sched_info {info} thread {thread}"
+        );
     }
 }

@@ -232,15 +232,15 @@ pub fn attach(
         })?;
     }
     if spec.off_cpu {
-        for (name, tracepoint) in [("profile_switch", "sched_switch")] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::Load(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| load(&e))?;
-            prog.load().map_err(|e| load(&e))?;
-            prog.attach(tracepoint).map_err(|e| load(&e))?;
-        }
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("profile_switch")
+            .ok_or_else(|| {
+                ProbeError::Load("program profile_switch missing from the object".into())
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| load(&e))?;
+        prog.load().map_err(|e| load(&e))?;
+        prog.attach("sched_switch").map_err(|e| load(&e))?;
     }
     let counters = ebpf
         .take_map("PROFILE_COUNTERS")
