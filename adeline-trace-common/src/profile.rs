@@ -7,7 +7,8 @@
 //! (u64 each, innermost first); it is submitted with only the frames it
 //! holds (variable size).
 //!
-//! A Python frame is the address of its code object, with
+//! A Python frame is the address of its code object and the instruction
+//! it is at ([`py_code`], [`py_instr`]), with
 //! [`PY_LAST_OF_EVAL`] set on the outermost frame that one C call of the
 //! interpreter's eval loop runs (what the agent needs to put each group of
 //! Python frames in place of its `_PyEval_EvalFrameDefault` native frame).
@@ -28,8 +29,8 @@ pub const SAMPLE_USER_COMPLETE: u32 = 1;
 /// The thread left the CPU preempted (still runnable): all of its off-CPU
 /// time was a wait for a CPU.
 pub const SAMPLE_PREEMPTED: u32 = 2;
-/// A wake-up was seen: `weight_ns` ends at the wake-up, `wait_ns` runs from
-/// it to the switch back in.
+/// The thread waited for a CPU after its wake-up: `weight_ns` is the time
+/// blocked, `wait_ns` the wait after it (the thread's `run_delay`).
 pub const SAMPLE_WOKEN: u32 = 4;
 
 /// Most user frames walked (frame pointers) per sample.
@@ -46,8 +47,27 @@ pub const PY_LAST_OF_EVAL: u64 = 1 << 63;
 /// (3.12+, owned by the C stack): the frame before it was that call's
 /// outermost one.
 pub const PY_CSTACK_ENTRY: u64 = 1 << 62;
-/// The flag bits of a Python frame value (the rest is the code object).
-pub const PY_FRAME_FLAGS: u64 = PY_LAST_OF_EVAL | PY_CSTACK_ENTRY;
+/// The bits of a Python frame value that hold its code object (a user
+/// address, below 2^47 on x86-64).
+pub const PY_CODE_MASK: u64 = (1 << 47) - 1;
+/// Bits 47-61 of a Python frame value: 1 + the index (in code units) of the
+/// instruction the frame is at, 0 when unknown or past 2^15 - 2.
+pub const PY_INSTR_SHIFT: u32 = 47;
+/// The largest stored 1 + index.
+pub const PY_INSTR_MAX: u64 = (1 << 15) - 1;
+
+/// The code object of a Python frame value.
+pub const fn py_code(frame: u64) -> u64 {
+    frame & PY_CODE_MASK
+}
+
+/// The instruction index (code units) of a Python frame value, if known.
+pub const fn py_instr(frame: u64) -> Option<u32> {
+    match (frame >> PY_INSTR_SHIFT) & PY_INSTR_MAX {
+        0 => None,
+        i => Some(i as u32 - 1),
+    }
+}
 
 /// Fixed part of a sample record.
 #[repr(C)]
@@ -137,6 +157,13 @@ pub struct PyProc {
     pub entry_kind: u32,
     /// Offset of the byte `entry_kind` reads.
     pub entry_off: u32,
+    /// Frame + this: where the frame is in its code: 3.10 `f_lasti` (an
+    /// int, index in code units); 3.11+ a pointer to the instruction
+    /// (`prev_instr`, 3.13 `instr_ptr`).
+    pub frame_instr: u32,
+    /// Code object + this = its first instruction (3.11+
+    /// `co_code_adaptive`); 0: `frame_instr` is an index (3.10).
+    pub code_units: u32,
 }
 
 /// Per-CPU counters of the profiler (`PROFILE_COUNTERS`).
@@ -151,4 +178,66 @@ pub const PCOUNTER_OFF_CPU_SHORT: u32 = 3;
 /// Samples of a known CPython process whose thread state was not found
 /// (no per-thread state yet, or an unreadable one).
 pub const PCOUNTER_PY_NO_TSTATE: u32 = 4;
-pub const PCOUNTERS: u32 = 5;
+/// Off-CPU intervals of traced threads that ended, recorded or not (the
+/// sampled ones are `PCOUNTER_OFF_CPU`).
+pub const PCOUNTER_OFF_CPU_SEEN: u32 = 5;
+pub const PCOUNTERS: u32 = 6;
+
+/// Off-CPU sampling: an interval's probability of being recorded, in
+/// units of 1/`OFF_CPU_PI_ONE` (the kernel draws it when the thread
+/// leaves the CPU, from the thread's recent intervals; a recorded
+/// interval's times are divided by it, so the expected total is the true
+/// one).
+pub const OFF_CPU_PI_ONE: u32 = 1 << 16;
+/// The lowest probability: 1/64 (a thread whose intervals are all short
+/// still gets one in 64 recorded, so a rare long one is not lost for long).
+pub const OFF_CPU_PI_MIN: u32 = OFF_CPU_PI_ONE / 64;
+
+/// The probability, in 1/`OFF_CPU_PI_ONE`, of recording an off-CPU
+/// interval of a thread whose recent intervals average `avg_ns` (0: none
+/// yet) at sampling period `period_ns`: the expected share of a sampling
+/// period the interval covers, so a thread off the CPU is recorded about as
+/// often as an on-CPU thread is sampled; 1 for intervals of a period or
+/// more, and for a thread's first one.
+pub const fn off_cpu_probability(avg_ns: u64, period_ns: u64) -> u32 {
+    if avg_ns == 0 || period_ns == 0 || avg_ns >= period_ns {
+        return OFF_CPU_PI_ONE;
+    }
+    // avg_ns < period_ns; past 2^48 the period is above 2^48 too: scale it
+    // down instead of the average up (the product would overflow).
+    // (checked_div: no panic path, which a BPF program cannot hold).
+    let p = if avg_ns > (u64::MAX >> 16) {
+        avg_ns.checked_div(period_ns >> 16)
+    } else {
+        (avg_ns << 16).checked_div(period_ns)
+    };
+    let Some(p) = p else {
+        return OFF_CPU_PI_ONE;
+    };
+    if p < OFF_CPU_PI_MIN as u64 {
+        OFF_CPU_PI_MIN
+    } else if p >= OFF_CPU_PI_ONE as u64 {
+        OFF_CPU_PI_ONE
+    } else {
+        p as u32
+    }
+}
+
+/// A recorded interval's time `ns` divided by its probability `pi`.
+pub const fn off_cpu_weight(ns: u64, pi: u32) -> u64 {
+    if pi >= OFF_CPU_PI_ONE {
+        return ns;
+    }
+    let w = if ns > (u64::MAX >> 16) {
+        match ns.checked_div(pi as u64) {
+            Some(w) => Some(w.saturating_mul(OFF_CPU_PI_ONE as u64)),
+            None => None,
+        }
+    } else {
+        (ns << 16).checked_div(pi as u64)
+    };
+    match w {
+        Some(w) => w,
+        None => ns,
+    }
+}

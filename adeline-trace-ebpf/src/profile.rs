@@ -16,29 +16,37 @@
 //!
 //! Off-CPU without reading any task_struct field: every `sched_switch`
 //! notes, per CPU, when the incoming thread starts running. When a traced
-//! thread leaves the CPU, its state keeps the time and its stacks; at its
+//! thread leaves the CPU, its entry in `OFF_CPU` keeps the time; at its
 //! next switch-out the CPU's note says when it came back, which closes the
-//! interval (so an interval is reported when the thread next leaves the
-//! CPU, and its weight is the whole time it was off: blocked, then waiting
-//! for a CPU). A `sched_wakeup` program notes when a blocked traced thread
-//! is woken: the interval is then blocked time up to the wake-up and a
-//! wait for a CPU after it.
+//! interval (its weight is the whole time it was off: blocked, then waiting
+//! for a CPU). The thread's own `sched_info.run_delay` (the kernel's total
+//! of its waits for a CPU, read at both switch-outs) tells how much of it
+//! was a wait for a CPU after the wake-up: the rest was blocked.
+//!
+//! Off-CPU intervals are sampled: the stacks are taken (the costly part)
+//! for an interval with probability `off_cpu_probability` of the thread's
+//! recent average interval, about the share of a sampling period it
+//! covers, and a recorded interval's times are divided by that probability
+//! (an unbiased estimate of the total: the probability is drawn before the
+//! interval's length is known, from the thread's past ones). A thread
+//! blocked for a period or more is recorded every time.
 use adeline_trace_common::{
     profile::{
-        sample_bytes, PyProc, SampleBuf, SampleHeader, FRAME_SLOTS, KIND_SAMPLE, MAX_FRAMES,
-        MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES, PCOUNTERS as N_PCOUNTERS,
-        PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE, PCOUNTER_RING_FULL,
-        PCOUNTER_SAMPLES, PY_CSTACK_ENTRY, PY_ENTRY_CSTACK_FRAME, PY_ENTRY_EVERY_FRAME,
-        PY_ENTRY_FLAG, PY_LAST_OF_EVAL, PY_OWNED_BY_CSTACK, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
-        SAMPLE_PREEMPTED, SAMPLE_USER_COMPLETE, SAMPLE_WOKEN,
+        off_cpu_probability, off_cpu_weight, sample_bytes, PyProc, SampleBuf, SampleHeader,
+        FRAME_SLOTS, KIND_SAMPLE, MAX_FRAMES, MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES,
+        OFF_CPU_PI_ONE, PCOUNTERS as N_PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SEEN,
+        PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE, PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
+        PY_CODE_MASK, PY_CSTACK_ENTRY, PY_ENTRY_CSTACK_FRAME, PY_ENTRY_EVERY_FRAME, PY_ENTRY_FLAG,
+        PY_INSTR_MAX, PY_INSTR_SHIFT, PY_LAST_OF_EVAL, PY_OWNED_BY_CSTACK, SAMPLE_OFF_CPU,
+        SAMPLE_ON_CPU, SAMPLE_PREEMPTED, SAMPLE_USER_COMPLETE, SAMPLE_WOKEN,
     },
     ThreadCalls, MAX_DEPTH, NO_STAGE, OPEN_PYTHON,
 };
 use aya_ebpf::{
     bindings::{pt_regs, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_prandom_u32, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, perf_event, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -70,10 +78,11 @@ static SWITCH_HAS_STATE: u32 = 0;
 #[no_mangle]
 static TASK_FSBASE_OFF: u64 = 0;
 
-/// Offset of `pid` (the thread id) in `task_struct` (BTF); 0: unknown, no
-/// wake-up times (an interval's blocked time then runs to the switch-in).
+/// Offset of `sched_info.run_delay` (ns the thread waited for a CPU, in
+/// total) in `task_struct` (BTF); 0: unknown, an interval's blocked time
+/// then runs to the switch-in.
 #[no_mangle]
-static TASK_PID_OFF: u64 = 0;
+static TASK_RUN_DELAY_OFF: u64 = 0;
 
 /// CPython processes whose Python frames are walked, by tgid.
 #[map(name = "PROFILE_PY")]
@@ -82,19 +91,45 @@ static PROFILE_PY: HashMap<u32, PyProc> = HashMap::with_max_entries(1024, 0);
 /// Threads whose off-CPU state is kept at once (least recently used go).
 const MAX_OFF_CPU_THREADS: u32 = 4096;
 
+/// No off-CPU interval open (`OffCpu::open`).
+const OPEN_NONE: u32 = 0;
+/// An interval open, not sampled: only its start is kept.
+const OPEN_UNSAMPLED: u32 = 1;
+/// An interval open with its stacks in `OffCpu::sample`.
+const OPEN_SAMPLED: u32 = 2;
+
+/// A traced thread's off-CPU state (`OFF_CPU`, kernel only).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OffCpu {
+    /// `OPEN_*`.
+    open: u32,
+    /// The open sampled interval's probability (1/`OFF_CPU_PI_ONE`).
+    pi: u32,
+    /// When the open interval began.
+    start_ns: u64,
+    /// The thread's `run_delay` when the open interval began.
+    run_delay: u64,
+    /// Moving average of the thread's intervals (ns; 0: none yet).
+    avg_ns: u64,
+    /// The open sampled interval's record: header and stacks.
+    sample: SampleBuf,
+}
+
 /// Scratch space for building one sample (per CPU: programs do not nest
-/// on one CPU for these hooks; a nested one would only garble a sample).
+/// on one CPU for these hooks; a nested one would only garble a sample),
+/// and the first `OFF_CPU` entry of a thread.
 #[map(name = "PROFILE_SCRATCH")]
-static SCRATCH: PerCpuArray<SampleBuf> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<OffCpu> = PerCpuArray::with_max_entries(1, 0);
 
 /// When the thread now running on each CPU was switched in.
 #[map(name = "RUN_START")]
 static RUN_START: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per traced thread (tid): the off-CPU interval in progress, with the
-/// stacks at the moment it began (`header.ts_ns` = its start).
+/// Per traced thread (tid): the off-CPU interval in progress and, when
+/// it is sampled, the stacks at the moment it began.
 #[map(name = "OFF_CPU")]
-static OFF_CPU: LruHashMap<u32, SampleBuf> = LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
+static OFF_CPU: LruHashMap<u32, OffCpu> = LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
 
 /// The profiler's per-CPU counters, indexed by `PCOUNTER_*`.
 #[map(name = "PROFILE_COUNTERS")]
@@ -279,7 +314,9 @@ fn walk_python(buf: &mut SampleBuf, tgid: u32) {
         let Some(code) = read_user_u64(frame + p.frame_code as u64) else {
             break;
         };
-        buf.frames[(base + n) & (FRAME_SLOTS - 1)] = code | mark;
+        let instr = instr_index(p, frame, code);
+        buf.frames[(base + n) & (FRAME_SLOTS - 1)] =
+            (code & PY_CODE_MASK) | (instr << PY_INSTR_SHIFT) | mark;
         n += 1;
         match read_user_u64(frame + p.frame_previous as u64) {
             Some(prev) => frame = prev,
@@ -287,6 +324,32 @@ fn walk_python(buf: &mut SampleBuf, tgid: u32) {
         }
     }
     buf.header.n_py = n as u32;
+}
+
+/// 1 + the index (code units) of the instruction `frame` (running `code`)
+/// is at, or 0 when unknown.
+#[inline(always)]
+fn instr_index(p: &PyProc, frame: u64, code: u64) -> u64 {
+    let at = frame + p.frame_instr as u64;
+    let i = if p.code_units == 0 {
+        // SAFETY: a checked read of user memory (3.10 `f_lasti`, an int;
+        // -1 before the first instruction).
+        match unsafe { bpf_probe_read_user(at as *const i32) } {
+            Ok(i) if i >= 0 => i as u64 + 1,
+            _ => 0,
+        }
+    } else {
+        let first = code + p.code_units as u64;
+        match read_user_u64(at) {
+            Some(ptr) if ptr >= first => (ptr - first) / 2 + 1,
+            _ => 0,
+        }
+    };
+    if i > PY_INSTR_MAX {
+        0
+    } else {
+        i
+    }
 }
 
 /// The current thread's own Python thread state: `_PyRuntime`'s pthread
@@ -381,7 +444,7 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
         return 0;
     };
     // SAFETY: per-CPU scratch entry.
-    let buf = unsafe { &mut *buf };
+    let buf = unsafe { &mut (*buf).sample };
     let now = unsafe { bpf_ktime_get_ns() };
     header(buf, SAMPLE_ON_CPU, pid_tgid, now);
     // SAFETY: read of a load-time constant.
@@ -396,6 +459,64 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     pbump(PCOUNTER_SAMPLES);
     submit(buf);
     0
+}
+
+/// The `OFF_CPU` entry of traced thread `tid`, made on its first switch.
+#[inline(always)]
+fn off_cpu_entry(tid: u32) -> Option<&'static mut OffCpu> {
+    if let Some(p) = OFF_CPU.get_ptr_mut(&tid) {
+        // SAFETY: this thread's own entry; only it writes it but for the
+        // wake-up, which does while it is off the CPU.
+        return Some(unsafe { &mut *p });
+    }
+    let s = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch entry.
+    let s = unsafe { &mut *s };
+    s.open = OPEN_NONE;
+    s.avg_ns = 0;
+    OFF_CPU.insert(&tid, s, 0).ok()?;
+    let p = OFF_CPU.get_ptr_mut(&tid)?;
+    // SAFETY: as above.
+    Some(unsafe { &mut *p })
+}
+
+/// Ends the sampled interval of `e` (`off` ns, of which `waited` for a
+/// CPU): sends it, its times divided by its probability.
+#[inline(always)]
+fn close_sampled(e: &mut OffCpu, off: u64, waited: u64) {
+    // SAFETY: read of a load-time constant.
+    if off < unsafe { core::ptr::read_volatile(&OFF_CPU_MIN_NS) } {
+        pbump(PCOUNTER_OFF_CPU_SHORT);
+        return;
+    }
+    let h = &mut e.sample.header;
+    let (blocked, wait) = if h.flags & SAMPLE_PREEMPTED != 0 {
+        (0, off)
+    } else if waited > 0 {
+        // Blocked until the wake-up, then waiting for a CPU.
+        h.flags |= SAMPLE_WOKEN;
+        let wait = waited.min(off);
+        (off - wait, wait)
+    } else {
+        (off, 0)
+    };
+    h.weight_ns = off_cpu_weight(blocked, e.pi);
+    h.wait_ns = off_cpu_weight(wait, e.pi);
+    pbump(PCOUNTER_OFF_CPU);
+    submit(&e.sample);
+}
+
+/// The current thread's `sched_info.run_delay` (0: unknown).
+#[inline(always)]
+fn run_delay() -> u64 {
+    // SAFETY: read of a load-time constant.
+    let off = unsafe { core::ptr::read_volatile(&TASK_RUN_DELAY_OFF) };
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: the current task (a BTF pointer); a checked kernel read.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    unsafe { bpf_probe_read_kernel((task + off) as *const u64) }.unwrap_or(0)
 }
 
 /// `sched_switch(preempt, prev, next, prev_state)`; runs as `prev`.
@@ -417,42 +538,35 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
     if tid == 0 || !profiled((pid_tgid >> 32) as u32) {
         return 0;
     }
-    // SAFETY: read of a load-time constant.
-    let min_ns = unsafe { core::ptr::read_volatile(&OFF_CPU_MIN_NS) };
-    // The interval that ended when this thread came back (at `ran_from`).
-    if let Some(open) = OFF_CPU.get_ptr_mut(&tid) {
-        // SAFETY: this thread's own entry; only it writes it (here).
-        let open = unsafe { &mut *open };
-        let start = open.header.ts_ns;
-        if ran_from > start && open.header.kind == KIND_SAMPLE {
-            let off = ran_from - start;
-            if off < min_ns {
-                pbump(PCOUNTER_OFF_CPU_SHORT);
-            } else {
-                let woke = open.header.wait_ns;
-                if open.header.flags & SAMPLE_PREEMPTED != 0 {
-                    open.header.wait_ns = off;
-                } else if open.header.flags & SAMPLE_WOKEN != 0 && woke > start && woke <= ran_from
-                {
-                    // Blocked until the wake-up, then waiting for a CPU.
-                    open.header.weight_ns = woke - start;
-                    open.header.wait_ns = ran_from - woke;
-                } else {
-                    open.header.flags &= !SAMPLE_WOKEN;
-                    open.header.weight_ns = off;
-                    open.header.wait_ns = 0;
-                }
-                pbump(PCOUNTER_OFF_CPU);
-                submit(open);
-            }
-        }
-        open.header.kind = 0;
-    }
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+    let Some(e) = off_cpu_entry(tid) else {
         return 0;
     };
-    // SAFETY: per-CPU scratch entry.
-    let buf = unsafe { &mut *buf };
+    // The interval that ended when this thread came back (at `ran_from`).
+    if e.open != OPEN_NONE && ran_from > e.start_ns {
+        let off = ran_from - e.start_ns;
+        e.avg_ns = match e.avg_ns {
+            0 => off,
+            avg => avg - avg / 4 + off / 4,
+        };
+        pbump(PCOUNTER_OFF_CPU_SEEN);
+        if e.open == OPEN_SAMPLED {
+            close_sampled(e, off, run_delay().saturating_sub(e.run_delay));
+        }
+    }
+    e.open = OPEN_NONE;
+    e.start_ns = now;
+    // SAFETY: read of a load-time constant.
+    let period = unsafe { core::ptr::read_volatile(&PROFILE_PERIOD_NS) };
+    let pi = off_cpu_probability(e.avg_ns, period);
+    // SAFETY: plain helper call.
+    if pi < OFF_CPU_PI_ONE && unsafe { bpf_get_prandom_u32() } % OFF_CPU_PI_ONE >= pi {
+        e.open = OPEN_UNSAMPLED;
+        return 0;
+    }
+    e.pi = pi;
+    // (Read only for the sampled intervals: the others need no split.)
+    e.run_delay = run_delay();
+    let buf = &mut e.sample;
     header(buf, SAMPLE_OFF_CPU, pid_tgid, now);
     let preempt: u64 = ctx.arg(0);
     // SAFETY: read of a load-time constant.
@@ -470,38 +584,7 @@ pub fn profile_switch(ctx: RawTracePointContext) -> u32 {
     }
     kernel_stack(&ctx, buf);
     walk_python(buf, (pid_tgid >> 32) as u32);
-    let _ = OFF_CPU.insert(&tid, buf, 0);
-    0
-}
-
-/// `sched_wakeup(p)`: a traced thread blocked in an interval in progress
-/// is woken: its blocked time ends now (kept in `wait_ns` until the
-/// switch-in closes the interval; the rest is a wait for a CPU).
-#[raw_tracepoint(tracepoint = "sched_wakeup")]
-pub fn profile_wakeup(ctx: RawTracePointContext) -> u32 {
-    // SAFETY: read of a load-time constant.
-    let off = unsafe { core::ptr::read_volatile(&TASK_PID_OFF) };
-    if off == 0 {
-        return 0;
-    }
-    let task: u64 = ctx.arg(0);
-    // SAFETY: a checked kernel read of the woken task's pid.
-    let Ok(tid) = (unsafe { bpf_probe_read_kernel((task + off) as *const u32) }) else {
-        return 0;
-    };
-    let Some(open) = OFF_CPU.get_ptr_mut(&tid) else {
-        return 0;
-    };
-    // SAFETY: the woken thread's entry; it is off the CPU, so its own
-    // switch program does not run now.
-    let open = unsafe { &mut *open };
-    if open.header.kind != KIND_SAMPLE || open.header.flags & (SAMPLE_WOKEN | SAMPLE_PREEMPTED) != 0
-    {
-        return 0;
-    }
-    // SAFETY: plain helper call.
-    open.header.wait_ns = unsafe { bpf_ktime_get_ns() };
-    open.header.flags |= SAMPLE_WOKEN;
+    e.open = OPEN_SAMPLED;
     0
 }
 

@@ -271,7 +271,7 @@ pub struct RunArgs {
     /// each tagged with the innermost traced stage (`/api/profile`).
     #[arg(long, value_name = "HZ")]
     pub profile: Option<u32>,
-    /// With --profile: no off-CPU time (no sched_switch and sched_wakeup programs).
+    /// With --profile: no off-CPU time (no sched_switch program).
     #[arg(long, requires = "profile")]
     pub no_off_cpu: bool,
     /// With --profile: leave out off-CPU intervals shorter than this (e.g. 50us).

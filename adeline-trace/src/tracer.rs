@@ -783,10 +783,11 @@ impl Tracer {
             let c = maps.counters().unwrap_or_default();
             let _ = writeln!(
                 std::io::stderr(),
-                "adeline-trace: profile: {} on-CPU samples ({:.3} s), {} off-CPU intervals ({:.3} s blocked, {:.3} s runnable), {} lost (ring full)",
+                "adeline-trace: profile: {} on-CPU samples ({:.3} s), {} off-CPU intervals sampled of {} ({:.3} s blocked, {:.3} s runnable), {} lost (ring full)",
                 t.on_cpu_samples,
                 t.on_cpu_ns as f64 / 1e9,
                 t.off_cpu_intervals,
+                c.off_cpu_seen,
                 t.off_cpu_ns as f64 / 1e9,
                 t.runqueue_ns as f64 / 1e9,
                 c.ring_full,

@@ -21,11 +21,13 @@ use crate::symbols::{process, TargetError};
 pub mod check;
 pub mod image;
 pub mod layout;
+pub mod lines;
 pub mod list;
 pub mod memory;
 pub mod pattern;
 pub mod sampling;
 pub mod sites;
+pub mod tsd;
 
 use image::Image;
 

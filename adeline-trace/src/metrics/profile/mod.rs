@@ -27,7 +27,7 @@ use std::{
 
 use adeline_trace_common::{
     profile::{
-        PY_CSTACK_ENTRY, PY_FRAME_FLAGS, PY_LAST_OF_EVAL, SAMPLE_OFF_CPU, SAMPLE_PREEMPTED,
+        py_code, PY_CSTACK_ENTRY, PY_LAST_OF_EVAL, SAMPLE_OFF_CPU, SAMPLE_PREEMPTED,
         SAMPLE_USER_COMPLETE,
     },
     NO_STAGE,
@@ -71,7 +71,8 @@ struct RawStack {
     complete: bool,
     user: Vec<u64>,
     kernel: Vec<u64>,
-    /// Python frames (code objects), innermost first (`PY_LAST_OF_EVAL`).
+    /// Python frames (code objects and instructions), innermost first
+    /// (`PY_LAST_OF_EVAL`).
     python: Vec<u64>,
 }
 
@@ -241,7 +242,7 @@ impl ProfileStore {
                     raw.python
                         .iter()
                         .filter(|&&c| c & PY_CSTACK_ENTRY == 0)
-                        .map(|&c| (raw.pid, c & !PY_FRAME_FLAGS)),
+                        .map(|&c| (raw.pid, py_code(c))),
                 );
                 self.stacks.insert(raw.clone(), id);
                 self.by_id.push(raw);
@@ -477,7 +478,7 @@ fn python_groups(namer: &mut Naming<'_>, raw: &RawStack) -> Vec<Vec<Frame>> {
         let end = if c & PY_CSTACK_ENTRY != 0 {
             true
         } else {
-            if let Some(f) = namer.python_frame(raw.pid, c & !PY_FRAME_FLAGS) {
+            if let Some(f) = namer.python_frame(raw.pid, c) {
                 group.push(f);
             }
             c & PY_LAST_OF_EVAL != 0

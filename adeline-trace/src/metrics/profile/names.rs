@@ -9,7 +9,9 @@
 //! later, when a profile is rendered: ELF symbols and DWARF (with inlined
 //! functions), demangled, cached per (file, offset). Kernel addresses are
 //! named from kallsyms. Python frames (code objects of a CPython process)
-//! are read at ingest too: `co_qualname`, `co_filename`, `co_firstlineno`.
+//! are read at ingest too: `co_qualname`, `co_filename`, `co_firstlineno`
+//! and the line table, which gives the line of the instruction each frame
+//! was at (the `def` line when the kernel could not tell).
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use blazesym::{
@@ -21,7 +23,13 @@ use blazesym::{
     Pid,
 };
 
-use crate::python::{memory::Mem, sampling::CodeNames};
+use adeline_trace_common::profile::{py_code, py_instr};
+
+use crate::python::{
+    lines::line_at,
+    memory::Mem,
+    sampling::{CodeNames, LINE_TABLE_MAX},
+};
 
 /// What is known of one user address of one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,9 +164,17 @@ fn uprobes_area(pid: u32) -> Option<(u64, u64)> {
     ))
 }
 
-/// A code object as read: its (qualname, filename) pointers, and its
-/// frame (None: unreadable).
-type ReadCode = ((u64, u64), Option<Frame>);
+/// A code object as read.
+struct ReadCode {
+    /// Its (qualname, filename) pointers.
+    ptrs: (u64, u64),
+    /// Its frame, at its first line (None: unreadable).
+    frame: Option<Frame>,
+    /// Its line table (empty: unread).
+    lines: Vec<u8>,
+    first: i32,
+    format: crate::python::lines::LineTable,
+}
 
 /// The address names of a run. blazesym's objects are not `Send`: they
 /// are made per batch ([`Namer::resolve`], [`Naming`]), while the answers
@@ -172,8 +188,7 @@ pub struct Namer {
     mems: HashMap<u32, (Option<Mem>, Option<FileId>)>,
     /// CPython processes: where their code objects keep their names.
     python: HashMap<u32, CodeNames>,
-    /// (pid, code object) -> its name pointers (qualname, filename) as
-    /// read, and its frame (None: unreadable).
+    /// (pid, code object) -> what was read of it.
     codes: HashMap<(u32, u64), ReadCode>,
     /// (file, offset) -> frames, outermost first (inlined functions after
     /// the function they are inlined into).
@@ -319,19 +334,14 @@ impl Namer {
         let Some((Some(mem), _)) = self.mems.get(&pid) else {
             return;
         };
-        if self
-            .codes
-            .get(&(pid, code))
-            .is_some_and(|(seen, _)| *seen == ptrs)
-        {
+        if self.codes.get(&(pid, code)).is_some_and(|c| c.ptrs == ptrs) {
             return;
         }
+        let first = at(names.firstlineno).and_then(|a| mem.i32(a));
         let frame = (ptrs.0 != 0).then_some(()).and_then(|()| {
             let name = mem.ascii(ptrs.0, names.ascii_data)?;
             let file = mem.ascii(ptrs.1, names.ascii_data);
-            let line = at(names.firstlineno)
-                .and_then(|a| mem.i32(a))
-                .and_then(|l| u32::try_from(l).ok());
+            let line = first.and_then(|l| u32::try_from(l).ok());
             Some(Frame {
                 name,
                 file,
@@ -339,7 +349,26 @@ impl Namer {
                 kind: FrameKind::Python,
             })
         });
-        self.codes.insert((pid, code), (ptrs, frame));
+        // The line table: a bytes object (size at +16, data at +32).
+        let lines = at(names.linetable)
+            .and_then(|a| mem.u64(a))
+            .filter(|_| frame.is_some())
+            .and_then(|b| {
+                let len = usize::try_from(mem.u64(b.checked_add(16)?)?).ok()?;
+                (len <= LINE_TABLE_MAX).then_some(())?;
+                mem.bytes(b.checked_add(32)?, len)
+            })
+            .unwrap_or_default();
+        self.codes.insert(
+            (pid, code),
+            ReadCode {
+                ptrs,
+                frame,
+                lines,
+                first: first.unwrap_or(0),
+                format: names.lines,
+            },
+        );
     }
 
     fn intern(&mut self, p: PathBuf) -> Arc<PathBuf> {
@@ -434,13 +463,17 @@ impl Naming<'_> {
         frames
     }
 
-    /// The Python frame of code object `code` of `pid` (None: it was not
-    /// read, or could not be).
-    pub fn python_frame(&self, pid: u32, code: u64) -> Option<Frame> {
-        self.namer
-            .codes
-            .get(&(pid, code))
-            .and_then(|(_, f)| f.clone())
+    /// The Python frame of Python frame value `frame` of `pid` (its code
+    /// object and instruction), at the line of the instruction (the
+    /// function's first line when that is unknown). None: the code object
+    /// was not read, or could not be.
+    pub fn python_frame(&self, pid: u32, frame: u64) -> Option<Frame> {
+        let c = self.namer.codes.get(&(pid, py_code(frame)))?;
+        let mut f = c.frame.clone()?;
+        if let Some(line) = py_instr(frame).and_then(|i| line_at(c.format, &c.lines, c.first, i)) {
+            f.line = Some(line);
+        }
+        Some(f)
     }
 
     /// The kernel function at `addr` (kallsyms).

@@ -1,7 +1,8 @@
 //! Two facts from the kernel's BTF (`/sys/kernel/btf/vmlinux`): the offsets
 //! of `task_struct.thread.fsbase` (x86-64), which the sampler needs to find
-//! a thread's pthread data (Python frames), and of `task_struct.pid`
-//! (whom `sched_wakeup` wakes). aya-ebpf programs have no
+//! a thread's pthread data (Python frames), and of
+//! `task_struct.sched_info.run_delay` (a thread's total wait for a CPU,
+//! which splits its off-CPU time). aya-ebpf programs have no
 //! CO-RE field access, so the agent reads the offset and passes it as a
 //! load-time constant. A small reader of the BTF type section: the few
 //! kinds' record sizes, structs' members, typedef/qualifier chains.
@@ -162,14 +163,15 @@ impl Btf {
     }
 }
 
-/// `offsetof(struct task_struct, thread.fsbase)` and `pid` of the running
-/// kernel (0: not found).
+/// `offsetof(struct task_struct, thread.fsbase)` and
+/// `sched_info.run_delay` of the running kernel (0: not found).
 pub fn task_offsets() -> (u64, u64) {
     match Btf::vmlinux() {
         Some(btf) => (
             btf.offset_of("task_struct", &["thread", "fsbase"])
                 .unwrap_or(0),
-            btf.offset_of("task_struct", &["pid"]).unwrap_or(0),
+            btf.offset_of("task_struct", &["sched_info", "run_delay"])
+                .unwrap_or(0),
         ),
         None => (0, 0),
     }
@@ -186,9 +188,13 @@ mod tests {
         };
         let thread = btf.offset_of("task_struct", &["thread"]).unwrap();
         let fs = btf.offset_of("thread_struct", &["fsbase"]).unwrap();
-        let pid = btf.offset_of("task_struct", &["pid"]).unwrap();
-        assert_eq!(task_offsets(), (thread + fs, pid));
-        // pid and tgid are early, thread is the last big member.
-        assert!(pid > 0 && pid < thread, "pid {pid} thread {thread}");
+        let info = btf.offset_of("task_struct", &["sched_info"]).unwrap();
+        let delay = btf.offset_of("sched_info", &["run_delay"]).unwrap();
+        assert_eq!(task_offsets(), (thread + fs, info + delay));
+        // sched_info is early, thread is the last big member.
+        assert!(
+            info > 0 && info < thread,
+            "sched_info {info} thread {thread}"
+        );
     }
 }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use adeline_trace_common::profile::{
-    PyProc, PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SHORT, PCOUNTER_PY_NO_TSTATE,
-    PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
+    PyProc, PCOUNTERS, PCOUNTER_OFF_CPU, PCOUNTER_OFF_CPU_SEEN, PCOUNTER_OFF_CPU_SHORT,
+    PCOUNTER_PY_NO_TSTATE, PCOUNTER_RING_FULL, PCOUNTER_SAMPLES,
 };
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
@@ -59,7 +59,7 @@ impl ProfileSpec {
 pub struct Globals {
     has_state: u32,
     fsbase_off: u64,
-    pid_off: u64,
+    run_delay_off: u64,
     period_ns: u64,
     off_cpu_min_ns: u64,
     off_cpu_threads: u32,
@@ -69,12 +69,12 @@ impl Globals {
     pub fn new(spec: Option<&ProfileSpec>) -> Globals {
         match spec {
             Some(s) => {
-                // Without them: no Python frames, no wake-up times.
-                let (fsbase_off, pid_off) = btf::task_offsets();
+                // Without them: no Python frames, no split of off-CPU time.
+                let (fsbase_off, run_delay_off) = btf::task_offsets();
                 Globals {
                     has_state: u32::from(kernel_at_least(5, 18)),
                     fsbase_off,
-                    pid_off,
+                    run_delay_off,
                     period_ns: s.period_ns(),
                     off_cpu_min_ns: u64::try_from(s.off_cpu_min.as_nanos()).unwrap_or(u64::MAX),
                     off_cpu_threads: if s.off_cpu { OFF_CPU_THREADS } else { 1 },
@@ -83,7 +83,7 @@ impl Globals {
             None => Globals {
                 has_state: 0,
                 fsbase_off: 0,
-                pid_off: 0,
+                run_delay_off: 0,
                 period_ns: 0,
                 off_cpu_min_ns: 0,
                 off_cpu_threads: 1,
@@ -103,7 +103,7 @@ impl Globals {
             .override_global("OFF_CPU_MIN_NS", &self.off_cpu_min_ns, true)
             .override_global("SWITCH_HAS_STATE", &self.has_state, true)
             .override_global("TASK_FSBASE_OFF", &self.fsbase_off, true)
-            .override_global("TASK_PID_OFF", &self.pid_off, true)
+            .override_global("TASK_RUN_DELAY_OFF", &self.run_delay_off, true)
             .map_max_entries("OFF_CPU", self.off_cpu_threads);
     }
 }
@@ -132,8 +132,10 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 pub struct ProfileCounters {
     /// On-CPU samples taken of traced threads.
     pub samples: u64,
-    /// Off-CPU intervals recorded.
+    /// Off-CPU intervals recorded (sampled).
     pub off_cpu: u64,
+    /// Off-CPU intervals of traced threads, recorded or not.
+    pub off_cpu_seen: u64,
     /// Samples and intervals lost: the ring buffer was full.
     pub ring_full: u64,
     /// Off-CPU intervals shorter than the minimum.
@@ -158,9 +160,8 @@ pub struct ProfileMaps {
     pub cpus: usize,
     /// CPython processes the kernel walks (tgid -> where).
     python: BpfHashMap<MapData, u32, PyProc>,
-    /// Processes looked at: when, whether they run a known CPython, and
-    /// their start time.
-    checked: HashMap<u32, (Instant, bool, Option<u64>)>,
+    /// Processes looked at.
+    checked: HashMap<u32, Checked>,
     interpreters: Interpreters,
     /// Whether the kernel can find a thread's pthread data (BTF).
     python_frames: bool,
@@ -169,6 +170,23 @@ pub struct ProfileMaps {
     /// The last look for exited processes (their pids may be reused).
     swept: Instant,
 }
+
+/// A process looked at for a CPython.
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    when: Instant,
+    /// It runs a known CPython.
+    found: bool,
+    /// Its start time (a reused pid is another process).
+    start: Option<u64>,
+    /// Its executable is named like Python, as seen at `named_at`.
+    named: bool,
+    named_at: Instant,
+}
+
+/// How often the executable's name of a process without a known CPython is
+/// looked at again (samples come much more often: no system call each).
+const PYTHON_NAME_RECHECK: Duration = Duration::from_millis(100);
 
 /// How often the processes looked at are checked for having exited.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -214,18 +232,15 @@ pub fn attach(
         })?;
     }
     if spec.off_cpu {
-        for (name, tracepoint) in [
-            ("profile_switch", "sched_switch"),
-            ("profile_wakeup", "sched_wakeup"),
-        ] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::Load(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| load(&e))?;
-            prog.load().map_err(|e| load(&e))?;
-            prog.attach(tracepoint).map_err(|e| load(&e))?;
-        }
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("profile_switch")
+            .ok_or_else(|| {
+                ProbeError::Load("program profile_switch missing from the object".into())
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| load(&e))?;
+        prog.load().map_err(|e| load(&e))?;
+        prog.attach("sched_switch").map_err(|e| load(&e))?;
     }
     let counters = ebpf
         .take_map("PROFILE_COUNTERS")
@@ -263,6 +278,7 @@ impl ProfileMaps {
         Ok(ProfileCounters {
             samples: out[PCOUNTER_SAMPLES as usize],
             off_cpu: out[PCOUNTER_OFF_CPU as usize],
+            off_cpu_seen: out[PCOUNTER_OFF_CPU_SEEN as usize],
             ring_full: out[PCOUNTER_RING_FULL as usize],
             off_cpu_short: out[PCOUNTER_OFF_CPU_SHORT as usize],
             py_no_tstate: out[PCOUNTER_PY_NO_TSTATE as usize],
@@ -282,23 +298,47 @@ impl ProfileMaps {
             self.swept = now;
             self.sweep();
         }
-        if let Some(&(when, found, _)) = self.checked.get(&pid) {
-            let wait = match python_named(pid) {
+        // (Called for every sample: no system call unless it is time.)
+        if let Some(c) = self.checked.get_mut(&pid) {
+            if c.found {
+                return None;
+            }
+            if !c.named && now.duration_since(c.named_at) >= PYTHON_NAME_RECHECK {
+                c.named = python_named(pid);
+                c.named_at = now;
+            }
+            let wait = match c.named {
                 true => PYTHON_RECHECK_SOON,
                 false => PYTHON_RECHECK,
             };
-            if found || now.duration_since(when) < wait {
+            if now.duration_since(c.when) < wait {
                 return None;
             }
         }
         let found = self.interpreters.process(pid);
-        self.checked
-            .insert(pid, (now, found.is_some(), start_time(pid)));
+        self.checked.insert(
+            pid,
+            Checked {
+                when: now,
+                found: found.is_some(),
+                start: start_time(pid),
+                named: python_named(pid),
+                named_at: now,
+            },
+        );
         let found = found?;
         self.python.insert(pid, found.proc, 0).ok()?;
         self.found.push((
             pid,
-            format!("CPython {}, {}", found.version, found.path.display()),
+            format!(
+                "CPython {}, {}; thread data {}",
+                found.version,
+                found.path.display(),
+                match &found.tsd_from {
+                    Some(libc) => format!("+{:#x} from {}", found.proc.tsd_off, libc.display()),
+                    None => format!("+{:#x} assumed (glibc 2.36)", found.proc.tsd_off),
+                }
+            ),
         ));
         Some(found)
     }
@@ -314,11 +354,11 @@ impl ProfileMaps {
         let gone: Vec<u32> = self
             .checked
             .iter()
-            .filter(|(&pid, &(_, _, start))| start_time(pid) != start)
+            .filter(|(&pid, c)| start_time(pid) != c.start)
             .map(|(&pid, _)| pid)
             .collect();
         for pid in gone {
-            if self.checked.remove(&pid).is_some_and(|(_, found, _)| found) {
+            if self.checked.remove(&pid).is_some_and(|c| c.found) {
                 let _ = self.python.remove(&pid);
             }
         }
@@ -327,6 +367,10 @@ impl ProfileMaps {
 
 #[cfg(test)]
 mod tests {
+    use adeline_trace_common::profile::{
+        off_cpu_probability, off_cpu_weight, OFF_CPU_PI_MIN, OFF_CPU_PI_ONE,
+    };
+
     use super::*;
 
     #[test]
@@ -335,5 +379,24 @@ mod tests {
         assert!(me.is_some());
         assert_eq!(start_time(std::process::id()), me);
         assert_eq!(start_time(u32::MAX), None);
+    }
+
+    #[test]
+    fn probability_is_the_share_of_a_period() {
+        let period = 10_000_000;
+        assert_eq!(off_cpu_probability(0, period), OFF_CPU_PI_ONE);
+        assert_eq!(off_cpu_probability(period, period), OFF_CPU_PI_ONE);
+        assert_eq!(off_cpu_probability(5 * period, period), OFF_CPU_PI_ONE);
+        assert_eq!(off_cpu_probability(period / 4, period), OFF_CPU_PI_ONE / 4);
+        assert_eq!(off_cpu_probability(1_000, period), OFF_CPU_PI_MIN);
+        assert_eq!(off_cpu_probability(1 << 60, 1 << 62), OFF_CPU_PI_ONE / 4);
+    }
+
+    #[test]
+    fn weight_undoes_the_probability() {
+        assert_eq!(off_cpu_weight(1_500_000, OFF_CPU_PI_ONE), 1_500_000);
+        assert_eq!(off_cpu_weight(1_500_000, OFF_CPU_PI_ONE / 4), 6_000_000);
+        assert_eq!(off_cpu_weight(1_000, OFF_CPU_PI_MIN), 64_000);
+        assert_eq!(off_cpu_weight(u64::MAX / 2, 2), u64::MAX);
     }
 }
