@@ -7,9 +7,11 @@
 //! that rank.
 //!
 //! Storage is sparse by octave: a 64-counter chunk (256 bytes) is added the
-//! first time a value falls in its octave and kept (zeroed) across
-//! [`LogHist::clear`], so a slot reused every period does not allocate again.
-//! Memory: 64 bytes inline plus 256 bytes per octave ever seen, at most
+//! first time a value falls in its octave. [`LogHist::clear`] keeps (zeroed)
+//! the chunks that held values, so a slot reused every period does not
+//! allocate again, and frees the others: a slot holds the octaves of its
+//! last period, not every octave it ever saw.
+//! Memory: 64 bytes inline plus 256 bytes per octave seen in the last period, at most
 //! 64 + [`LogHist::MAX_HEAP_BYTES`] (14.8 KiB, all 59 octaves of `u64`);
 //! 1.3 KiB for durations within a 16x range (5 octaves).
 use super::snapshot::Percentiles;
@@ -143,11 +145,24 @@ impl LogHist {
         self.sum = self.sum.saturating_add(other.sum);
     }
 
-    /// Forgets every value, keeping the chunks allocated for reuse.
+    /// Forgets every value. The chunks of octaves that held values are
+    /// kept (zeroed) for reuse: the next period most likely sees the same
+    /// octaves; the others are freed, so a rare outlier's octave does not
+    /// stay allocated in every slot it ever landed in.
     pub fn clear(&mut self) {
-        for chunk in &mut self.chunks {
-            chunk.fill(0);
-        }
+        let (mut bits, mut kept) = (self.present, 0u64);
+        self.chunks.retain_mut(|chunk| {
+            let c = bits.trailing_zeros();
+            bits &= bits - 1;
+            let used = chunk.iter().any(|&n| n != 0);
+            if used {
+                chunk.fill(0);
+                kept |= 1 << c;
+            }
+            used
+        });
+        self.present = kept;
+        self.chunks.shrink_to_fit();
         self.count = 0;
         self.sum = 0;
         self.min = 0;
@@ -317,6 +332,23 @@ mod tests {
         h.record(1_010); // same octave as 1 000
         assert_eq!(h.heap_bytes(), bytes);
         assert_eq!(h.percentiles().p50_ns, 1_010);
+    }
+
+    #[test]
+    fn clear_frees_the_chunks_a_period_left_empty() {
+        let mut h = LogHist::new();
+        h.record(1_000);
+        let one = h.heap_bytes();
+        h.record(50_000_000); // an outlier's octave
+        assert_eq!(h.heap_bytes(), 2 * one);
+        h.clear();
+        h.record(1_000);
+        h.clear(); // the outlier's octave saw nothing this period
+        assert_eq!(h.heap_bytes(), one);
+        h.clear(); // nor did 1 000's
+        assert_eq!(h.heap_bytes(), 0);
+        h.record(1_000);
+        assert_eq!(h.percentiles().p50_ns, 1_000);
     }
 
     #[test]
