@@ -447,7 +447,7 @@ fn rare_outliers_do_not_make_memory_grow() {
         for _ in 0..20 {
             call += 1;
             let stage = (call % 50) as u32;
-            let dur = if call % 1_399 == 0 {
+            let dur = if call.is_multiple_of(1_399) {
                 16_000 << ((call / 1_399) % 16)
             } else {
                 100 + call * 7_919 % 4_000
@@ -457,7 +457,7 @@ fn rare_outliers_do_not_make_memory_grow() {
         if tick == 200 * 100 {
             at_200s = m.bytes();
         }
-        if tick > 200 * 100 && tick % 100 == 0 {
+        if tick > 200 * 100 && tick.is_multiple_of(100) {
             most_after = most_after.max(m.bytes());
         }
     }
@@ -467,7 +467,7 @@ fn rare_outliers_do_not_make_memory_grow() {
     );
     // About 85 KiB a stage: the whole run's bins of 0.1-4 us, and 60 window
     // slots of 1-3 octaves.
-    assert!(m.bytes() <= 50 * 100 << 10, "{} bytes", m.bytes());
+    assert!(m.bytes() <= (50 * 100) << 10, "{} bytes", m.bytes());
 }
 
 #[test]
