@@ -6,7 +6,7 @@
 //! Memory: 512 bytes per block of 64 bins that ever held a value, and 2
 //! bytes per block up to the largest: 8-16 KiB for durations that vary 2x,
 //! +512 bytes per outlier far from the rest, never more than
-//! [`SparseHdr::MAX_HEAP_BYTES`] (442 KiB, every bin of `u64`).
+//! [`SparseHdr::MAX_HEAP_BYTES`] (459 KiB, every bin of `u64`).
 use super::{loghist::QUANTILES, snapshot::Percentiles, sparse_hdr::SparseHdr};
 
 /// Durations over the whole run (see the module doc for precision and size).

@@ -20,7 +20,7 @@
 //! So 32 stages (33 with the frames) whose durations vary up to 16x take
 //! about 33 x (40 + 61 x 1.3) KiB = 3.9 MiB. The ceiling, reached only if
 //! every slot sees durations in every octave and the run sees every HDR
-//! bin of `u64`, is 33 x (442 + 60 x 9.3 + 14.8) KiB = 33 MiB.
+//! bin of `u64`, is 33 x (459 + 60 x 9.3 + 15.2) KiB = 33 MiB.
 pub mod aggregate;
 pub mod bottleneck;
 pub mod buckets;

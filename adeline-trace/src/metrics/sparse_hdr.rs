@@ -47,8 +47,9 @@ pub struct SparseHdr {
     /// Per block up to the highest used: 1 + its position in `blocks`,
     /// 0 when absent.
     index: Vec<u16>,
-    /// In the order they were first used.
-    blocks: Vec<[u64; BLOCK]>,
+    /// In the order they were first used; each an allocation of its own,
+    /// all of one size (one growing array would leave holes in the heap).
+    blocks: Vec<Box<[u64; BLOCK]>>,
 }
 
 impl SparseHdr {
@@ -65,7 +66,7 @@ impl SparseHdr {
             0 => {
                 // Exact growth: a new block is rare, memory is not.
                 self.blocks.reserve_exact(1);
-                self.blocks.push([0; BLOCK]);
+                self.blocks.push(Box::new([0; BLOCK]));
                 self.index[block] = self.blocks.len() as u16;
                 self.blocks.len() - 1
             }
@@ -109,12 +110,13 @@ impl SparseHdr {
     /// Bytes held on the heap.
     pub fn heap_bytes(&self) -> usize {
         self.index.capacity() * std::mem::size_of::<u16>()
-            + self.blocks.capacity() * std::mem::size_of::<[u64; BLOCK]>()
+            + self.blocks.capacity() * std::mem::size_of::<Box<[u64; BLOCK]>>()
+            + self.blocks.len() * std::mem::size_of::<[u64; BLOCK]>()
     }
 
     /// Upper bound of [`SparseHdr::heap_bytes`]: every block of `u64`.
     pub const MAX_HEAP_BYTES: usize =
-        (BINS as usize).div_ceil(BLOCK) * (2 + std::mem::size_of::<[u64; BLOCK]>());
+        (BINS as usize).div_ceil(BLOCK) * (2 + 8 + std::mem::size_of::<[u64; BLOCK]>());
 }
 
 #[cfg(test)]
@@ -152,7 +154,7 @@ mod tests {
         let blocks = std::mem::size_of::<[u64; BLOCK]>();
         // One block, and the index grown to it (2 bytes a block).
         assert!(
-            h.heap_bytes() <= dense + blocks + 2 * 700,
+            h.heap_bytes() <= dense + blocks + 8 + 2 * 700,
             "{}",
             h.heap_bytes()
         );

@@ -3,7 +3,7 @@
 //! functions called round-robin at a fixed total rate), sampled from
 //! /proc/PID/status (VmRSS and RssAnon, the heap) every second, with
 //! records (`-o /dev/null`, the default mode) and with `--no-spans`
-//! (in-kernel aggregation); samples go to target/bench/footprint/N-MODE.csv.
+//! (in-kernel aggregation); samples go to target/bench/footprint-rss/N-MODE.csv.
 //! Goal: at most 40 MB at 50 stages, and no growth in the second half of
 //! the run. Needs root.
 use std::fmt::Write as _;
@@ -160,7 +160,7 @@ fn run_one(
         .zip(&anon)
         .map(|(&(t, b), &(_, a))| format!("{t:.1},{b},{a}\n"))
         .collect();
-    let dir = crate::target_dir().join("bench").join("footprint");
+    let dir = crate::target_dir().join("bench").join("footprint-rss");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join(format!("{n}-{mode}.csv")),
