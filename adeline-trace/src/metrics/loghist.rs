@@ -33,6 +33,7 @@ pub struct LogHist {
     /// is an allocation of its own, all of one size: the chunks freed and
     /// allocated as slots are reused fit each other's places, where one
     /// growing array would leave holes of every size in the heap.
+    #[allow(clippy::vec_box)] // the point: one allocation per chunk
     chunks: Vec<Box<[u32; SUB]>>,
     count: u64,
     sum: u64,

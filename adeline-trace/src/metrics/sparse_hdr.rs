@@ -49,6 +49,7 @@ pub struct SparseHdr {
     index: Vec<u16>,
     /// In the order they were first used; each an allocation of its own,
     /// all of one size (one growing array would leave holes in the heap).
+    #[allow(clippy::vec_box)] // the point: one allocation per block
     blocks: Vec<Box<[u64; BLOCK]>>,
 }
 
