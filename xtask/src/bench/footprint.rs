@@ -166,6 +166,10 @@ fn run_one(
         dir.join(format!("{n}-{mode}.csv")),
         format!("seconds,vmrss_bytes,rssanon_bytes\n{csv}"),
     )?;
+    // The table: samples under load only (the last ones can fall after the
+    // fixture's end, while the agent detaches and unmaps its ring).
+    samples.retain(|&(t, _)| t <= seconds);
+    anon.retain(|&(t, _)| t <= seconds);
     Ok(Run {
         stages: n,
         mode,
