@@ -13,6 +13,21 @@ use crate::{
 /// How often call rates are compared with the threshold.
 const DECIDE_EVERY: Duration = Duration::from_secs(1);
 
+/// With a config that SIGHUP reloads, room in `STAGE_AGG` for as many
+/// stages again as the start's (at least 16 more): stages a reload adds
+/// beyond it keep a record per call.
+const RELOAD_ROOM_MIN: usize = 16;
+
+/// Stages `STAGE_AGG` holds for `stages` at start; `reloadable`: a reload
+/// may add stages.
+pub fn capacity(stages: usize, reloadable: bool) -> u32 {
+    let room = match reloadable {
+        true => stages + stages.max(RELOAD_ROOM_MIN),
+        false => stages,
+    };
+    room.min(adeline_trace_common::MAX_STAGES as usize) as u32
+}
+
 /// Per stage: aggregated or not, and the calls seen since the last decision.
 pub struct Aggregating {
     /// Calls per second above which a stage is aggregated (0: all are);
@@ -20,40 +35,66 @@ pub struct Aggregating {
     above: u64,
     /// The frame root keeps its records (frames are measured from them).
     frame_stage: Option<u32>,
+    /// Stage ids below this have a histogram in `STAGE_AGG`.
+    capacity: usize,
     on: Vec<bool>,
     /// Calls since the last decision: span records and kernel counts.
     calls: Vec<u64>,
+    /// Calls counted in the kernel since start.
+    counted: Vec<u64>,
     reads: KernelReads,
     decided: Instant,
 }
 
 impl Aggregating {
-    /// For `stages` stages; with `above` 0 every stage but the frame root
-    /// is aggregated at once.
+    /// For `stages` stages, `STAGE_AGG` holding `capacity` (see
+    /// [`capacity`]); with `above` 0 every stage but the frame root is
+    /// aggregated at once, and so is every stage a reload will add within
+    /// the capacity (set before its probes are attached).
     pub fn new(
         maps: &mut AggMaps,
         stages: usize,
+        capacity: u32,
         above: u64,
         frame_stage: Option<u32>,
     ) -> Result<Aggregating, ProbeError> {
         let mut a = Aggregating {
             above,
             frame_stage,
-            on: vec![false; stages],
-            calls: vec![0; stages],
-            reads: KernelReads::new(stages),
+            capacity: capacity as usize,
+            on: Vec::new(),
+            calls: Vec::new(),
+            counted: Vec::new(),
+            reads: KernelReads::new(0),
             decided: Instant::now(),
         };
         if above == 0 {
-            for i in 0..stages {
-                a.switch(maps, i, true)?;
+            for i in (0..a.capacity).filter(|&i| frame_stage != Some(i as u32)) {
+                maps.set(i as u32, true)?;
             }
         }
+        a.grow(stages);
         Ok(a)
     }
 
+    /// Stages added by a reload, up to `stages` in all (ids in order). They
+    /// follow the start's rule: with `--aggregate-above 0` aggregated from
+    /// their first call, else by their call rate. Returns the ids beyond
+    /// the capacity: they keep a record per call.
+    pub fn grow(&mut self, stages: usize) -> std::ops::Range<usize> {
+        let from = self.on.len();
+        for i in from..stages {
+            let on = self.above == 0 && i < self.capacity && self.frame_stage != Some(i as u32);
+            self.on.push(on);
+            self.calls.push(0);
+            self.counted.push(0);
+        }
+        self.reads.grow(stages);
+        from.max(self.capacity)..stages.max(self.capacity)
+    }
+
     fn switch(&mut self, maps: &mut AggMaps, i: usize, on: bool) -> Result<(), ProbeError> {
-        if self.frame_stage == Some(i as u32) || self.on[i] == on {
+        if self.frame_stage == Some(i as u32) || self.on[i] == on || i >= self.capacity {
             return Ok(());
         }
         maps.set(i as u32, on)?;
@@ -78,6 +119,7 @@ impl Aggregating {
             }
             let d = self.reads.delta(i, maps.read(i as u32)?);
             self.calls[i] += d.count;
+            self.counted[i] += d.count;
             metrics.record_kernel(i, now_ns, &d);
         }
         let elapsed = self.decided.elapsed();
@@ -98,8 +140,14 @@ impl Aggregating {
         Ok(())
     }
 
-    /// Stages aggregated now.
-    pub fn aggregated(&self) -> usize {
-        self.on.iter().filter(|&&o| o).count()
+    /// Stage ids below this can be aggregated.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Calls of stage `i` counted in the kernel since start (0 for a
+    /// stage never aggregated): the others came as records.
+    pub fn counted(&self, i: usize) -> u64 {
+        self.counted.get(i).copied().unwrap_or(0)
     }
 }

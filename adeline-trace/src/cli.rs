@@ -207,7 +207,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
     /// Ring buffer size in bytes: a power of two, at least 4096 (default
-    /// 16777216; 4194304 with --no-spans).
+    /// 4194304).
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
     /// Do not write a `span` event per call (summaries, stats, gauges, alerts

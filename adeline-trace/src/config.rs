@@ -139,10 +139,6 @@ pub struct Plan {
     pub aggregate_above: Option<u64>,
 }
 
-/// The ring buffer's default size with `--no-spans` (4 MiB: 65,536 span
-/// records, 130 ms of 500,000 records a second; 16 MiB otherwise).
-pub const NO_SPANS_RING_BYTES: u32 = 1 << 22;
-
 /// `--aggregate-above`'s default, calls per second: the agent's ~0.4 us of
 /// CPU per record makes 10,000 records/s cost it ~0.4% of a core.
 pub const DEFAULT_AGGREGATE_ABOVE: u64 = 10_000;
@@ -202,7 +198,7 @@ pub enum ConfigError {
     ZeroDuration,
     #[error("--stats-interval must be at least 10ms")]
     StatsIntervalTooShort,
-    #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 16777216")]
+    #[error("--ring-bytes {0} is invalid: use a power of two of at least 4096, e.g. 4194304")]
     RingBytes(u32),
     #[error("malformed --gauge '{}': expected NAME=TARGET:SYMBOL:argN|ret, e.g. tracks=/opt/app/bin/pipeline:track:ret, or NAME=usdt:TARGET:PROVIDER:PROBE[:argN|:hits] ({problem})", echo(spec))]
     MalformedGauge { spec: String, problem: &'static str },
@@ -755,12 +751,7 @@ impl Plan {
         if stats_interval < Duration::from_millis(10) {
             return Err(ConfigError::StatsIntervalTooShort);
         }
-        // --no-spans sends fewer records (aggregation takes the busy
-        // stages), and the ring's pages count in the agent's RSS twice.
-        let ring_bytes = args.ring_bytes.unwrap_or(match args.no_spans {
-            true => NO_SPANS_RING_BYTES,
-            false => adeline_trace_common::RING_BYTES,
-        });
+        let ring_bytes = args.ring_bytes.unwrap_or(adeline_trace_common::RING_BYTES);
         if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
             return Err(ConfigError::RingBytes(ring_bytes));
         }
@@ -1524,13 +1515,13 @@ symbol = "python:gc__start"
     }
 
     #[test]
-    fn no_spans_aggregates_and_shrinks_the_ring() {
+    fn no_spans_aggregates_with_the_same_ring() {
         let spans = Plan::from_args(&args(&["--stage", "a=/x:f"])).unwrap();
-        assert_eq!((spans.ring_bytes, spans.aggregate_above), (1 << 24, None));
+        assert_eq!((spans.ring_bytes, spans.aggregate_above), (1 << 22, None));
         let agg = Plan::from_args(&args(&["--stage", "a=/x:f", "--no-spans"])).unwrap();
         assert_eq!(
             (agg.ring_bytes, agg.aggregate_above),
-            (NO_SPANS_RING_BYTES, Some(DEFAULT_AGGREGATE_ABOVE))
+            (1 << 22, Some(DEFAULT_AGGREGATE_ABOVE))
         );
         let all = ["--stage", "a=/x:f", "--no-spans", "--aggregate-above", "0"];
         assert_eq!(

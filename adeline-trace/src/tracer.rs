@@ -258,7 +258,20 @@ impl Tracer {
                 return Ok(());
             }
         };
-        for w in warnings.iter().chain(&changes.warnings) {
+        let mut warnings: Vec<String> = warnings.into_iter().chain(changes.warnings).collect();
+        if let Some(a) = self.aggregating.as_mut() {
+            // The added stages follow the start's rule (docs/aggregation.md).
+            let metrics = self.live.metrics();
+            let names = metrics.stage_names();
+            warnings.extend(a.grow(names.len()).map(|i| {
+                format!(
+                    "stage {} keeps a record per call: in-kernel aggregation has room for {} stages (twice the start's, at least 16 more); restart the agent to aggregate it",
+                    names[i],
+                    a.capacity()
+                )
+            }));
+        }
+        for w in &warnings {
             eprintln!("{}warning: {w}", journal::prefix(Priority::Warning));
         }
         eprintln!(
@@ -735,9 +748,11 @@ impl Tracer {
             .collect();
         let stages: Vec<StageTotal> = totals
             .iter()
-            .map(|(stage, latency)| StageTotal {
+            .enumerate()
+            .map(|(i, (stage, latency))| StageTotal {
                 stage,
                 latency: *latency,
+                aggregated: self.aggregating.as_ref().map(|a| a.counted(i)),
             })
             .collect();
         self.sinks.finish(

@@ -836,6 +836,17 @@ impl Pipeline {
         Pipeline::spawn(cmd, go_file)
     }
 
+    /// `EXE ARGS... <scratch>/go`: a fixture that takes its go file last.
+    pub fn fixture(exe: &Path, args: &[&str]) -> Pipeline {
+        let name = exe
+            .file_name()
+            .map_or("fixture".into(), |n| n.to_string_lossy());
+        let go_file = scratch_dir(&name).join("go");
+        let mut cmd = Command::new(exe);
+        cmd.args(args).arg(&go_file);
+        Pipeline::spawn(cmd, go_file)
+    }
+
     /// `cpp-pipeline FRAMES <scratch>/go` with `exe` = the fixture's `exe`
     /// or `stripped`.
     pub fn cpp(exe: &Path, frames: u64) -> Pipeline {

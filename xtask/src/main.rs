@@ -10,7 +10,8 @@
 //!   cargo xtask bench soak [--minutes M]      the demo traced at its highest rate for M minutes (root)
 //!   cargo xtask fuzz [--seconds N] [TARGET..] build the cargo-fuzz targets, run each N s
 //!   cargo xtask bench attach [--sizes N,..]   attach/detach time of N uprobes: multi, perf, bpftrace (root)
-//!   cargo xtask bench footprint [--minutes M] agent RSS with 50 and 500 stages, steady load (root)
+//!   cargo xtask bench footprint [--minutes M] [--stages 50,500] [--modes records,no-spans]
+//!                                             agent RSS with 50 and 500 stages, steady load (root)
 //!   cargo xtask deb [--binary PATH]           the Debian package (service, config, man, completions)
 
 mod bench;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    aggregating::Aggregating,
+    aggregating::{self, Aggregating},
     alerts::{alerting::Alerting, engine::AlertEngine},
     cli::RunArgs,
     config::Plan,
@@ -124,8 +124,9 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         python: resolved.python.clone(),
         python_window: plan.python_window,
         usdt_args: resolved.usdt_args.clone(),
+        // With a config, room for the stages a reload adds.
         aggregate_stages: match plan.aggregate_above {
-            Some(_) => plan.stages.len() as u32,
+            Some(_) => aggregating::capacity(plan.stages.len(), plan.config.is_some()),
             None => 0,
         },
     };
@@ -135,6 +136,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         (Some(above), Some(maps)) => Some(Aggregating::new(
             maps,
             plan.stages.len(),
+            opts.aggregate_stages,
             above,
             frame_stage,
         )?),

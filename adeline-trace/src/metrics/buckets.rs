@@ -1,5 +1,5 @@
 //! Whole-run durations as cumulative buckets (`le` counts, the shape of a
-//! Prometheus histogram), read from each stage's HDR histogram when asked:
+//! Prometheus histogram), read from each stage's HDR bins when asked:
 //! nothing is counted per call beyond what [`Metrics`] already keeps.
 //!
 //! # Precision
@@ -9,9 +9,7 @@
 //! than its bound. Bins are 1 ns wide below 2048 ns and at most 1/1024 of
 //! the value above (3 significant digits): a call less than 0.1% below a
 //! bound that shares a bin with the bound counts only from the next bucket.
-use hdrhistogram::Histogram;
-
-use super::{latency::LatencyHistogram, Metrics};
+use super::{latency::LatencyHistogram, sparse_hdr::SparseHdr, Metrics};
 
 /// A distribution as cumulative buckets over increasing bounds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,7 +67,7 @@ impl Metrics {
 pub fn buckets(hist: &LatencyHistogram, bounds_ns: &[u64]) -> Buckets {
     debug_assert!(bounds_ns.windows(2).all(|w| w[0] < w[1]), "{bounds_ns:?}");
     let count = hist.count();
-    let le = at_or_below(hist.hdr(), bounds_ns)
+    let le = at_or_below(hist.bins(), bounds_ns)
         .into_iter()
         .zip(bounds_ns)
         // The HDR count equals `count`; the clamp keeps `+Inf` the largest.
@@ -84,15 +82,14 @@ pub fn buckets(hist: &LatencyHistogram, bounds_ns: &[u64]) -> Buckets {
 
 /// For each bound, the values in bins whose highest value is <= the bound;
 /// one walk over the recorded bins (both in increasing order).
-fn at_or_below(hdr: &Histogram<u64>, bounds_ns: &[u64]) -> Vec<u64> {
+fn at_or_below(bins: &SparseHdr, bounds_ns: &[u64]) -> Vec<u64> {
     let mut out = Vec::with_capacity(bounds_ns.len());
     let mut below = 0u64;
-    for bin in hdr.iter_recorded() {
-        let highest = bin.value_iterated_to();
+    for (highest, n) in bins.recorded() {
         while out.len() < bounds_ns.len() && bounds_ns[out.len()] < highest {
             out.push(below);
         }
-        below = below.saturating_add(bin.count_at_value());
+        below = below.saturating_add(n);
     }
     out.resize(bounds_ns.len(), below);
     out
@@ -139,8 +136,9 @@ mod tests {
         let h = hist(&[999_000, 1_000_100, 1_000_600]);
         let b = buckets(&h, &[1_000_000, 1_001_000]);
         assert_eq!(b.le, [(1_000_000, 1), (1_001_000, 3)]);
-        let bin = h.hdr().highest_equivalent(1_000_000);
-        assert!(bin > 1_000_000 && bin - h.hdr().lowest_equivalent(1_000_000) < 1024);
+        let mut one = SparseHdr::default();
+        one.record_n(1_000_000, 1);
+        assert_eq!(one.recorded().next(), Some((1_000_447, 1)));
     }
 
     #[test]

@@ -41,6 +41,13 @@ impl KernelReads {
         }
     }
 
+    /// Room for `stages` stages (stages added by a reload).
+    pub fn grow(&mut self, stages: usize) {
+        if stages > self.prev.len() {
+            self.prev.resize_with(stages, || None);
+        }
+    }
+
     /// The calls counted since the previous read of stage `i` (`now` is
     /// the CPUs' sum, bins modulo 2^32: a bin cannot gain 2^32 calls
     /// between two reads).

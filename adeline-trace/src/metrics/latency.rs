@@ -1,17 +1,18 @@
-//! Latency distribution of one stage over the whole run: an HDR histogram
-//! (3 significant digits, so percentiles are within 0.1% of the exact value)
-//! plus exact count, min, max and sum.
+//! Latency distribution of one stage over the whole run: the bins of an HDR
+//! histogram with 3 significant digits (percentiles within 0.1% of the
+//! exact value), stored sparsely ([`SparseHdr`]), plus exact count, min,
+//! max and sum.
 //!
-//! Memory: the histogram starts at 16 KiB (values below 2048 ns) and grows by
-//! 8 KiB per doubling of the largest value recorded: 168 KiB once a value
-//! reaches 1 s, 264 KiB at 1 h, never more than 440 KiB (`u64::MAX`).
-use super::{loghist::QUANTILES, snapshot::Percentiles};
-use hdrhistogram::Histogram;
+//! Memory: 512 bytes per block of 64 bins that ever held a value, and 2
+//! bytes per block up to the largest: 8-16 KiB for durations that vary 2x,
+//! +512 bytes per outlier far from the rest, never more than
+//! [`SparseHdr::MAX_HEAP_BYTES`] (459 KiB, every bin of `u64`).
+use super::{loghist::QUANTILES, snapshot::Percentiles, sparse_hdr::SparseHdr};
 
 /// Durations over the whole run (see the module doc for precision and size).
 #[derive(Debug, Clone)]
 pub struct LatencyHistogram {
-    hist: Histogram<u64>,
+    hist: SparseHdr,
     count: u64,
     sum_ns: u128,
     min_ns: u64,
@@ -25,14 +26,10 @@ impl Default for LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    /// Empty (16 KiB until a value needs more).
+    /// Empty (nothing on the heap until a value is added).
     pub fn new() -> Self {
-        // 1 ns .. 2 ns to start, auto-resizing to the largest value seen.
-        let mut hist =
-            Histogram::new_with_bounds(1, 2, 3).expect("static histogram bounds are valid");
-        hist.auto(true);
         LatencyHistogram {
-            hist,
+            hist: SparseHdr::default(),
             count: 0,
             sum_ns: 0,
             min_ns: u64::MAX,
@@ -42,8 +39,7 @@ impl LatencyHistogram {
 
     /// Adds one duration (any value; 0 counts as 1 in the percentiles).
     pub fn record(&mut self, dur_ns: u64) {
-        // With auto-resize on, recording cannot fail.
-        let _ = self.hist.record(dur_ns.max(1));
+        self.hist.record_n(dur_ns.max(1), 1);
         self.count += 1;
         self.sum_ns += u128::from(dur_ns);
         self.min_ns = self.min_ns.min(dur_ns);
@@ -56,7 +52,7 @@ impl LatencyHistogram {
         if n == 0 {
             return;
         }
-        let _ = self.hist.record_n(v.max(1), n);
+        self.hist.record_n(v.max(1), n);
         self.count += n;
         self.min_ns = self.min_ns.min(v);
         self.max_ns = self.max_ns.max(v);
@@ -77,32 +73,39 @@ impl LatencyHistogram {
         u64::try_from(self.sum_ns).unwrap_or(u64::MAX)
     }
 
-    /// The HDR histogram itself (read by [`super::buckets`]).
-    pub(super) fn hdr(&self) -> &Histogram<u64> {
+    /// The bins (read by [`super::buckets`]).
+    pub(super) fn bins(&self) -> &SparseHdr {
         &self.hist
     }
 
     /// Bytes held on the heap (the histogram's counters).
     pub fn heap_bytes(&self) -> usize {
-        self.hist.distinct_values() * std::mem::size_of::<u64>()
+        self.hist.heap_bytes()
     }
 
-    /// Forgets every duration (keeps the counters' size).
+    /// Forgets every duration.
     pub fn reset(&mut self) {
-        self.hist.reset();
+        self.hist.clear();
         self.count = 0;
         self.sum_ns = 0;
         self.min_ns = u64::MAX;
         self.max_ns = 0;
     }
 
-    /// Value at quantile `q` (0..=1); 0 when empty.
+    /// Value at quantile `q` (0..=1): the highest value of the bin holding
+    /// the value of rank `max(1, ceil(q * count))`, within the exact min
+    /// and max (as an HDR histogram's `value_at_quantile`); 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
         if self.count == 0 {
             return 0;
         }
+        if q <= 0.0 {
+            return self.min_ns;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).clamp(1, self.count);
         self.hist
-            .value_at_quantile(q)
+            .at_rank(rank)
+            .unwrap_or(self.max_ns)
             .clamp(self.min_ns, self.max_ns)
     }
 
@@ -174,12 +177,12 @@ mod tests {
     fn grows_with_the_largest_value_within_its_bound() {
         let mut h = LatencyHistogram::new();
         h.record(1_000);
-        assert!(h.heap_bytes() <= 16 << 10, "{}", h.heap_bytes());
+        assert!(h.heap_bytes() <= 1 << 10, "{}", h.heap_bytes());
         h.record(1_000_000_000);
-        assert!(h.heap_bytes() <= 168 << 10, "{}", h.heap_bytes());
+        assert!(h.heap_bytes() <= 3 << 10, "{}", h.heap_bytes());
         h.record(u64::MAX);
         h.record(0);
-        assert!(h.heap_bytes() <= 440 << 10, "{}", h.heap_bytes());
+        assert!(h.heap_bytes() <= 4 << 10, "{}", h.heap_bytes());
         assert_eq!(h.sum(), 1_000_001_000u64.saturating_add(u64::MAX));
         let p = h.percentiles();
         assert_eq!((p.count, p.min_ns, p.max_ns), (4, 0, u64::MAX));

@@ -7,10 +7,12 @@
 //! that rank.
 //!
 //! Storage is sparse by octave: a 64-counter chunk (256 bytes) is added the
-//! first time a value falls in its octave and kept (zeroed) across
-//! [`LogHist::clear`], so a slot reused every period does not allocate again.
-//! Memory: 64 bytes inline plus 256 bytes per octave ever seen, at most
-//! 64 + [`LogHist::MAX_HEAP_BYTES`] (14.8 KiB, all 59 octaves of `u64`);
+//! first time a value falls in its octave. [`LogHist::clear`] keeps (zeroed)
+//! the chunks that held values, so a slot reused every period does not
+//! allocate again, and frees the others: a slot holds the octaves of its
+//! last period, not every octave it ever saw.
+//! Memory: 64 bytes inline plus 256 bytes per octave seen in the last period, at most
+//! 64 + [`LogHist::MAX_HEAP_BYTES`] (15.2 KiB, all 59 octaves of `u64`);
 //! 1.3 KiB for durations within a 16x range (5 octaves).
 use super::snapshot::Percentiles;
 
@@ -27,8 +29,12 @@ pub const QUANTILES: [f64; 5] = [0.50, 0.90, 0.95, 0.99, 0.999];
 pub struct LogHist {
     /// Bit c set when chunk c is allocated.
     present: u64,
-    /// Allocated chunks in increasing c (= increasing value) order.
-    chunks: Vec<[u32; SUB]>,
+    /// Allocated chunks in increasing c (= increasing value) order. Each
+    /// is an allocation of its own, all of one size: the chunks freed and
+    /// allocated as slots are reused fit each other's places, where one
+    /// growing array would leave holes of every size in the heap.
+    #[allow(clippy::vec_box)] // the point: one allocation per chunk
+    chunks: Vec<Box<[u32; SUB]>>,
     count: u64,
     sum: u64,
     min: u64,
@@ -63,7 +69,8 @@ pub fn bin_mid(b: usize) -> u64 {
 
 impl LogHist {
     /// Upper bound of [`LogHist::heap_bytes`].
-    pub const MAX_HEAP_BYTES: usize = CHUNKS as usize * std::mem::size_of::<[u32; SUB]>();
+    pub const MAX_HEAP_BYTES: usize = CHUNKS as usize
+        * (std::mem::size_of::<[u32; SUB]>() + std::mem::size_of::<Box<[u32; SUB]>>());
 
     /// Empty, holding no chunk.
     pub fn new() -> LogHist {
@@ -77,7 +84,7 @@ impl LogHist {
         if self.present & bit == 0 {
             // Exact growth: a new octave is rare, memory is not.
             self.chunks.reserve_exact(1);
-            self.chunks.insert(pos, [0; SUB]);
+            self.chunks.insert(pos, Box::new([0; SUB]));
             self.present |= bit;
         }
         &mut self.chunks[pos]
@@ -143,11 +150,23 @@ impl LogHist {
         self.sum = self.sum.saturating_add(other.sum);
     }
 
-    /// Forgets every value, keeping the chunks allocated for reuse.
+    /// Forgets every value. The chunks of octaves that held values are
+    /// kept (zeroed) for reuse: the next period most likely sees the same
+    /// octaves; the others are freed, so a rare outlier's octave does not
+    /// stay allocated in every slot it ever landed in.
     pub fn clear(&mut self) {
-        for chunk in &mut self.chunks {
-            chunk.fill(0);
-        }
+        let (mut bits, mut kept) = (self.present, 0u64);
+        self.chunks.retain_mut(|chunk| {
+            let c = bits.trailing_zeros();
+            bits &= bits - 1;
+            let used = chunk.iter().any(|&n| n != 0);
+            if used {
+                chunk.fill(0);
+                kept |= 1 << c;
+            }
+            used
+        });
+        self.present = kept;
         self.count = 0;
         self.sum = 0;
         self.min = 0;
@@ -166,7 +185,8 @@ impl LogHist {
 
     /// Bytes held on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.chunks.capacity() * std::mem::size_of::<[u32; SUB]>()
+        self.chunks.capacity() * std::mem::size_of::<Box<[u32; SUB]>>()
+            + self.chunks.len() * std::mem::size_of::<[u32; SUB]>()
     }
 
     /// Value at each quantile of `qs` (ascending, in 0..=1); 0 when empty.
@@ -317,6 +337,24 @@ mod tests {
         h.record(1_010); // same octave as 1 000
         assert_eq!(h.heap_bytes(), bytes);
         assert_eq!(h.percentiles().p50_ns, 1_010);
+    }
+
+    #[test]
+    fn clear_frees_the_chunks_a_period_left_empty() {
+        let mut h = LogHist::new();
+        h.record(1_000);
+        let (chunk, pointer) = (256, 8);
+        assert_eq!(h.heap_bytes(), chunk + pointer);
+        h.record(50_000_000); // an outlier's octave
+        assert_eq!(h.heap_bytes(), 2 * (chunk + pointer));
+        h.clear();
+        h.record(1_000);
+        h.clear(); // the outlier's octave saw nothing this period
+        assert_eq!(h.heap_bytes(), chunk + 2 * pointer);
+        h.clear(); // nor did 1 000's
+        assert_eq!(h.heap_bytes(), 2 * pointer);
+        h.record(1_000);
+        assert_eq!(h.percentiles().p50_ns, 1_000);
     }
 
     #[test]

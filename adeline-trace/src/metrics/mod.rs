@@ -4,24 +4,23 @@
 //!
 //! # Memory
 //!
-//! Fixed by the number of stages and gauges, whatever the run length: no
-//! record is kept, only distributions. Per stage, and once more for the
-//! frames:
-//! - the whole-run HDR histogram ([`LatencyHistogram`]): 16 KiB, growing by
-//!   8 KiB per doubling of the largest duration above 2 us: 144 KiB when the
-//!   largest is under 100 ms, 168 KiB under 1 s, at most 440 KiB;
+//! Fixed by the number of stages and gauges and by how their durations
+//! spread, whatever the run length: no record is kept, only distributions.
+//! Per stage, and once more for the frames:
+//! - the whole-run histogram ([`LatencyHistogram`], HDR bins stored
+//!   sparsely): 512 bytes per block of 64 bins ever used: 8-16 KiB for
+//!   durations that vary 2x, ~40 KiB for 16x, +512 bytes per outlier block;
 //! - 61 [`loghist::LogHist`]s (3 rings of 20 window slots, and the interval
 //!   of [`Metrics::take_interval`]): 80 bytes + 256 bytes per octave of
-//!   durations the slot has ever seen: 1.3 KiB for durations that vary 16x,
-//!   at most 9.3 KiB in a window slot (windows take durations under 2^42 ns)
-//!   and 14.8 KiB for the interval;
+//!   durations the slot saw in its current or previous period (octaves a
+//!   period left empty are freed when the slot is reused): 1.3 KiB for
+//!   durations that vary 16x;
 //! - per gauge, 61 x 64 bytes.
 //!
-//! So 32 stages (33 with the frames) whose durations stay under 1 s and vary
-//! up to 16x take 33 x (168 + 61 x 1.3) KiB = 8.0 MiB, 7.2 MiB under 100 ms
-//! (a unit test measures 6.2 MiB with durations under 11 ms). The ceiling,
-//! reached only if every slot sees durations in every octave and some call
-//! lasts ~2^64 ns, is 33 x (440 + 60 x 9.3 + 14.8) KiB = 33 MiB.
+//! So 32 stages (33 with the frames) whose durations vary up to 16x take
+//! about 33 x (40 + 61 x 1.3) KiB = 3.9 MiB. The ceiling, reached only if
+//! every slot sees durations in every octave and the run sees every HDR
+//! bin of `u64`, is 33 x (459 + 60 x 9.3 + 15.2) KiB = 33 MiB.
 pub mod aggregate;
 pub mod bottleneck;
 pub mod buckets;
@@ -33,6 +32,7 @@ pub mod loghist;
 pub mod memory;
 pub mod profile;
 pub mod snapshot;
+pub mod sparse_hdr;
 pub mod window;
 
 #[cfg(test)]

@@ -432,6 +432,45 @@ fn memory_stays_bounded_over_ten_minutes() {
 }
 
 #[test]
+fn rare_outliers_do_not_make_memory_grow() {
+    // 50 stages at 40 calls/s each, durations 0.1-4 us (as `cargo xtask
+    // bench footprint`), and every 0.7 s one call of some stage lasting
+    // 16 us .. 500 ms (one of 16 outliers). Every slot of every ring sees
+    // an outlier octave now and then: the memory must level off once the
+    // rings have wrapped, not keep the octaves of every outlier ever seen.
+    let mut m = Metrics::new((0..50).map(|i| format!("s{i}")).collect(), vec![], None);
+    let (mut at_200s, mut most_after) = (0, 0);
+    let mut call = 0u64;
+    for tick in 0..600 * 100u64 {
+        // 20 calls every 10 ms.
+        let t = S + tick * 10 * MS;
+        for _ in 0..20 {
+            call += 1;
+            let stage = (call % 50) as u32;
+            let dur = if call.is_multiple_of(1_399) {
+                16_000 << ((call / 1_399) % 16)
+            } else {
+                100 + call * 7_919 % 4_000
+            };
+            m.record_span(&span(stage, t, dur));
+        }
+        if tick == 200 * 100 {
+            at_200s = m.bytes();
+        }
+        if tick > 200 * 100 && tick.is_multiple_of(100) {
+            most_after = most_after.max(m.bytes());
+        }
+    }
+    assert!(
+        most_after <= at_200s + at_200s / 20,
+        "{at_200s} bytes at 200 s, up to {most_after} later"
+    );
+    // About 85 KiB a stage: the whole run's bins of 0.1-4 us, and 60 window
+    // slots of 1-3 octaves.
+    assert!(m.bytes() <= (50 * 100) << 10, "{} bytes", m.bytes());
+}
+
+#[test]
 fn periods_tile_time_each_record_in_exactly_one() {
     let mut m = Metrics::new(vec!["a".into(), "b".into()], vec![], None);
     assert!(

@@ -265,6 +265,10 @@ pub struct StageTotal<'a> {
     pub stage: &'a str,
     #[serde(flatten)]
     pub latency: Percentiles,
+    /// With in-kernel aggregation: the calls counted in the kernel (the
+    /// others came as records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregated: Option<u64>,
 }
 
 /// The end of the run.

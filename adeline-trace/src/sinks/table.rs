@@ -91,6 +91,7 @@ pub fn summary_table(rows: &[StageTotal<'_>]) -> String {
     for StageTotal {
         stage: name,
         latency: s,
+        ..
     } in rows
     {
         let _ = writeln!(
@@ -150,7 +151,11 @@ mod tests {
             max_ns: 3_000,
             ..Percentiles::default()
         };
-        let row = |stage| StageTotal { stage, latency: s };
+        let row = |stage| StageTotal {
+            stage,
+            latency: s,
+            aggregated: None,
+        };
         let t = summary_table(&[row("decode"), row("infer_layer")]);
         let lines: Vec<_> = t.lines().collect();
         assert_eq!(lines.len(), 3);
@@ -167,6 +172,7 @@ mod tests {
         let t = summary_table(&[StageTotal {
             stage: &long,
             latency: Percentiles::default(),
+            aggregated: None,
         }]);
         assert!(t.lines().nth(1).unwrap().starts_with(&long));
         let t = live_table(&[(long.clone(), Percentiles::default())], 1.0, 0);

@@ -145,6 +145,10 @@ pub enum Bench {
         /// Stage counts (1..500), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "50,500")]
         stages: Vec<usize>,
+        /// Agent modes, comma-separated: records (the default mode, spans
+        /// to /dev/null), no-spans.
+        #[arg(long, value_delimiter = ',', default_value = "records,no-spans")]
+        modes: Vec<String>,
         /// Minutes per run.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
@@ -207,9 +211,10 @@ pub fn run(what: Bench) -> Result<i32> {
         } => attach::attach(&sizes, runs.max(1), perf_max, !no_bpftrace),
         Bench::Footprint {
             stages,
+            modes,
             minutes,
             rate,
-        } => footprint::footprint(&stages, minutes, rate.max(1)),
+        } => footprint::footprint(&stages, &modes, minutes, rate.max(1)),
         Bench::Python {
             runs,
             calls,
