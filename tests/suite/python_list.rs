@@ -107,19 +107,20 @@ fn without_a_process_it_says_what_can_be_listed() {
         let out = Agent::run(&["list", "--python", &python], Duration::from_secs(60));
         assert!(out.status.success());
         assert!(out.stderr.contains("give -p PID"), "{}", out.stderr);
+        // Plain text: every stdout line is in non_json.
+        let text = out.non_json.join("\n");
         assert!(
-            out.stdout
-                .contains(&format!("{} eval-loop probe sites", sites.len())),
-            "{}",
-            out.stdout
+            text.contains(&format!("{} eval-loop probe sites", sites.len())),
+            "{text}"
         );
         for s in sites {
             let (address, what) = (s["address"].as_str().unwrap(), s["what"].as_str().unwrap());
             assert!(address.starts_with("0x"), "{s}");
             assert!(
-                out.stdout.lines().any(|l| l.contains(address) && l.contains(what)),
-                "site {s} not in:\n{}",
-                out.stdout
+                out.non_json
+                    .iter()
+                    .any(|l| l.contains(address) && l.contains(what)),
+                "site {s} not in:\n{text}"
             );
         }
     }
