@@ -102,7 +102,10 @@ fn without_a_process_it_says_what_can_be_listed() {
         // The probe sites a stage would use: calls enter and leave somewhere.
         let sites = v["sites"].as_array().expect("sites[]");
         for role in ["entry", "exit"] {
-            assert!(sites.iter().any(|s| s["role"] == role), "no {role} site: {v}");
+            assert!(
+                sites.iter().any(|s| s["role"] == role),
+                "no {role} site: {v}"
+            );
         }
         let out = Agent::run(&["list", "--python", &python], Duration::from_secs(60));
         assert!(out.status.success());

@@ -91,7 +91,10 @@ fn sites(exe: &str) -> Result<(PathBuf, Vec<u64>)> {
         .args(["list", "--python", exe, "--json"])
         .output()?;
     if !out.status.success() {
-        bail!("list --python {exe}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "list --python {exe}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let offsets = v["sites"]
@@ -156,9 +159,8 @@ fn pipeline_stages(py: &str) -> Vec<String> {
 fn frame_loop_ns(c: &mut Command, report: &Path, work: &Path) -> Result<(f64, f64)> {
     run_captured(c, work)?;
     let text = std::fs::read_to_string(report)?.replace([' ', '\n'], "");
-    let get = |key| {
-        json_number(&text, key).with_context(|| format!("no {key} in the pipeline's report"))
-    };
+    let get =
+        |key| json_number(&text, key).with_context(|| format!("no {key} in the pipeline's report"));
     Ok((get("elapsed_ns")?, get("cpu_ns")?))
 }
 
