@@ -33,6 +33,10 @@ pub struct RssState {
     pub member_bytes: [i64; 4],
     /// Tracepoint hits that updated it.
     pub updates: u64,
+    /// The tgid whose threads' events are charged to stages (tp_btf path;
+    /// the classic path has the record's `curr`).
+    pub owner: u32,
+    pub _pad: u32,
 }
 
 impl RssState {

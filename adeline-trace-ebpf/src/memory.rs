@@ -96,7 +96,7 @@ pub fn mem_brk(ctx: TracePointContext) -> u32 {
 /// its mm by other tasks (reclaim, exit) update an mm already recorded.
 #[tracepoint]
 pub fn mem_rss(ctx: TracePointContext) -> u32 {
-    let mm_id = field::<u32>(&ctx, RSS_MM_ID);
+    let mm_id = u64::from(field::<u32>(&ctx, RSS_MM_ID));
     let curr = field::<u32>(&ctx, RSS_CURR);
     let member = (field::<i32>(&ctx, RSS_MEMBER) as usize) & 3;
     let size = field::<i64>(&ctx, RSS_SIZE);

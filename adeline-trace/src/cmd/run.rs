@@ -157,6 +157,15 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         let targets = f.target_paths();
         f.follow_restarts(Restarts::new(&plan.pids, &plan.command, &targets));
     }
+    if let Some(why) = &probes.memory.fallback {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}warning: memory: tp_btf/rss_stat not used ({}); kmem:rss_stat instead, ~90 ns more per page fault",
+            journal::prefix(Priority::Warning),
+            // A verifier log: its first line says why.
+            why.lines().next().unwrap_or_default()
+        );
+    }
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
             let _ = writeln!(

@@ -1,0 +1,267 @@
+//! The resident set from the BTF raw tracepoint `tp_btf/rss_stat`, which
+//! the default memory mode uses when the kernel's BTF gives the layouts
+//! below (else `mem_rss`, the classic `kmem:rss_stat`, in memory.rs).
+//!
+//! The raw tracepoint passes `(struct mm_struct *mm, int member)` and
+//! skips what the classic one does before any program runs: building the
+//! trace record, whose `size` is the counter's sum over CPUs taken under
+//! its spinlock with interrupts off. This program reads the same sum
+//! itself, without the lock: `mm->rss_stat[member]` is a `percpu_counter`
+//! (`count` plus one `s32` per CPU), read twice around the per-CPU reads;
+//! the sum counts only if the lock was free and `count` unchanged both
+//! times (a CPU folding its share into `count` holds the lock and changes
+//! `count`), so every stored value is a sum the kernel itself could have
+//! reported at that instant.
+//!
+//! aya-ebpf has no CO-RE field access and this kernel's BTF has no
+//! `__percpu` tags, so the agent reads the offsets from
+//! /sys/kernel/btf/vmlinux (load-time constants below) and the per-CPU
+//! area offsets are found once, in the kernel, from a per-CPU array of
+//! this program's own: `bpf_map_lookup_percpu_elem` gives each CPU's copy
+//! of its element and `struct bpf_array`'s `pptrs[0]` the per-CPU pointer
+//! they share.
+use adeline_trace_common::{stage_slot, RssState};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_map_lookup_percpu_elem,
+        bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{Array, PerCpuArray},
+    programs::BtfTracePointContext,
+};
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
+
+use crate::{
+    maps::{pid_allowed, MM_IDS, RSS, STAGE_RSS},
+    stage::current_stage,
+};
+
+/// Most CPUs summed (the agent uses the classic tracepoint above).
+pub const MAX_CPUS: u32 = 128;
+/// `member` values: file, anon, swap entries, shmem.
+const MM_SWAPENTS: u64 = 2;
+const MM_SHMEMPAGES: u64 = 3;
+
+// Load-time constants from the kernel's BTF (0: the program is not used).
+/// `offsetof(struct mm_struct, rss_stat)` and `sizeof(struct percpu_counter)`.
+#[no_mangle]
+static MM_RSS_STAT_OFF: u64 = 0;
+#[no_mangle]
+static PCPU_COUNTER_SIZE: u64 = 0;
+/// Offsets of `lock`, `count` and `counters` in `struct percpu_counter`
+/// (each inside its first 40 bytes, checked by the agent).
+#[no_mangle]
+static PCPU_LOCK_OFF: u64 = 0;
+#[no_mangle]
+static PCPU_COUNT_OFF: u64 = 0;
+#[no_mangle]
+static PCPU_COUNTERS_OFF: u64 = 0;
+/// `offsetof(struct bpf_array, pptrs)` and `offsetof(struct task_struct, mm)`.
+#[no_mangle]
+static BPF_ARRAY_PPTRS_OFF: u64 = 0;
+#[no_mangle]
+static TASK_MM_OFF: u64 = 0;
+/// Possible CPUs (`nr_cpu_ids`, at most `MAX_CPUS`) and the page shift.
+#[no_mangle]
+static NR_CPUS: u32 = 0;
+#[no_mangle]
+static PAGE_SHIFT: u64 = 12;
+
+/// Each CPU's per-CPU area offset (index = CPU; slot `MAX_CPUS`: non-zero
+/// once found).
+#[map(name = "RSS_CPU_OFF")]
+static CPU_OFF: Array<u64> = Array::with_max_entries(MAX_CPUS + 1, 0);
+
+/// A per-CPU array whose copies give the per-CPU offsets; slot 0 of each
+/// CPU is also where a pointer is stored to be read back as a number.
+#[map(name = "RSS_PCPU")]
+static PCPU: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn konst(v: &u64) -> u64 {
+    // SAFETY: read of a load-time constant.
+    unsafe { read_volatile(v) }
+}
+
+/// `v` (a kernel pointer the verifier types) as a plain number: stored in
+/// this CPU's slot and read back.
+#[inline(always)]
+fn number(v: u64) -> Option<u64> {
+    let slot = PCPU.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; programs do not migrate while running.
+    unsafe {
+        write_volatile(slot, v);
+        Some(read_volatile(slot))
+    }
+}
+
+#[inline(always)]
+fn read<T: Copy>(addr: u64) -> Option<T> {
+    // SAFETY: the helper copies from kernel memory or fails.
+    unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+/// Finds the per-CPU offsets (once).
+#[inline(always)]
+fn cpu_offsets_ready() -> bool {
+    let Some(done) = CPU_OFF.get_ptr_mut(MAX_CPUS) else {
+        return false;
+    };
+    // SAFETY: an array slot.
+    if unsafe { read_volatile(done) } != 0 {
+        return true;
+    }
+    let map = core::ptr::from_ref(&PCPU).cast_mut().cast::<c_void>();
+    let Some(base) = number(map as u64)
+        .and_then(|m| read::<u64>(m + konst(&BPF_ARRAY_PPTRS_OFF)))
+    else {
+        return false;
+    };
+    // SAFETY: read of a load-time constant.
+    let nr = unsafe { read_volatile(&NR_CPUS) };
+    let key = 0u32;
+    for cpu in 0..MAX_CPUS {
+        if cpu >= nr {
+            break;
+        }
+        // SAFETY: the helper takes this map and key.
+        let copy = unsafe { bpf_map_lookup_percpu_elem(map, (&raw const key).cast(), cpu) };
+        if copy.is_null() {
+            return false;
+        }
+        let (Some(addr), Some(slot)) = (number(copy as u64), CPU_OFF.get_ptr_mut(cpu)) else {
+            return false;
+        };
+        // SAFETY: an array slot.
+        unsafe { write_volatile(slot, addr.wrapping_sub(base)) };
+    }
+    // SAFETY: an array slot.
+    unsafe { write_volatile(done, 1) };
+    true
+}
+
+/// The fields of a `percpu_counter` read at once (it is 40 bytes on
+/// x86-64 without lock debugging; the agent checks the offsets fit).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Head([u64; 5]);
+
+impl Head {
+    #[inline(always)]
+    fn at(&self, off: u64) -> u64 {
+        self.0[(off as usize / 8).min(4)]
+    }
+    /// The lock's word (a qspinlock: 0 when free) and `count`.
+    #[inline(always)]
+    fn lock_and_count(&self) -> (u32, u64) {
+        let lock = konst(&PCPU_LOCK_OFF);
+        let word = (self.at(lock) >> ((lock % 8) * 8)) as u32;
+        (word, self.at(konst(&PCPU_COUNT_OFF)))
+    }
+}
+
+/// The pages `mm->rss_stat[member]` counts: `count` plus every CPU's
+/// share, or None when a CPU was folding its share during the read (twice).
+#[inline(always)]
+fn counter_sum(mm: u64, member: u64) -> Option<i64> {
+    let fbc = mm + konst(&MM_RSS_STAT_OFF) + member * konst(&PCPU_COUNTER_SIZE);
+    // SAFETY: read of a load-time constant.
+    let nr = unsafe { read_volatile(&NR_CPUS) };
+    for _ in 0..2 {
+        let head = read::<Head>(fbc)?;
+        let (lock, count) = head.lock_and_count();
+        if lock != 0 {
+            continue;
+        }
+        let counters = head.at(konst(&PCPU_COUNTERS_OFF));
+        let mut sum = count as i64;
+        for cpu in 0..MAX_CPUS {
+            if cpu >= nr {
+                break;
+            }
+            // SAFETY: an array slot.
+            let off = *CPU_OFF.get(cpu)?;
+            sum += i64::from(read::<i32>(counters.wrapping_add(off))?);
+        }
+        if read::<Head>(fbc)?.lock_and_count() == (0, count) {
+            return Some(sum);
+        }
+    }
+    None
+}
+
+/// `tp_btf/rss_stat`: a resident-page counter of `mm` changed. As
+/// `mem_rss`: events of a traced process's own threads record its mm (all
+/// three resident counters at once), events of its threads charge the
+/// change to the stage running; events raised on a recorded mm by other
+/// tasks (reclaim) update it. Swap entries (not resident) are skipped.
+#[btf_tracepoint(function = "rss_stat")]
+pub fn mem_rss_btf(ctx: BtfTracePointContext) -> i32 {
+    let member: u64 = ctx.arg::<u64>(1) & 0xffff_ffff;
+    if member == MM_SWAPENTS || member > MM_SHMEMPAGES {
+        return 0;
+    }
+    let Some(mm) = number(ctx.arg::<u64>(0)) else {
+        return 0;
+    };
+    let Some(state) = RSS.get_ptr_mut(&mm) else {
+        first_event(mm);
+        return 0;
+    };
+    let Some(pages) = counter_sum(mm, member) else {
+        return 0;
+    };
+    let bytes = pages << konst(&PAGE_SHIFT);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a map value; a concurrent update of the same mm may be lost
+    // until that member changes again (as in `mem_rss`).
+    let (before, owner) = unsafe {
+        let slot = &mut (*state).member_bytes[member as usize & 3];
+        let before = *slot;
+        *slot = bytes;
+        (*state).updates += 1;
+        (before, (*state).owner)
+    };
+    if tgid == owner {
+        let (stage, _) = current_stage();
+        if let Some(p) = STAGE_RSS.get_ptr_mut(stage_slot(stage)) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *p += bytes - before };
+        }
+    }
+    0
+}
+
+/// The first event of an mm: recorded when raised by a traced process's
+/// own thread, with its three resident counters.
+#[inline(always)]
+fn first_event(mm: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !pid_allowed(tgid) || !cpu_offsets_ready() {
+        return;
+    }
+    // SAFETY: the current task; the helper returns it.
+    let task = unsafe { bpf_get_current_task_btf() };
+    let own = number(task as u64).and_then(|t| read::<u64>(t + konst(&TASK_MM_OFF)));
+    if own != Some(mm) {
+        return;
+    }
+    let shift = konst(&PAGE_SHIFT);
+    let mut state = RssState {
+        owner: tgid,
+        ..RssState::default()
+    };
+    for member in [0u64, 1, MM_SHMEMPAGES] {
+        let Some(pages) = counter_sum(mm, member) else {
+            return;
+        };
+        state.member_bytes[member as usize & 3] = pages << shift;
+    }
+    state.updates = 1;
+    let _ = RSS.insert(&mm, &state, 0);
+    let _ = MM_IDS.insert(&tgid, &mm, 0);
+}
