@@ -116,8 +116,7 @@ fn cpu_offsets_ready() -> bool {
         return true;
     }
     let map = core::ptr::from_ref(&PCPU).cast_mut().cast::<c_void>();
-    let Some(base) = number(map as u64)
-        .and_then(|m| read::<u64>(m + konst(&BPF_ARRAY_PPTRS_OFF)))
+    let Some(base) = number(map as u64).and_then(|m| read::<u64>(m + konst(&BPF_ARRAY_PPTRS_OFF)))
     else {
         return false;
     };

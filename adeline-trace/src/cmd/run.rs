@@ -22,8 +22,9 @@ use crate::{
     launch::Launched,
     metrics::{profile::ProfileStore, snapshot::Snapshot, Metrics},
     probes::{
-        check_privileges, memory::MemoryMode, resolve_plan, unwind, ProbeOptions, ProbePlan,
-        ProbeSite, Probes,
+        check_privileges,
+        memory::{MemoryMode, RssHook},
+        resolve_plan, unwind, ProbeOptions, ProbePlan, ProbeSite, Probes,
     },
     signals::Signals,
     sinks::{
@@ -217,6 +218,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         exits: &probe_infos(sites.iter().filter(|s| unwind::is_exit(s))),
         unwind: &probe_infos(sites.iter().filter(|s| unwind::is_hook(s))),
         unwind_warnings: &unwind_warnings,
+        rss_hook: probes.memory.rss_hook.map(RssHook::name),
     })?;
     let (mode, attach_time) = probes.attach_mode();
     let _ = writeln!(

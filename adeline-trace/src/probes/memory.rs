@@ -180,8 +180,8 @@ impl Layout {
     }
 
     fn read(&mut self, path: &Path) -> Result<(), String> {
-        let data = std::fs::read(path)
-            .map_err(|e| format!("no kernel BTF ({}: {e})", path.display()))?;
+        let data =
+            std::fs::read(path).map_err(|e| format!("no kernel BTF ({}: {e})", path.display()))?;
         let btf = Btf::parse(&data).ok_or_else(|| format!("{}: not BTF", path.display()))?;
         let find = |root: &str, path: &[&str]| {
             btf.offset_of(root, path)
@@ -307,6 +307,9 @@ mod tests {
     fn missing_btf_is_said() {
         let mut layout = Layout::default();
         let why = layout.read(Path::new("/nonexistent/vmlinux")).unwrap_err();
-        assert!(why.starts_with("no kernel BTF (/nonexistent/vmlinux: "), "{why}");
+        assert!(
+            why.starts_with("no kernel BTF (/nonexistent/vmlinux: "),
+            "{why}"
+        );
     }
 }

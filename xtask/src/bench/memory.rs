@@ -37,12 +37,19 @@ const SLOWDOWN_GOAL: f64 = 1.03;
 /// The agent's warning when the memory tracepoints are not attached.
 const MEMORY_UNTRACED: &str = "memory mappings are not traced";
 
+/// The agent's warning when rss_stat falls back to the classic tracepoint.
+const RSS_FALLBACK: &str = "tp_btf/rss_stat not used";
+
+/// Makes the agent find no kernel BTF for rss_stat (docs/memory.md).
+const NO_BTF_ENV: (&str, &str) = ("ADELINE_TRACE_RSS_BTF", "/nonexistent/vmlinux");
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
     Untraced,
     NoMemory,
     Maps,
     Default,
+    Classic,
     Alloc,
     AllocSample,
     AllocMinBytes,
@@ -55,7 +62,8 @@ impl Config {
             Config::Untraced => "untraced",
             Config::NoMemory => "agent --memory off (stage probe only)",
             Config::Maps => "agent --memory maps (syscalls, no rss_stat)",
-            Config::Default => "agent, default mode",
+            Config::Default => "agent, default mode (tp_btf/rss_stat)",
+            Config::Classic => "agent, default mode on kmem:rss_stat (no BTF)",
             Config::Alloc => "agent --alloc",
             Config::AllocSample => "agent --alloc --alloc-sample 100",
             Config::AllocMinBytes => "agent --alloc --alloc-min-bytes 128",
@@ -69,7 +77,7 @@ impl Config {
             Config::Untraced | Config::Bpftrace => None,
             Config::NoMemory => Some(&["--memory", "off"]),
             Config::Maps => Some(&["--memory", "maps"]),
-            Config::Default => Some(&[]),
+            Config::Default | Config::Classic => Some(&[]),
             Config::Alloc => Some(&["--alloc"]),
             Config::AllocSample => Some(&["--alloc", "--alloc-sample", "100"]),
             Config::AllocMinBytes => Some(&["--alloc", "--alloc-min-bytes", "128"]),
@@ -235,6 +243,9 @@ fn run_one(paths: &Paths, config: Config, mode: Mode, n: u64) -> Result<Sample> 
             let stage = format!("work={fixture}:{}", mode.stage_fn());
             let _ = std::fs::remove_file(&stream);
             let mut c = Command::new(&paths.agent);
+            if config == Config::Classic {
+                c.env(NO_BTF_ENV.0, NO_BTF_ENV.1);
+            }
             c.args(["run", "--stage", &stage, "--no-spans", "--no-api", "-o"])
                 .arg(&stream)
                 .args(config.agent_args().unwrap_or_default())
@@ -270,6 +281,12 @@ fn run_one(paths: &Paths, config: Config, mode: Mode, n: u64) -> Result<Sample> 
         if let Some(w) = run.stderr.lines().find(|l| l.contains(MEMORY_UNTRACED)) {
             bail!("the agent did not attach the memory tracepoints: {w}");
         }
+        let fell_back = run.stderr.lines().find(|l| l.contains(RSS_FALLBACK));
+        match (config, fell_back) {
+            (Config::Classic, None) => bail!("the agent used tp_btf/rss_stat without BTF"),
+            (Config::Classic, _) | (_, None) => {}
+            (_, Some(w)) => bail!("the agent fell back to kmem:rss_stat: {w}"),
+        }
         let text = std::fs::read_to_string(&stream)
             .with_context(|| format!("reading {}", stream.display()))?;
         let summary = text
@@ -295,8 +312,12 @@ fn command_line(config: Config, mode: Mode) -> String {
         Config::Bpftrace => format!("bpftrace -e '{BPFTRACE_SCRIPT}' -c '{fixture}'"),
         _ => {
             let extra = config.agent_args().unwrap_or_default().join(" ");
+            let env = match config {
+                Config::Classic => format!("{}={} ", NO_BTF_ENV.0, NO_BTF_ENV.1),
+                _ => String::new(),
+            };
             format!(
-                "adeline-trace run --stage work=BIN:{} --no-spans --no-api -o target/bench/memory/agent.jsonl{}{extra} -- {fixture}",
+                "{env}adeline-trace run --stage work=BIN:{} --no-spans --no-api -o target/bench/memory/agent.jsonl{}{extra} -- {fixture}",
                 mode.stage_fn(),
                 if extra.is_empty() { "" } else { " " }
             )
@@ -363,6 +384,7 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
         Config::NoMemory,
         Config::Maps,
         Config::Default,
+        Config::Classic,
     ];
     if with_alloc {
         configs.extend([Config::Alloc, Config::AllocSample]);
@@ -432,12 +454,14 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
             command_line(config, mode)
         );
     }
-    // Indexes: 0 untraced, 1 --memory off, 2 --memory maps, 3 default.
+    // Indexes: 0 untraced, 1 --memory off, 2 --memory maps, 3 default,
+    // 4 default on the classic tracepoint.
     // Besides the medians, the median of each round's own ratio (runs of
     // one round are seconds apart: slow drifts of this VM cancel out).
     let verdict = |r: f64| if r <= SLOWDOWN_GOAL { "PASS" } else { "FAIL" };
     for (i, what) in [
-        (3, "Default mode (full)"),
+        (3, "Default mode (full, tp_btf/rss_stat)"),
+        (4, "Default mode on kmem:rss_stat"),
         (2, "--memory maps"),
         (1, "--memory off"),
     ] {
@@ -468,9 +492,10 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
     };
     let _ = writeln!(
         out,
-        "CPU time added over --memory off, paired per round: --memory maps {:+.1} {per}/{unit}, default (full) {:+.1} {per}/{unit}",
+        "CPU time added over --memory off, paired per round: --memory maps {:+.1} {per}/{unit}, default (tp_btf) {:+.1} {per}/{unit}, default on kmem:rss_stat {:+.1} {per}/{unit}",
         over_off(2) / scale,
-        over_off(3) / scale
+        over_off(3) / scale,
+        over_off(4) / scale
     );
     println!("{out}");
     if !counts_ok(&configs, &samples, mode.stage_calls(iterations)) {

@@ -27,7 +27,6 @@ use aya::{
 use super::site::{chain, ProbeError};
 use crate::python::sampling::{Interpreters, Sampled};
 
-
 /// Highest sampling rate accepted (the kernel's default
 /// perf_event_max_sample_rate is higher, but the cost grows with it).
 pub const MAX_HZ: u32 = 10_000;
