@@ -7,7 +7,8 @@
 //! trace record, whose `size` is the counter's sum over CPUs taken under
 //! its spinlock with interrupts off. This program reads the same sum
 //! itself, without the lock: `mm->rss_stat[member]` is a `percpu_counter`
-//! (`count` plus one `s32` per CPU), read twice around the per-CPU reads;
+//! (`count` plus one `s32` per CPU); its lock and `count`, loaded directly
+//! through the typed `mm`, are read twice around the per-CPU reads;
 //! the sum counts only if the lock was free and `count` unchanged both
 //! times (a CPU folding its share into `count` holds the lock and changes
 //! `count`), so every stored value is a sum the kernel itself could have
@@ -47,13 +48,16 @@ const MM_SWAPENTS: u64 = 2;
 const MM_SHMEMPAGES: u64 = 3;
 
 // Load-time constants from the kernel's BTF (0: the program is not used).
-/// `offsetof(struct mm_struct, rss_stat)` and `sizeof(struct percpu_counter)`.
+/// Offsets of `rss_stat[MM_FILEPAGES]`, `[MM_ANONPAGES]` and
+/// `[MM_SHMEMPAGES]` in `struct mm_struct` (three constants, not one
+/// offset times `member`: each load's offset must be known to the verifier).
 #[no_mangle]
-static MM_RSS_STAT_OFF: u64 = 0;
+static RSS_FILE_OFF: u64 = 0;
 #[no_mangle]
-static PCPU_COUNTER_SIZE: u64 = 0;
-/// Offsets of `lock`, `count` and `counters` in `struct percpu_counter`
-/// (each inside its first 40 bytes, checked by the agent).
+static RSS_ANON_OFF: u64 = 0;
+#[no_mangle]
+static RSS_SHMEM_OFF: u64 = 0;
+/// Offsets of `lock`, `count` and `counters` in `struct percpu_counter`.
 #[no_mangle]
 static PCPU_LOCK_OFF: u64 = 0;
 #[no_mangle]
@@ -143,50 +147,50 @@ fn cpu_offsets_ready() -> bool {
     true
 }
 
-/// The fields of a `percpu_counter` read at once (it is 40 bytes on
-/// x86-64 without lock debugging; the agent checks the offsets fit).
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Head([u64; 5]);
+/// A field of `mm_struct` at `off`, loaded directly: `mm` is the
+/// tracepoint's typed argument and `off` a load-time constant on every
+/// path, so the verifier checks the access against the kernel's BTF (no
+/// helper call).
+#[inline(always)]
+fn field<T: Copy>(mm: *const u8, off: u64) -> T {
+    // SAFETY: `off` is inside `struct mm_struct` (from its BTF), checked
+    // again by the verifier.
+    unsafe { read_volatile(mm.add(off as usize).cast::<T>()) }
+}
 
-impl Head {
-    #[inline(always)]
-    fn at(&self, off: u64) -> u64 {
-        self.0[(off as usize / 8).min(4)]
-    }
-    /// The lock's word (a qspinlock: 0 when free) and `count`.
-    #[inline(always)]
-    fn lock_and_count(&self) -> (u32, u64) {
-        let lock = konst(&PCPU_LOCK_OFF);
-        let word = (self.at(lock) >> ((lock % 8) * 8)) as u32;
-        (word, self.at(konst(&PCPU_COUNT_OFF)))
+/// Offset of `mm->rss_stat[member]` (members 0, 1, 3).
+#[inline(always)]
+fn counter_off(member: u64) -> u64 {
+    match member {
+        0 => konst(&RSS_FILE_OFF),
+        1 => konst(&RSS_ANON_OFF),
+        _ => konst(&RSS_SHMEM_OFF),
     }
 }
 
 /// The pages `mm->rss_stat[member]` counts: `count` plus every CPU's
 /// share, or None when a CPU was folding its share during the read (twice).
 #[inline(always)]
-fn counter_sum(mm: u64, member: u64) -> Option<i64> {
-    let fbc = mm + konst(&MM_RSS_STAT_OFF) + member * konst(&PCPU_COUNTER_SIZE);
+fn counter_sum(mm: *const u8, member: u64) -> Option<i64> {
+    let fbc = counter_off(member);
+    let (lock_off, count_off) = (fbc + konst(&PCPU_LOCK_OFF), fbc + konst(&PCPU_COUNT_OFF));
     // SAFETY: read of a load-time constant.
     let nr = unsafe { read_volatile(&NR_CPUS) };
     for _ in 0..2 {
-        let head = read::<Head>(fbc)?;
-        let (lock, count) = head.lock_and_count();
-        if lock != 0 {
+        if field::<u32>(mm, lock_off) != 0 {
             continue;
         }
-        let counters = head.at(konst(&PCPU_COUNTERS_OFF));
-        let mut sum = count as i64;
+        let count = field::<i64>(mm, count_off);
+        let counters = field::<u64>(mm, fbc + konst(&PCPU_COUNTERS_OFF));
+        let mut sum = count;
         for cpu in 0..MAX_CPUS {
             if cpu >= nr {
                 break;
             }
-            // SAFETY: an array slot.
             let off = *CPU_OFF.get(cpu)?;
             sum += i64::from(read::<i32>(counters.wrapping_add(off))?);
         }
-        if read::<Head>(fbc)?.lock_and_count() == (0, count) {
+        if field::<i64>(mm, count_off) == count && field::<u32>(mm, lock_off) == 0 {
             return Some(sum);
         }
     }
@@ -204,11 +208,12 @@ pub fn mem_rss_btf(ctx: BtfTracePointContext) -> i32 {
     if member == MM_SWAPENTS || member > MM_SHMEMPAGES {
         return 0;
     }
-    let Some(mm) = number(ctx.arg::<u64>(0)) else {
+    let mm: *const u8 = ctx.arg(0);
+    let Some(key) = number(mm as u64) else {
         return 0;
     };
-    let Some(state) = RSS.get_ptr_mut(&mm) else {
-        first_event(mm);
+    let Some(state) = RSS.get_ptr_mut(&key) else {
+        first_event(mm, key);
         return 0;
     };
     let Some(pages) = counter_sum(mm, member) else {
@@ -238,7 +243,7 @@ pub fn mem_rss_btf(ctx: BtfTracePointContext) -> i32 {
 /// The first event of an mm: recorded when raised by a traced process's
 /// own thread, with its three resident counters.
 #[inline(always)]
-fn first_event(mm: u64) {
+fn first_event(mm: *const u8, key: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !pid_allowed(tgid) || !cpu_offsets_ready() {
         return;
@@ -246,7 +251,7 @@ fn first_event(mm: u64) {
     // SAFETY: the current task; the helper returns it.
     let task = unsafe { bpf_get_current_task_btf() };
     let own = number(task as u64).and_then(|t| read::<u64>(t + konst(&TASK_MM_OFF)));
-    if own != Some(mm) {
+    if own != Some(key) {
         return;
     }
     let shift = konst(&PAGE_SHIFT);
@@ -261,6 +266,6 @@ fn first_event(mm: u64) {
         state.member_bytes[member as usize & 3] = pages << shift;
     }
     state.updates = 1;
-    let _ = RSS.insert(&mm, &state, 0);
-    let _ = MM_IDS.insert(&tgid, &mm, 0);
+    let _ = RSS.insert(&key, &state, 0);
+    let _ = MM_IDS.insert(&tgid, &key, 0);
 }

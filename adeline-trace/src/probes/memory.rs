@@ -146,6 +146,8 @@ pub struct Layout {
     btf_path: std::path::PathBuf,
     mm_rss_stat: u64,
     counter_size: u64,
+    /// `rss_stat[member]` for the file, anon and shmem members.
+    counter_offs: [u64; 3],
     lock: u64,
     count: u64,
     counters: u64,
@@ -193,20 +195,10 @@ impl Layout {
         self.counters = find("percpu_counter", &["counters"])?;
         self.array_pptrs = find("bpf_array", &["pptrs"])?;
         self.task_mm = find("task_struct", &["mm"])?;
-        self.counter_size = btf.size_of("percpu_counter").unwrap_or(0);
-        // The program reads the counter's first 40 bytes as five words.
-        let words_fit = self.count % 8 == 0
-            && self.counters % 8 == 0
-            && self.count <= 32
-            && self.counters <= 32
-            && self.lock % 4 == 0
-            && self.lock <= 36;
-        if !words_fit || self.counter_size < 40 {
-            return Err(format!(
-                "struct percpu_counter is laid out differently (size {}, lock {}, count {}, counters {})",
-                self.counter_size, self.lock, self.count, self.counters
-            ));
-        }
+        self.counter_size = btf
+            .size_of("percpu_counter")
+            .ok_or("the kernel's BTF has no struct percpu_counter")?;
+        self.counter_offs = [0, 1, 3].map(|m| self.mm_rss_stat + m * self.counter_size);
         if self.nr_cpus == 0 || self.nr_cpus > RSS_BTF_MAX_CPUS {
             return Err(format!(
                 "{} possible CPUs (the program sums at most {RSS_BTF_MAX_CPUS})",
@@ -219,8 +211,9 @@ impl Layout {
     /// Sets the load-time constants.
     pub fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         loader
-            .override_global("MM_RSS_STAT_OFF", &self.mm_rss_stat, true)
-            .override_global("PCPU_COUNTER_SIZE", &self.counter_size, true)
+            .override_global("RSS_FILE_OFF", &self.counter_offs[0], true)
+            .override_global("RSS_ANON_OFF", &self.counter_offs[1], true)
+            .override_global("RSS_SHMEM_OFF", &self.counter_offs[2], true)
             .override_global("PCPU_LOCK_OFF", &self.lock, true)
             .override_global("PCPU_COUNT_OFF", &self.count, true)
             .override_global("PCPU_COUNTERS_OFF", &self.counters, true)

@@ -304,6 +304,18 @@ fn run_one(paths: &Paths, config: Config, mode: Mode, n: u64) -> Result<Sample> 
     Ok(sample)
 }
 
+/// rss_stat programs loaded now (between runs: none of ours), from
+/// `bpftool prog show` (None without bpftool).
+fn foreign_rss_programs() -> Option<usize> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(
+        text.lines()
+            .filter(|l| l.contains("name mem_rss"))
+            .count(),
+    )
+}
+
 /// The command line of `config` for the report (BIN = fixture, N = count).
 fn command_line(config: Config, mode: Mode) -> String {
     let fixture = format!("BIN {} N", mode.arg());
@@ -389,7 +401,9 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
     if with_alloc {
         configs.extend([Config::Alloc, Config::AllocSample]);
     }
+    let foreign_before = foreign_rss_programs();
     let samples = measure(&paths, &configs, mode, iterations, runs)?;
+    let foreign_after = foreign_rss_programs();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -496,6 +510,15 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
         over_off(2) / scale,
         over_off(3) / scale,
         over_off(4) / scale
+    );
+    // Another agent's rss_stat program runs on every page fault of the
+    // machine, untraced runs included (the classic tracepoint builds its
+    // record for every process): the ratios then understate the cost.
+    let _ = writeln!(
+        out,
+        "Other processes' rss_stat programs attached (bpftool): {} before, {} after",
+        foreign_before.map_or("unknown".into(), |n| n.to_string()),
+        foreign_after.map_or("unknown".into(), |n| n.to_string())
     );
     println!("{out}");
     if !counts_ok(&configs, &samples, mode.stage_calls(iterations)) {
