@@ -158,6 +158,10 @@ pub static ALLOC_STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(
 #[map(name = "RSS")]
 pub static RSS: HashMap<u64, RssState> = HashMap::with_max_entries(MAX_PIDS, 0);
 
+/// Where a new `RSS` value is built (per CPU; too big for the stack).
+#[map(name = "RSS_SCRATCH")]
+pub static RSS_SCRATCH: PerCpuArray<RssState> = PerCpuArray::with_max_entries(1, 0);
+
 /// Resident bytes added (negative: released) by page-counter changes of a
 /// traced process's own threads, per stage running on the thread (index =
 /// stage id; `MAX_STAGES` = no stage).

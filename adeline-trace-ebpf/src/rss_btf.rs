@@ -21,11 +21,11 @@
 //! this program's own: `bpf_map_lookup_percpu_elem` gives each CPU's copy
 //! of its element and `struct bpf_array`'s `pptrs[0]` the per-CPU pointer
 //! they share.
-use adeline_trace_common::{stage_slot, RssState};
+use adeline_trace_common::{stage_slot, RSS_MAX_CPUS};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_map_lookup_percpu_elem,
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+        bpf_map_lookup_percpu_elem, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map},
     maps::{Array, PerCpuArray},
@@ -37,12 +37,12 @@ use core::{
 };
 
 use crate::{
-    maps::{pid_allowed, MM_IDS, RSS, STAGE_RSS},
+    maps::{pid_allowed, MM_IDS, RSS, RSS_SCRATCH, STAGE_RSS},
     stage::current_stage,
 };
 
-/// Most CPUs summed (the agent uses the classic tracepoint above).
-pub const MAX_CPUS: u32 = 128;
+/// Most CPUs handled (the agent uses the classic tracepoint above).
+const MAX_CPUS: u32 = RSS_MAX_CPUS as u32;
 /// `member` values: file, anon, swap entries, shmem.
 const MM_SWAPENTS: u64 = 2;
 const MM_SHMEMPAGES: u64 = 3;
@@ -170,8 +170,9 @@ fn counter_off(member: u64) -> u64 {
 
 /// The pages `mm->rss_stat[member]` counts: `count` plus every CPU's
 /// share, or None when a CPU was folding its share during the read (twice).
+/// The shares read go to `shares` when given.
 #[inline(always)]
-fn counter_sum(mm: *const u8, member: u64) -> Option<i64> {
+fn counter_sum(mm: *const u8, member: u64, shares: *mut [i32; RSS_MAX_CPUS]) -> Option<i64> {
     let fbc = counter_off(member);
     let (lock_off, count_off) = (fbc + konst(&PCPU_LOCK_OFF), fbc + konst(&PCPU_COUNT_OFF));
     // SAFETY: read of a load-time constant.
@@ -188,7 +189,12 @@ fn counter_sum(mm: *const u8, member: u64) -> Option<i64> {
                 break;
             }
             let off = *CPU_OFF.get(cpu)?;
-            sum += i64::from(read::<i32>(counters.wrapping_add(off))?);
+            let share = read::<i32>(counters.wrapping_add(off))?;
+            if !shares.is_null() {
+                // SAFETY: a map value's array, index below its length.
+                unsafe { (*shares)[cpu as usize & (RSS_MAX_CPUS - 1)] = share };
+            }
+            sum += i64::from(share);
         }
         if field::<i64>(mm, count_off) == count && field::<u32>(mm, lock_off) == 0 {
             return Some(sum);
@@ -197,11 +203,30 @@ fn counter_sum(mm: *const u8, member: u64) -> Option<i64> {
     None
 }
 
-/// `tp_btf/rss_stat`: a resident-page counter of `mm` changed. As
-/// `mem_rss`: events of a traced process's own threads record its mm (all
-/// three resident counters at once), events of its threads charge the
-/// change to the stage running; events raised on a recorded mm by other
-/// tasks (reclaim) update it. Swap entries (not resident) are skipped.
+/// Index of `member` (0, 1, 3) in `RssState::shares`.
+#[inline(always)]
+fn share_row(member: u64) -> usize {
+    match member {
+        0 => 0,
+        1 => 1,
+        _ => 2,
+    }
+}
+
+/// `tp_btf/rss_stat`: a resident-page counter of `mm` changed, on this
+/// CPU. As `mem_rss`: events of a traced process's own threads record its
+/// mm (all three resident counters at once), events of its threads charge
+/// the change to the stage running; events raised on a recorded mm by
+/// other tasks (reclaim) update it. Swap entries (not resident) are
+/// skipped.
+///
+/// Only this CPU's share of the counter changes on this CPU, so the
+/// change is the share now minus the share this program last saw here
+/// (one read, of this CPU's own memory), added to the mm's total. A share
+/// of 0 may mean the CPU just folded it into `count` (at `percpu_counter`'s
+/// batch, 32 pages on small machines): then the whole counter is summed
+/// (every CPU's share; reading other CPUs' memory costs a cache miss each
+/// when they are busy, hence not on every event) and the total reset.
 #[btf_tracepoint(function = "rss_stat")]
 pub fn mem_rss_btf(ctx: BtfTracePointContext) -> i32 {
     let member: u64 = ctx.arg::<u64>(1) & 0xffff_ffff;
@@ -209,39 +234,60 @@ pub fn mem_rss_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let mm: *const u8 = ctx.arg(0);
-    let Some(key) = number(mm as u64) else {
-        return 0;
-    };
+    // The map key is the pointer's value (privileged programs may store a
+    // pointer on the stack and hash it).
+    let key = mm as u64;
     let Some(state) = RSS.get_ptr_mut(&key) else {
         first_event(mm, key);
         return 0;
     };
-    let Some(pages) = counter_sum(mm, member) else {
+    // SAFETY: plain helper call.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(&off) = CPU_OFF.get(cpu) else {
         return 0;
     };
-    let bytes = pages << konst(&PAGE_SHIFT);
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: a map value; a concurrent update of the same mm may be lost
-    // until that member changes again (as in `mem_rss`).
-    let (before, owner) = unsafe {
-        let slot = &mut (*state).member_bytes[member as usize & 3];
-        let before = *slot;
-        *slot = bytes;
-        (*state).updates += 1;
-        (before, (*state).owner)
+    let counters = field::<u64>(mm, counter_off(member) + konst(&PCPU_COUNTERS_OFF));
+    let Some(share) = read::<i32>(counters.wrapping_add(off)) else {
+        return 0;
     };
-    if tgid == owner {
+    let shift = konst(&PAGE_SHIFT);
+    let row = share_row(member);
+    // SAFETY: a map value; indexes masked to the arrays' lengths.
+    let (added, owner) = unsafe {
+        let seen = &mut (*state).shares[row][cpu as usize & (RSS_MAX_CPUS - 1)];
+        let slot = &raw mut (*state).member_bytes[member as usize & 3];
+        let added = if share != 0 {
+            let bytes = i64::from(share - *seen) << shift;
+            *seen = share;
+            // Threads on other CPUs add to the same total: two adds at the
+            // same instant may lose one until the next fold resets it (the
+            // BPF target has no atomic add in Rust's core).
+            *slot += bytes;
+            bytes
+        } else {
+            let Some(pages) = counter_sum(mm, member, &raw mut (*state).shares[row]) else {
+                return 0;
+            };
+            let bytes = pages << shift;
+            let before = *slot;
+            *slot = bytes;
+            bytes - before
+        };
+        (*state).updates += 1;
+        (added, (*state).owner)
+    };
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == owner {
         let (stage, _) = current_stage();
         if let Some(p) = STAGE_RSS.get_ptr_mut(stage_slot(stage)) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            unsafe { *p += bytes - before };
+            unsafe { *p += added };
         }
     }
     0
 }
 
 /// The first event of an mm: recorded when raised by a traced process's
-/// own thread, with its three resident counters.
+/// own thread, with its three resident counters and every CPU's shares.
 #[inline(always)]
 fn first_event(mm: *const u8, key: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -254,18 +300,23 @@ fn first_event(mm: *const u8, key: u64) {
     if own != Some(key) {
         return;
     }
-    let shift = konst(&PAGE_SHIFT);
-    let mut state = RssState {
-        owner: tgid,
-        ..RssState::default()
+    let Some(state) = RSS_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
-    for member in [0u64, 1, MM_SHMEMPAGES] {
-        let Some(pages) = counter_sum(mm, member) else {
-            return;
-        };
-        state.member_bytes[member as usize & 3] = pages << shift;
+    let shift = konst(&PAGE_SHIFT);
+    // SAFETY: this CPU's scratch slot.
+    unsafe {
+        (*state).member_bytes = [0; 4];
+        (*state).owner = tgid;
+        (*state).updates = 1;
+        for member in [0u64, 1, MM_SHMEMPAGES] {
+            let shares = &raw mut (*state).shares[share_row(member)];
+            let Some(pages) = counter_sum(mm, member, shares) else {
+                return;
+            };
+            (*state).member_bytes[member as usize & 3] = pages << shift;
+        }
+        let _ = RSS.insert(&key, &*state, 0);
     }
-    state.updates = 1;
-    let _ = RSS.insert(&key, &state, 0);
     let _ = MM_IDS.insert(&tgid, &key, 0);
 }

@@ -6,7 +6,7 @@
 //! tracepoint (the default when the kernel's BTF allows), rss_btf.rs.
 use std::path::Path;
 
-use adeline_trace_common::{stage_slots, RssState};
+use adeline_trace_common::{stage_slots, RssState, RSS_MAX_CPUS};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, TracePoint},
@@ -41,8 +41,8 @@ const TRACEPOINTS: [Tracepoint; 4] = [
 const RSS_CLASSIC: Tracepoint = Tracepoint::new("mem_rss", "kmem", "rss_stat");
 /// rss_stat as a BTF raw tracepoint.
 const RSS_BTF_PROGRAM: &str = "mem_rss_btf";
-/// Most CPUs the BTF program sums (adeline-trace-ebpf/src/rss_btf.rs).
-const RSS_BTF_MAX_CPUS: u32 = 128;
+/// Most CPUs the BTF program handles (adeline-trace-ebpf/src/rss_btf.rs).
+const RSS_BTF_MAX_CPUS: u32 = RSS_MAX_CPUS as u32;
 /// Where the kernel's BTF is read; the environment variable names another
 /// file (a missing one: the fallback, as on a kernel without BTF).
 const BTF_ENV: &str = "ADELINE_TRACE_RSS_BTF";
@@ -201,7 +201,7 @@ impl Layout {
         self.counter_offs = [0, 1, 3].map(|m| self.mm_rss_stat + m * self.counter_size);
         if self.nr_cpus == 0 || self.nr_cpus > RSS_BTF_MAX_CPUS {
             return Err(format!(
-                "{} possible CPUs (the program sums at most {RSS_BTF_MAX_CPUS})",
+                "{} possible CPUs (the program handles at most {RSS_BTF_MAX_CPUS})",
                 self.nr_cpus
             ));
         }
