@@ -161,7 +161,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
     if let Some(why) = &probes.memory.fallback {
         let _ = writeln!(
             std::io::stderr(),
-            "{}warning: memory: tp_btf/rss_stat not used ({}); kmem:rss_stat instead, ~90 ns more per page fault",
+            "{}warning: memory: tp_btf/rss_stat not used ({}); kmem:rss_stat instead",
             journal::prefix(Priority::Warning),
             // A verifier log: its first line says why.
             why.lines().next().unwrap_or_default()

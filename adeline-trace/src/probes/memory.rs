@@ -43,6 +43,10 @@ const RSS_CLASSIC: Tracepoint = Tracepoint::new("mem_rss", "kmem", "rss_stat");
 const RSS_BTF_PROGRAM: &str = "mem_rss_btf";
 /// Most CPUs the BTF program handles (adeline-trace-ebpf/src/rss_btf.rs).
 const RSS_BTF_MAX_CPUS: u32 = RSS_MAX_CPUS as u32;
+/// `ADELINE_TRACE_RSS_HOOK=tp_btf` asks for the BTF raw tracepoint (the
+/// default is the classic one: measured cheaper on the benchmark VM, see
+/// docs/memory.md).
+const HOOK_ENV: &str = "ADELINE_TRACE_RSS_HOOK";
 /// Where the kernel's BTF is read; the environment variable names another
 /// file (a missing one: the fallback, as on a kernel without BTF).
 const BTF_ENV: &str = "ADELINE_TRACE_RSS_BTF";
@@ -102,10 +106,11 @@ pub fn attach(
     if mode == MemoryMode::Maps {
         return Ok(done);
     }
-    let btf = layout
-        .why_not
-        .clone()
-        .map_or_else(|| attach_btf(ebpf, &layout.btf_path), Err);
+    let btf = match (layout.requested, &layout.why_not) {
+        (false, _) => Err(None),
+        (true, Some(why)) => Err(Some(why.clone())),
+        (true, None) => attach_btf(ebpf, &layout.btf_path).map_err(Some),
+    };
     match btf {
         Ok(()) => done.rss_hook = Some(RssHook::Btf),
         Err(why) => {
@@ -114,7 +119,7 @@ pub fn attach(
             prog.attach(RSS_CLASSIC.category, RSS_CLASSIC.event)
                 .map_err(|e| chain(&e))?;
             done.rss_hook = Some(RssHook::Classic);
-            done.fallback = Some(why);
+            done.fallback = why;
         }
     }
     done.count += 1;
@@ -143,6 +148,8 @@ fn attach_btf(ebpf: &mut Ebpf, btf_path: &Path) -> Result<(), String> {
 /// BTF raw tracepoint cannot be used.
 #[derive(Debug, Clone, Default)]
 pub struct Layout {
+    /// Whether the BTF raw tracepoint is asked for.
+    requested: bool,
     btf_path: std::path::PathBuf,
     mm_rss_stat: u64,
     counter_size: u64,
@@ -164,7 +171,8 @@ impl Layout {
         let btf_path = std::env::var_os(BTF_ENV)
             .map(Into::into)
             .unwrap_or_else(|| VMLINUX_BTF.into());
-        if mode != MemoryMode::Full {
+        let requested = std::env::var(HOOK_ENV).is_ok_and(|v| v == "tp_btf");
+        if mode != MemoryMode::Full || !requested {
             return Layout {
                 btf_path,
                 why_not: Some("not used".into()),
@@ -172,6 +180,7 @@ impl Layout {
             };
         }
         let mut layout = Layout {
+            requested: true,
             page_shift: u64::from(page_size().trailing_zeros()),
             nr_cpus: possible_cpus(),
             ..Layout::default()
@@ -284,7 +293,11 @@ mod tests {
 
     #[test]
     fn reads_the_running_kernels_layout() {
-        let layout = Layout::new(MemoryMode::Full);
+        let mut layout = Layout {
+            nr_cpus: possible_cpus(),
+            ..Layout::default()
+        };
+        layout.why_not = layout.read(Path::new(VMLINUX_BTF)).err();
         if !Path::new(VMLINUX_BTF).exists() {
             assert!(layout.why_not.unwrap().starts_with("no kernel BTF"));
             return;

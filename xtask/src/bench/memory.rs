@@ -40,8 +40,8 @@ const MEMORY_UNTRACED: &str = "memory mappings are not traced";
 /// The agent's warning when rss_stat falls back to the classic tracepoint.
 const RSS_FALLBACK: &str = "tp_btf/rss_stat not used";
 
-/// Makes the agent find no kernel BTF for rss_stat (docs/memory.md).
-const NO_BTF_ENV: (&str, &str) = ("ADELINE_TRACE_RSS_BTF", "/nonexistent/vmlinux");
+/// Asks the agent for rss_stat as a BTF raw tracepoint (docs/memory.md).
+const BTF_ENV: (&str, &str) = ("ADELINE_TRACE_RSS_HOOK", "tp_btf");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -49,7 +49,7 @@ enum Config {
     NoMemory,
     Maps,
     Default,
-    Classic,
+    Btf,
     Alloc,
     AllocSample,
     AllocMinBytes,
@@ -62,8 +62,8 @@ impl Config {
             Config::Untraced => "untraced",
             Config::NoMemory => "agent --memory off (stage probe only)",
             Config::Maps => "agent --memory maps (syscalls, no rss_stat)",
-            Config::Default => "agent, default mode (tp_btf/rss_stat)",
-            Config::Classic => "agent, default mode on kmem:rss_stat (no BTF)",
+            Config::Default => "agent, default mode (kmem:rss_stat)",
+            Config::Btf => "agent, default mode on tp_btf/rss_stat",
             Config::Alloc => "agent --alloc",
             Config::AllocSample => "agent --alloc --alloc-sample 100",
             Config::AllocMinBytes => "agent --alloc --alloc-min-bytes 128",
@@ -77,7 +77,7 @@ impl Config {
             Config::Untraced | Config::Bpftrace => None,
             Config::NoMemory => Some(&["--memory", "off"]),
             Config::Maps => Some(&["--memory", "maps"]),
-            Config::Default | Config::Classic => Some(&[]),
+            Config::Default | Config::Btf => Some(&[]),
             Config::Alloc => Some(&["--alloc"]),
             Config::AllocSample => Some(&["--alloc", "--alloc-sample", "100"]),
             Config::AllocMinBytes => Some(&["--alloc", "--alloc-min-bytes", "128"]),
@@ -243,8 +243,8 @@ fn run_one(paths: &Paths, config: Config, mode: Mode, n: u64) -> Result<Sample> 
             let stage = format!("work={fixture}:{}", mode.stage_fn());
             let _ = std::fs::remove_file(&stream);
             let mut c = Command::new(&paths.agent);
-            if config == Config::Classic {
-                c.env(NO_BTF_ENV.0, NO_BTF_ENV.1);
+            if config == Config::Btf {
+                c.env(BTF_ENV.0, BTF_ENV.1);
             }
             c.args(["run", "--stage", &stage, "--no-spans", "--no-api", "-o"])
                 .arg(&stream)
@@ -281,11 +281,8 @@ fn run_one(paths: &Paths, config: Config, mode: Mode, n: u64) -> Result<Sample> 
         if let Some(w) = run.stderr.lines().find(|l| l.contains(MEMORY_UNTRACED)) {
             bail!("the agent did not attach the memory tracepoints: {w}");
         }
-        let fell_back = run.stderr.lines().find(|l| l.contains(RSS_FALLBACK));
-        match (config, fell_back) {
-            (Config::Classic, None) => bail!("the agent used tp_btf/rss_stat without BTF"),
-            (Config::Classic, _) | (_, None) => {}
-            (_, Some(w)) => bail!("the agent fell back to kmem:rss_stat: {w}"),
+        if let Some(w) = run.stderr.lines().find(|l| l.contains(RSS_FALLBACK)) {
+            bail!("the agent fell back to kmem:rss_stat: {w}");
         }
         let text = std::fs::read_to_string(&stream)
             .with_context(|| format!("reading {}", stream.display()))?;
@@ -307,13 +304,12 @@ fn run_one(paths: &Paths, config: Config, mode: Mode, n: u64) -> Result<Sample> 
 /// rss_stat programs loaded now (between runs: none of ours), from
 /// `bpftool prog show` (None without bpftool).
 fn foreign_rss_programs() -> Option<usize> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().ok()?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Some(
-        text.lines()
-            .filter(|l| l.contains("name mem_rss"))
-            .count(),
-    )
+    Some(text.lines().filter(|l| l.contains("name mem_rss")).count())
 }
 
 /// The command line of `config` for the report (BIN = fixture, N = count).
@@ -325,7 +321,7 @@ fn command_line(config: Config, mode: Mode) -> String {
         _ => {
             let extra = config.agent_args().unwrap_or_default().join(" ");
             let env = match config {
-                Config::Classic => format!("{}={} ", NO_BTF_ENV.0, NO_BTF_ENV.1),
+                Config::Btf => format!("{}={} ", BTF_ENV.0, BTF_ENV.1),
                 _ => String::new(),
             };
             format!(
@@ -396,7 +392,7 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
         Config::NoMemory,
         Config::Maps,
         Config::Default,
-        Config::Classic,
+        Config::Btf,
     ];
     if with_alloc {
         configs.extend([Config::Alloc, Config::AllocSample]);
@@ -469,13 +465,13 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
         );
     }
     // Indexes: 0 untraced, 1 --memory off, 2 --memory maps, 3 default,
-    // 4 default on the classic tracepoint.
+    // 4 default on the BTF raw tracepoint.
     // Besides the medians, the median of each round's own ratio (runs of
     // one round are seconds apart: slow drifts of this VM cancel out).
     let verdict = |r: f64| if r <= SLOWDOWN_GOAL { "PASS" } else { "FAIL" };
     for (i, what) in [
-        (3, "Default mode (full, tp_btf/rss_stat)"),
-        (4, "Default mode on kmem:rss_stat"),
+        (3, "Default mode (full, kmem:rss_stat)"),
+        (4, "Default mode on tp_btf/rss_stat"),
         (2, "--memory maps"),
         (1, "--memory off"),
     ] {
@@ -506,7 +502,7 @@ pub(crate) fn memory(runs: usize, iterations: u64, with_alloc: bool, faults: boo
     };
     let _ = writeln!(
         out,
-        "CPU time added over --memory off, paired per round: --memory maps {:+.1} {per}/{unit}, default (tp_btf) {:+.1} {per}/{unit}, default on kmem:rss_stat {:+.1} {per}/{unit}",
+        "CPU time added over --memory off, paired per round: --memory maps {:+.1} {per}/{unit}, default (kmem:rss_stat) {:+.1} {per}/{unit}, default on tp_btf/rss_stat {:+.1} {per}/{unit}",
         over_off(2) / scale,
         over_off(3) / scale,
         over_off(4) / scale
