@@ -326,19 +326,11 @@ fn small_leaks_in_a_thread_are_charged_to_their_stage() {
 /// RssAnon + RssFile + RssShmem of `/proc/PID/status` (what VmRSS sums),
 /// in bytes.
 fn status_rss_parts(pid: u32) -> Option<[u64; 3]> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |key: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .map(|k| k * 1024)
-    };
-    Some([kb("RssAnon:")?, kb("RssFile:")?, kb("RssShmem:")?])
+    Some([
+        status_bytes(pid, "RssAnon")?,
+        status_bytes(pid, "RssFile")?,
+        status_bytes(pid, "RssShmem")?,
+    ])
 }
 
 #[test]
