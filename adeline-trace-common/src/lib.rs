@@ -25,14 +25,37 @@ pub const MAP_OP_MUNMAP: u32 = 2;
 /// A profiler sample ([`profile::SampleHeader`] and its frames).
 pub const KIND_SAMPLE: u32 = 4;
 
-/// Resident pages of one mm as `kmem:rss_stat` last reported them, in
+/// Most CPUs the `tp_btf/rss_stat` program handles (more: the classic
+/// tracepoint).
+pub const RSS_MAX_CPUS: usize = 128;
+
+/// Resident pages of one mm as rss_stat last reported them, in
 /// bytes, by member: MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RssState {
     pub member_bytes: [i64; 4],
     /// Tracepoint hits that updated it.
     pub updates: u64,
+    /// The tgid whose threads' events are charged to stages (tp_btf path;
+    /// the classic path has the record's `curr`).
+    pub owner: u32,
+    pub _pad: u32,
+    /// tp_btf path: each CPU's share of the file, anon and shmem counters
+    /// as last seen on that CPU (the counter's `s32` there).
+    pub shares: [[i32; RSS_MAX_CPUS]; 3],
+}
+
+impl Default for RssState {
+    fn default() -> Self {
+        RssState {
+            member_bytes: [0; 4],
+            updates: 0,
+            owner: 0,
+            _pad: 0,
+            shares: [[0; RSS_MAX_CPUS]; 3],
+        }
+    }
 }
 
 impl RssState {

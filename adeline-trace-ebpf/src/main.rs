@@ -10,6 +10,7 @@ mod maps;
 mod memory;
 mod profile;
 mod python;
+mod rss_btf;
 mod stage;
 mod unwind;
 mod usdt;

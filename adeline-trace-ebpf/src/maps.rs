@@ -153,9 +153,14 @@ pub static ALLOC_STACKS: StackTrace = StackTrace::with_max_entries(MAX_ALLOC_STA
 #[map(name = "ALLOC_STATS")]
 pub static ALLOC_STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(MAX_STAGES + 1, 0);
 
-/// `kmem:rss_stat` per mm (its hashed id), for the traced processes' mms.
+/// Resident counters per mm (key: kmem:rss_stat's hashed id, or the
+/// mm's address on the tp_btf path), for the traced processes' mms.
 #[map(name = "RSS")]
-pub static RSS: HashMap<u32, RssState> = HashMap::with_max_entries(MAX_PIDS, 0);
+pub static RSS: HashMap<u64, RssState> = HashMap::with_max_entries(MAX_PIDS, 0);
+
+/// Where a new `RSS` value is built (per CPU; too big for the stack).
+#[map(name = "RSS_SCRATCH")]
+pub static RSS_SCRATCH: PerCpuArray<RssState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Resident bytes added (negative: released) by page-counter changes of a
 /// traced process's own threads, per stage running on the thread (index =
@@ -163,9 +168,9 @@ pub static RSS: HashMap<u32, RssState> = HashMap::with_max_entries(MAX_PIDS, 0);
 #[map(name = "STAGE_RSS")]
 pub static STAGE_RSS: PerCpuArray<i64> = PerCpuArray::with_max_entries(MAX_STAGES + 1, 0);
 
-/// The mm id of each traced tgid (learned from its own rss_stat events).
+/// The `RSS` key of each traced tgid (learned from its own rss_stat events).
 #[map(name = "MM_IDS")]
-pub static MM_IDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PIDS, 0);
+pub static MM_IDS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PIDS, 0);
 
 /// The last program break (brk) seen per traced tgid.
 #[map(name = "BRKS")]

@@ -6,7 +6,7 @@
 //!   reads, and the resident bytes each stage's page faults (and frees)
 //!   added, per stage.
 use adeline_trace_common::{
-    stage_slot, MapRecord, RssState, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
+    stage_slot, MapRecord, COUNTER_OTHER_RING_FULL, KIND_MAP, MAP_OP_MMAP, MAP_OP_MUNMAP,
 };
 use core::ptr::read_volatile;
 
@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{bump, pid_allowed, BRKS, EVENTS, MM_IDS, RSS, STAGE_RSS},
+    maps::{bump, pid_allowed, BRKS, EVENTS, MM_IDS, RSS, RSS_SCRATCH, STAGE_RSS},
     stage::current_stage,
 };
 
@@ -96,7 +96,7 @@ pub fn mem_brk(ctx: TracePointContext) -> u32 {
 /// its mm by other tasks (reclaim, exit) update an mm already recorded.
 #[tracepoint]
 pub fn mem_rss(ctx: TracePointContext) -> u32 {
-    let mm_id = field::<u32>(&ctx, RSS_MM_ID);
+    let mm_id = u64::from(field::<u32>(&ctx, RSS_MM_ID));
     let curr = field::<u32>(&ctx, RSS_CURR);
     let member = (field::<i32>(&ctx, RSS_MEMBER) as usize) & 3;
     let size = field::<i64>(&ctx, RSS_SIZE);
@@ -126,10 +126,19 @@ pub fn mem_rss(ctx: TracePointContext) -> u32 {
     let Some(tgid) = traced() else {
         return 0;
     };
-    let mut state = RssState::default();
-    state.member_bytes[member] = size;
-    state.updates = 1;
-    let _ = RSS.insert(&mm_id, &state, 0);
+    // The state is built in a per-CPU scratch slot (too big for the stack);
+    // `shares` is the tp_btf path's and not read here.
+    let Some(state) = RSS_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot.
+    unsafe {
+        (*state).member_bytes = [0; 4];
+        (*state).member_bytes[member] = size;
+        (*state).updates = 1;
+        (*state).owner = tgid;
+        let _ = RSS.insert(&mm_id, &*state, 0);
+    }
     let _ = MM_IDS.insert(&tgid, &mm_id, 0);
     0
 }

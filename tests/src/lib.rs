@@ -1143,10 +1143,16 @@ pub fn statm_rss_bytes(pid: u32) -> Option<u64> {
 
 /// `VmRSS` of `/proc/PID/status` in bytes; None once the process is gone.
 pub fn status_vmrss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// A `KEY:   N kB` line of `/proc/PID/status` (`VmRSS`, `RssAnon`, ...),
+/// in bytes.
+pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -1,4 +1,4 @@
-//! Default memory mode: the traced process's RSS (kmem:rss_stat, procfs
+//! Default memory mode: the traced process's RSS (rss_stat, procfs
 //! for threads), sampled about once a second, its growth, the resident
 //! bytes charged to each stage, and the memory alert rules. `/api/summary`
 //! and the JSON stream are checked against `/proc/PID/status` and what the
@@ -29,6 +29,12 @@ fn firing(port: u16) -> Vec<String> {
 /// The agent launching the demo at `fps` frames a second with `demo_extra`,
 /// frames rooted at process_frame, API on a free port: (agent, port, demo pid).
 fn start(fps: &str, demo_extra: &[&str]) -> (Agent, u16, u32) {
+    let (agent, port, pid, _) = start_line(fps, demo_extra, &[]);
+    (agent, port, pid)
+}
+
+/// The same with `env` set for the agent, and the `start` line.
+fn start_line(fps: &str, demo_extra: &[&str], env: &[(&str, &str)]) -> (Agent, u16, u32, Value) {
     let port = free_port();
     let port_arg = port.to_string();
     let extra = [
@@ -45,13 +51,14 @@ fn start(fps: &str, demo_extra: &[&str]) -> (Agent, u16, u32) {
     let mut demo = vec!["--frames", "0", "--fps", fps];
     demo.extend_from_slice(demo_extra);
     let args = demo_run_args(&extra, &demo);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::spawn(&args);
+    let mut cmd = std::process::Command::new(agent_bin());
+    cmd.args(&args).envs(env.iter().copied());
+    let mut agent = Agent::spawn_command(cmd);
     let start = agent.wait_ready(Duration::from_secs(60));
     let pid = start["pids"][0]
         .as_u64()
         .unwrap_or_else(|| panic!("no pid in the start line {start}")) as u32;
-    (agent, port, pid)
+    (agent, port, pid, start)
 }
 
 /// The `memory` entry of `pid` in the snapshot of `window`, and the snapshot.
@@ -215,6 +222,8 @@ fn mappings_are_attributed_to_the_leaking_stage() {
         "{}",
         out.stderr
     );
+    // The default rss_stat hook is the classic tracepoint.
+    assert_eq!(out.of_type("start")[0]["rss_hook"], "kmem:rss_stat");
     let memory = out.of_type("memory");
     let last = memory.last().expect("memory objects every stats interval");
     let stages = last["stages"].as_array().unwrap();
@@ -312,4 +321,99 @@ fn small_leaks_in_a_thread_are_charged_to_their_stage() {
             .any(|a| a["rule"] == LEAK_RULE && a["state"] == "firing"),
         "{alerts:?}"
     );
+}
+
+/// RssAnon + RssFile + RssShmem of `/proc/PID/status` (what VmRSS sums),
+/// in bytes.
+fn status_rss_parts(pid: u32) -> Option<[u64; 3]> {
+    Some([
+        status_bytes(pid, "RssAnon")?,
+        status_bytes(pid, "RssFile")?,
+        status_bytes(pid, "RssShmem")?,
+    ])
+}
+
+#[test]
+fn rss_from_the_btf_raw_tracepoint_is_exact() {
+    if !require_bpf() {
+        return;
+    }
+    // 64 KiB leaked per frame at 40 FPS: the counters change all the time.
+    let (mut agent, port, pid, start_line) = start_line(
+        "40",
+        &["--leak-bytes-per-frame", "65536"],
+        &[("ADELINE_TRACE_RSS_HOOK", "tp_btf")],
+    );
+    // The BTF raw tracepoint, asked for, is the one attached (this kernel
+    // has BTF).
+    assert_eq!(start_line["rss_hook"], "tp_btf/rss_stat", "{start_line}");
+    std::thread::sleep(Duration::from_secs(3));
+    // A quiescent point: the demo stopped, the sampler (1/s) has read the
+    // kernel map at least once since. Linux 6.16+ sums the per-CPU
+    // counters for /proc/PID/status as the program does, so both are the
+    // same exact count: no tolerance.
+    signal(pid, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mem, _) = memory_of(port, "10s", pid);
+    let parts = status_rss_parts(pid).expect("the demo is there");
+    let vmrss = status_vmrss_bytes(pid).expect("the demo is there");
+    signal(pid, libc::SIGCONT);
+    assert_eq!(mem["rss_source"], "rss_stat", "{mem}");
+    let rss = mem["rss_bytes"].as_u64().unwrap();
+    eprintln!("btf: stopped demo rss {rss}, VmRSS {vmrss}, anon/file/shmem {parts:?}");
+    assert_eq!(
+        rss,
+        parts.iter().sum::<u64>(),
+        "rss vs RssAnon+RssFile+RssShmem {parts:?}: {mem}"
+    );
+    assert_eq!(rss, vmrss, "{mem}");
+    assert!(agent.stop().success(), "{}", agent.stderr_so_far());
+}
+
+#[test]
+fn without_btf_rss_stat_falls_back_to_the_classic_tracepoint() {
+    if !require_bpf() {
+        return;
+    }
+    let args = demo_run_args(
+        &["--no-api", "--no-spans"],
+        &[
+            "--frames",
+            "20",
+            "--fps",
+            "50",
+            "--leak-bytes-per-frame",
+            "65536",
+        ],
+    );
+    let mut cmd = std::process::Command::new(agent_bin());
+    cmd.args(&args)
+        .env("ADELINE_TRACE_RSS_HOOK", "tp_btf")
+        .env("ADELINE_TRACE_RSS_BTF", "/nonexistent/vmlinux");
+    let mut agent = Agent::spawn_command(cmd);
+    agent.wait_exit(Duration::from_secs(120));
+    let out = agent.output();
+    assert!(out.status.success(), "{}", out.stderr);
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("tp_btf/rss_stat"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: memory: tp_btf/rss_stat not used (no kernel BTF (/nonexistent/vmlinux: \
+          No such file or directory (os error 2))); kmem:rss_stat instead"
+        ],
+        "{}",
+        out.stderr
+    );
+    let start = &out.of_type("start")[0];
+    assert_eq!(start["rss_hook"], "kmem:rss_stat", "{start}");
+    let last = out
+        .of_type("memory")
+        .last()
+        .cloned()
+        .expect("memory objects");
+    assert_eq!(last["processes"][0]["rss_source"], "rss_stat", "{last}");
 }

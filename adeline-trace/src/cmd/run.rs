@@ -22,8 +22,9 @@ use crate::{
     launch::Launched,
     metrics::{profile::ProfileStore, snapshot::Snapshot, Metrics},
     probes::{
-        check_privileges, memory::MemoryMode, resolve_plan, unwind, ProbeOptions, ProbePlan,
-        ProbeSite, Probes,
+        check_privileges,
+        memory::{MemoryMode, RssHook},
+        resolve_plan, unwind, ProbeOptions, ProbePlan, ProbeSite, Probes,
     },
     signals::Signals,
     sinks::{
@@ -159,6 +160,15 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         let targets = f.target_paths();
         f.follow_restarts(Restarts::new(&plan.pids, &plan.command, &targets));
     }
+    if let Some(why) = &probes.memory.fallback {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}warning: memory: tp_btf/rss_stat not used ({}); kmem:rss_stat instead",
+            journal::prefix(Priority::Warning),
+            // A verifier log: its first line says why.
+            why.lines().next().unwrap_or_default()
+        );
+    }
     if let Some(why) = &probes.memory_untraced {
         if !pids.is_empty() && plan.memory != MemoryMode::Off {
             let _ = writeln!(
@@ -210,6 +220,7 @@ pub fn run(plan: Plan, args: &RunArgs) -> Result<()> {
         exits: &probe_infos(sites.iter().filter(|s| unwind::is_exit(s))),
         unwind: &probe_infos(sites.iter().filter(|s| unwind::is_hook(s))),
         unwind_warnings: &unwind_warnings,
+        rss_hook: probes.memory.rss_hook.map(RssHook::name),
     })?;
     let (mode, attach_time) = probes.attach_mode();
     let _ = writeln!(

@@ -16,7 +16,8 @@
 //!   and forced-unwind hooks that end calls an exception unwound
 //!   (`--exit-probes`; it rewrites the [`function`] kind's sites).
 //!
-//! [`resolve`] is what they share (files, symbols, the kernel's refusals);
+//! [`resolve`] is what they share (files, symbols, the kernel's refusals;
+//! [`btf`] the kernel's type layouts);
 //! [`resolve_plan`] is the one place that lists the kinds. [`Probes::attach`]
 //! loads the object with the filter configuration, attaches every site's
 //! programs with cookie = stage id through [`attach`] (uprobe-multi links,
@@ -38,6 +39,7 @@ use aya::{
 pub mod aggregation;
 pub mod alloc;
 pub mod attach;
+pub mod btf;
 pub mod follow;
 pub mod function;
 pub mod gauge;
@@ -281,6 +283,8 @@ pub struct Probes {
     attach_time: Duration,
     /// Why memory mappings are not traced, if they are not.
     pub memory_untraced: Option<String>,
+    /// How rss_stat is attached, and why not as a BTF raw tracepoint.
+    pub memory: memory::Attached,
     /// Alloc mode's maps (None without --alloc).
     pub alloc: Option<AllocMaps>,
     /// The profiler's counters (None without --profile).
@@ -348,6 +352,8 @@ impl Probes {
         let profile_globals = profile::Globals::new(opts.profile.as_ref());
         profile_globals.configure(&mut loader);
         follow::configure(&mut loader);
+        let layout = memory::Layout::new(opts.memory);
+        layout.configure(&mut loader);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
@@ -411,15 +417,14 @@ impl Probes {
                 .map_err(|e| load_err(format!("following child processes: {e}")))?;
         }
         let attach_time = started.elapsed();
-        let memory_untraced = match memory::tracepoints(opts.memory, pids)
-            .and_then(|points| attach_tracepoints(&mut ebpf, points))
-        {
-            Ok(n) => {
-                attached += n;
-                None
-            }
-            Err(why) => Some(why),
-        };
+        let (memory_untraced, memory) =
+            match memory::attach(&mut ebpf, opts.memory, pids, &layout, attach_tracepoints) {
+                Ok(done) => {
+                    attached += done.count;
+                    (None, done)
+                }
+                Err(why) => (Some(why), memory::Attached::default()),
+            };
         // The profiler last: its samples need the stage probes in place.
         let profile = match &opts.profile {
             Some(spec) => Some(profile::attach(
@@ -459,6 +464,7 @@ impl Probes {
             mode,
             attach_time,
             memory_untraced,
+            memory,
             python,
             loader,
             programs,

@@ -101,6 +101,10 @@ pub struct Start<'a> {
     /// ... and why exceptions may still terminate a traced process.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub unwind_warnings: &'a [String],
+    /// How the default memory mode hears of resident-page changes:
+    /// `tp_btf/rss_stat` or `kmem:rss_stat` (absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_hook: Option<&'static str>,
 }
 
 /// Why probes were attached (the `attach` record, docs/follow.md).

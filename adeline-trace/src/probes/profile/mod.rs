@@ -27,8 +27,6 @@ use aya::{
 use super::site::{chain, ProbeError};
 use crate::python::sampling::{Interpreters, Sampled};
 
-pub mod btf;
-
 /// Highest sampling rate accepted (the kernel's default
 /// perf_event_max_sample_rate is higher, but the cost grows with it).
 pub const MAX_HZ: u32 = 10_000;
@@ -70,7 +68,7 @@ impl Globals {
         match spec {
             Some(s) => {
                 // Without them: no Python frames, no split of off-CPU time.
-                let (fsbase_off, run_delay_off) = btf::task_offsets();
+                let (fsbase_off, run_delay_off) = super::btf::task_offsets();
                 Globals {
                     has_state: u32::from(kernel_at_least(5, 18)),
                     fsbase_off,

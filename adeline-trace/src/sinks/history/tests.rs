@@ -525,6 +525,7 @@ fn the_sink_writes_the_last_partial_interval_at_the_end_of_the_run() {
         exits: &[],
         unwind: &[],
         unwind_warnings: &[],
+        rss_hook: None,
     })
     .unwrap();
     assert!(sink.next_tick().is_some());

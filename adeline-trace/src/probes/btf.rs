@@ -1,11 +1,13 @@
-//! Two facts from the kernel's BTF (`/sys/kernel/btf/vmlinux`): the offsets
-//! of `task_struct.thread.fsbase` (x86-64), which the sampler needs to find
-//! a thread's pthread data (Python frames), and of
+//! Struct layouts from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! aya-ebpf programs have no CO-RE field access, so the agent reads the
+//! offsets the kernel programs need and passes them as load-time
+//! constants: the profiler's `task_struct.thread.fsbase` (x86-64; a
+//! thread's pthread data, for Python frames) and
 //! `task_struct.sched_info.run_delay` (a thread's total wait for a CPU,
-//! which splits its off-CPU time). aya-ebpf programs have no
-//! CO-RE field access, so the agent reads the offset and passes it as a
-//! load-time constant. A small reader of the BTF type section: the few
-//! kinds' record sizes, structs' members, typedef/qualifier chains.
+//! which splits its off-CPU time), the memory mode's `mm_struct.rss_stat`
+//! and `percpu_counter` fields (memory.rs). A small reader of the BTF type
+//! section: the few kinds' record sizes, structs' members,
+//! typedef/qualifier chains.
 use std::collections::HashMap;
 
 const KIND_STRUCT: u32 = 4;
@@ -143,14 +145,23 @@ impl Btf {
         None
     }
 
+    /// Struct (or union) `name`: a forward-declared or duplicated name
+    /// gives the one with members.
+    fn named(&self, name: &str) -> Option<&Type> {
+        let ids = self.by_name.get(name.as_bytes())?;
+        ids.iter()
+            .filter_map(|&id| self.types.get(id as usize))
+            .find(|t| !t.members.is_empty())
+    }
+
+    /// `sizeof(struct name)`.
+    pub fn size_of(&self, name: &str) -> Option<u64> {
+        self.named(name).map(|t| u64::from(t.size_or_type))
+    }
+
     /// Byte offset of `path` (member names) from the start of struct `root`.
     pub fn offset_of(&self, root: &str, path: &[&str]) -> Option<u64> {
-        let ids = self.by_name.get(root.as_bytes())?;
-        // A forward-declared or duplicated name: the one with the members.
-        let mut ty = ids
-            .iter()
-            .filter_map(|&id| self.types.get(id as usize))
-            .find(|t| !t.members.is_empty())?;
+        let mut ty = self.named(root)?;
         let mut total = 0u64;
         for (i, m) in path.iter().enumerate() {
             let (off, mty) = self.member(ty, m.as_bytes())?;
