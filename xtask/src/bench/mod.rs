@@ -172,6 +172,9 @@ pub enum Bench {
         /// periods of the 30 s default).
         #[arg(long, default_value_t = 60)]
         window_seconds: u64,
+        /// Only the windowed-mode runs (part 3).
+        #[arg(long)]
+        windows_only: bool,
     },
 }
 
@@ -220,11 +223,13 @@ pub fn run(what: Bench) -> Result<i32> {
             calls,
             frames,
             window_seconds,
+            windows_only,
         } => python::python(
             runs.max(1),
             calls.max(1),
             frames.max(1),
             window_seconds.max(1),
+            windows_only,
         ),
     }
 }

@@ -215,16 +215,8 @@ fn cells(times: &[Vec<(f64, f64)>]) -> String {
         .join(" | ")
 }
 
-pub fn python(runs: usize, calls: u64, frames: u64, window_seconds: u64) -> Result<i32> {
-    if !crate::status(Command::new("cargo").args(["build", "--release", "-p", "adeline-trace"]))?
-        .success()
-    {
-        bail!("building the agent failed");
-    }
-    let work = root_dir().join("target/bench-python");
-    std::fs::create_dir_all(&work)?;
-    let pycalls = root_dir().join("xtask/bench/pycalls.py");
-    let tracefs = super::tracefs::root()?;
+/// Part 1: ns per Python call, per interpreter and mode.
+fn calls_table(tracefs: &Path, runs: usize, calls: u64, pycalls: &Path, work: &Path) -> Result<()> {
     println!("## ns per Python call (pycalls.py, {calls} calls, median of {runs})");
     println!("| interpreter | mode | stage call | non-stage call | stage - untraced | non-stage - untraced |");
     println!("|---|---|---|---|---|---|");
@@ -254,14 +246,14 @@ pub fn python(runs: usize, calls: u64, frames: u64, window_seconds: u64) -> Resu
         for _ in 0..runs {
             for (i, mode) in modes.iter().enumerate() {
                 let events = match i {
-                    2 => Some(super::tracefs::Events::new(&tracefs, &file, &probes)?),
+                    2 => Some(super::tracefs::Events::new(tracefs, &file, &probes)?),
                     _ => None,
                 };
                 let mut c = match i {
                     1 => traced(&stage, &cmd),
                     _ => command(&cmd),
                 };
-                let out = run_captured(&mut c, &work)?;
+                let out = run_captured(&mut c, work)?;
                 if let Some(events) = events {
                     // An entry and an exit per call of the two functions, at least.
                     let hits: u64 = events.hits()?.iter().sum();
@@ -301,6 +293,28 @@ pub fn python(runs: usize, calls: u64, frames: u64, window_seconds: u64) -> Resu
         }
     }
     println!();
+    Ok(())
+}
+
+pub fn python(
+    runs: usize,
+    calls: u64,
+    frames: u64,
+    window_seconds: u64,
+    windows_only: bool,
+) -> Result<i32> {
+    if !crate::status(Command::new("cargo").args(["build", "--release", "-p", "adeline-trace"]))?
+        .success()
+    {
+        bail!("building the agent failed");
+    }
+    let work = root_dir().join("target/bench-python");
+    std::fs::create_dir_all(&work)?;
+    let pycalls = root_dir().join("xtask/bench/pycalls.py");
+    let tracefs = super::tracefs::root()?;
+    if !windows_only {
+        calls_table(&tracefs, runs, calls, &pycalls, &work)?;
+    }
     println!("## Fixture slowdown, always on (pipeline.py --frames {frames} --broker none, median of {runs})");
     println!("| interpreter | untraced | always |");
     println!("|---|---|---|");
@@ -314,8 +328,15 @@ pub fn python(runs: usize, calls: u64, frames: u64, window_seconds: u64) -> Resu
             continue;
         }
         let py = venv.display().to_string();
-        let times = pipeline_modes(&py, frames, &[None, Some("always")], runs, &work)?;
-        println!("| {label} | {} |", cells(&times));
+        // --windows-only: one untraced run, to size the long runs.
+        let (modes, n): (&[Option<&str>], usize) = match windows_only {
+            true => (&[None], 1),
+            false => (&[None, Some("always")], runs),
+        };
+        let times = pipeline_modes(&py, frames, modes, n, &work)?;
+        if !windows_only {
+            println!("| {label} | {} |", cells(&times));
+        }
         if windowed_py.is_none() {
             windowed_py = Some((label, py, median(times[0].iter().map(|x| x.0).collect())));
         }
