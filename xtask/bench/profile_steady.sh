@@ -10,8 +10,10 @@ R=target/release
 $R/demo-pipeline --frames 0 --threads 2 >/dev/null & DP=$!
 sleep 1
 ST=""; for s in process_frame decode preprocess infer infer_layer postprocess refine track publish; do ST="$ST --stage $s=$PWD/$R/demo-pipeline:$s"; done
+STATS=$(cat /proc/sys/kernel/bpf_stats_enabled)
+trap 'sysctl -qw kernel.bpf_stats_enabled=$STATS' EXIT
 sysctl -qw kernel.bpf_stats_enabled=1
-bpfns() { bpftool prog show | awk -v p="$1" '{n="";t=0;for(i=1;i<=NF;i++){if($i=="name")n=$(i+1); if($i=="run_time_ns")t=$(i+1)}; if (index(n,p)==1) s+=t} END {print s+0}'; }
+bpfns() { bpftool prog show | awk -v p="$1" '{n="";t=0;for(i=1;i<=NF;i++){if($i=="name")n=$(i+1); if($i=="run_time_ns")t=$(i+1)}; if (index(n,p)==1) s+=t} END {printf "%d\n", s}'; }
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 for extra in "" "--profile 99 --no-off-cpu" "--profile 99" "--profile 999 --no-off-cpu" "--profile 999"; do
   $R/adeline-trace run --no-api --no-spans -o /dev/null -p $DP --duration 28s $ST $extra >/dev/null 2>&1 & AG=$!

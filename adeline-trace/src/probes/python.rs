@@ -166,8 +166,8 @@ pub fn fill_maps(ebpf: &mut Ebpf, tables: &PythonTables) -> Result<(), ProbeErro
 
 /// Default when Python stages are traced and no `--python-window` is
 /// given: a 1 s window every 30 s. Always-on tracing slowed the fixture
-/// pipeline by 1.3-2.9x on this (heavily loaded) machine (BENCHMARKS.md),
-/// so a 1/30 duty cycle is what keeps a pipeline like it within ~3%.
+/// pipeline by 13-39 % (`cargo xtask bench python`, BENCHMARKS.md), so a
+/// 1/30 duty cycle is what keeps a pipeline like it within 3 %.
 /// `--python-window always` gives exact counts over the whole run.
 pub const DEFAULT_WINDOW: Option<(Duration, Duration)> =
     Some((Duration::from_secs(1), Duration::from_secs(30)));

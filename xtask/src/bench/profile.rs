@@ -125,6 +125,28 @@ fn sum(folded: &str, pred: impl Fn(&[&str]) -> bool) -> f64 {
         .sum()
 }
 
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` on for the cost runs, and back to what it
+/// was when dropped (stats add a little to every BPF program run).
+struct BpfStats(Option<String>);
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let before = std::fs::read_to_string(BPF_STATS).ok();
+        let _ = std::fs::write(BPF_STATS, "1");
+        BpfStats(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = std::fs::write(BPF_STATS, v.trim());
+        }
+    }
+}
+
 pub fn profile(seconds: u64) -> Result<i32> {
     let rel = match build_for("bench profile", true, true)? {
         Ok(dir) => dir,
@@ -133,9 +155,7 @@ pub fn profile(seconds: u64) -> Result<i32> {
     let (agent, demo) = (rel.join("adeline-trace"), rel.join("demo-pipeline"));
     let work = target_dir().join("bench/profile");
     std::fs::create_dir_all(&work).context("creating the work dir")?;
-    let _ = Command::new("sysctl")
-        .args(["-qw", "kernel.bpf_stats_enabled=1"])
-        .status();
+    let stats = BpfStats::enable();
 
     // Cost.
     let mut demo_child = Command::new(&demo)
@@ -153,6 +173,7 @@ pub fn profile(seconds: u64) -> Result<i32> {
     }
     let _ = demo_child.kill();
     let _ = demo_child.wait();
+    drop(stats);
     let base = rows[0].1;
     println!("cost, demo pipeline (2 threads, default sleeps), {seconds} s per run, % of one CPU:");
     println!(
