@@ -397,6 +397,9 @@ fn python_calls_fixture() {
         format!("plain=python:{exe}:calls.py:f_plain"),
         "--stage".to_string(),
         format!("recurse=python:{exe}:calls.py:f_recurse"),
+        // Exact counts over the whole run, not the default 1s/30s window.
+        "--python-window".to_string(),
+        "always".to_string(),
     ];
     let args = [
         script.as_str(),
@@ -429,6 +432,10 @@ fn python_pipeline_fixture() {
         format!("frame=python:{exe}:pipeline.py:process_frame"),
         "--stage".to_string(),
         format!("publish=python:{exe}:pipeline.py:publish_results"),
+        // The default window (1 s every 30 s) can close before the frames
+        // start: the imports alone take about a second on a loaded host.
+        "--python-window".to_string(),
+        "always".to_string(),
     ];
     // stdout has no timings (the report with elapsed_ns goes to --report,
     // not used here): compared byte for byte.
