@@ -335,28 +335,9 @@ fn trace_while_exporting(
     run_for: Duration,
     during: impl Fn(&str),
 ) -> (AgentOutput, Value, Duration) {
-    let demo = Pipeline::demo(&[
-        "--frames",
-        "0",
-        "--threads",
-        "2",
-        "--fps",
-        fps,
-        "--sleep-us",
-        "decode=0",
-        "--sleep-us",
-        "preprocess=0",
-        "--sleep-us",
-        "infer_layer=0",
-        "--sleep-us",
-        "postprocess=0",
-        "--sleep-us",
-        "refine=0",
-        "--sleep-us",
-        "track=0",
-        "--sleep-us",
-        "publish=0",
-    ]);
+    let mut demo_args = vec!["--frames", "0", "--threads", "2", "--fps", fps];
+    demo_args.extend(DEMO_NO_SLEEPS);
+    let demo = Pipeline::demo(&demo_args);
     let port = free_port();
     let mut args = vec![
         "run".to_string(),
@@ -413,11 +394,15 @@ fn metric(body: &str, name: &str, output: &str) -> f64 {
 }
 
 /// The outputs of the last `stats` object.
-fn last_outputs(out: &AgentOutput) -> Vec<Value> {
+/// The `otlp_traces` entry of the last stats record's outputs.
+fn last_traces_output(out: &AgentOutput) -> Value {
     out.of_type("stats")
         .last()
         .and_then(|s| s["outputs"].as_array().cloned())
         .expect("stats with outputs")
+        .into_iter()
+        .find(|o| o["output"] == "otlp_traces")
+        .expect("an otlp_traces output")
 }
 
 #[test]
@@ -439,11 +424,7 @@ fn a_dead_collector_leaves_tracing_exact_and_counts_the_drops() {
         );
     });
     assert_tracing_exact(&out, &report);
-    let outputs = last_outputs(&out);
-    let traces = outputs
-        .iter()
-        .find(|o| o["output"] == "otlp_traces")
-        .unwrap();
+    let traces = last_traces_output(&out);
     assert!(traces["dropped"].as_u64().unwrap() > 0, "{traces}");
     assert_eq!(traces["exported"], 0);
     assert!(
@@ -469,11 +450,7 @@ fn a_slow_collector_leaves_tracing_exact_and_counts_the_drops() {
             );
         });
     assert_tracing_exact(&out, &report);
-    let outputs = last_outputs(&out);
-    let traces = outputs
-        .iter()
-        .find(|o| o["output"] == "otlp_traces")
-        .unwrap();
+    let traces = last_traces_output(&out);
     assert!(traces["dropped"].as_u64().unwrap() > 0, "{traces}");
     assert!(traces["exported"].as_u64().unwrap() > 0, "{traces}");
     // Every span is accounted for: what the receiver got was counted as
