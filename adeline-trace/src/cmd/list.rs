@@ -194,14 +194,10 @@ struct PySiteRow {
 
 impl PySiteRow {
     fn new(interp: &Interpreter, s: &crate::python::sites::Site) -> PySiteRow {
-        use adeline_trace_common::python::{PY_ROLE_ENTRY, PY_ROLE_ENTRY_310};
         PySiteRow {
             address: format!("{:#x}", s.vaddr),
             offset: interp.image.file_offset(s.vaddr).map(|o| format!("{o:#x}")),
-            role: match s.role {
-                PY_ROLE_ENTRY | PY_ROLE_ENTRY_310 => "entry",
-                _ => "exit",
-            },
+            role: if s.is_entry() { "entry" } else { "exit" },
             what: s.what.clone(),
             emulated: s.emulated,
         }

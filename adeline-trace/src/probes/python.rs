@@ -7,9 +7,7 @@
 //! adeline-trace-ebpf/src/python.rs.
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
-use adeline_trace_common::python::{
-    PyPattern, PySite, MAX_PY_PATTERNS, MAX_PY_SITES, PY_ROLE_ENTRY, PY_ROLE_ENTRY_310,
-};
+use adeline_trace_common::python::{PyPattern, PySite, MAX_PY_PATTERNS, MAX_PY_SITES};
 use aya::{maps::Array, Ebpf};
 
 use crate::{
@@ -126,10 +124,7 @@ pub fn sites(stages: &[PyStage<'_>], pids: &[u32]) -> Result<PyPlan, PythonError
                 offset,
                 placement,
                 ref_ctr_offset: 0,
-                programs: match s.role {
-                    PY_ROLE_ENTRY | PY_ROLE_ENTRY_310 => ENTRY,
-                    _ => EXIT,
-                },
+                programs: if s.is_entry() { ENTRY } else { EXIT },
             });
         }
     }

@@ -43,6 +43,14 @@ pub struct Site {
     pub emulated: bool,
 }
 
+impl Site {
+    /// Whether a call starts or resumes here (else it returns, raises or
+    /// suspends).
+    pub fn is_entry(&self) -> bool {
+        matches!(self.role, PY_ROLE_ENTRY | PY_ROLE_ENTRY_310)
+    }
+}
+
 /// Opcode numbers of one version (`opcode.h` / `dis.opmap`).
 struct Ops {
     resume: u8,

@@ -315,9 +315,11 @@ pub fn python(
     if !windows_only {
         calls_table(&tracefs, runs, calls, &pycalls, &work)?;
     }
-    println!("## Fixture slowdown, always on (pipeline.py --frames {frames} --broker none, median of {runs})");
-    println!("| interpreter | untraced | always |");
-    println!("|---|---|---|");
+    if !windows_only {
+        println!("## Fixture slowdown, always on (pipeline.py --frames {frames} --broker none, median of {runs})");
+        println!("| interpreter | untraced | always |");
+        println!("|---|---|---|");
+    }
     let mut windowed_py = None;
     for (label, _, venv) in interpreters() {
         if !venv.exists() {
